@@ -1,0 +1,1 @@
+"""Change capture from PostgreSQL: protocol decoding, value conversion, catalog lookups, capture modes."""

@@ -1,0 +1,492 @@
+"""Logical-replication capture: slot + publication, consistent snapshot, pgoutput streaming.
+
+Delivery rule: the slot's confirmed position (``flush_lsn`` in standby status updates) is
+the end LSN of the newest transaction whose events, and all earlier ones, Kafka has
+acknowledged (:class:`walbridge.kafka.DeliveryTracker`). After any crash the slot resends
+from there: duplicates are possible, loss is not.
+
+Snapshot consistency: the slot is created with an exported snapshot; the snapshot
+transaction imports it, so rows committed before the slot's consistent point are read by
+the snapshot and every later change is streamed, each exactly once.
+
+Idle databases: when nothing is in flight, the position the server reports in keepalives is
+confirmed, so the slot does not pin WAL written by other databases; an optional heartbeat
+action query writes to the source so that filtered databases advance too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from walbridge import metrics
+from walbridge.capture import catalog, pgoutput
+from walbridge.capture.catalog import ColumnInfo, RelationInfo
+from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.rows import RowCodec
+from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
+from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
+from walbridge.capture.state import CaptureState
+from walbridge.capture.values import SESSION_SETTINGS, ValueOptions
+from walbridge.config import Settings
+from walbridge.errors import ConfigError, ConnectionLost, DecodeError, TransientError, WalbridgeError
+from walbridge.events import LOGICAL_CONNECTOR, ChangeEvent, Source
+from walbridge.kafka import check_broker
+from walbridge.lsn import Lsn
+from walbridge.pgerrors import map_pg_error, one_line
+
+__all__ = ["LogicalCapture", "value_options"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int], None]
+
+
+def value_options(settings: Settings) -> ValueOptions:
+    ev = settings.events
+    return ValueOptions(
+        decimal_handling_mode=ev.decimal_handling_mode,
+        time_precision_mode=ev.time_precision_mode,
+        binary_handling_mode=ev.binary_handling_mode,
+        interval_handling_mode=ev.interval_handling_mode,
+    )
+
+
+def _session_options() -> str:
+    return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+
+
+def connect_source(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A regular connection to the source, sessions pinned to the text formats capture expects."""
+    try:
+        kwargs.setdefault("autocommit", True)
+        return psycopg.connect(dsn, options=_session_options(), **kwargs)
+    except psycopg.OperationalError as exc:
+        raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
+
+
+class LogicalCapture:
+    """``run(stop)`` captures until ``stop`` is set; transient failures reconnect with backoff."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher_factory: Callable[[], EventPublisher[int]] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = settings.source
+        self.options = value_options(settings)
+        self.progress = progress
+        self._publisher_factory = publisher_factory or (lambda: EventPublisher(settings))
+        self._codecs: dict[int, RowCodec] = {}
+        self._relations: dict[int, RelationInfo] = {}
+        self._registry: Any = None
+        self._dbname = ""
+        self.confirmed: int = 0
+        self.received: int = 0
+        self.ready = threading.Event()
+        """Set once streaming has started (after any snapshot)."""
+
+    # ------------------------------------------------------------------ preflight
+
+    def preflight(self) -> list[RelationInfo]:
+        """Check the server and the broker; resolve tables; create the publication. Fails fast."""
+        with connect_source(self.source.dsn) as conn:
+            self._dbname = conn.info.dbname
+            relations = catalog.resolve_tables(conn, self.source.tables, self.source.exclude_tables)
+            problems = catalog.check_logical_capture(conn, relations)
+            if problems:
+                raise ConfigError("; ".join(str(problem) for problem in problems))
+            self._check_keys(relations)
+            ensure_publication(conn, self.source.publication, relations)
+            self._registry = catalog.load_type_registry(conn)
+        check_broker(self.settings.kafka)
+        self._relations = {rel.oid: rel for rel in relations}
+        return relations
+
+    def _check_keys(self, relations: list[RelationInfo]) -> None:
+        for rel in relations:
+            if not rel.key_columns and rel.replica_identity not in ("f", "i"):
+                raise ConfigError(
+                    f"table {rel.schema}.{rel.table} has no primary key: PostgreSQL would refuse its UPDATEs and "
+                    "DELETEs once published. Add a primary key, or set source.replica_identity_full: true "
+                    "(events of such a table have a null key)"
+                )
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, stop: threading.Event) -> None:
+        relations = self.preflight()
+        delay = 1.0
+        while not stop.is_set():
+            publisher = self._publisher_factory()
+            try:
+                publisher.ensure_topics((rel.schema, rel.table) for rel in relations)
+                self._run_once(stop, publisher, relations)
+                return
+            except (TransientError, psycopg2.OperationalError, psycopg.OperationalError) as exc:
+                message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
+                metrics.capture.errors.labels(type(exc).__name__).inc()
+                log.warning("capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay)
+                stop.wait(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, 30.0)
+            finally:
+                self.ready.clear()
+                _discard(publisher)
+
+    def _run_once(self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]) -> None:
+        state = CaptureState(self.settings.state_dir, f"{self._dbname}-{self.source.slot}")
+        if self.source.snapshot == "initial_only":
+            self._snapshot_only(publisher, relations)
+            return
+        with connect_source(self.source.dsn) as conn:
+            info = slot_info(conn, self.source.slot)
+            snapshot = needs_snapshot(self.source.snapshot, info is not None, state.snapshot_pending)
+            if snapshot and info is not None:
+                log.info("slot %s has no finished snapshot: recreating it for a consistent snapshot", info.name)
+                drop_slot(conn, self.source.slot)
+            elif info is not None:
+                check_slot_usable(info, self._dbname)
+        repl = self._replication_connection()
+        try:
+            cur = repl.cursor()
+            if snapshot:
+                state.save(snapshot_pending=True)
+                self._create_slot_and_snapshot(cur, publisher, relations)
+                state.save(snapshot_pending=False)
+            elif info is None:
+                self._create_slot(cur, export=False)
+            self._stream(cur, publisher, stop)
+        finally:
+            repl.close()
+
+    def _replication_connection(self) -> Any:
+        try:
+            return psycopg2.connect(
+                self.source.dsn,
+                connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                options=_session_options(),
+            )
+        except psycopg2.OperationalError as exc:
+            raise map_pg_error(exc, "opening the replication connection") from exc
+
+    def _create_slot(self, cur: Any, export: bool) -> tuple[int, str | None]:
+        server = cur.connection.server_version
+        if server >= 150000:
+            snap = "(SNAPSHOT 'export')" if export else "(SNAPSHOT 'nothing')"
+        else:
+            snap = "EXPORT_SNAPSHOT" if export else "NOEXPORT_SNAPSHOT"
+        try:
+            cur.execute(f'CREATE_REPLICATION_SLOT "{self.source.slot}" LOGICAL pgoutput {snap}')
+        except psycopg2.errors.DuplicateObject as exc:
+            raise ConfigError(f"replication slot {self.source.slot} was created by another process meanwhile") from exc
+        _name, consistent_point, snapshot_name, _plugin = cur.fetchone()
+        log.info("created replication slot %s at %s", self.source.slot, consistent_point)
+        return Lsn.parse(consistent_point).value, snapshot_name
+
+    def _create_slot_and_snapshot(
+        self, cur: Any, publisher: EventPublisher[int], relations: list[RelationInfo]
+    ) -> None:
+        consistent_point, snapshot_name = self._create_slot(cur, export=True)
+        codecs = [self._codec_for(rel) for rel in relations]
+        with connect_source(self.source.dsn, autocommit=False) as snap:
+            snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snap.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")
+            origin = SnapshotSource(LOGICAL_CONNECTOR, self.settings.events.topic_prefix, self._dbname,
+                                    lsn=consistent_point)
+            count = snapshot_tables(snap, codecs, publisher, origin, self.progress)
+            snap.rollback()
+        publisher.seal(consistent_point)
+        while publisher.poll(0.1) != consistent_point:
+            pass
+        log.info("snapshot finished: %d rows", count)
+
+    def _snapshot_only(self, publisher: EventPublisher[int], relations: list[RelationInfo]) -> None:
+        codecs = [self._codec_for(rel) for rel in relations]
+        with connect_source(self.source.dsn, autocommit=False) as snap:
+            snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            lsn_row = snap.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            lsn = Lsn.parse(lsn_row[0]).value if lsn_row else 0
+            origin = SnapshotSource(LOGICAL_CONNECTOR, self.settings.events.topic_prefix, self._dbname, lsn=lsn)
+            snapshot_tables(snap, codecs, publisher, origin, self.progress)
+            snap.rollback()
+        publisher.seal(0)
+        while publisher.poll(0.1) != 0:
+            pass
+
+    # ------------------------------------------------------------------ relations
+
+    def _codec_for(self, rel: RelationInfo) -> RowCodec:
+        excluded = {
+            name.rsplit(".", 1)[1]
+            for name in self.source.exclude_columns
+            if name.rsplit(".", 1)[0] == f"{rel.schema}.{rel.table}"
+        }
+        codec = RowCodec(rel, self._registry, self.options, excluded)
+        self._codecs[rel.oid] = codec
+        return codec
+
+    def _on_relation(self, msg: pgoutput.Relation) -> None:
+        known = self._relations.get(msg.oid)
+        names = tuple((col.name, col.type_oid) for col in msg.columns)
+        if known is None or tuple((c.name, c.type_oid) for c in known.columns) != names:
+            known = self._reload_relation(msg)
+        self._codec_for(known)
+
+    def _reload_relation(self, msg: pgoutput.Relation) -> RelationInfo:
+        with connect_source(self.source.dsn) as conn:
+            found = catalog.relation_by_oid(conn, msg.oid)
+            self._registry = catalog.load_type_registry(conn)
+        not_null = {col.name: col.not_null for col in found.columns} if found else {}
+        columns = tuple(
+            ColumnInfo(col.name, col.type_oid, col.typmod, not_null.get(col.name, False), index + 1)
+            for index, col in enumerate(msg.columns)
+        )
+        key = found.key_columns if found else tuple(col.name for col in msg.columns if col.flags & 1)
+        rel = RelationInfo(msg.oid, msg.namespace, msg.name, columns, tuple(key), chr(msg.replica_identity)
+                           if isinstance(msg.replica_identity, int) else str(msg.replica_identity))
+        self._relations[msg.oid] = rel
+        return rel
+
+    def _codec(self, oid: int) -> RowCodec:
+        codec = self._codecs.get(oid)
+        if codec is None:
+            raise DecodeError(f"change for relation {oid} arrived before its Relation message")
+        return codec
+
+    # ------------------------------------------------------------------ streaming
+
+    def _stream(self, cur: Any, publisher: EventPublisher[int], stop: threading.Event) -> None:
+        try:
+            cur.start_replication(
+                slot_name=self.source.slot,
+                decode=False,
+                start_lsn=0,
+                options={"proto_version": "1", "publication_names": self.source.publication},
+                status_interval=max(1, self.source.status_interval_ms // 1000),
+            )
+        except psycopg2.errors.ObjectInUse as exc:
+            raise ConfigError(
+                f"replication slot {self.source.slot} is in use by another process: {one_line(exc)}"
+            ) from exc
+        except psycopg2.OperationalError as exc:
+            raise map_pg_error(exc, "starting replication") from exc
+        log.info("streaming from slot %s (publication %s)", self.source.slot, self.source.publication)
+        self.ready.set()
+        stream = _Stream(self, publisher, cur)
+        stream.loop(stop)
+
+
+class _Stream:
+    """The hot loop: replication messages → events → producer; feedback after Kafka acks."""
+
+    def __init__(self, capture: LogicalCapture, publisher: EventPublisher[int], cur: Any) -> None:
+        self.capture = capture
+        self.publisher = publisher
+        self.cur = cur
+        settings = capture.settings
+        self.prefix = settings.events.topic_prefix
+        self.db = capture._dbname
+        self.max_in_flight = settings.source.max_in_flight
+        self.heartbeat_s = settings.source.heartbeat_ms / 1000
+        self.heartbeat_query = settings.source.heartbeat_action_query
+        self.in_txn = False
+        self.xid = 0
+        self.commit_ts_us = 0
+        self.commit_ts_ms = 0
+        self.last_commit = 0
+        self.confirmed = 0
+        self.sent_flush = 0
+        self.next_heartbeat = time.monotonic() + self.heartbeat_s
+        self.next_slot_check = 0.0
+        self._handlers: dict[type, Callable[[Any, int], None]] = {
+            pgoutput.Begin: self._begin,
+            pgoutput.Commit: self._commit,
+            pgoutput.Relation: self._relation,
+            pgoutput.Insert: self._insert,
+            pgoutput.Update: self._update,
+            pgoutput.Delete: self._delete,
+            pgoutput.Truncate: self._truncate,
+        }
+
+    def loop(self, stop: threading.Event) -> None:
+        read = self.cur.read_message
+        decode = pgoutput.decode
+        handlers = self._handlers
+        count = 0
+        try:
+            while not stop.is_set():
+                msg = read()
+                if msg is not None:
+                    message = decode(msg.payload)
+                    handler = handlers.get(type(message))
+                    if handler is not None:
+                        handler(message, msg.data_start)
+                    count += 1
+                    if count & 255 == 0:
+                        self._tick()
+                    continue
+                self._tick()
+                if self.in_txn or self.publisher.in_flight:
+                    select.select([self.cur], [], [], 0.005)
+                else:
+                    self._idle()
+                    select.select([self.cur], [], [], 0.1)
+            self._drain()
+        except psycopg2.OperationalError as exc:
+            raise map_pg_error(exc, "streaming changes") from exc
+
+    # --------------------------------------------------------------- positions
+
+    def _tick(self) -> None:
+        publisher = self.publisher
+        confirmed = publisher.poll(0)
+        while publisher.in_flight > self.max_in_flight:
+            confirmed = publisher.poll(0.05)
+        if confirmed is not None and confirmed > self.confirmed:
+            self.confirmed = confirmed
+            self._feedback()
+
+    def _idle(self) -> None:
+        """Nothing open, nothing in flight: the server's WAL end is safe to confirm."""
+        if self.publisher.tracker.pending == 0 and not self.in_txn:
+            wal_end = self.cur.wal_end
+            if wal_end and wal_end > self.confirmed:
+                self.confirmed = wal_end
+                self._feedback()
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.heartbeat_s
+            self._heartbeat()
+        if now >= self.next_slot_check:
+            self.next_slot_check = now + 10.0
+            self._slot_metrics()
+
+    def _feedback(self) -> None:
+        self.cur.send_feedback(write_lsn=self.confirmed, flush_lsn=self.confirmed, apply_lsn=self.confirmed)
+        self.sent_flush = self.confirmed
+        self.capture.confirmed = self.confirmed
+        metrics.capture.confirmed_lsn.set(self.confirmed)
+
+    def _heartbeat(self) -> None:
+        metrics.capture.heartbeats.inc()
+        self.cur.send_feedback(flush_lsn=self.confirmed, reply=False, force=True)
+        if self.heartbeat_query:
+            try:
+                with connect_source(self.capture.source.dsn) as conn:
+                    conn.execute(self.heartbeat_query)  # type: ignore[arg-type]
+            except (psycopg.Error, WalbridgeError) as exc:
+                log.warning("heartbeat action query failed: %s", exc)
+
+    def _slot_metrics(self) -> None:
+        try:
+            with connect_source(self.capture.source.dsn) as conn:
+                info = slot_info(conn, self.capture.source.slot)
+            if info and info.retained_bytes is not None:
+                metrics.capture.slot_retained_wal_bytes.set(info.retained_bytes)
+        except (psycopg.Error, WalbridgeError) as exc:
+            log.debug("slot metrics unavailable: %s", exc)
+
+    def _drain(self) -> None:
+        """On stop: wait (bounded) for outstanding acknowledgements, confirm what is safe."""
+        deadline = time.monotonic() + 10.0
+        while self.publisher.in_flight and time.monotonic() < deadline:
+            self._tick()
+            self.publisher.poll(0.05)
+        self._tick()
+
+    # --------------------------------------------------------------- messages
+
+    def _begin(self, msg: pgoutput.Begin, _lsn: int) -> None:
+        self.in_txn = True
+        self.xid = msg.xid
+        self.commit_ts_us = msg.commit_ts_us
+        self.commit_ts_ms = msg.commit_ts_us // 1000
+
+    def _commit(self, msg: pgoutput.Commit, _lsn: int) -> None:
+        self.in_txn = False
+        self.publisher.seal(msg.end_lsn)
+        self.last_commit = msg.commit_lsn
+        self.capture.received = msg.end_lsn
+        metrics.capture.received_lsn.set(msg.end_lsn)
+        metrics.capture.behind_source_ms.set(max(0, time.time() * 1000 - self.commit_ts_ms))
+
+    def _relation(self, msg: pgoutput.Relation, _lsn: int) -> None:
+        self.capture._on_relation(msg)
+
+    def _source(self, codec: RowCodec, lsn: int) -> Source:
+        rel = codec.relation
+        return Source(
+            LOGICAL_CONNECTOR,
+            self.prefix,
+            self.db,
+            rel.schema,
+            rel.table,
+            self.commit_ts_ms,
+            "false",
+            self.xid,
+            lsn,
+            f'["{self.last_commit}","{lsn}"]',
+            None,
+            self.commit_ts_us,
+        )
+
+    def _emit(self, op: str, codec: RowCodec, lsn: int, key: Any, before: Any, after: Any) -> None:
+        event = ChangeEvent(op, self._source(codec, lsn), key, before, after,
+                            time.time_ns() // 1_000_000, codec.table_schema)
+        self.publisher.publish(event)
+
+    def _insert(self, msg: pgoutput.Insert, lsn: int) -> None:
+        codec = self.capture._codec(msg.relation_oid)
+        after = codec.row(msg.new)
+        self._emit("c", codec, lsn, codec.key(after), None, after)
+
+    def _update(self, msg: pgoutput.Update, lsn: int) -> None:
+        codec = self.capture._codec(msg.relation_oid)
+        after = codec.row(msg.new)
+        new_key = codec.key(after)
+        before = codec.row(msg.old) if msg.old is not None else None
+        old_tuple = msg.old if msg.old is not None else msg.key
+        old_key = codec.key(codec.row(old_tuple)) if old_tuple is not None else new_key
+        if old_key != new_key:
+            # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
+            old_row = before if before is not None else codec.row(old_tuple)
+            self._emit("d", codec, lsn, old_key, old_row, None)
+            self._emit("c", codec, lsn, new_key, None, after)
+            return
+        self._emit("u", codec, lsn, new_key, before, after)
+
+    def _delete(self, msg: pgoutput.Delete, lsn: int) -> None:
+        codec = self.capture._codec(msg.relation_oid)
+        old_tuple = msg.old if msg.old is not None else msg.key
+        if old_tuple is None:
+            raise DecodeError(f"delete on {codec.relation.schema}.{codec.relation.table} carries no old row")
+        before = codec.row(old_tuple)
+        self._emit("d", codec, lsn, codec.key(before), before, None)
+
+    def _truncate(self, msg: pgoutput.Truncate, lsn: int) -> None:
+        for oid in msg.relation_oids:
+            codec = self.capture._codecs.get(oid)
+            if codec is not None:
+                self._emit("t", codec, lsn, None, None, None)
+
+
+def _discard(publisher: EventPublisher[int]) -> None:
+    """Drop whatever an abandoned attempt left in the producer (it will be resent)."""
+    try:
+        publisher.producer.purge()
+        publisher.producer.poll(0)
+    except Exception:  # noqa: BLE001 - best effort on a producer being thrown away
+        pass

@@ -1,0 +1,543 @@
+"""Pure decoder of PostgreSQL's ``pgoutput`` logical replication protocol (versions 1 and 2).
+
+Contract: bytes in, frozen dataclasses out; no I/O, no catalog lookups, no clocks except in
+:func:`standby_status_update` when the caller gives no time. :func:`decode` reads one pgoutput
+message (the payload of an XLogData frame); :func:`decode_copy_data` reads the outer CopyData frame
+of the streaming replication protocol (``w`` XLogData, ``k`` primary keepalive).
+
+Column values in :data:`TupleData` are the ``bytes`` of PostgreSQL's text output, ``None`` for SQL
+NULL, or :data:`UNCHANGED_TOAST` for an unchanged TOASTed value that the server did not resend. The
+plugin's ``binary`` option must stay off: binary values would arrive as ``bytes`` indistinguishable
+from text. Timestamps are converted from the PostgreSQL epoch (2000-01-01) to Unix microseconds.
+
+With protocol version 2 and ``streaming`` on, messages inside a Stream Start/Stop block carry the
+transaction id first; pass ``in_stream=True`` for those (the caller tracks the block).
+
+Malformed input raises :class:`walbridge.errors.DecodeError` naming the message type and offset.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from walbridge.errors import DecodeError
+
+__all__ = [
+    "UNCHANGED_TOAST",
+    "Begin",
+    "Commit",
+    "CopyData",
+    "Delete",
+    "Insert",
+    "LogicalMessage",
+    "Message",
+    "Origin",
+    "PrimaryKeepalive",
+    "Relation",
+    "RelationColumn",
+    "StreamAbort",
+    "StreamCommit",
+    "StreamStart",
+    "StreamStop",
+    "Truncate",
+    "TupleData",
+    "Type",
+    "Update",
+    "XLogData",
+    "decode",
+    "decode_copy_data",
+    "pg_to_unix_us",
+    "standby_status_update",
+    "unix_to_pg_us",
+]
+
+PG_EPOCH_OFFSET_US: Final = 946_684_800_000_000
+"""Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's timestamp epoch."""
+
+
+class _UnchangedToast:
+    """Sentinel type: the column is TOASTed and unchanged, its value was not sent."""
+
+    __slots__ = ()
+    _instance: _UnchangedToast | None = None
+
+    def __new__(cls) -> _UnchangedToast:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST: Final = _UnchangedToast()
+
+TupleData = tuple["bytes | _UnchangedToast | None", ...]
+
+# Replica identity markers in the Relation message (pg_class.relreplident).
+REPLICA_IDENTITY_DEFAULT: Final = "d"
+REPLICA_IDENTITY_NOTHING: Final = "n"
+REPLICA_IDENTITY_FULL: Final = "f"
+REPLICA_IDENTITY_INDEX: Final = "i"
+
+TRUNCATE_CASCADE: Final = 1
+TRUNCATE_RESTART_IDENTITY: Final = 2
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    final_lsn: int
+    commit_ts_us: int
+    xid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    flags: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    commit_lsn: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelationColumn:
+    flags: int
+    """1 when the column is part of the replica identity key."""
+    name: str
+    type_oid: int
+    typmod: int
+
+    @property
+    def is_key(self) -> bool:
+        return bool(self.flags & 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    oid: int
+    namespace: str
+    name: str
+    replica_identity: str
+    columns: tuple[RelationColumn, ...]
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Type:
+    oid: int
+    namespace: str
+    name: str
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    relation_oid: int
+    new: TupleData
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    relation_oid: int
+    old: TupleData | None
+    """The full old row (REPLICA IDENTITY FULL)."""
+    key: TupleData | None
+    """The old key when it changed (other columns None)."""
+    new: TupleData
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    relation_oid: int
+    old: TupleData | None
+    key: TupleData | None
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    options: int
+    """Bit 1: CASCADE, bit 2: RESTART IDENTITY."""
+    relation_oids: tuple[int, ...]
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalMessage:
+    """A ``pg_logical_emit_message`` record."""
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    xid: int
+    first_segment: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCommit:
+    xid: int
+    flags: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAbort:
+    xid: int
+    subxid: int
+
+
+Message = (
+    Begin
+    | Commit
+    | Origin
+    | Relation
+    | Type
+    | Insert
+    | Update
+    | Delete
+    | Truncate
+    | LogicalMessage
+    | StreamStart
+    | StreamStop
+    | StreamCommit
+    | StreamAbort
+)
+
+
+@dataclass(frozen=True, slots=True)
+class XLogData:
+    wal_start: int
+    wal_end: int
+    send_time_us: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryKeepalive:
+    wal_end: int
+    send_time_us: int
+    reply_requested: bool
+
+
+CopyData = XLogData | PrimaryKeepalive
+
+
+# --------------------------------------------------------------------------- fixed-width fields
+
+_BEGIN = struct.Struct(">qqI")
+_COMMIT = struct.Struct(">bqqq")
+_Q = struct.Struct(">q")
+_I = struct.Struct(">I")
+_i = struct.Struct(">i")
+_H = struct.Struct(">H")
+_RELATION_HEAD = struct.Struct(">I")
+_COLUMN_TAIL = struct.Struct(">Ii")
+_TRUNCATE_HEAD = struct.Struct(">Ib")
+_MESSAGE_HEAD = struct.Struct(">bq")
+_STREAM_START = struct.Struct(">Ib")
+_STREAM_COMMIT = struct.Struct(">Ibqqq")
+_STREAM_ABORT = struct.Struct(">II")
+_XLOGDATA = struct.Struct(">qqq")
+_KEEPALIVE = struct.Struct(">qq?")
+_STANDBY_STATUS = struct.Struct(">cqqqq?")
+
+_N, _U, _T, _B = ord("n"), ord("u"), ord("t"), ord("b")
+_K, _O, _NEW = ord("K"), ord("O"), ord("N")
+
+
+def pg_to_unix_us(pg_us: int) -> int:
+    return pg_us + PG_EPOCH_OFFSET_US
+
+
+def unix_to_pg_us(unix_us: int) -> int:
+    return unix_us - PG_EPOCH_OFFSET_US
+
+
+class _Malformed(Exception):
+    """Internal: carries the offset where decoding failed."""
+
+    def __init__(self, pos: int, why: str) -> None:
+        super().__init__(why)
+        self.pos = pos
+        self.why = why
+
+
+def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
+    end = buf.find(b"\0", pos)
+    if end < 0:
+        raise _Malformed(pos, "unterminated string")
+    try:
+        return buf[pos:end].decode(), end + 1
+    except UnicodeDecodeError:
+        raise _Malformed(pos, "string is not UTF-8") from None
+
+
+def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
+    """TupleData: Int16 count, then per column a kind byte and, for text/binary, Int32 length + bytes."""
+    (count,) = _H.unpack_from(buf, pos)
+    pos += 2
+    values: list[bytes | _UnchangedToast | None] = []
+    append = values.append
+    for _ in range(count):
+        kind = buf[pos]
+        if kind in (_T, _B):
+            (length,) = _I.unpack_from(buf, pos + 1)
+            start = pos + 5
+            pos = start + length
+            if pos > len(buf):
+                raise _Malformed(start, f"column value of {length} bytes runs past the end")
+            append(buf[start:pos])
+        elif kind == _N:
+            pos += 1
+            append(None)
+        elif kind == _U:
+            pos += 1
+            append(UNCHANGED_TOAST)
+        else:
+            raise _Malformed(pos, f"unknown tuple column kind {kind!r}")
+    return tuple(values), pos
+
+
+def _xid(buf: bytes, pos: int, in_stream: bool) -> tuple[int | None, int]:
+    if not in_stream:
+        return None, pos
+    return _I.unpack_from(buf, pos)[0], pos + 4
+
+
+# --------------------------------------------------------------------------- one decoder per message
+
+
+def _begin(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    final_lsn, ts, xid = _BEGIN.unpack_from(buf, pos)
+    return Begin(final_lsn, pg_to_unix_us(ts), xid), pos + _BEGIN.size
+
+
+def _commit(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, pos)
+    return Commit(flags, commit_lsn, end_lsn, pg_to_unix_us(ts)), pos + _COMMIT.size
+
+
+def _origin(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    (lsn,) = _Q.unpack_from(buf, pos)
+    name, pos = _cstring(buf, pos + 8)
+    return Origin(lsn, name), pos
+
+
+def _relation(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    (oid,) = _RELATION_HEAD.unpack_from(buf, pos)
+    namespace, pos = _cstring(buf, pos + 4)
+    name, pos = _cstring(buf, pos)
+    identity = chr(buf[pos])
+    (count,) = _H.unpack_from(buf, pos + 1)
+    pos += 3
+    columns = []
+    for _ in range(count):
+        flags = buf[pos]
+        col_name, pos = _cstring(buf, pos + 1)
+        type_oid, typmod = _COLUMN_TAIL.unpack_from(buf, pos)
+        pos += _COLUMN_TAIL.size
+        columns.append(RelationColumn(flags, col_name, type_oid, typmod))
+    return Relation(oid, namespace, name, identity, tuple(columns), xid), pos
+
+
+def _type(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    (oid,) = _I.unpack_from(buf, pos)
+    namespace, pos = _cstring(buf, pos + 4)
+    name, pos = _cstring(buf, pos)
+    return Type(oid, namespace, name, xid), pos
+
+
+def _insert(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    (oid,) = _I.unpack_from(buf, pos)
+    if buf[pos + 4] != _NEW:
+        raise _Malformed(pos + 4, f"expected 'N', got {buf[pos + 4]!r}")
+    new, pos = _tuple(buf, pos + 5)
+    return Insert(oid, new, xid), pos
+
+
+def _old_or_key(buf: bytes, pos: int) -> tuple[TupleData | None, TupleData | None, int]:
+    kind = buf[pos]
+    if kind == _K:
+        key, pos = _tuple(buf, pos + 1)
+        return None, key, pos
+    if kind == _O:
+        old, pos = _tuple(buf, pos + 1)
+        return old, None, pos
+    return None, None, pos
+
+
+def _update(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    (oid,) = _I.unpack_from(buf, pos)
+    old, key, pos = _old_or_key(buf, pos + 4)
+    if buf[pos] != _NEW:
+        raise _Malformed(pos, f"expected 'N', got {buf[pos]!r}")
+    new, pos = _tuple(buf, pos + 1)
+    return Update(oid, old, key, new, xid), pos
+
+
+def _delete(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    (oid,) = _I.unpack_from(buf, pos)
+    old, key, end = _old_or_key(buf, pos + 4)
+    if end == pos + 4:
+        raise _Malformed(end, f"expected 'K' or 'O', got {buf[end]!r}")
+    return Delete(oid, old, key, xid), end
+
+
+def _truncate(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    count, options = _TRUNCATE_HEAD.unpack_from(buf, pos)
+    pos += _TRUNCATE_HEAD.size
+    oids = struct.unpack_from(f">{count}I", buf, pos)
+    return Truncate(options, oids, xid), pos + 4 * count
+
+
+def _message(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, pos = _xid(buf, pos, in_stream)
+    flags, lsn = _MESSAGE_HEAD.unpack_from(buf, pos)
+    prefix, pos = _cstring(buf, pos + _MESSAGE_HEAD.size)
+    (length,) = _I.unpack_from(buf, pos)
+    start = pos + 4
+    if start + length > len(buf):
+        raise _Malformed(start, f"content of {length} bytes runs past the end")
+    return LogicalMessage(bool(flags & 1), lsn, prefix, buf[start : start + length], xid), start + length
+
+
+def _stream_start(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, first = _STREAM_START.unpack_from(buf, pos)
+    return StreamStart(xid, first == 1), pos + _STREAM_START.size
+
+
+def _stream_stop(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    return StreamStop(), pos
+
+
+def _stream_commit(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT.unpack_from(buf, pos)
+    return StreamCommit(xid, flags, commit_lsn, end_lsn, pg_to_unix_us(ts)), pos + _STREAM_COMMIT.size
+
+
+def _stream_abort(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+    # Protocol 4 appends abort LSN and time; they are not needed to drop the transaction.
+    xid, subxid = _STREAM_ABORT.unpack_from(buf, pos)
+    return StreamAbort(xid, subxid), len(buf)
+
+
+_DECODERS = {
+    ord("B"): ("Begin", _begin),
+    ord("C"): ("Commit", _commit),
+    ord("O"): ("Origin", _origin),
+    ord("R"): ("Relation", _relation),
+    ord("Y"): ("Type", _type),
+    ord("I"): ("Insert", _insert),
+    ord("U"): ("Update", _update),
+    ord("D"): ("Delete", _delete),
+    ord("T"): ("Truncate", _truncate),
+    ord("M"): ("Message", _message),
+    ord("S"): ("Stream Start", _stream_start),
+    ord("E"): ("Stream Stop", _stream_stop),
+    ord("c"): ("Stream Commit", _stream_commit),
+    ord("A"): ("Stream Abort", _stream_abort),
+}
+
+
+def decode(buf: bytes | memoryview, *, in_stream: bool = False) -> Message:
+    """One pgoutput message → its dataclass. Raises DecodeError on malformed or unknown input."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    if not data:
+        raise DecodeError("empty pgoutput message", offset=0)
+    entry = _DECODERS.get(data[0])
+    if entry is None:
+        raise DecodeError(f"unknown pgoutput message type {chr(data[0])!r} at offset 0", offset=0)
+    kind, reader = entry
+    try:
+        message, end = reader(data, 1, in_stream)
+    except _Malformed as exc:
+        where = exc.pos
+        raise DecodeError(f"malformed {kind} message at offset {where}: {exc.why}", offset=where) from None
+    except (struct.error, IndexError):
+        where = len(data)
+        raise DecodeError(f"truncated {kind} message: input ends at offset {where}", offset=where) from None
+    if end != len(data):
+        raise DecodeError(
+            f"malformed {kind} message at offset {end}: {len(data) - end} trailing bytes", offset=end
+        )
+    return message
+
+
+# --------------------------------------------------------------------------- outer CopyData frames
+
+
+def decode_copy_data(buf: bytes | memoryview) -> CopyData:
+    """A CopyData payload of START_REPLICATION: ``w`` XLogData or ``k`` primary keepalive."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    if not data:
+        raise DecodeError("empty replication CopyData frame", offset=0)
+    kind = data[0]
+    try:
+        if kind == ord("w"):
+            start, end, ts = _XLOGDATA.unpack_from(data, 1)
+            return XLogData(start, end, pg_to_unix_us(ts), data[1 + _XLOGDATA.size :])
+        if kind == ord("k"):
+            if len(data) != 1 + _KEEPALIVE.size:
+                raise DecodeError(
+                    f"malformed keepalive at offset {len(data)}: expected {1 + _KEEPALIVE.size} bytes",
+                    offset=len(data),
+                )
+            end, ts, reply = _KEEPALIVE.unpack_from(data, 1)
+            return PrimaryKeepalive(end, pg_to_unix_us(ts), reply)
+    except struct.error:
+        name = "XLogData" if kind == ord("w") else "keepalive"
+        where = len(data)
+        raise DecodeError(f"truncated {name} frame: input ends at offset {where}", offset=where) from None
+    raise DecodeError(f"unknown replication frame type {chr(kind)!r} at offset 0", offset=0)
+
+
+def standby_status_update(
+    written: int,
+    flushed: int | None = None,
+    applied: int | None = None,
+    *,
+    now_us: int | None = None,
+    reply_requested: bool = False,
+) -> bytes:
+    """The ``r`` frame reporting positions to the server; ``now_us`` in Unix microseconds."""
+    flushed = written if flushed is None else flushed
+    applied = flushed if applied is None else applied
+    if now_us is None:
+        now_us = time.time_ns() // 1000
+    return _STANDBY_STATUS.pack(b"r", written, flushed, applied, unix_to_pg_us(now_us), reply_requested)

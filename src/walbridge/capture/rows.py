@@ -1,0 +1,114 @@
+"""Rows of one table: PostgreSQL text values → Debezium-encoded JSON rows and keys.
+
+One :class:`RowCodec` per captured table, built from its catalog description; both capture
+modes (pgoutput tuples, COPY lines of the snapshot, trigger change-log rows) go through it,
+which is what makes them emit identical ``before``/``after``/``key``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from walbridge.capture.catalog import RelationInfo
+from walbridge.capture.pgoutput import UNCHANGED_TOAST
+from walbridge.capture.values import TypeRegistry, ValueOptions, column_schema, converter_for
+from walbridge.errors import DecodeError
+from walbridge.events import TableSchema
+
+__all__ = ["TOAST_PLACEHOLDER", "RowCodec"]
+
+TOAST_PLACEHOLDER = "__debezium_unavailable_value"
+"""Debezium's ``unavailable.value.placeholder`` for unchanged TOASTed values."""
+
+_BYTEA_OID = 17
+
+
+def _placeholder_for(type_oid: int, element_oid: int | None) -> Any:
+    if type_oid == _BYTEA_OID:
+        return base64.b64encode(TOAST_PLACEHOLDER.encode()).decode()
+    if element_oid:
+        return [TOAST_PLACEHOLDER]
+    return TOAST_PLACEHOLDER
+
+
+class RowCodec:
+    """Text values in table column order → ``{column: json value}``; plus the key and schemas."""
+
+    __slots__ = ("_columns", "_converters", "_key_columns", "_placeholders", "relation", "table_schema")
+
+    def __init__(
+        self,
+        relation: RelationInfo,
+        registry: TypeRegistry,
+        options: ValueOptions,
+        exclude_columns: Iterable[str] = (),
+    ) -> None:
+        self.relation = relation
+        excluded = set(exclude_columns)
+        # (position in the incoming tuple, name, converter) for every column we keep
+        self._columns: list[tuple[int, str, Callable[[str], Any]]] = []
+        self._placeholders: dict[str, Any] = {}
+        schemas = []
+        for index, col in enumerate(relation.columns):
+            if col.name in excluded and col.name not in relation.key_columns:
+                continue
+            convert = converter_for(col.type_oid, col.typmod, registry, options)
+            self._columns.append((index, col.name, convert))
+            pg_type = registry.get(col.type_oid)
+            self._placeholders[col.name] = _placeholder_for(col.type_oid, getattr(pg_type, "element_oid", None))
+            schemas.append(
+                column_schema(col.name, col.type_oid, col.typmod, not col.not_null, registry, options)
+            )
+        self._converters = {name: convert for _, name, convert in self._columns}
+        self._key_columns = tuple(relation.key_columns)
+        self.table_schema = TableSchema(relation.schema, relation.table, tuple(schemas), self._key_columns)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return self._key_columns
+
+    def row(self, values: Sequence[Any]) -> dict[str, Any]:
+        """Values in the relation's column order (text, bytes, None or UNCHANGED_TOAST)."""
+        out: dict[str, Any] = {}
+        try:
+            for index, name, convert in self._columns:
+                value = values[index]
+                if value is None:
+                    out[name] = None
+                elif value is UNCHANGED_TOAST:
+                    out[name] = self._placeholders[name]
+                else:
+                    out[name] = convert(value.decode() if isinstance(value, bytes) else value)
+        except IndexError:
+            raise DecodeError(
+                f"{self.relation.schema}.{self.relation.table}: a row has {len(values)} values "
+                f"but the table has {len(self.relation.columns)} columns"
+            ) from None
+        except (ValueError, ArithmeticError) as exc:
+            raise DecodeError(
+                f"{self.relation.schema}.{self.relation.table}.{name}: cannot convert {value!r}: {exc}"
+            ) from exc
+        return out
+
+    def row_from_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
+        """Values by column name (trigger change log); unknown names are an error, missing ones null."""
+        unknown = set(mapping) - {col.name for col in self.relation.columns}
+        if unknown:
+            raise DecodeError(
+                f"{self.relation.schema}.{self.relation.table}: change has columns the table no longer has: "
+                f"{', '.join(sorted(unknown))}"
+            )
+        return self.row([mapping.get(col.name) for col in self.relation.columns])
+
+    def key(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The primary-key object of a row; ``None`` for a table without a primary key."""
+        if not self._key_columns:
+            return None
+        return {name: row.get(name) for name in self._key_columns}
+
+    def key_only_row(self, values: Sequence[Any]) -> dict[str, Any]:
+        """A row where only the key columns are known (default replica identity): others null."""
+        row = self.row(values)
+        return {name: (row[name] if name in self._key_columns else None) for name in row}

@@ -1,0 +1,116 @@
+"""The initial snapshot: every row of the captured tables as ``op: r`` events.
+
+The caller opens the transaction that fixes what the snapshot sees (logical mode: the
+slot's exported snapshot; trigger mode: a REPEATABLE READ transaction whose snapshot is
+recorded beside the change log), so that streaming continues exactly where the snapshot
+ends. Rows are read with ``COPY ... TO STDOUT`` (text format, the same text the stream
+carries) and converted by the table's :class:`RowCodec`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.rows import RowCodec
+from walbridge.capture.values import parse_copy_line
+from walbridge.events import ChangeEvent, Source
+
+__all__ = ["SnapshotSource", "iter_copy_rows", "snapshot_tables"]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """What every snapshot event's ``source`` block says besides the table."""
+
+    connector: str
+    name: str
+    db: str
+    lsn: int | None = None
+    tx_id: int | None = None
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def iter_copy_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[list[str | None]]:
+    """The table's rows as text values (COPY text format), in the codec's column order."""
+    rel = codec.relation
+    query = sql.SQL("COPY (SELECT {cols} FROM {table}) TO STDOUT").format(
+        cols=sql.SQL(", ").join(sql.Identifier(col.name) for col in rel.columns),
+        table=sql.Identifier(rel.schema, rel.table),
+    )
+    pending = b""
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        for block in copy:
+            data = pending + bytes(block)
+            lines = data.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                yield parse_copy_line(line)
+    if pending:
+        yield parse_copy_line(pending)
+
+
+def _snapshot_flag(first_overall: bool, first_in_table: bool, last_in_table: bool, last_overall: bool) -> str:
+    if first_overall:
+        return "first"
+    if last_overall:
+        return "last"
+    if first_in_table:
+        return "first_in_data_collection"
+    if last_in_table:
+        return "last_in_data_collection"
+    return "true"
+
+
+def snapshot_tables(
+    conn: psycopg.Connection[Any],
+    codecs: Sequence[RowCodec],
+    publisher: EventPublisher[Any],
+    origin: SnapshotSource,
+    progress: ProgressFn | None = None,
+) -> int:
+    """Publish every row of every table (in ``conn``'s current transaction); returns the row count."""
+    total = 0
+    ts_ms = time.time_ns() // 1_000_000
+    for table_index, codec in enumerate(codecs):
+        rel = codec.relation
+        last_table = table_index == len(codecs) - 1
+        rows = iter_copy_rows(conn, codec)
+        current = next(rows, None)
+        first_in_table = True
+        count = 0
+        while current is not None:
+            upcoming = next(rows, None)
+            flag = _snapshot_flag(total == 0, first_in_table, upcoming is None, last_table and upcoming is None)
+            after = codec.row(current)
+            source = Source(
+                connector=origin.connector,
+                name=origin.name,
+                db=origin.db,
+                schema=rel.schema,
+                table=rel.table,
+                ts_ms=ts_ms,
+                snapshot=flag,
+                tx_id=origin.tx_id,
+                lsn=origin.lsn,
+            )
+            publisher.publish(ChangeEvent("r", source, codec.key(after), None, after, ts_ms, codec.table_schema))
+            first_in_table = False
+            total += 1
+            count += 1
+            if count % 5_000 == 0:
+                publisher.poll(0)
+                if progress is not None:
+                    progress(f"{rel.schema}.{rel.table}", count)
+            current = upcoming
+        if progress is not None:
+            progress(f"{rel.schema}.{rel.table}", count)
+    return total

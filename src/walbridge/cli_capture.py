@@ -1,0 +1,212 @@
+"""``walbridge setup | teardown | capture``: the capture side of the command line."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from walbridge.config import Settings
+from walbridge.errors import ConfigError
+
+__all__ = ["register", "run_capture"]
+
+log = logging.getLogger(__name__)
+out = Console()
+
+Mode = Annotated[str | None, typer.Option("--mode", help="logical or trigger (default: source.mode)")]
+
+
+def _mode(settings: Settings, mode: str | None) -> str:
+    chosen = mode or settings.source.mode
+    if chosen not in ("logical", "trigger"):
+        raise ConfigError(f"--mode must be logical or trigger, not {chosen!r}")
+    return chosen
+
+
+def setup_logical(settings: Settings) -> list[str]:
+    """Check the server, create the publication and the slot (idempotent); what was done."""
+    from walbridge.capture import catalog
+    from walbridge.capture.logical import connect_source
+    from walbridge.capture.slot import create_slot, ensure_publication, set_replica_identity_full, slot_info
+    from walbridge.capture.state import CaptureState
+
+    src = settings.source
+    done: list[str] = []
+    with connect_source(src.dsn) as conn:
+        relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
+        problems = catalog.check_logical_capture(conn, relations)
+        if problems:
+            raise ConfigError("; ".join(str(p) for p in problems))
+        if src.replica_identity_full:
+            done += [f"REPLICA IDENTITY FULL on {name}" for name in set_replica_identity_full(conn, relations)]
+        if ensure_publication(conn, src.publication, relations):
+            done.append(f"publication {src.publication} for {len(relations)} table(s)")
+        if slot_info(conn, src.slot) is None:
+            lsn = create_slot(conn, src.slot)
+            CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").save(snapshot_pending=True)
+            done.append(f"replication slot {src.slot} at {lsn}")
+    return done
+
+
+def teardown_logical(settings: Settings) -> list[str]:
+    from walbridge.capture.logical import connect_source
+    from walbridge.capture.slot import drop_publication, drop_slot
+    from walbridge.capture.state import CaptureState
+
+    src = settings.source
+    done = []
+    with connect_source(src.dsn) as conn:
+        if drop_slot(conn, src.slot):
+            done.append(f"dropped replication slot {src.slot}")
+        if drop_publication(conn, src.publication):
+            done.append(f"dropped publication {src.publication}")
+        CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").clear()
+    return done
+
+
+def _trigger_module() -> Any:
+    from walbridge.capture import trigger
+
+    return trigger
+
+
+def _capture_for(settings: Settings, progress: Any) -> Any:
+    if settings.source.mode == "trigger":
+        return _trigger_module().TriggerCapture(settings, progress=progress)
+    from walbridge.capture.logical import LogicalCapture
+
+    return LogicalCapture(settings, progress=progress)
+
+
+class SnapshotProgress:
+    """A rich progress bar per table, fed by the snapshot's ``progress(table, rows)`` callback."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("snapshot {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, table: str, rows: int) -> None:
+        if table not in self.tasks:
+            if not self.tasks:
+                self.progress.start()
+            self.tasks[table] = self.progress.add_task(table, total=None)
+        self.progress.update(self.tasks[table], completed=rows)
+
+    def close(self) -> None:
+        if self.tasks:
+            self.progress.stop()
+
+
+def run_capture(settings: Settings, stop: threading.Event, progress: Any = None) -> None:
+    """Run the configured capture mode until ``stop`` is set, with the ops endpoint when enabled."""
+    capture = _capture_for(settings, progress)
+    ops = None
+    if settings.metrics.enabled:
+        from walbridge.web import OpsServer
+
+        started = time.time()
+
+        def status() -> dict[str, Any]:
+            return {
+                "mode": settings.source.mode,
+                "uptime_s": round(time.time() - started, 1),
+                "streaming": capture.ready.is_set(),
+                "received": getattr(capture, "received", None),
+                "confirmed": getattr(capture, "confirmed", None),
+            }
+
+        try:
+            ops = OpsServer(settings.metrics.host, settings.metrics.port, status, lambda: True).start()
+            log.info("metrics and status on %s", ops.url)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.port {settings.metrics.port} on {settings.metrics.host} is not available: {exc.strerror}"
+            ) from exc
+    try:
+        capture.run(stop)
+    finally:
+        if ops is not None:
+            ops.stop()
+
+
+def register(app: typer.Typer) -> None:
+    from walbridge.cli import ConfigOption, handle_errors, settings_from, stop_on_signals
+
+    @app.command()
+    @handle_errors
+    def setup(config: ConfigOption = None, mode: Mode = None) -> None:
+        """Check the source and create what capture needs (publication + slot, or triggers). Idempotent."""
+        settings = settings_from(config)
+        if _mode(settings, mode) == "trigger":
+            done = _trigger_module().install_trigger_capture_from_settings(settings)
+        else:
+            done = setup_logical(settings)
+        for line in done or ["nothing to do: everything is in place"]:
+            out.print(f"[green]✓[/] {line}")
+
+    @app.command()
+    @handle_errors
+    def teardown(config: ConfigOption = None, mode: Mode = None) -> None:
+        """Drop the slot and publication (or the triggers). An abandoned slot retains WAL until dropped."""
+        settings = settings_from(config)
+        if _mode(settings, mode) == "trigger":
+            done = _trigger_module().uninstall_trigger_capture_from_settings(settings)
+        else:
+            done = teardown_logical(settings)
+        for line in done or ["nothing to drop"]:
+            out.print(f"[green]✓[/] {line}")
+
+    @app.command()
+    @handle_errors
+    def check(config: ConfigOption = None) -> None:
+        """Check the source server for logical capture; list each problem with its fix."""
+        from walbridge.capture import catalog
+        from walbridge.capture.logical import connect_source
+
+        settings = settings_from(config)
+        with connect_source(settings.source.dsn) as conn:
+            relations = catalog.resolve_tables(conn, settings.source.tables, settings.source.exclude_tables)
+            problems = catalog.check_logical_capture(conn, relations)
+        table = Table("table", "primary key", "replica identity")
+        for rel in relations:
+            table.add_row(f"{rel.schema}.{rel.table}", ", ".join(rel.key_columns) or "(none)", rel.replica_identity)
+        out.print(table)
+        if problems:
+            raise ConfigError("; ".join(str(p) for p in problems))
+        out.print("[green]✓[/] the server is ready for logical capture")
+
+    @app.command()
+    @handle_errors
+    def capture(
+        config: ConfigOption = None,
+        snapshot: Annotated[str | None, typer.Option(help="override source.snapshot")] = None,
+    ) -> None:
+        """Capture changes into Kafka (snapshot, then stream) until Ctrl-C."""
+        overrides = {"source": {"snapshot": snapshot}} if snapshot else {}
+        settings = settings_from(config) if not overrides else _with_overrides(config, overrides)
+        stop = stop_on_signals()
+        progress = SnapshotProgress()
+        try:
+            run_capture(settings, stop, progress)
+        finally:
+            progress.close()
+
+
+def _with_overrides(config: Path | None, overrides: dict[str, Any]) -> Settings:
+    from walbridge.config import load_settings
+
+    return load_settings(config, **overrides)

@@ -1,0 +1,110 @@
+"""The one exception tree of walbridge.
+
+::
+
+    WalbridgeError
+    ├── ConfigError                      bad settings; fail at startup
+    ├── TransientError                   retry with backoff; never skip ahead
+    │   ├── ConnectionLost
+    │   ├── OperationTimeout
+    │   ├── RateLimited                  HTTP 429, REQUEST_LIMIT_EXCEEDED
+    │   ├── AuthExpired                  re-authenticate once, then retry
+    │   └── ServerBusy                   HTTP 5xx, deadlock, serialization failure
+    └── PermanentError                   a few attempts, then the DLQ
+        ├── DecodeError                  malformed message (fatal in capture)
+        ├── ConstraintViolation
+        ├── UnknownColumn
+        └── RecordRejected               Salesforce 400 field errors
+
+Context travels in attributes (``topic``, ``partition``, ``offset``, ``sqlstate``, ...)
+so that the DLQ and the logs can show it without parsing messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthExpired",
+    "ConfigError",
+    "ConnectionLost",
+    "ConstraintViolation",
+    "DecodeError",
+    "OperationTimeout",
+    "PermanentError",
+    "RateLimited",
+    "RecordRejected",
+    "ServerBusy",
+    "TransientError",
+    "UnknownColumn",
+    "WalbridgeError",
+]
+
+
+class WalbridgeError(Exception):
+    """Base of every error walbridge raises on purpose."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context: dict[str, Any] = context
+
+    def __getattr__(self, name: str) -> Any:
+        context = self.__dict__.get("context", {})
+        if name in context:
+            return context[name]
+        raise AttributeError(name)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(WalbridgeError):
+    """Settings are missing, malformed or contradictory; raised at startup."""
+
+
+class TransientError(WalbridgeError):
+    """The operation may succeed if retried later; never skip past it."""
+
+
+class ConnectionLost(TransientError):
+    """A connection to PostgreSQL, Kafka or Salesforce failed or dropped."""
+
+
+class OperationTimeout(TransientError):
+    """An operation took longer than allowed."""
+
+
+class RateLimited(TransientError):
+    """The remote side asks us to slow down (HTTP 429, REQUEST_LIMIT_EXCEEDED)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, **context: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **context)
+
+
+class AuthExpired(TransientError):
+    """The access token expired or was revoked: re-authenticate once, then retry."""
+
+
+class ServerBusy(TransientError):
+    """The server failed in a way that usually passes: 5xx, deadlock, serialization failure."""
+
+
+class PermanentError(WalbridgeError):
+    """Retrying the same input will fail the same way: after a few attempts it goes to the DLQ."""
+
+
+class DecodeError(PermanentError):
+    """Bytes that are not a valid message (replication protocol or Kafka record)."""
+
+
+class ConstraintViolation(PermanentError):
+    """The destination refused the row (unique, check, foreign key, not null)."""
+
+
+class UnknownColumn(PermanentError):
+    """A column or field that the destination does not have."""
+
+
+class RecordRejected(PermanentError):
+    """Salesforce rejected one record (field errors, too long, wrong type)."""

@@ -1,0 +1,224 @@
+"""Kafka clients built from settings, topic creation, and delivery tracking.
+
+:class:`DeliveryTracker` owns the "confirmed position" of a capture: positions are
+registered in source order with the number of records produced for them, and a
+position is confirmed only when it and every earlier one are acknowledged by Kafka.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from walbridge.config import KafkaSettings
+from walbridge.errors import ConfigError, ConnectionLost, OperationTimeout, PermanentError, WalbridgeError
+
+__all__ = [
+    "DeliveryTracker",
+    "check_broker",
+    "client_config",
+    "ensure_topics",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+    "map_kafka_error",
+]
+
+P = TypeVar("P")
+
+
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The librdkafka properties common to every client."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    conf.update(settings.options)
+    return conf
+
+
+def make_producer(settings: KafkaSettings, **extra: Any) -> Producer:
+    """An idempotent producer (acks=all, ordered retries) tuned for throughput."""
+    conf = client_config(settings)
+    conf.setdefault("enable.idempotence", True)
+    conf.setdefault("acks", "all")
+    conf.setdefault("linger.ms", 5)
+    conf.setdefault("batch.num.messages", 10_000)
+    conf.setdefault("queue.buffering.max.messages", 500_000)
+    conf.setdefault("compression.type", "lz4")
+    conf.update(extra)
+    return _build(Producer, conf)
+
+
+def make_consumer(settings: KafkaSettings, group_id: str, **extra: Any) -> Any:
+    """A consumer with manual commits (the caller decides when an offset is safe)."""
+    from confluent_kafka import Consumer
+
+    conf = client_config(settings)
+    conf.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+    )
+    if settings.session_timeout_ms is not None:
+        conf["session.timeout.ms"] = settings.session_timeout_ms
+        conf.setdefault("heartbeat.interval.ms", max(500, settings.session_timeout_ms // 6))
+    conf.update(extra)
+    return _build(Consumer, conf)
+
+
+def make_admin(settings: KafkaSettings) -> AdminClient:
+    return _build(AdminClient, client_config(settings))
+
+
+def _build(cls: Any, conf: dict[str, Any]) -> Any:
+    try:
+        return cls(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid Kafka client setting: {exc}") from exc
+
+
+def check_broker(settings: KafkaSettings, timeout_s: float = 10.0) -> None:
+    """Raise ConnectionLost naming the address when no broker answers."""
+    admin = make_admin(settings)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ConnectionLost(
+            f"Kafka broker at {settings.bootstrap_servers} did not answer within {timeout_s:g}s ({exc})",
+            bootstrap=settings.bootstrap_servers,
+        ) from exc
+
+
+def ensure_topics(
+    admin: AdminClient,
+    topics: Iterable[str],
+    partitions: int,
+    replication_factor: int,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    wanted = sorted(set(topics))
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise map_kafka_error(exc.args[0] if exc.args else None, "listing topics") from exc
+    missing = [name for name in wanted if name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor) for name in missing],
+        operation_timeout=timeout_s,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise map_kafka_error(err, f"creating topic {name}") from exc
+    return missing
+
+
+def map_kafka_error(err: Any, doing: str) -> WalbridgeError:
+    """KafkaError → the walbridge error tree (retriable → transient)."""
+    if not isinstance(err, KafkaError):
+        return ConnectionLost(f"Kafka failed while {doing}: {err}")
+    text = f"Kafka failed while {doing}: {err.str()}"
+    if err.code() in (KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._MSG_TIMED_OUT):
+        return OperationTimeout(text, kafka_code=err.name())
+    if err.fatal() or not (err.retriable() or err.code() in _TRANSIENT_CODES):
+        return PermanentError(text, kafka_code=err.name())
+    return ConnectionLost(text, kafka_code=err.name())
+
+
+_TRANSIENT_CODES = {
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._RESOLVE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NETWORK_EXCEPTION,
+}
+
+
+class _Checkpoint(Generic[P]):
+    __slots__ = ("failed", "position", "remaining", "sealed", "tracker")
+
+    def __init__(self, tracker: DeliveryTracker[P]) -> None:
+        self.tracker = tracker
+        self.position: P | None = None
+        self.remaining = 0
+        self.sealed = False
+        self.failed: KafkaError | None = None
+
+    def ack(self, err: KafkaError | None, _msg: Any) -> None:
+        """Delivery callback of every record produced for this checkpoint."""
+        if err is not None:
+            self.failed = err
+            self.tracker.failure = err
+        self.remaining -= 1
+
+
+class DeliveryTracker(Generic[P]):
+    """Confirms a source position once every record produced up to it is acknowledged.
+
+    Usage per source transaction: ``cb = tracker.open()``; produce each record with
+    ``callback=cb``; ``tracker.seal(position)``. ``tracker.confirmed()`` (after the
+    producer's ``poll``) returns the newest position whose records, and all earlier
+    ones, are acknowledged. Delivery callbacks run in the thread calling ``poll``.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[_Checkpoint[P]] = deque()
+        self._current: _Checkpoint[P] | None = None
+        self._confirmed: P | None = None
+        self.failure: KafkaError | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Any:
+        """The delivery callback for the records of the position being built."""
+        cp = self._current
+        if cp is None:
+            cp = self._current = _Checkpoint(self)
+            self._queue.append(cp)
+        cp.remaining += 1
+        return cp.ack
+
+    def seal(self, position: P) -> None:
+        """No more records for the current position; it may now be confirmed."""
+        cp = self._current
+        if cp is None:
+            cp = _Checkpoint(self)
+            self._queue.append(cp)
+        cp.position = position
+        cp.sealed = True
+        self._current = None
+
+    def confirmed(self) -> P | None:
+        queue = self._queue
+        while queue and queue[0].sealed and queue[0].remaining <= 0:
+            cp = queue.popleft()
+            if cp.failed is not None:
+                # A failed record: never confirm past it; the source must resend from the last confirmed.
+                queue.appendleft(cp)
+                break
+            self._confirmed = cp.position
+        return self._confirmed
+
+    @property
+    def pending(self) -> int:
+        return sum(cp.remaining for cp in self._queue)
+
+    def reset(self, confirmed: P | None) -> None:
+        self._queue.clear()
+        self._current = None
+        self._confirmed = confirmed
+        self.failure = None

@@ -1,0 +1,82 @@
+"""The contract between the sink runner and a destination.
+
+The runner consumes Kafka records, decodes them into :class:`SinkRecord` values and hands a
+batch to :meth:`Sink.write_batch`. The sink applies what it can (inside its own unit of work)
+and returns one :class:`RecordFailure` per record it refused for a *permanent* reason; a
+:class:`~walbridge.errors.TransientError` raised instead means "nothing of this batch counts":
+the runner calls :meth:`Sink.rollback` and retries the whole batch later.
+
+After the failed records are routed to the DLQ, :meth:`Sink.commit` makes the batch durable
+together with the next offsets (``(topic, partition) → offset of the next record to read``).
+A sink with ``owns_offsets`` stores them in the destination in the same unit of work and
+answers :meth:`Sink.stored_offsets` on partition assignment (exactly-once effect); other
+sinks rely on the offsets the runner commits to Kafka (at-least-once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from walbridge.errors import TransientError, WalbridgeError
+from walbridge.events import ChangeEvent
+
+__all__ = ["OffsetConflict", "RecordFailure", "Sink", "SinkRecord", "TopicPartitionKey"]
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRecord:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    timestamp_ms: int
+    event: ChangeEvent | None
+    """Decoded; ``None`` for a tombstone."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailure:
+    """A record the sink (or the decoder) refused, and why."""
+
+    record: SinkRecord
+    error: WalbridgeError
+
+
+class OffsetConflict(TransientError):
+    """The destination already holds offsets past this batch: another member applied it.
+
+    Raised by an offset-owning sink after a rebalance raced with a batch in flight. The runner
+    rolls back, drops the batch and seeks to :meth:`Sink.stored_offsets` instead of retrying.
+    """
+
+
+@runtime_checkable
+class Sink(Protocol):
+    name: str
+    owns_offsets: bool
+    """True: offsets are stored by :meth:`commit` in the destination (exactly-once effect)."""
+
+    def open(self) -> None: ...
+
+    def stored_offsets(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Next offsets stored for these partitions (absent: nothing stored)."""
+        ...
+
+    def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
+        """Apply the batch; permanent per-record failures are returned, TransientError raised."""
+        ...
+
+    def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
+        """Make the applied batch durable (with the offsets when ``owns_offsets``)."""
+        ...
+
+    def rollback(self) -> None: ...
+
+    def close(self) -> None: ...

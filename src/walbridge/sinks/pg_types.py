@@ -1,0 +1,350 @@
+"""Destination catalog and value conversion for the PostgreSQL sink (pure functions + one query).
+
+Values arrive encoded the way Debezium's JsonConverter writes them (default modes): ``date`` as
+days since the epoch, ``timestamp`` as micro- (or, for precision ≤ 3, milli-) seconds since the
+epoch, ``timestamptz``/``timetz`` as ISO strings, ``time`` as microseconds since midnight,
+``interval`` as microseconds (or ISO-8601 text), ``numeric`` as a string, a double, or — in
+``decimal.handling.mode=precise`` — a ``Decimal`` already decoded from the schema block (raw
+base64 without a schema is refused with an error naming the mode), ``json``/``jsonb`` as
+strings, ``bytea`` as base64. :func:`converter` picks the conversion from the *destination*
+column's type, read once per table by :func:`read_table`; a value that does not fit raises
+:class:`ValueError` with a message naming the column.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+from psycopg import sql
+
+from walbridge.events import decode_precise_decimal
+
+__all__ = [
+    "UNAVAILABLE",
+    "Column",
+    "TableInfo",
+    "connect_type",
+    "converter",
+    "read_table",
+]
+
+UNAVAILABLE = "__debezium_unavailable_value"
+"""Debezium's placeholder for an unchanged TOAST value: the column must be left as it is."""
+
+_EPOCH_DATE = date(1970, 1, 1)
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+
+Converter = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+    """Base type name (domains resolved), e.g. ``int4``, ``numeric``, ``timestamptz``, ``_int4``."""
+    precision: int | None
+    """Fractional-second digits for temporal types (None: the default, 6)."""
+    element: str | None = None
+    """Element type of an array column."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    schema: str
+    name: str
+    columns: dict[str, Column]
+    """Writable columns (generated columns left out), by name, in table order."""
+    key: tuple[str, ...]
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+_COLUMNS_SQL = """
+SELECT a.attname, COALESCE(bt.typname, t.typname), a.atttypmod, a.attgenerated <> '',
+       et.typname, COALESCE(bt.typcategory, t.typcategory)
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd'
+LEFT JOIN pg_type et ON et.oid = COALESCE(bt.typelem, t.typelem) AND COALESCE(bt.typcategory, t.typcategory) = 'A'
+WHERE a.attrelid = %(rel)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_KEY_SQL = """
+SELECT a.attname FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+WHERE i.indrelid = %(rel)s::regclass AND i.indisprimary
+ORDER BY array_position(i.indkey::int2[], a.attnum)
+"""
+
+_TEMPORAL = {"timestamp", "timestamptz", "time", "timetz"}
+
+
+def read_table(conn: Any, schema: str, table: str) -> TableInfo | None:
+    """The destination table's writable columns and primary key; None when it does not exist."""
+    rel = sql.Identifier(schema, table).as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (rel,))
+        row = cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        cur.execute(_COLUMNS_SQL, {"rel": rel})
+        columns = {}
+        for name, typ, typmod, generated, element, _category in cur.fetchall():
+            if generated:
+                continue
+            precision = typmod if typ in _TEMPORAL and typmod >= 0 else None
+            columns[name] = Column(name, typ, precision, element)
+        cur.execute(_KEY_SQL, {"rel": rel})
+        key = tuple(r[0] for r in cur.fetchall())
+    return TableInfo(schema, table, columns, key)
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{value!r} is not an integer")
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        return float(value)
+    raise ValueError(f"{value!r} is not a number")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "t", "f"):
+        return value.lower() in ("true", "t")
+    if isinstance(value, int):
+        return bool(value)
+    raise ValueError(f"{value!r} is not a boolean")
+
+
+def _decimal(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict) and "scale" in value and "value" in value:
+        return decode_precise_decimal(str(value["value"]), int(value["scale"]))
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            raise ValueError(
+                f"{value!r} is not a decimal number; it looks like decimal.handling.mode=precise (base64) "
+                "without a schema block: enable schemas in the JSON converter (schemas.enable=true) "
+                "or use decimal.handling.mode=string or double"
+            ) from None
+    raise ValueError(f"{value!r} is not a decimal number")
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _EPOCH_DATE + timedelta(days=value)
+    if isinstance(value, str):
+        return date.fromisoformat(value[:10])
+    if isinstance(value, date):
+        return value
+    raise ValueError(f"{value!r} is not a date (days since 1970-01-01)")
+
+
+def _epoch_delta(value: int, precision: int | None) -> timedelta:
+    # Debezium's adaptive modes: precision 0-3 → milliseconds (Timestamp/Time), 4-6 → microseconds.
+    if precision is not None and precision <= 3:
+        return timedelta(milliseconds=value)
+    return timedelta(microseconds=value)
+
+
+def _timestamp(precision: int | None) -> Converter:
+    def convert(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _EPOCH + _epoch_delta(value, precision)
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value)
+            return parsed.replace(tzinfo=None) if parsed.tzinfo is None else parsed.astimezone(UTC).replace(tzinfo=None)
+        raise ValueError(f"{value!r} is not a timestamp")
+
+    return convert
+
+
+def _timestamptz(value: Any) -> datetime:
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _EPOCH_UTC + timedelta(microseconds=value)
+    raise ValueError(f"{value!r} is not a timestamp with time zone")
+
+
+def _time(precision: int | None) -> Converter:
+    def convert(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            delta = _epoch_delta(value, precision)
+            if delta >= timedelta(days=1):
+                return "24:00:00"
+            return (datetime.min + delta).time()
+        if isinstance(value, str):
+            return time.fromisoformat(value)
+        raise ValueError(f"{value!r} is not a time of day")
+
+    return convert
+
+
+def _interval(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(microseconds=value)
+    if isinstance(value, str):
+        return value  # ISO-8601 duration (interval.handling.mode=string): PostgreSQL parses it
+    raise ValueError(f"{value!r} is not an interval")
+
+
+def _bytea(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError(
+                f"{value[:40]!r} is not base64; bytea values are expected in binary.handling.mode=bytes or base64"
+            ) from None
+    raise ValueError(f"{value!r} is not binary data")
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _array(element: Converter) -> Converter:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(f"{value!r} is not an array")
+        return [None if item is None else element(item) for item in value]
+
+    return convert
+
+
+_SIMPLE: dict[str, Converter] = {
+    "int2": _int,
+    "int4": _int,
+    "int8": _int,
+    "oid": _int,
+    "float4": _float,
+    "float8": _float,
+    "numeric": _decimal,
+    "money": _decimal,
+    "bool": _bool,
+    "date": _date,
+    "timestamptz": _timestamptz,
+    "interval": _interval,
+    "bytea": _bytea,
+    "json": _json,
+    "jsonb": _json,
+}
+
+
+def _scalar(typ: str, precision: int | None) -> Converter:
+    if typ == "timestamp":
+        return _timestamp(precision)
+    if typ == "time":
+        return _time(precision)
+    return _SIMPLE.get(typ, _text)
+
+
+def converter(column: Column) -> Converter:
+    """The function turning a Debezium-encoded value into a value for ``column``."""
+    if column.element is not None:
+        return _array(_scalar(column.element, column.precision))
+    return _scalar(column.type, column.precision)
+
+
+# --------------------------------------------------------------------------- auto-create
+
+_CONNECT_TYPES = {
+    "int8": "smallint",
+    "int16": "smallint",
+    "int32": "integer",
+    "int64": "bigint",
+    "float32": "real",
+    "float64": "double precision",
+    "boolean": "boolean",
+    "string": "text",
+    "bytes": "bytea",
+}
+_LOGICAL_TYPES = {
+    "io.debezium.time.Date": "date",
+    "org.apache.kafka.connect.data.Date": "date",
+    "io.debezium.time.Timestamp": "timestamp(3)",
+    "org.apache.kafka.connect.data.Timestamp": "timestamp(3)",
+    "io.debezium.time.MicroTimestamp": "timestamp",
+    "io.debezium.time.NanoTimestamp": "timestamp",
+    "io.debezium.time.ZonedTimestamp": "timestamptz",
+    "io.debezium.time.Time": "time(3)",
+    "org.apache.kafka.connect.data.Time": "time(3)",
+    "io.debezium.time.MicroTime": "time",
+    "io.debezium.time.ZonedTime": "timetz",
+    "io.debezium.time.MicroDuration": "interval",
+    "io.debezium.time.Interval": "interval",
+    "io.debezium.data.VariableScaleDecimal": "numeric",
+    "io.debezium.data.Json": "jsonb",
+    "io.debezium.data.Uuid": "uuid",
+    "io.debezium.data.Xml": "xml",
+}
+
+
+def connect_type(field: dict[str, Any]) -> str | None:
+    """The PostgreSQL type for a Kafka Connect field schema (the documented mapping), or None."""
+    name = field.get("name")
+    if name == "org.apache.kafka.connect.data.Decimal":
+        params = field.get("parameters") or {}
+        precision = params.get("connect.decimal.precision")
+        scale = params.get("scale", "0")
+        return f"numeric({int(precision)},{int(scale)})" if precision else "numeric"
+    if name in _LOGICAL_TYPES:
+        return _LOGICAL_TYPES[name]
+    if field.get("type") == "array":
+        items = connect_type(field.get("items") or {})
+        return None if items is None else f"{items}[]"
+    return _CONNECT_TYPES.get(str(field.get("type")))

@@ -1,0 +1,422 @@
+"""The one consume → apply → commit loop every sink runs in.
+
+``SinkRunner(sink, settings, sink_settings).run(stop_event)`` repeats four named steps:
+
+1. :meth:`poll_batch` reads up to ``batch_size`` records (waiting at most ``linger_ms`` after
+   the first) and decodes each (:meth:`decode`; a :class:`DecodeError` makes a failure);
+2. :meth:`apply` hands the decoded records to ``sink.write_batch``;
+3. :meth:`route_to_dlq` produces refused records to the DLQ and waits for the acknowledgement;
+4. :meth:`commit` commits the sink (with the offsets when it owns them), then Kafka.
+
+Errors: a :class:`TransientError` rolls the whole batch back and retries it after an
+exponential backoff with jitter (``DlqSettings.backoff_initial_s`` … ``backoff_max_s``) while
+consumption is paused and the group kept alive; nothing past the batch is committed until it
+succeeds (or, with ``transient_to_dlq``, until ``max_attempts`` send the whole batch to the
+DLQ as the seed did). A record the sink refuses permanently is retried with the batch until
+it failed ``max_attempts`` times, then goes to the DLQ and the rest of the batch is applied.
+Decode failures go to the DLQ at once: decoding the same bytes again cannot succeed.
+
+Offsets: with ``sink.owns_offsets`` the runner seeks every newly assigned partition to
+``sink.stored_offsets`` and commits Kafka offsets asynchronously, only so that group lag is
+visible; otherwise the Kafka commit is synchronous and is the sink's position. Records of a
+partition revoked while a batch is held are dropped from it (the new owner reads them). A sink
+that detects that another member already applied the batch raises :class:`OffsetConflict`;
+the runner drops the batch and seeks to the stored offsets.
+
+Shutdown: setting ``stop_event`` (see :func:`install_signal_handlers`) lets a batch being
+applied finish and aborts one waiting for a retry; the consumer is closed either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from walbridge.config import DlqSettings, PostgresSinkSettings, SalesforceSinkSettings, Settings
+from walbridge.errors import DecodeError, TransientError, WalbridgeError
+from walbridge.events import decode_record
+from walbridge.kafka import make_consumer, map_kafka_error
+from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
+from walbridge.sinks.dlq import DlqWriter
+
+__all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
+
+log = logging.getLogger(__name__)
+
+SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
+_ASSIGN_TRIES = 3
+
+
+def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): exponential, capped, jittered.
+
+    The jitter keeps 75–100 % of the exponential step so that the seed's 2 s / 4 s / 8 s
+    rhythm stays recognisable while members of a group do not retry in lockstep.
+    """
+    base = min(dlq.backoff_max_s, dlq.backoff_initial_s * 2 ** (attempt - 1))
+    return base * (0.75 + 0.25 * (rng or random).random())
+
+
+def install_signal_handlers(stop_event: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop_event`` (main thread only)."""
+
+    def handler(_signum: int, _frame: Any) -> None:
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@dataclass(slots=True)
+class _Batch:
+    records: list[SinkRecord] = field(default_factory=list)
+    dead: list[tuple[RecordFailure, int]] = field(default_factory=list)
+    """Refused records with their attempt count: DLQ-bound."""
+    next_offsets: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    generations: dict[TopicPartitionKey, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.dead)
+
+    def keep(self, wanted: Callable[[TopicPartitionKey], bool]) -> None:
+        self.records = [r for r in self.records if wanted((r.topic, r.partition))]
+        self.dead = [(f, n) for f, n in self.dead if wanted((f.record.topic, f.record.partition))]
+        self.next_offsets = {tp: o for tp, o in self.next_offsets.items() if wanted(tp)}
+
+
+def _record_key(record: SinkRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
+class SinkRunner:
+    """Runs one :class:`Sink` in a consumer group (see the module docstring)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        settings: Settings,
+        sink_settings: SinkSettings,
+        *,
+        metrics: Any = None,
+        dlq: DlqWriter | None = None,
+    ) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.sink_settings = sink_settings
+        self.group_id = sink_settings.group_id or f"walbridge-{sink.name}"
+        self.metrics = metrics
+        self.dlq = dlq or DlqWriter(settings, sink.name)
+        self._consumer: Any = None
+        self._assigned: set[TopicPartitionKey] = set()
+        self._generation: dict[TopicPartitionKey, int] = {}
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop_event: threading.Event) -> None:
+        self.sink.open()
+        self._consumer = self._subscribe()
+        try:
+            while not stop_event.is_set():
+                batch = self.poll_batch(stop_event)
+                if len(batch):
+                    self.process(batch, stop_event)
+        finally:
+            self._shutdown()
+
+    def process(self, batch: _Batch, stop_event: threading.Event) -> None:
+        """Apply, DLQ and commit one batch; retry it while that fails transiently."""
+        transient_attempt = 0
+        started = time.monotonic()
+        while not stop_event.is_set():
+            self._drop_stale(batch)
+            if not len(batch):
+                return
+            try:
+                if self.apply(batch):
+                    self.sink.rollback()
+                    self._wait(self._permanent_delay(batch), stop_event)
+                    continue
+                self.route_to_dlq(batch)
+                self.commit(batch, started)
+                return
+            except OffsetConflict as exc:
+                log.warning("%s: %s; re-reading from the stored offsets", self.sink.name, exc)
+                self._safe_rollback()
+                self._seek_to_stored(list(batch.next_offsets))
+                return
+            except TransientError as exc:
+                self._safe_rollback()
+                transient_attempt += 1
+                self._count("retries", error=type(exc).__name__)
+                if self._transient_exhausted(batch, exc, transient_attempt):
+                    continue
+                delay = backoff_delay(transient_attempt, self.settings.dlq, self._rng)
+                log.warning("%s: batch failed (%s); retry %d in %.1fs", self.sink.name, exc, transient_attempt, delay)
+                self._wait(delay, stop_event)
+        self._safe_rollback()
+        log.info("%s: stopping; the batch in progress was not committed", self.sink.name)
+
+    # ------------------------------------------------------------------ named steps
+
+    def poll_batch(self, stop_event: threading.Event) -> _Batch:
+        """Up to ``batch_size`` decoded records, waiting at most ``linger_ms`` after the first."""
+        batch = _Batch()
+        size, linger = self.sink_settings.batch_size, self.sink_settings.linger_ms / 1000
+        deadline: float | None = None
+        while len(batch) < size and not stop_event.is_set():
+            timeout = 0.5 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            messages = self._consumer.consume(size - len(batch), timeout)
+            for message in messages:
+                self._add(batch, message)
+            self._drop_stale(batch)
+            if not len(batch):
+                return batch
+            deadline = deadline or time.monotonic() + linger
+        return batch
+
+    def decode(self, message: Any) -> SinkRecord | RecordFailure:
+        record = SinkRecord(
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            key=message.key(),
+            value=message.value(),
+            headers=message.headers(),
+            timestamp_ms=message.timestamp()[1],
+            event=None,
+        )
+        try:
+            event = decode_record(record.topic, record.key, record.value)
+        except DecodeError as exc:
+            return RecordFailure(record, exc)
+        except (ValueError, TypeError, KeyError) as exc:
+            error = DecodeError(f"record in {record.topic} could not be decoded: {exc!r}", topic=record.topic)
+            error.__cause__ = exc
+            return RecordFailure(record, error)
+        if event is None:
+            return record
+        return replace(record, event=event)
+
+    def apply(self, batch: _Batch) -> bool:
+        """Write the batch; True when a refused record still has attempts left (retry the batch)."""
+        max_attempts = self.settings.dlq.max_attempts
+        failures = self.sink.write_batch(batch.records)
+        if not failures:
+            return False
+        retry = False
+        exhausted: set[tuple[str, int, int]] = set()
+        for failure in failures:
+            key = _record_key(failure.record)
+            attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
+            if attempts >= max_attempts:
+                batch.dead.append((failure, attempts))
+                exhausted.add(key)
+            else:
+                retry = True
+                log.info("%s: record %s refused (attempt %d/%d): %s",
+                         self.sink.name, key, attempts, max_attempts, failure.error)
+        batch.records = [r for r in batch.records if _record_key(r) not in exhausted]
+        return retry
+
+    def route_to_dlq(self, batch: _Batch) -> None:
+        if not batch.dead:
+            return
+        for failure, attempts in batch.dead:
+            log.warning("%s: sending %s:%d@%d to the DLQ after %d attempt(s): %s", self.sink.name,
+                        failure.record.topic, failure.record.partition, failure.record.offset, attempts,
+                        failure.error)
+        self.dlq.publish(batch.dead)
+        self._count("dlq", n=len(batch.dead))
+
+    def commit(self, batch: _Batch, started: float) -> None:
+        """Sink first (with offsets when it owns them), then Kafka."""
+        self.sink.commit(dict(batch.next_offsets))
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=self.sink.owns_offsets)
+        except KafkaException as exc:
+            if not self.sink.owns_offsets:
+                raise map_kafka_error(exc.args[0] if exc.args else None, "committing offsets") from exc
+            log.debug("async offset commit failed: %s", exc)
+        for key in [_record_key(r) for r in batch.records] + [_record_key(f.record) for f, _ in batch.dead]:
+            self._attempts.pop(key, None)
+        self._observe(batch, started)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _subscribe(self) -> Any:
+        consumer = make_consumer(self.settings.kafka, self.group_id)
+        settings = self.sink_settings
+        topics = list(settings.topics)
+        if settings.topic_pattern:
+            pattern = settings.topic_pattern
+            topics.append(pattern if pattern.startswith("^") else "^" + pattern)
+        if not topics:
+            raise WalbridgeError(f"sink {self.sink.name!r} has no topics or topic_pattern to consume")
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        return consumer
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:
+            self._generation[key] = self._generation.get(key, 0) + 1
+        self._assigned.update(keys)
+        if self.sink.owns_offsets and partitions:
+            stored = self._stored_offsets_in_callback(keys)
+            for tp in partitions:
+                if (tp.topic, tp.partition) in stored:
+                    tp.offset = stored[(tp.topic, tp.partition)]
+        log.info("%s: assigned %s", self.sink.name, [f"{t}[{p}]" for t, p in keys])
+        consumer.incremental_assign(partitions)
+
+    def _stored_offsets_in_callback(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        # A few tries only: blocking here blocks the group. If the destination stays down, the
+        # partitions start at the Kafka-committed offsets and the sink's offset fence (OffsetConflict)
+        # corrects the position before anything is applied twice.
+        for attempt in range(1, _ASSIGN_TRIES + 1):
+            try:
+                return self.sink.stored_offsets(keys)
+            except TransientError as exc:
+                log.warning("%s: stored offsets unavailable (%s), try %d", self.sink.name, exc, attempt)
+                self._safe_rollback()
+                time.sleep(min(2.0, 0.5 * attempt))
+        return {}
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._generation[key] = self._generation.get(key, 0) + 1
+            self._assigned.discard(key)
+        log.info("%s: revoked %s", self.sink.name, [f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _add(self, batch: _Batch, message: Any) -> None:
+        err = message.error()
+        if err is not None:
+            mapped = map_kafka_error(err, "consuming")
+            if err.fatal():
+                raise mapped
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: %s", self.sink.name, mapped)
+            return
+        key = (message.topic(), message.partition())
+        batch.generations.setdefault(key, self._generation.get(key, 0))
+        batch.next_offsets[key] = message.offset() + 1
+        decoded = self.decode(message)
+        if isinstance(decoded, RecordFailure):
+            batch.dead.append((decoded, 1))
+        else:
+            batch.records.append(decoded)
+
+    def _drop_stale(self, batch: _Batch) -> None:
+        """Forget records of partitions revoked (or re-assigned) since they were read."""
+
+        def current(tp: TopicPartitionKey) -> bool:
+            return tp in self._assigned and batch.generations.get(tp) == self._generation.get(tp)
+
+        if all(current(tp) for tp in batch.next_offsets):
+            return
+        batch.keep(current)
+        batch.generations = {tp: g for tp, g in batch.generations.items() if current(tp)}
+
+    def _permanent_delay(self, batch: _Batch) -> float:
+        attempts = max((self._attempts.get(_record_key(r), 0) for r in batch.records), default=1)
+        return backoff_delay(max(1, attempts), self.settings.dlq, self._rng)
+
+    def _transient_exhausted(self, batch: _Batch, exc: TransientError, attempt: int) -> bool:
+        """The seed's mode: after max_attempts the whole batch goes to the DLQ."""
+        if not self.settings.dlq.transient_to_dlq or attempt < self.settings.dlq.max_attempts:
+            return False
+        batch.dead.extend((RecordFailure(r, exc), attempt) for r in batch.records)
+        batch.records = []
+        return True
+
+    def _wait(self, seconds: float, stop_event: threading.Event) -> None:
+        """Sleep with consumption paused, polling so the group membership stays alive."""
+        consumer = self._consumer
+        paused = consumer.assignment()
+        consumer.pause(paused)
+        rewind: dict[TopicPartitionKey, int] = {}
+        deadline = time.monotonic() + seconds
+        try:
+            while not stop_event.is_set() and (left := deadline - time.monotonic()) > 0:
+                message = consumer.poll(min(left, 0.5))
+                if message is not None and message.error() is None:
+                    # Newly assigned partitions are not paused; read their records again later.
+                    key = (message.topic(), message.partition())
+                    rewind[key] = min(rewind.get(key, message.offset()), message.offset())
+        finally:
+            consumer.resume(consumer.assignment())
+        for (topic, partition), offset in rewind.items():
+            self._seek(topic, partition, offset)
+
+    def _seek_to_stored(self, keys: list[TopicPartitionKey]) -> None:
+        try:
+            stored = self.sink.stored_offsets(keys)
+        except TransientError as exc:
+            log.warning("%s: cannot read stored offsets (%s); rejoining", self.sink.name, exc)
+            return
+        finally:
+            self._safe_rollback()
+        for (topic, partition), offset in stored.items():
+            if (topic, partition) in self._assigned:
+                self._seek(topic, partition, offset)
+
+    def _seek(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            log.warning("%s: seek %s[%d] to %d failed: %s", self.sink.name, topic, partition, offset, exc)
+
+    def _safe_rollback(self) -> None:
+        try:
+            self.sink.rollback()
+        except WalbridgeError as exc:
+            log.debug("rollback failed: %s", exc)
+
+    def _shutdown(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()
+        finally:
+            self._consumer = None
+            try:
+                self.dlq.close()
+            finally:
+                self.sink.close()
+
+    def _count(self, what: str, n: int = 1, **labels: str) -> None:
+        if self.metrics is None:
+            return
+        if what == "retries":
+            self.metrics.retries.labels(sink=self.sink.name, **labels).inc(n)
+        elif what == "dlq":
+            self.metrics.dlq.labels(sink=self.sink.name).inc(n)
+
+    def _observe(self, batch: _Batch, started: float) -> None:
+        if self.metrics is None:
+            return
+        name = self.sink.name
+        self.metrics.batches.labels(sink=name).inc()
+        self.metrics.batch_seconds.labels(sink=name).observe(time.monotonic() - started)
+        self.metrics.records.labels(sink=name, outcome="applied").inc(len(batch.records))
+        if batch.dead:
+            self.metrics.records.labels(sink=name, outcome="dlq").inc(len(batch.dead))
+        for (topic, partition), offset in batch.next_offsets.items():
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                self.metrics.lag.labels(sink=name, topic=topic, partition=str(partition)).set(max(0, high - offset))

@@ -1,0 +1,90 @@
+"""The operations endpoint of a walbridge process: ``/metrics``, ``/healthz``, ``/status``.
+
+A small threaded stdlib HTTP server: Prometheus text from the shared registry, a liveness
+answer from a health callback, and a JSON (or, for browsers, HTML) status document.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from walbridge.metrics import REGISTRY
+
+__all__ = ["OpsServer"]
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+class OpsServer:
+    """Serves the operations endpoints in a daemon thread."""
+
+    def __init__(self, host: str, port: int, status: StatusFn, healthy: Callable[[], bool]) -> None:
+        self._status = status
+        self._healthy = healthy
+        self._server = ThreadingHTTPServer((host, port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="walbridge-ops", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> OpsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        ops = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+                elif path == "/healthz":
+                    ok = ops._healthy()
+                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                elif path == "/status":
+                    doc = ops._status()
+                    if "text/html" in (self.headers.get("Accept") or ""):
+                        self._send(200, "text/html; charset=utf-8", _status_html(doc).encode())
+                    else:
+                        self._send(200, "application/json", json.dumps(doc, default=str, indent=2).encode())
+                else:
+                    self._send(404, "text/plain", b"not found: try /metrics, /healthz or /status\n")
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        return Handler
+
+
+def _status_html(doc: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(json.dumps(value, default=str))}</td></tr>"
+        for key, value in doc.items()
+    )
+    return (
+        "<!doctype html><html><head><title>walbridge status</title>"
+        "<style>body{font-family:sans-serif}th{text-align:left;padding-right:1em}</style></head>"
+        f"<body><h1>walbridge</h1><table>{rows}</table></body></html>"
+    )
