@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from walbridge.cli_common import ConfigOption, handle_errors, settings_from, stop_on_signals
 from walbridge.config import Settings
 from walbridge.errors import ConfigError
 
@@ -144,8 +145,6 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
 
 
 def register(app: typer.Typer) -> None:
-    from walbridge.cli import ConfigOption, handle_errors, settings_from, stop_on_signals
-
     @app.command()
     @handle_errors
     def setup(config: ConfigOption = None, mode: Mode = None) -> None:
@@ -197,7 +196,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Capture changes into Kafka (snapshot, then stream) until Ctrl-C."""
         overrides = {"source": {"snapshot": snapshot}} if snapshot else {}
-        settings = settings_from(config) if not overrides else _with_overrides(config, overrides)
+        settings = settings_from(config, **overrides)
         stop = stop_on_signals()
         progress = SnapshotProgress()
         try:
@@ -205,8 +204,3 @@ def register(app: typer.Typer) -> None:
         finally:
             progress.close()
 
-
-def _with_overrides(config: Path | None, overrides: dict[str, Any]) -> Settings:
-    from walbridge.config import load_settings
-
-    return load_settings(config, **overrides)

@@ -143,6 +143,8 @@ class PostgresSinkSettings(_SinkBase):
     auto_create: bool = False
     strict: bool = True
     """An event for a table that does not exist (and is not auto-created) goes to the DLQ."""
+    apply_method: Literal["copy", "executemany"] = "copy"
+    """How a batch reaches a table: COPY into a stage table + one INSERT/DELETE, or executemany."""
 
 
 class SalesforceSinkSettings(_SinkBase):
@@ -162,6 +164,10 @@ class SalesforceSinkSettings(_SinkBase):
     max_in_flight: int = 4
     max_calls_per_hour: int | None = None
     truncate_oversized: bool = False
+    token_auth: Literal["body", "basic"] = "body"
+    """Client credentials: client id/secret in the form body, or as HTTP Basic."""
+    event_key: Literal["offset", "source"] = "offset"
+    """Event_Key__c: ``topic-partition-offset``, or the source position (LSN / change id) + primary key."""
 
 
 SinkSettings = Annotated[PostgresSinkSettings | SalesforceSinkSettings, Field(discriminator="type")]

@@ -696,11 +696,18 @@ class KafkaBroker:
     name = "kafka"
 
     def __init__(
-        self, base_dir: Path | str, *, port: int | None = None, startup_timeout_s: float = 30.0
+        self,
+        base_dir: Path | str,
+        *,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        startup_timeout_s: float = 30.0,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.log_path = self.base_dir / "kafka.log"
         self.port: int | None = port
+        self.advertised_port = advertised_port
+        """Clients are told to connect here (e.g. a proxy in front of the broker); default: ``port``."""
         self.startup_timeout_s = startup_timeout_s
         self._proc = _Process("kafka")
         self.startup_s: float | None = None
@@ -725,7 +732,8 @@ class KafkaBroker:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
-        argv = [_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
+        argv = [_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         argv += ["--storage-engine", "memory://tansu/"]
         self._proc.spawn(argv, self.log_path, user=None, cwd=self.base_dir)
         _reaper.add(self, self.stop)

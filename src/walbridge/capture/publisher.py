@@ -51,7 +51,11 @@ class EventPublisher(Generic[P]):
             callback = self.tracker.open()
             while True:
                 try:
-                    produce(record.topic, record.value, record.key, callback=callback)
+                    if record.key is None:
+                        # No primary key: keep the table's order by using one partition.
+                        produce(record.topic, record.value, None, 0, callback=callback)
+                    else:
+                        produce(record.topic, record.value, record.key, callback=callback)
                     break
                 except BufferError:
                     self.producer.poll(0.05)

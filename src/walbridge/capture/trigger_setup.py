@@ -209,7 +209,11 @@ def _database_problems(conn: psycopg.Connection[Any]) -> list[Problem]:
     problems: list[Problem] = []
     if conn.info.server_version < _MIN_SERVER:
         problems.append(
-            Problem("PostgreSQL version", str(conn.info.server_version), "trigger mode needs PostgreSQL 13 or newer")
+            Problem(
+                "PostgreSQL version",
+                str(conn.info.server_version),
+                "trigger mode needs PostgreSQL 13 or newer",
+            )
         )
         return problems
     row = conn.execute(
@@ -287,7 +291,11 @@ def _installation_problems(conn: psycopg.Connection[Any], relations: Iterable[Re
         if not ok:
             found = "missing" if ok is None else "disabled or incomplete"
             problems.append(
-                Problem(f"walbridge triggers on {rel.qualified_name}", found, "run `walbridge setup --mode trigger`")
+                Problem(
+                    f"walbridge triggers on {rel.qualified_name}",
+                    found,
+                    "run `walbridge setup --mode trigger`",
+                )
             )
     return problems
 
@@ -383,7 +391,8 @@ def _install_triggers(conn: psycopg.Connection[Any], rel: RelationInfo, excluded
         conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(ROW_TRIGGER), table))
         conn.execute(
             sql.SQL(
-                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}({})"
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
+                "FOR EACH ROW EXECUTE FUNCTION {}({})"
             ).format(sql.Identifier(ROW_TRIGGER), table, function, args)
         )
         done.append(f"created row trigger on {rel.qualified_name}")
@@ -398,9 +407,10 @@ def _install_triggers(conn: psycopg.Connection[Any], rel: RelationInfo, excluded
 
 
 def uninstall_trigger_capture(conn: psycopg.Connection[Any], settings: Settings | None = None) -> list[str]:
-    """Drop the triggers on every table that has them, then the ``walbridge`` schema (log and offsets).
+    """Drop the triggers on every table that has them, the change log, the offsets and the function.
 
-    The hstore extension stays when it lives outside the schema (other code may use it).
+    The ``walbridge`` schema itself is dropped only when nothing else is left in it (other walbridge
+    parts may keep tables there); hstore goes with it only when it was installed there.
     """
     done: list[str] = []
     try:
@@ -408,13 +418,38 @@ def uninstall_trigger_capture(conn: psycopg.Connection[Any], settings: Settings 
             for schema, table, _ok in installed_tables(conn):
                 target = sql.Identifier(schema, table)
                 for name in (ROW_TRIGGER, TRUNCATE_TRIGGER):
-                    conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target))
+                    conn.execute(
+                        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target)
+                    )
                 done.append(f"dropped triggers on {schema}.{table}")
-            if conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (SCHEMA,)).fetchone() == (True,):
-                conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
-                done.append(f"dropped schema {SCHEMA} (change log, offsets, trigger function)")
+            if conn.execute("SELECT to_regnamespace(%s) IS NULL", (SCHEMA,)).fetchone() == (True,):
+                return done
+            conn.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{CHANGE_LOG}, {SCHEMA}.{OFFSET_TABLE}")
+            conn.execute(f"DROP FUNCTION IF EXISTS {SCHEMA}.{FUNCTION}()")
+            done.append(f"dropped {SCHEMA}.{CHANGE_LOG}, {SCHEMA}.{OFFSET_TABLE} and {SCHEMA}.{FUNCTION}()")
+            done += _drop_schema_if_unused(conn)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigError(f"trigger capture teardown was refused: {exc.diag.message_primary}") from exc
     except psycopg.Error as exc:
         raise map_pg_error(exc, "removing trigger capture") from exc
     return done
+
+
+def _drop_schema_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
+    hstore_schema, _ = _hstore_state(conn)
+    others = conn.execute(
+        """
+        SELECT count(*) FROM pg_depend d
+        WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = to_regnamespace(%s)
+          AND d.deptype = 'n' AND d.classid <> 'pg_extension'::regclass
+          AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid
+                          AND e.deptype = 'e')
+        """,
+        (SCHEMA,),
+    ).fetchone()
+    if others and others[0]:
+        return [f"kept schema {SCHEMA}: it holds other objects"]
+    if hstore_schema == SCHEMA:
+        conn.execute("DROP EXTENSION hstore")
+    conn.execute(f"DROP SCHEMA {SCHEMA}")
+    return [f"dropped schema {SCHEMA}"]

@@ -23,6 +23,7 @@ topic stays small (one compacted key per replayed record), unlike a scan of the 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import traceback
@@ -134,7 +135,8 @@ class DlqWriter:
             )
         remaining = producer.flush(self._flush_timeout_s)
         if remaining:
-            raise ConnectionLost(f"{remaining} DLQ records not acknowledged within {self._flush_timeout_s:g}s")
+            wait = self._flush_timeout_s
+            raise ConnectionLost(f"{remaining} DLQ records not acknowledged within {wait:g}s")
         if errors:
             raise map_kafka_error(errors[0], "writing to the DLQ")
 
@@ -157,7 +159,8 @@ class DlqWriter:
     def _ensure(self, topics: Iterable[str]) -> None:
         missing = set(topics) - self._known_topics
         if missing:
-            ensure_topics(make_admin(self._settings.kafka), missing, 1, self._settings.kafka.replication_factor)
+            kafka = self._settings.kafka
+            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor)
             self._known_topics |= missing
 
     def close(self) -> None:
@@ -354,7 +357,8 @@ def parse_where(expr: str) -> Callable[[DlqEntry], bool]:
     """``field~regex`` (search) or ``field=value`` (equality); fields: error, class, topic, key, ..."""
     match = _WHERE.match(expr.strip())
     if match is None or match["field"] not in _WHERE_FIELDS:
-        raise ConfigError(f"--where {expr!r}: expected FIELD~REGEX or FIELD=VALUE with FIELD in {sorted(_WHERE_FIELDS)}")
+        fields = ", ".join(sorted(_WHERE_FIELDS))
+        raise ConfigError(f"--where {expr!r}: expected FIELD~REGEX or FIELD=VALUE, FIELD one of {fields}")
     getter, value = _WHERE_FIELDS[match["field"]], match["value"]
     if match["op"] == "=":
         return lambda e: str(getter(e)) == value
@@ -402,8 +406,12 @@ def _ensure_marker_topic(settings: Settings, topic: str) -> None:
     admin = make_admin(settings.kafka)
     if topic in admin.list_topics(timeout=10).topics:
         return
-    new = NewTopic(topic, num_partitions=1, replication_factor=settings.kafka.replication_factor,
-                   config={"cleanup.policy": "compact"})
+    new = NewTopic(
+        topic,
+        num_partitions=1,
+        replication_factor=settings.kafka.replication_factor,
+        config={"cleanup.policy": "compact"},
+    )
     for future in admin.create_topics([new], operation_timeout=30).values():
         try:
             future.result(timeout=30)
@@ -446,14 +454,16 @@ def _replay_transaction(settings: Settings, dlq_topic: str, todo: list[DlqEntry]
         for entry in todo:
             origin = f"{entry.dlq_topic}:{entry.dlq_partition}:{entry.dlq_offset}".encode()
             headers = [(k, v) for k, v in entry.extra_headers if k != REPLAYED_HEADER]
-            producer.produce(entry.original_topic, key=entry.key, value=entry.value,
-                             headers=[*headers, (REPLAYED_HEADER, origin)])
+            producer.produce(
+                entry.original_topic,
+                key=entry.key,
+                value=entry.value,
+                headers=[*headers, (REPLAYED_HEADER, origin)],
+            )
             marker = orjson.dumps({"replayed_at_ms": int(time.time() * 1000), "to": entry.original_topic})
             producer.produce(marker_topic, key=entry.marker.encode(), value=marker)
         producer.commit_transaction(timeout_s)
     except KafkaException as exc:
-        try:
+        with contextlib.suppress(KafkaException):
             producer.abort_transaction(timeout_s)
-        except KafkaException:
-            pass
         raise map_kafka_error(exc.args[0] if exc.args else None, f"replaying {dlq_topic}") from exc

@@ -79,7 +79,8 @@ SELECT a.attname, COALESCE(bt.typname, t.typname), a.atttypmod, a.attgenerated <
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd'
-LEFT JOIN pg_type et ON et.oid = COALESCE(bt.typelem, t.typelem) AND COALESCE(bt.typcategory, t.typcategory) = 'A'
+LEFT JOIN pg_type et ON et.oid = COALESCE(bt.typelem, t.typelem)
+      AND COALESCE(bt.typcategory, t.typcategory) = 'A'
 WHERE a.attrelid = %(rel)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
@@ -193,7 +194,9 @@ def _timestamp(precision: int | None) -> Converter:
             return _EPOCH + _epoch_delta(value, precision)
         if isinstance(value, str):
             parsed = datetime.fromisoformat(value)
-            return parsed.replace(tzinfo=None) if parsed.tzinfo is None else parsed.astimezone(UTC).replace(tzinfo=None)
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(UTC)
+            return parsed.replace(tzinfo=None)
         raise ValueError(f"{value!r} is not a timestamp")
 
     return convert
@@ -238,7 +241,8 @@ def _bytea(value: Any) -> bytes:
             return base64.b64decode(value, validate=True)
         except binascii.Error:
             raise ValueError(
-                f"{value[:40]!r} is not base64; bytea values are expected in binary.handling.mode=bytes or base64"
+                f"{value[:40]!r} is not base64; bytea values are expected in "
+                "binary.handling.mode=bytes or base64"
             ) from None
     raise ValueError(f"{value!r} is not binary data")
 

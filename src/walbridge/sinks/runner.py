@@ -58,7 +58,7 @@ _ASSIGN_TRIES = 3
 def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = None) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based): exponential, capped, jittered.
 
-    The jitter keeps 75–100 % of the exponential step so that the seed's 2 s / 4 s / 8 s
+    The jitter keeps 75-100 % of the exponential step so that the seed's 2 s / 4 s / 8 s
     rhythm stays recognisable while members of a group do not retry in lockstep.
     """
     base = min(dlq.backoff_max_s, dlq.backoff_initial_s * 2 ** (attempt - 1))
@@ -161,7 +161,9 @@ class SinkRunner:
                 if self._transient_exhausted(batch, exc, transient_attempt):
                     continue
                 delay = backoff_delay(transient_attempt, self.settings.dlq, self._rng)
-                log.warning("%s: batch failed (%s); retry %d in %.1fs", self.sink.name, exc, transient_attempt, delay)
+                log.warning(
+                    "%s: batch failed (%s); retry %d in %.1fs", self.sink.name, exc, transient_attempt, delay
+                )
                 self._wait(delay, stop_event)
         self._safe_rollback()
         log.info("%s: stopping; the batch in progress was not committed", self.sink.name)
@@ -225,8 +227,14 @@ class SinkRunner:
                 exhausted.add(key)
             else:
                 retry = True
-                log.info("%s: record %s refused (attempt %d/%d): %s",
-                         self.sink.name, key, attempts, max_attempts, failure.error)
+                log.info(
+                    "%s: record %s refused (attempt %d/%d): %s",
+                    self.sink.name,
+                    key,
+                    attempts,
+                    max_attempts,
+                    failure.error,
+                )
         batch.records = [r for r in batch.records if _record_key(r) not in exhausted]
         return retry
 
@@ -234,9 +242,15 @@ class SinkRunner:
         if not batch.dead:
             return
         for failure, attempts in batch.dead:
-            log.warning("%s: sending %s:%d@%d to the DLQ after %d attempt(s): %s", self.sink.name,
-                        failure.record.topic, failure.record.partition, failure.record.offset, attempts,
-                        failure.error)
+            log.warning(
+                "%s: sending %s:%d@%d to the DLQ after %d attempt(s): %s",
+                self.sink.name,
+                failure.record.topic,
+                failure.record.partition,
+                failure.record.offset,
+                attempts,
+                failure.error,
+            )
         self.dlq.publish(batch.dead)
         self._count("dlq", n=len(batch.dead))
 
@@ -265,7 +279,9 @@ class SinkRunner:
             topics.append(pattern if pattern.startswith("^") else "^" + pattern)
         if not topics:
             raise WalbridgeError(f"sink {self.sink.name!r} has no topics or topic_pattern to consume")
-        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         return consumer
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -415,8 +431,10 @@ class SinkRunner:
             self.metrics.records.labels(sink=name, outcome="dlq").inc(len(batch.dead))
         for (topic, partition), offset in batch.next_offsets.items():
             try:
-                _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                tp = TopicPartition(topic, partition)
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if high >= 0:
-                self.metrics.lag.labels(sink=name, topic=topic, partition=str(partition)).set(max(0, high - offset))
+                gauge = self.metrics.lag.labels(sink=name, topic=topic, partition=str(partition))
+                gauge.set(max(0, high - offset))

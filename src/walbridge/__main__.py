@@ -1,0 +1,5 @@
+"""``python -m walbridge``: the command line."""
+
+from walbridge.cli import main
+
+main()

@@ -1,0 +1,568 @@
+"""Trigger-mode capture: publish ``walbridge.change_log`` rows in commit order, confirm after Kafka acks.
+
+For databases without logical replication. ``trigger_setup.py`` installs the log and the triggers;
+this module reads the log and emits the same :class:`ChangeEvent` values as logical mode (values go
+through the same :class:`RowCodec`), with ``source.connector = "postgresql-trigger"``, the log row id
+as ``source.change_id`` and the writing transaction's id as ``txId`` (``lsn`` is null).
+
+Ordering method (never skips a row, never waits for long transactions)
+----------------------------------------------------------------------
+Log ids come from a sequence, so they are not commit-ordered: a transaction holding id 10 may
+commit after one holding id 11, and "everything after id 11" would lose id 10. Each log row records
+its transaction id (``pg_current_xact_id()``). The poller works in *commit intervals*: with ``lo``
+the last PostgreSQL snapshot fully published and ``hi`` a fresh ``pg_current_snapshot()``, the next
+interval is exactly the rows whose transaction is visible in ``hi`` but not in ``lo``
+(``pg_visible_in_snapshot``): the transactions that committed between the two snapshots, whatever
+their ids. A transaction still running at ``hi`` is in neither, so it falls into a later interval,
+complete. Inside an interval rows go out in id order; ``hi`` may be read in pages (``after_id``).
+
+Why that is commit order per key: two transactions changing the same row serialize on its row lock,
+and the trigger of the second runs (and takes its id) only after the first committed. So the first
+one's row has the smaller id and commits in the same or an earlier interval. Across keys, events
+are ordered by commit interval (one poll period wide), then by id.
+
+Latency cost: one poll interval (``source.poll_interval_ms``) plus the read; a long transaction
+holds back only its own rows. (The simpler "read below ``pg_snapshot_xmin``" method would delay
+*every* change behind the oldest running transaction.) The price is on the read side: the scan
+covers ``txid >= xmin(lo)``, so while a transaction stays open for a long time, already-published
+rows after its id are re-examined each poll; retention (delete published rows) keeps that small.
+
+Position and restart
+--------------------
+:class:`TriggerPosition` ``(lo, hi, after_id)`` is sealed after each batch; the
+:class:`EventPublisher` returns it once Kafka acknowledged every event up to it, and only then is it
+written to ``walbridge.capture_offset`` (row ``source.slot``). A restart resumes from that row:
+duplicates are possible within the unacknowledged window, loss is not. The initial snapshot reads
+the tables in a REPEATABLE READ transaction and starts streaming at that transaction's own snapshot
+(``lo``), so streaming continues exactly where the snapshot ends. ``snapshot: never`` streams the whole
+log instead (every change since setup).
+
+Retention: after each recorded position, rows visible in every capture's ``lo`` (and, with
+``retention_hours > 0``, older than that) are deleted in batches of 1,000; ``retention_hours: null``
+keeps everything.
+
+Schema changes: a change whose columns the table no longer has (a column renamed or dropped while
+changes were pending), or of a table that was dropped, stops the capture with an error naming the
+log row; so does a captured table losing its triggers. Added columns are picked up (older rows
+carry null for them). Trigger mode always has the full old row, so ``before`` is complete for
+updates and deletes (as logical mode with ``REPLICA IDENTITY FULL``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import IsolationLevel
+
+from walbridge import metrics
+from walbridge.capture import catalog
+from walbridge.capture.logical import value_options
+from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.rows import RowCodec
+from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
+from walbridge.capture.trigger_setup import (
+    CHANGE_LOG,
+    OFFSET_TABLE,
+    SCHEMA,
+    capture_relations,
+    check_trigger_capture,
+    install_trigger_capture,
+    installed_tables,
+    uninstall_trigger_capture,
+)
+from walbridge.capture.values import SESSION_SETTINGS
+from walbridge.config import Settings
+from walbridge.errors import ConfigError, ConnectionLost, DecodeError, TransientError, WalbridgeError
+from walbridge.events import TRIGGER_CONNECTOR, ChangeEvent, Source
+from walbridge.pgerrors import map_pg_error, one_line
+
+__all__ = [
+    "NOTHING_PUBLISHED",
+    "ChangeRow",
+    "TriggerCapture",
+    "TriggerPosition",
+    "check_trigger_capture",
+    "install_trigger_capture",
+    "load_position",
+    "next_position",
+    "uninstall_trigger_capture",
+]
+
+log = logging.getLogger(__name__)
+
+NOTHING_PUBLISHED = "1:1:"
+"""A snapshot in which no transaction is visible: the whole log is still to be published."""
+
+_RETENTION_BATCH = 1_000
+_RETENTION_BUDGET_S = 0.5
+_RECORD_IDLE_S = 5.0
+_CHECK_TABLES_S = 30.0
+_PROGRESS_S = 10.0
+
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerPosition:
+    """Published: every transaction visible in snapshot ``lo``, and rows ``<= after_id`` of (lo, hi]."""
+
+    lo: str
+    hi: str | None = None
+    after_id: int = 0
+    rows: int = field(default=0, compare=False)
+    """Change rows read by this process when the position was sealed (not stored)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRow:
+    """One ``walbridge.change_log`` row as read by the poller."""
+
+    id: int
+    txid: int
+    schema: str
+    table: str
+    op: str
+    before: dict[str, str | None] | None
+    after: dict[str, str | None] | None
+    changed_us: int
+
+
+def next_position(pos: TriggerPosition, hi: str, batch: Sequence[ChangeRow], limit: int) -> TriggerPosition:
+    """The position after reading ``batch`` (at most ``limit`` rows) of interval (pos.lo, hi]."""
+    rows = pos.rows + len(batch)
+    if len(batch) < limit:
+        return TriggerPosition(hi, None, 0, rows)
+    return TriggerPosition(pos.lo, hi, batch[-1].id, rows)
+
+
+# ----------------------------------------------------------------------------- SQL
+
+_READ_SQL = f"""
+SELECT id, txid::text, schema_name, table_name, op, before::text, after::text,
+       (extract(epoch FROM changed_at) * 1000000)::bigint
+FROM {SCHEMA}.{CHANGE_LOG}
+WHERE txid >= pg_snapshot_xmin(%(lo)s::pg_snapshot) AND txid < pg_snapshot_xmax(%(hi)s::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(txid, %(lo)s::pg_snapshot)
+  AND pg_visible_in_snapshot(txid, %(hi)s::pg_snapshot)
+  AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s
+"""
+
+_RECORD_SQL = f"""
+INSERT INTO {SCHEMA}.{OFFSET_TABLE} (name, lo, hi, after_id, updated_at)
+VALUES (%s, %s::pg_snapshot, %s::pg_snapshot, %s, now())
+ON CONFLICT (name) DO UPDATE SET lo = EXCLUDED.lo, hi = EXCLUDED.hi, after_id = EXCLUDED.after_id,
+                                 updated_at = EXCLUDED.updated_at
+"""
+
+# Rows published by every capture: visible in each stored ``lo``. No offset row → min() is null → nothing.
+_RETENTION_SQL = f"""
+DELETE FROM {SCHEMA}.{CHANGE_LOG} WHERE id IN (
+    SELECT l.id FROM {SCHEMA}.{CHANGE_LOG} l
+    WHERE l.txid < (SELECT min(pg_snapshot_xmax(o.lo)) FROM {SCHEMA}.{OFFSET_TABLE} o)
+      AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.{OFFSET_TABLE} o WHERE NOT pg_visible_in_snapshot(l.txid, o.lo))
+      AND l.changed_at < now() - make_interval(secs => %s)
+    LIMIT %s)
+"""
+
+
+def connect_source(dsn: str) -> psycopg.Connection[Any]:
+    """An autocommit connection whose text output is what ``values.py`` converts."""
+    options = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    try:
+        return psycopg.connect(dsn, autocommit=True, options=options)
+    except psycopg.OperationalError as exc:
+        raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
+
+
+def load_position(conn: psycopg.Connection[Any], name: str) -> TriggerPosition | None:
+    """The confirmed position stored for capture ``name``; ``None`` before the first one."""
+    row = conn.execute(
+        f"SELECT lo::text, hi::text, after_id FROM {SCHEMA}.{OFFSET_TABLE} WHERE name = %s", (name,)
+    ).fetchone()
+    return TriggerPosition(row[0], row[1], int(row[2])) if row else None
+
+
+def read_changes(
+    conn: psycopg.Connection[Any], pos: TriggerPosition, limit: int
+) -> tuple[str, list[ChangeRow]]:
+    """One page of the next commit interval, in one REPEATABLE READ transaction: (hi, rows)."""
+    with conn.transaction():
+        hi = pos.hi
+        if hi is None:
+            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+            assert row is not None
+            hi = str(row[0])
+        if hi == pos.lo:
+            return hi, []
+        params = {"lo": pos.lo, "hi": hi, "after_id": pos.after_id, "limit": limit}
+        rows = conn.execute(_READ_SQL, params).fetchall()
+    loads = orjson.loads
+    return hi, [
+        ChangeRow(
+            int(r[0]),
+            int(r[1]),
+            r[2],
+            r[3],
+            r[4],
+            loads(r[5]) if r[5] is not None else None,
+            loads(r[6]) if r[6] is not None else None,
+            int(r[7]),
+        )
+        for r in rows
+    ]
+
+
+# ----------------------------------------------------------------------------- capture
+
+
+class TriggerCapture:
+    """``run(stop)`` captures until ``stop`` is set; transient failures reconnect with backoff.
+
+    ``publisher`` is reused across reconnects when given; otherwise one is built per attempt.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: EventPublisher[TriggerPosition] | None = None,
+        *,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = settings.source
+        self.name = settings.source.slot
+        self.options = value_options(settings)
+        self.progress = progress
+        self._publisher = publisher
+        self._codecs: dict[tuple[str, str], RowCodec] = {}
+        self._registry: Any = None
+        self._dbname = ""
+        self.confirmed: TriggerPosition | None = None
+        self.published_rows = 0
+        self.ready = threading.Event()
+        """Set once streaming has started (after any snapshot)."""
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, stop: threading.Event) -> None:
+        delay = 1.0
+        while not stop.is_set():
+            publisher = self._publisher or EventPublisher[TriggerPosition](self.settings)
+            try:
+                self._run_once(stop, publisher)
+                return
+            except (TransientError, psycopg.OperationalError) as exc:
+                message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
+                metrics.capture.errors.labels(type(exc).__name__).inc()
+                log.warning(
+                    "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
+                )
+                _discard(publisher)
+                stop.wait(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, 30.0)
+            finally:
+                self.ready.clear()
+
+    def _run_once(self, stop: threading.Event, publisher: EventPublisher[TriggerPosition]) -> None:
+        with connect_source(self.source.dsn) as reader, connect_source(self.source.dsn) as writer:
+            self._load_catalog(reader)
+            publisher.ensure_topics(self._codecs)
+            position = load_position(writer, self.name)
+            if position is None and self.source.snapshot != "never":
+                position = self._snapshot(publisher)
+                if self.source.snapshot == "initial_only":
+                    self._finish(publisher, writer)
+                    return
+            elif position is None:
+                position = TriggerPosition(NOTHING_PUBLISHED)
+                publisher.seal(position)
+            else:
+                log.info("resuming trigger capture %s from %s", self.name, _describe(position))
+            reader.isolation_level = IsolationLevel.REPEATABLE_READ
+            reader.read_only = True
+            _Poller(self, publisher, reader, writer, position).loop(stop)
+            self._finish(publisher, writer)
+
+    def _finish(self, publisher: EventPublisher[TriggerPosition], writer: psycopg.Connection[Any]) -> None:
+        confirmed = publisher.flush()
+        if confirmed is not None:
+            self._record(writer, confirmed)
+
+    # ------------------------------------------------------------------ catalog
+
+    def _load_catalog(self, conn: psycopg.Connection[Any]) -> None:
+        self._dbname = conn.info.dbname
+        problems = check_trigger_capture(conn, self.settings, installed=True)
+        if problems:
+            raise ConfigError("trigger capture is not ready: " + "; ".join(str(p) for p in problems))
+        self._registry = catalog.load_type_registry(conn)
+        self._codecs = {
+            (rel.schema, rel.table): self._codec_for(rel) for rel in capture_relations(conn, self.settings)
+        }
+
+    def _codec_for(self, rel: catalog.RelationInfo) -> RowCodec:
+        prefix = rel.qualified_name + "."
+        excluded = [name[len(prefix) :] for name in self.source.exclude_columns if name.startswith(prefix)]
+        return RowCodec(rel, self._registry, self.options, excluded)
+
+    def check_tables(self, conn: psycopg.Connection[Any]) -> None:
+        """ConfigError when a captured table was dropped or lost its triggers; new tables only warn."""
+        try:
+            installed = {(schema, table): ok for schema, table, ok in installed_tables(conn)}
+            exists = {(rel.schema, rel.table) for rel in catalog.resolve_tables(conn, ["*.*"])}
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "checking the captured tables") from exc
+        for schema, table in self._codecs:
+            if (schema, table) not in exists:
+                raise ConfigError(
+                    f"captured table {schema}.{table} was dropped (or renamed): remove it from source.tables "
+                    f"and run `walbridge setup --mode trigger`; its unpublished changes stay in "
+                    f"{SCHEMA}.{CHANGE_LOG}"
+                )
+            if not installed.get((schema, table)):
+                raise ConfigError(
+                    f"the walbridge triggers on {schema}.{table} are missing or disabled, so its changes are "
+                    "not captured: run `walbridge setup --mode trigger`"
+                )
+
+    def reload_table(self, conn: psycopg.Connection[Any], schema: str, table: str) -> RowCodec | None:
+        """Re-read one table's columns (after an ALTER TABLE); ``None`` when it no longer exists."""
+        try:
+            self._registry = catalog.load_type_registry(conn)
+            found = catalog.resolve_tables(conn, [f"{schema}.{table}"])
+        except ConfigError:
+            return None
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, f"reading the columns of {schema}.{table}") from exc
+        exact = [rel for rel in found if (rel.schema, rel.table) == (schema, table)]
+        if not exact:
+            return None
+        codec = self._codecs[(schema, table)] = self._codec_for(exact[0])
+        return codec
+
+    # ------------------------------------------------------------------ snapshot and offsets
+
+    def _snapshot(self, publisher: EventPublisher[TriggerPosition]) -> TriggerPosition:
+        """Publish every row as ``op: r``; the position is the snapshot's own PostgreSQL snapshot."""
+        codecs = list(self._codecs.values())
+        with connect_source(self.source.dsn) as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+                    assert row is not None
+                    origin = SnapshotSource(
+                        TRIGGER_CONNECTOR, self.settings.events.topic_prefix, self._dbname
+                    )
+                    count = snapshot_tables(conn, codecs, publisher, origin, self.progress)
+            except psycopg.Error as exc:
+                raise map_pg_error(exc, "taking the initial snapshot") from exc
+        position = TriggerPosition(str(row[0]))
+        publisher.seal(position)
+        log.info(
+            "snapshot of %d tables published: %d rows; streaming from %s", len(codecs), count, position.lo
+        )
+        return position
+
+    def _record(self, conn: psycopg.Connection[Any], pos: TriggerPosition) -> None:
+        try:
+            conn.execute(_RECORD_SQL, (self.name, pos.lo, pos.hi, pos.after_id))
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "recording the capture position") from exc
+        self.confirmed = pos
+
+    def apply_retention(self, conn: psycopg.Connection[Any]) -> int:
+        """Delete published rows in small batches (bounded time per call); returns rows deleted."""
+        hours = self.source.retention_hours
+        if hours is None:
+            return 0
+        deleted = 0
+        deadline = time.monotonic() + _RETENTION_BUDGET_S
+        try:
+            while time.monotonic() < deadline:
+                count = conn.execute(_RETENTION_SQL, (hours * 3600.0, _RETENTION_BATCH)).rowcount
+                deleted += count
+                if count < _RETENTION_BATCH:
+                    break
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, f"deleting published rows from {SCHEMA}.{CHANGE_LOG}") from exc
+        return deleted
+
+
+class _Poller:
+    """The streaming loop of one connection pair: read a page, publish, seal, record, retain."""
+
+    def __init__(
+        self,
+        capture: TriggerCapture,
+        publisher: EventPublisher[TriggerPosition],
+        reader: psycopg.Connection[Any],
+        writer: psycopg.Connection[Any],
+        position: TriggerPosition,
+    ) -> None:
+        self.capture = capture
+        self.publisher = publisher
+        self.reader = reader
+        self.writer = writer
+        self.position = position
+        self.limit = capture.source.poll_batch_size
+        self.interval_s = capture.source.poll_interval_ms / 1000.0
+        self.prefix = capture.settings.events.topic_prefix
+        self.db = capture._dbname
+        self.recorded: TriggerPosition | None = None
+        self.recorded_at = 0.0
+        self.checked_at = time.monotonic()
+        self.progress_at = time.monotonic()
+        self.progress_rows = 0
+
+    def loop(self, stop: threading.Event) -> None:
+        self.capture.ready.set()
+        while not stop.is_set():
+            full = self.step()
+            self._confirm(self.publisher.poll(0))
+            self._housekeeping()
+            if not full:
+                stop.wait(self.interval_s)
+
+    def step(self) -> bool:
+        """Read and publish one page; True when the page was full (more is waiting)."""
+        try:
+            hi, batch = read_changes(self.reader, self.position, self.limit)
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
+        for row in batch:
+            for event in self.events(row):
+                self.publisher.publish(event)
+        if batch:
+            metrics.capture.behind_source_ms.set(max(0.0, time.time() * 1000 - batch[-1].changed_us / 1000))
+        self.position = next_position(self.position, hi, batch, self.limit)
+        self.publisher.seal(self.position)
+        self._throttle()
+        return len(batch) == self.limit
+
+    def _throttle(self) -> None:
+        limit = self.capture.source.max_in_flight
+        while self.publisher.in_flight > limit:
+            self._confirm(self.publisher.poll(0.05))
+
+    # ------------------------------------------------------------------ events
+
+    def events(self, row: ChangeRow) -> list[ChangeEvent]:
+        """The events of one log row; re-reads the table's columns once if they do not fit."""
+        codec = self.capture._codecs.get((row.schema, row.table))
+        try:
+            if codec is None:
+                raise DecodeError(f"{row.schema}.{row.table} is not a captured table")
+            return self._decode(row, codec)
+        except DecodeError as first:
+            codec = self.capture.reload_table(self.reader, row.schema, row.table)
+            if codec is None:
+                raise ConfigError(
+                    f"change-log row {row.id} belongs to {row.schema}.{row.table}, which no longer exists "
+                    f"(dropped or renamed): restore the table, or discard its changes with "
+                    f"DELETE FROM {SCHEMA}.{CHANGE_LOG} WHERE schema_name = '{row.schema}' "
+                    f"AND table_name = '{row.table}'"
+                ) from first
+            try:
+                return self._decode(row, codec)
+            except DecodeError as exc:
+                raise DecodeError(
+                    f"change-log row {row.id} ({row.schema}.{row.table}, op {row.op}) does not fit the "
+                    f"table's current columns: {exc.message}. A column was renamed or dropped while "
+                    "changes were pending; drain the capture before such ALTER TABLEs",
+                    change_id=row.id,
+                ) from exc
+
+    def _decode(self, row: ChangeRow, codec: RowCodec) -> list[ChangeEvent]:
+        source = Source(
+            TRIGGER_CONNECTOR,
+            self.prefix,
+            self.db,
+            row.schema,
+            row.table,
+            row.changed_us // 1000,
+            "false",
+            row.txid,
+            None,
+            None,
+            row.id,
+            row.changed_us,
+        )
+        schema = codec.table_schema
+        now_ms = time.time_ns() // 1_000_000
+        if row.op == "t":
+            return [ChangeEvent("t", source, None, None, None, now_ms, schema)]
+        before = codec.row_from_mapping(row.before) if row.before is not None else None
+        after = codec.row_from_mapping(row.after) if row.after is not None else None
+        if row.op == "c" and after is not None:
+            return [ChangeEvent("c", source, codec.key(after), None, after, now_ms, schema)]
+        if row.op == "d" and before is not None:
+            return [ChangeEvent("d", source, codec.key(before), before, None, now_ms, schema)]
+        if row.op == "u" and before is not None and after is not None:
+            old_key, new_key = codec.key(before), codec.key(after)
+            if old_key != new_key:
+                # Primary key changed: as Debezium, a delete (+ tombstone) under the old key, then a create.
+                return [
+                    ChangeEvent("d", source, old_key, before, None, now_ms, schema),
+                    ChangeEvent("c", source, new_key, None, after, now_ms, schema),
+                ]
+            return [ChangeEvent("u", source, new_key, before, after, now_ms, schema)]
+        raise DecodeError(
+            f"change-log row {row.id} has op {row.op!r} without its row images", change_id=row.id
+        )
+
+    # ------------------------------------------------------------------ offsets and upkeep
+
+    def _confirm(self, confirmed: TriggerPosition | None) -> None:
+        if confirmed is None or confirmed == self.recorded:
+            return
+        moved = self.recorded is None or confirmed.rows != self.recorded.rows
+        if not moved and time.monotonic() - self.recorded_at < _RECORD_IDLE_S:
+            return
+        self.capture._record(self.writer, confirmed)
+        self.capture.published_rows = confirmed.rows
+        self.recorded, self.recorded_at = confirmed, time.monotonic()
+        self.capture.apply_retention(self.writer)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self.checked_at >= _CHECK_TABLES_S:
+            self.capture.check_tables(self.writer)
+            self.checked_at = now
+        if now - self.progress_at >= _PROGRESS_S:
+            rows = self.position.rows - self.progress_rows
+            log.info(
+                "trigger capture: %d changes read (%.0f/s), confirmed %s",
+                self.position.rows,
+                rows / (now - self.progress_at),
+                _describe(self.recorded),
+            )
+            self.progress_at, self.progress_rows = now, self.position.rows
+
+
+def _describe(pos: TriggerPosition | None) -> str:
+    if pos is None:
+        return "nothing yet"
+    if pos.hi is None:
+        return f"snapshot {pos.lo}"
+    return f"snapshot {pos.lo}, then rows up to id {pos.after_id} of {pos.hi}"
+
+
+def _discard(publisher: EventPublisher[TriggerPosition]) -> None:
+    """Drop what an abandoned attempt left in the producer (it is resent from the stored position)."""
+    try:
+        publisher.producer.purge()
+        publisher.producer.poll(0)
+        publisher.tracker.reset(None)
+    except Exception:
+        pass

@@ -1,0 +1,664 @@
+"""The PostgreSQL sink: apply change events to a destination database, exactly once in effect.
+
+Per batch, inside one destination transaction:
+
+1. *offset fence*: the rows of ``walbridge.offsets(group_id, topic, partition, next_offset)`` for
+   the batch's partitions are locked; if one already points past the batch's first record there,
+   another group member applied it and :class:`OffsetConflict` is raised (nothing is applied);
+2. per destination table, the events collapse to the last change per primary key (create, read
+   and update → upsert; delete → delete; truncate drops what came before it; an update that
+   changes the key also deletes the old key) and are applied in one go: ``COPY`` into a
+   temporary stage table, then ``DELETE … USING`` and ``INSERT … SELECT … ON CONFLICT DO UPDATE``
+   (``apply_method: copy``, the default) or ``executemany`` in pipeline mode (``executemany``);
+3. when that fails for a permanent reason, the table's records are applied one by one in
+   savepoints to find the offenders, which are returned as failures (the rest stays applied);
+4. :meth:`PostgresSink.commit` stores the next offsets and commits.
+
+Values are converted by destination column type (:mod:`walbridge.sinks.pg_types`). Errors are
+classified by SQLSTATE class in :func:`map_pg_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from walbridge.config import PostgresSinkSettings
+from walbridge.errors import (
+    ConfigError,
+    ConnectionLost,
+    ConstraintViolation,
+    OperationTimeout,
+    PermanentError,
+    ServerBusy,
+    TransientError,
+    UnknownColumn,
+    WalbridgeError,
+)
+from walbridge.sinks.base import OffsetConflict, RecordFailure, SinkRecord, TopicPartitionKey
+from walbridge.sinks.pg_types import UNAVAILABLE, Converter, TableInfo, connect_type, converter, read_table
+
+__all__ = ["OFFSETS_TABLE", "PostgresSink", "map_pg_error"]
+
+log = logging.getLogger(__name__)
+
+OFFSETS_TABLE = "walbridge.offsets"
+
+_OFFSETS_DDL = """
+CREATE SCHEMA IF NOT EXISTS walbridge;
+CREATE TABLE IF NOT EXISTS walbridge.offsets (
+    group_id text NOT NULL,
+    topic text NOT NULL,
+    "partition" integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, "partition")
+)
+"""
+
+_FENCE_SQL = """
+INSERT INTO walbridge.offsets (group_id, topic, "partition", next_offset)
+SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o)
+ON CONFLICT (group_id, topic, "partition") DO UPDATE SET next_offset = walbridge.offsets.next_offset
+RETURNING topic, "partition", next_offset
+"""
+
+_STORED_SQL = """
+SELECT topic, "partition", next_offset FROM walbridge.offsets
+WHERE group_id = %s AND (topic, "partition") IN (SELECT * FROM unnest(%s::text[], %s::int[]))
+"""
+
+_STORE_SQL = """
+INSERT INTO walbridge.offsets (group_id, topic, "partition", next_offset)
+SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o)
+ON CONFLICT (group_id, topic, "partition")
+DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+"""
+
+_TRANSIENT_CLASSES: dict[str, type[TransientError]] = {
+    "08": ConnectionLost,  # connection exception
+    "40": ServerBusy,  # transaction rollback: serialization failure, deadlock
+    "53": ServerBusy,  # insufficient resources
+    "57": ConnectionLost,  # operator intervention: shutdown, cannot connect now
+}
+_TRANSIENT_STATES: dict[str, type[TransientError]] = {
+    "55P03": ServerBusy,  # lock_not_available (lock_timeout)
+    "57014": OperationTimeout,  # query_canceled (statement_timeout)
+}
+_PERMANENT_CLASSES: dict[str, type[PermanentError]] = {
+    "22": PermanentError,  # data exception: the value does not fit the column
+    "23": ConstraintViolation,  # integrity constraint violation
+    "42": PermanentError,  # syntax error or access rule violation
+}
+_CONFIG_CLASSES = {"28", "3D"}  # invalid authorization, unknown database
+
+
+def map_pg_error(exc: BaseException, doing: str, **context: Any) -> WalbridgeError:
+    """A psycopg error → the walbridge tree, by SQLSTATE (psycopg keeps it on ``exc.sqlstate``)."""
+    sqlstate: str | None = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    detail = (getattr(diag, "message_primary", None) or str(exc)).strip()
+    text = f"PostgreSQL failed while {doing}: {detail}"
+    if sqlstate:
+        context["sqlstate"] = sqlstate
+    if not sqlstate:
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return ConnectionLost(text, **context)
+        return PermanentError(text, **context)
+    if sqlstate in _TRANSIENT_STATES:
+        return _TRANSIENT_STATES[sqlstate](text, **context)
+    cls = sqlstate[:2]
+    if cls in _TRANSIENT_CLASSES:
+        return _TRANSIENT_CLASSES[cls](text, **context)
+    if sqlstate == "42703":
+        return UnknownColumn(text, **context)
+    if cls in _PERMANENT_CLASSES:
+        constraint = getattr(diag, "constraint_name", None)
+        if constraint:
+            context["constraint"] = constraint
+        return _PERMANENT_CLASSES[cls](text, **context)
+    if cls in _CONFIG_CLASSES:
+        return ConfigError(text, **context)
+    return PermanentError(text, **context)
+
+
+Key = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class _Step:
+    record: SinkRecord
+    op: str
+    """``u`` upsert, ``d`` delete, ``t`` truncate."""
+    key: Key = ()
+    row: dict[str, Any] = field(default_factory=dict)
+    old_key: Key | None = None
+
+
+@dataclass(slots=True)
+class _TableOps:
+    """The changes of one destination table in a batch, collapsed to the last per key."""
+
+    info: TableInfo
+    truncate: bool = False
+    upserts: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    deletes: dict[Key, None] = field(default_factory=dict)
+    steps: list[_Step] = field(default_factory=list)
+
+    def add(self, step: _Step) -> None:
+        self.steps.append(step)
+        if step.op == "t":
+            self.truncate = True
+            self.upserts.clear()
+            self.deletes.clear()
+            return
+        if step.old_key is not None and step.old_key != step.key:
+            self.upserts.pop(step.old_key, None)
+            self.deletes[step.old_key] = None
+        if step.op == "d":
+            self.upserts.pop(step.key, None)
+            self.deletes[step.key] = None
+        else:
+            self.deletes.pop(step.key, None)
+            self.upserts[step.key] = step.row
+
+    def upsert_groups(self) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Rows grouped by their column set (partial rows: unchanged TOAST values left out)."""
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for row in self.upserts.values():
+            groups.setdefault(tuple(row), []).append(tuple(row.values()))
+        return groups
+
+
+class PostgresSink:
+    """Applies change events to a PostgreSQL database (see the module docstring)."""
+
+    owns_offsets = True
+
+    def __init__(self, settings: PostgresSinkSettings, group_id: str | None = None) -> None:
+        self.settings = settings
+        self.name = settings.name or "postgres"
+        self.group_id = group_id or settings.group_id or f"walbridge-{self.name}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._tables: dict[tuple[str, str], TableInfo] = {}
+        self._converters: dict[tuple[str, str], dict[str, Converter]] = {}
+        self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._skipped: set[str] = set()
+
+    # ------------------------------------------------------------------ Sink
+
+    def open(self) -> None:
+        try:
+            self._connection()
+        except TransientError as exc:
+            log.warning("%s: destination not reachable yet (%s); will retry", self.name, exc)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def stored_offsets(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        if not partitions:
+            return {}
+        try:
+            with self._connect(autocommit=True) as conn:
+                self._ensure_offsets_table(conn)
+                rows = conn.execute(
+                    _STORED_SQL,
+                    (self.group_id, [t for t, _ in partitions], [p for _, p in partitions]),
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "reading stored offsets") from exc
+        return {(t, p): o for t, p, o in rows}
+
+    def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
+        if not records:
+            return []
+        conn = self._connection()
+        try:
+            self._fence(conn, records)
+            failures: list[RecordFailure] = []
+            tables = self._collapse(conn, records, failures)
+            for ops in tables.values():
+                failures.extend(self._apply_table(conn, ops))
+            return failures
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "applying a batch", sink=self.name) from exc
+
+    def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
+        conn = self._connection()
+        items = sorted(next_offsets.items())
+        try:
+            if items:
+                conn.execute(
+                    _STORE_SQL,
+                    (
+                        self.group_id,
+                        [t for (t, _), _ in items],
+                        [p for (_, p), _ in items],
+                        [o for _, o in items],
+                    ),
+                )
+            conn.commit()
+        except psycopg.Error as exc:
+            self._stages.clear()
+            raise map_pg_error(exc, "committing a batch", sink=self.name) from exc
+
+    def rollback(self) -> None:
+        self._stages.clear()
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "rolling back") from exc
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                self.settings.dsn,
+                autocommit=autocommit,
+                connect_timeout=5,
+                application_name=f"walbridge-{self.name}",
+            )
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "connecting to the destination") from exc
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if conn is not None:
+            conn.close()
+        self._conn = None
+        self._stages.clear()
+        self._stage_names.clear()
+        conn = self._connect()
+        try:
+            self._ensure_offsets_table(conn)
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.close()
+            raise map_pg_error(exc, "creating walbridge.offsets") from exc
+        self._conn = conn
+        return conn
+
+    @staticmethod
+    def _ensure_offsets_table(conn: psycopg.Connection[Any]) -> None:
+        if conn.execute("SELECT to_regclass('walbridge.offsets')").fetchone() != (None,):
+            return
+        try:
+            with conn.transaction():
+                conn.execute(_OFFSETS_DDL)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+            pass  # another sink created it at the same moment
+
+    # ------------------------------------------------------------------ the batch
+
+    def _fence(self, conn: psycopg.Connection[Any], records: list[SinkRecord]) -> None:
+        first: dict[TopicPartitionKey, int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            if key not in first or record.offset < first[key]:
+                first[key] = record.offset
+        items = sorted(first.items())
+        rows = conn.execute(
+            _FENCE_SQL,
+            (self.group_id, [t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+        ).fetchall()
+        for topic, partition, stored in rows:
+            if stored > first[(topic, partition)]:
+                raise OffsetConflict(
+                    f"group {self.group_id} already applied {topic}[{partition}] up to {stored}, "
+                    f"past this batch's first offset {first[(topic, partition)]}",
+                    topic=topic,
+                    partition=partition,
+                )
+
+    def _collapse(
+        self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]
+    ) -> dict[tuple[str, str], _TableOps]:
+        tables: dict[tuple[str, str], _TableOps] = {}
+        for record in records:
+            event = record.event
+            if event is None:
+                continue
+            try:
+                dest = self._destination(event.schema, event.table)
+                info = self._table(conn, dest, record)
+                if info is None:
+                    continue
+                ops = tables.get(dest)
+                if ops is None:
+                    ops = tables[dest] = _TableOps(info)
+                ops.add(self._step(info, record))
+            except PermanentError as exc:
+                failures.append(RecordFailure(record, exc))
+        return tables
+
+    def _destination(self, schema: str, table: str) -> tuple[str, str]:
+        mapped = self.settings.table_map.get(f"{schema}.{table}")
+        if mapped is None:
+            return schema, table
+        dest_schema, _, dest_table = mapped.rpartition(".")
+        return dest_schema or schema, dest_table
+
+    def _table(
+        self, conn: psycopg.Connection[Any], dest: tuple[str, str], record: SinkRecord
+    ) -> TableInfo | None:
+        info = self._tables.get(dest)
+        if info is not None:
+            return info
+        info = read_table(conn, *dest)
+        if info is None:
+            info = self._missing_table(dest, record)
+            if info is None:
+                return None
+        if not info.key:
+            raise PermanentError(
+                f"destination table {info.qualified} has no primary key; walbridge upserts by key",
+                table=info.qualified,
+            )
+        self._tables[dest] = info
+        self._converters[dest] = {name: converter(col) for name, col in info.columns.items()}
+        return info
+
+    def _missing_table(self, dest: tuple[str, str], record: SinkRecord) -> TableInfo | None:
+        qualified = f"{dest[0]}.{dest[1]}"
+        if self.settings.auto_create:
+            return self._create_table(dest, record)
+        if not self.settings.strict:
+            if qualified not in self._skipped:
+                self._skipped.add(qualified)
+                log.warning("%s: no destination table %s; skipping its events", self.name, qualified)
+            return None
+        raise PermanentError(
+            f"destination table {qualified} does not exist: create it, map the source table to another one "
+            "with table_map, or set auto_create: true",
+            table=qualified,
+        )
+
+    def _create_table(self, dest: tuple[str, str], record: SinkRecord) -> TableInfo:
+        qualified = f"{dest[0]}.{dest[1]}"
+        ddl = _create_table_sql(dest, record)
+        try:
+            with self._connect(autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(dest[0])))
+                conn.execute(ddl)
+                info = read_table(conn, *dest)
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, f"creating table {qualified}", table=qualified) from exc
+        if info is None:
+            raise PermanentError(f"destination table {qualified} could not be created", table=qualified)
+        log.info("%s: created destination table %s", self.name, qualified)
+        return info
+
+    def _step(self, info: TableInfo, record: SinkRecord) -> _Step:
+        event = record.event
+        assert event is not None
+        if event.op == "t":
+            return _Step(record, "t")
+        if event.op == "d":
+            source = {**(event.key or {}), **(event.before or {})}
+            return _Step(record, "d", self._key(info, source, record))
+        row = self._row(info, event.after or {}, record)
+        key = tuple(row[name] for name in info.key)
+        old_key = None
+        if event.op == "u" and event.before and all(event.before.get(k) is not None for k in info.key):
+            old_key = self._key(info, event.before, record)
+        return _Step(record, "u", key, row, old_key)
+
+    def _key(self, info: TableInfo, values: dict[str, Any], record: SinkRecord) -> Key:
+        convert = self._converters[(info.schema, info.name)]
+        try:
+            return tuple(convert[name](values[name]) for name in info.key)
+        except KeyError as exc:
+            raise PermanentError(
+                f"event for {info.qualified} lacks key column {exc.args[0]}",
+                table=info.qualified,
+                offset=record.offset,
+            ) from None
+        except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
+            raise PermanentError(f"{info.qualified} key: {exc}", table=info.qualified) from None
+
+    def _row(self, info: TableInfo, values: dict[str, Any], record: SinkRecord) -> dict[str, Any]:
+        convert = self._converters[(info.schema, info.name)]
+        row: dict[str, Any] = {}
+        for name, value in values.items():
+            fn = convert.get(name)
+            if fn is None:
+                if self.settings.strict:
+                    raise UnknownColumn(
+                        f"destination table {info.qualified} has no column {name!r}",
+                        table=info.qualified,
+                        column=name,
+                    )
+                continue
+            if value == UNAVAILABLE:
+                continue
+            try:
+                row[name] = None if value is None else fn(value)
+            except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
+                raise PermanentError(
+                    f"{info.qualified}.{name} ({info.columns[name].type}): {exc}",
+                    table=info.qualified,
+                    column=name,
+                ) from None
+        missing = [name for name in info.key if row.get(name) is None]
+        if missing:
+            raise PermanentError(
+                f"event for {info.qualified} lacks key column(s) {missing}", table=info.qualified
+            )
+        return row
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply_table(self, conn: psycopg.Connection[Any], ops: _TableOps) -> list[RecordFailure]:
+        try:
+            with conn.transaction():
+                if self.settings.apply_method == "executemany":
+                    self._apply_executemany(conn, ops)
+                else:
+                    self._apply_copy(conn, ops)
+            return []
+        except psycopg.Error as exc:
+            self._stages.clear()
+            error = map_pg_error(exc, f"applying to {ops.info.qualified}")
+            if isinstance(error, TransientError) or conn.broken:
+                raise error from exc
+            self._forget_table_if_changed(ops.info, exc)
+            log.info("%s: %s refused the batch (%s); one by one", self.name, ops.info.qualified, error)
+            return self._apply_one_by_one(conn, ops)
+
+    def _forget_table_if_changed(self, info: TableInfo, exc: psycopg.Error) -> None:
+        if getattr(exc, "sqlstate", None) in ("42703", "42P01"):
+            self._tables.pop((info.schema, info.name), None)
+
+    def _apply_copy(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
+        info = ops.info
+        with conn.cursor() as cur:
+            if ops.truncate:
+                cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
+            if ops.deletes:
+                stage = self._stage(cur, info, info.key, "d")
+                _copy(cur, stage, info.key, ops.deletes)
+                cur.execute(
+                    sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {cond}").format(
+                        t=info.ident, s=sql.Identifier(stage), cond=_key_match(info.key, "d", "s")
+                    )
+                )
+            for columns, rows in ops.upsert_groups().items():
+                stage = self._stage(cur, info, columns, "u")
+                _copy(cur, stage, columns, rows)
+                cur.execute(
+                    _upsert_sql(
+                        info,
+                        columns,
+                        sql.SQL("SELECT {} FROM {}").format(_idents(columns), sql.Identifier(stage)),
+                    )
+                )
+
+    def _apply_executemany(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
+        info = ops.info
+        with conn.cursor() as cur:
+            if ops.truncate:
+                cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
+            if ops.deletes:
+                cur.executemany(_delete_sql(info), list(ops.deletes))
+            for columns, rows in ops.upsert_groups().items():
+                cur.executemany(_upsert_sql(info, columns, _values(len(columns))), rows)
+
+    def _apply_one_by_one(self, conn: psycopg.Connection[Any], ops: _TableOps) -> list[RecordFailure]:
+        failures = []
+        info = ops.info
+        for step in ops.steps:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    if step.op == "t":
+                        cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
+                        continue
+                    if step.old_key is not None and step.old_key != step.key:
+                        cur.execute(_delete_sql(info), step.old_key)
+                    if step.op == "d":
+                        cur.execute(_delete_sql(info), step.key)
+                    else:
+                        columns = tuple(step.row)
+                        cur.execute(
+                            _upsert_sql(info, columns, _values(len(columns))), tuple(step.row.values())
+                        )
+            except psycopg.Error as exc:
+                error = map_pg_error(exc, f"applying to {info.qualified}", table=info.qualified)
+                if isinstance(error, TransientError) or conn.broken:
+                    raise error from exc
+                failures.append(RecordFailure(step.record, error))
+        return failures
+
+    def _stage(
+        self, cur: psycopg.Cursor[Any], info: TableInfo, columns: tuple[str, ...], purpose: str
+    ) -> str:
+        """A temporary table shaped like ``columns`` of ``info``, created once per transaction at most.
+
+        Names are stable per (table, purpose, columns) for the session, so ``IF NOT EXISTS`` never
+        finds a stage of another shape; one created in a rolled-back transaction is created again.
+        """
+        ident = (info.qualified, purpose, columns)
+        name = self._stage_names.setdefault(ident, f"_wb_stage_{len(self._stage_names)}")
+        if ident not in self._stages:
+            create = sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS"
+                " AS SELECT {c} FROM {t} WITH NO DATA"
+            )
+            cur.execute(create.format(s=sql.Identifier(name), c=_idents(columns), t=info.ident))
+            self._stages[ident] = name
+        return name
+
+
+# --------------------------------------------------------------------------- SQL builders
+
+
+def _idents(names: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _values(n: int) -> sql.Composable:
+    return sql.SQL("VALUES ({})").format(sql.SQL(", ").join(sql.Placeholder() * n))
+
+
+def _key_match(key: tuple[str, ...], left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(left, k), sql.Identifier(right, k)) for k in key
+    )
+
+
+def _upsert_sql(info: TableInfo, columns: tuple[str, ...], source: sql.Composable) -> sql.Composed:
+    updates = [c for c in columns if c not in info.key]
+    if updates:
+        action = sql.SQL("DO UPDATE SET {}").format(
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+        )
+    else:
+        action = sql.SQL("DO NOTHING")
+    return sql.SQL("INSERT INTO {t} ({c}) {src} ON CONFLICT ({k}) {action}").format(
+        t=info.ident, c=_idents(columns), src=source, k=_idents(info.key), action=action
+    )
+
+
+def _delete_sql(info: TableInfo) -> sql.Composed:
+    return sql.SQL("DELETE FROM {t} WHERE {cond}").format(
+        t=info.ident,
+        cond=sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in info.key),
+    )
+
+
+def _copy(
+    cur: psycopg.Cursor[Any], stage: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), _idents(columns))) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed:
+    """CREATE TABLE from the record's Kafka Connect schema block (the only typed description)."""
+    qualified = f"{dest[0]}.{dest[1]}"
+    fields = _row_fields(record.value)
+    if fields is None:
+        raise PermanentError(
+            f"destination table {qualified} does not exist and cannot be created: auto_create needs the "
+            "events' schema block (value.converter.schemas.enable=true / events.schemas_enable)",
+            table=qualified,
+        )
+    key_names = _key_names(record.key)
+    columns = []
+    for fld in fields:
+        pg_type = connect_type(fld)
+        if pg_type is None:
+            what = fld.get("name") or fld.get("type")
+            raise PermanentError(
+                f"cannot create {qualified}: no type mapping for column {fld.get('field')!r} ({what})",
+                table=qualified,
+            )
+        not_null = sql.SQL(" NOT NULL") if fld.get("optional") is False else sql.SQL("")
+        columns.append(sql.SQL("{} {}{}").format(sql.Identifier(fld["field"]), sql.SQL(pg_type), not_null))
+    if not key_names:
+        raise PermanentError(
+            f"cannot create {qualified}: the records have no key to make a primary key", table=qualified
+        )
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {t} ({cols}, PRIMARY KEY ({k}))").format(
+        t=sql.Identifier(*dest), cols=sql.SQL(", ").join(columns), k=_idents(key_names)
+    )
+
+
+def _row_fields(value: bytes | None) -> list[dict[str, Any]] | None:
+    try:
+        doc = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema"), dict):
+        return None
+    fields = doc["schema"].get("fields") or []
+    for fld in fields:
+        if fld.get("field") == "after" and fld.get("type") == "struct":
+            return list(fld.get("fields") or [])
+    return [f for f in fields if not str(f.get("field", "")).startswith("__")]
+
+
+def _key_names(key: bytes | None) -> list[str]:
+    try:
+        doc = orjson.loads(key or b"null")
+    except orjson.JSONDecodeError:
+        return []
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        doc = doc["payload"]
+    return list(doc) if isinstance(doc, dict) else []

@@ -1,0 +1,100 @@
+"""``walbridge sink salesforce --config FILE``: run the Salesforce sink until SIGINT/SIGTERM.
+
+Contract: :func:`salesforce` is a plain typer command function (the main CLI mounts it); it builds
+:class:`~walbridge.sinks.salesforce.sink.SalesforceSink` and the shared
+:class:`~walbridge.sinks.runner.SinkRunner` from the settings file and runs until a signal. Any
+:class:`~walbridge.errors.WalbridgeError` (bad credentials, wrong URL, unknown event...) ends it
+with one ``error: ...`` line on stderr and exit code 2. ``python -m walbridge.sinks.salesforce.cli``
+runs the same command on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from walbridge import metrics
+from walbridge.config import SalesforceSinkSettings, load_settings
+from walbridge.errors import ConfigError, WalbridgeError
+from walbridge.sinks.runner import SinkRunner, install_signal_handlers
+from walbridge.sinks.salesforce.sink import SalesforceSink
+
+__all__ = ["salesforce"]
+
+log = logging.getLogger(__name__)
+
+
+def salesforce(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML or TOML settings file")],
+    name: Annotated[str | None, typer.Option("--name", help="which salesforce sink of the file")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="serve /metrics, /healthz, /status on this port")
+    ] = None,
+) -> None:
+    """Publish change events from Kafka to Salesforce Platform Events."""
+    try:
+        _run(config, name, metrics_port)
+    except WalbridgeError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+
+
+def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
+    if not config.exists():
+        raise ConfigError(f"configuration file {config} does not exist")
+    settings = load_settings(config)
+    sink_settings = settings.sink("salesforce", name)
+    assert isinstance(sink_settings, SalesforceSinkSettings)
+    sink = SalesforceSink(sink_settings, metrics=metrics.sink)
+    runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    ops = _start_ops(sink, settings.metrics.host, metrics_port) if metrics_port is not None else None
+    try:
+        runner.run(stop)
+    finally:
+        if ops is not None:
+            ops.stop()
+        _summary(sink)
+
+
+def _start_ops(sink: SalesforceSink, host: str, port: int) -> object:
+    from walbridge.web import OpsServer
+
+    def status() -> dict[str, object]:
+        stats = sink.publisher.stats if sink.publisher is not None else None
+        return {
+            "sink": sink.name,
+            "calls": stats.calls if stats else 0,
+            "accepted": stats.accepted if stats else 0,
+            "rejected": stats.rejected if stats else 0,
+            "api_usage": dict(stats.api_usage) if stats else {},
+        }
+
+    return OpsServer(host, port, status, lambda: True).start()
+
+
+def _summary(sink: SalesforceSink) -> None:
+    stats = sink.publisher.stats if sink.publisher is not None else None
+    if stats is None:
+        return
+    log.info(
+        "%s: %d calls, %d events accepted, %d rejected, %d re-sends avoided, api usage %s",
+        sink.name,
+        stats.calls,
+        stats.accepted,
+        stats.rejected,
+        sink.skipped_resends,
+        stats.api_usage,
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    typer.run(salesforce)

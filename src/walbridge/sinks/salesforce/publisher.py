@@ -1,0 +1,311 @@
+"""Publishing event records with sObject Collections: chunks of 200, calls in flight, in order per key.
+
+Contract: :meth:`Publisher.publish` takes :class:`~walbridge.sinks.salesforce.mapping.EventRecord`
+values in Kafka order and returns a :class:`Outcome`: the indexes Salesforce accepted, the
+per-record rejections (:class:`~walbridge.errors.RecordRejected` with ``status_code``,
+``sf_message``, ``fields``) and, when some records could not be published for a transient reason,
+that error (``RateLimited``, ``ServerBusy``, ``AuthExpired``, ``ConnectionLost``…). A record is
+in exactly one of: accepted, rejected, or not done (transient) — the caller retries only the last.
+
+Ordering: records are cut into chunks of at most 200 in input order (``allOrNone: false``). Up to
+``max_in_flight`` chunks are sent at once, except that a chunk holding a key of an earlier chunk
+waits for it, and is not sent at all if that chunk did not go through. So a key's events reach
+Salesforce in Kafka order, also across retries. After the first transient failure no new chunk
+starts. (A per-record ``LIMIT_EXCEEDED`` inside an accepted call is treated like a transient
+failure of that record; Salesforce grants allocation in record order, so it hits a suffix.)
+
+Errors: HTTP 200 → per-record SaveResults (``success: true`` is success even with an
+``OPERATION_ENQUEUED`` entry); 429 and ``REQUEST_LIMIT_EXCEEDED``/``LIMIT_EXCEEDED`` → ``RateLimited``
+(``retry_after`` from the header); 5xx and ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE`` →
+``ServerBusy``; 401 after the auth flow's one re-login → ``AuthExpired``; another 400 (the whole
+request refused, e.g. ``JSON_PARSER_ERROR``) → the chunk is halved until the bad record is alone
+and rejected; 403/404/other 4xx → ``ConfigError``. ``Sforce-Limit-Info`` goes to the
+``walbridge_salesforce_api_usage`` gauge. With a :class:`CallBudget` every call takes a token
+first (see there).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from walbridge.errors import (
+    AuthExpired,
+    ConfigError,
+    RateLimited,
+    RecordRejected,
+    ServerBusy,
+    TransientError,
+)
+from walbridge.sinks.salesforce.mapping import EventRecord
+from walbridge.sinks.salesforce.transport import http_errors, parse_limit_info, salesforce_error
+
+__all__ = ["MAX_RECORDS_PER_CALL", "CallBudget", "Outcome", "Publisher", "PublisherStats"]
+
+MAX_RECORDS_PER_CALL = 200
+RATE_LIMIT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "LIMIT_EXCEEDED"})
+BUSY_CODES = frozenset({"PLATFORM_EVENT_PUBLISHING_UNAVAILABLE", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"})
+_BUDGET_MAX_SLEEP_S = 5.0
+
+
+class _RequestRefused(Exception):
+    """A 400 that refused the whole collection because of (at least) one record."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Outcome:
+    accepted: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, RecordRejected]] = field(default_factory=list)
+    transient: TransientError | None = None
+    """Set when some records were neither accepted nor rejected."""
+
+    def merge(self, other: Outcome) -> None:
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.transient = self.transient or other.transient
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """Counters of one publisher (also for benchmarks and tests)."""
+
+    calls: int = 0
+    records_sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    api_usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_call(self, status: int, records: int) -> None:
+        with self._lock:
+            self.calls += 1
+            self.records_sent += records
+            self.by_status[status] += 1
+
+    def count_results(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.accepted += len(outcome.accepted)
+            self.rejected += len(outcome.rejected)
+
+
+class CallBudget:
+    """At most ``max_per_hour`` calls in any hour: a token bucket holding a minute's worth at most.
+
+    Refill rate ``(max - burst) / 3600`` per second with ``burst = max // 60`` (at least 1): the
+    bucket can never let more than ``max`` calls through in a rolling hour. ``take()`` sleeps for a
+    short wait; a longer one raises ``RateLimited(retry_after=…)`` so the runner pauses the batch.
+    """
+
+    def __init__(self, max_per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_per_hour < 2:
+            raise ConfigError("max_calls_per_hour must be at least 2")
+        self.burst = max(1, max_per_hour // 60)
+        self.rate = (max_per_hour - self.burst) / 3600
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def wait_time(self) -> float:
+        """Take a token and return 0, or return how long until one is available (nothing taken)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        while (wait := self.wait_time()) > 0:
+            if wait > _BUDGET_MAX_SLEEP_S:
+                raise RateLimited(
+                    f"max_calls_per_hour budget used up; next call in {wait:.0f}s", retry_after=wait
+                )
+            time.sleep(wait)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def classify(response: httpx.Response, what: str) -> Exception:
+    """The error of a non-200 collection answer (``_RequestRefused`` for a bisectable 400)."""
+    status = response.status_code
+    code, message = salesforce_error(response)
+    text = f"{what}: HTTP {status} {code}: {message}"
+    if status == 429 or code in RATE_LIMIT_CODES:
+        return RateLimited(text, retry_after=_retry_after(response), status=status, error_code=code)
+    if status >= 500 or code in BUSY_CODES:
+        return ServerBusy(text, status=status, error_code=code, retry_after=_retry_after(response))
+    if status == 401:
+        return AuthExpired(text, status=status, error_code=code)
+    if status == 400:
+        return _RequestRefused(code, message)
+    return ConfigError(text, status=status, error_code=code)
+
+
+def _record_error(result: dict[str, Any]) -> tuple[str, str, list[str]]:
+    errors = result.get("errors") or [{}]
+    first = errors[0] if isinstance(errors[0], dict) else {}
+    return (
+        str(first.get("statusCode", "UNKNOWN")),
+        str(first.get("message", "")),
+        list(first.get("fields") or []),
+    )
+
+
+def _rejection(code: str, message: str, fields: list[str]) -> RecordRejected:
+    shown = f" {fields}" if fields else ""
+    return RecordRejected(f"{code}: {message}{shown}", status_code=code, sf_message=message, fields=fields)
+
+
+class Publisher:
+    """Sends event records to ``composite/sobjects`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        instance_url: str,
+        api_version: str,
+        *,
+        max_in_flight: int = 4,
+        budget: CallBudget | None = None,
+        metrics: Any = None,
+        chunk_size: int = MAX_RECORDS_PER_CALL,
+    ) -> None:
+        self.client = client
+        self.url = f"{instance_url.rstrip('/')}/services/data/v{api_version}/composite/sobjects"
+        self.max_in_flight = max(1, max_in_flight)
+        self.budget = budget
+        self.metrics = metrics
+        self.chunk_size = min(chunk_size, MAX_RECORDS_PER_CALL)
+        self.stats = PublisherStats()
+        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sf-publish")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def publish(self, records: Sequence[EventRecord]) -> Outcome:
+        chunks = self._chunks(records)
+        halt = threading.Event()
+        futures: list[Future[Outcome]] = []
+        last_for_key: dict[Hashable, int] = {}
+        for number, chunk in enumerate(chunks):
+            deps = {last_for_key[records[i].order_key] for i in chunk if records[i].order_key in last_for_key}
+            wait_for = [futures[d] for d in sorted(deps)]
+            futures.append(self._pool.submit(self._run_chunk, records, chunk, wait_for, halt))
+            for i in chunk:
+                last_for_key[records[i].order_key] = number
+        outcome = Outcome()
+        for future in futures:
+            outcome.merge(future.result())
+        self.stats.count_results(outcome)
+        return outcome
+
+    def _chunks(self, records: Sequence[EventRecord]) -> list[list[int]]:
+        size = self.chunk_size
+        return [list(range(start, min(start + size, len(records)))) for start in range(0, len(records), size)]
+
+    def _run_chunk(
+        self,
+        records: Sequence[EventRecord],
+        chunk: list[int],
+        wait_for: list[Future[Outcome]],
+        halt: threading.Event,
+    ) -> Outcome:
+        for dep in wait_for:
+            failed = dep.result().transient
+            if failed is not None:
+                return Outcome(transient=failed)
+        if halt.is_set():
+            return Outcome(transient=ServerBusy("not sent: an earlier call of this batch failed"))
+        try:
+            outcome = self._send(records, chunk)
+        except TransientError as exc:
+            outcome = Outcome(transient=exc)
+        if outcome.transient is not None:
+            halt.set()
+        return outcome
+
+    def _send(self, records: Sequence[EventRecord], chunk: list[int]) -> Outcome:
+        """One call for ``chunk``; halves it on a refused request until the culprit is alone."""
+        try:
+            results = self._call([records[i] for i in chunk])
+        except _RequestRefused as refused:
+            if len(chunk) == 1:
+                return Outcome(rejected=[(chunk[0], _rejection(refused.code, refused.message, []))])
+            half = len(chunk) // 2
+            outcome = self._send(records, chunk[:half])
+            if outcome.transient is None:
+                outcome.merge(self._send(records, chunk[half:]))
+            return outcome
+        return self._outcome(chunk, results)
+
+    def _outcome(self, chunk: list[int], results: list[dict[str, Any]]) -> Outcome:
+        outcome = Outcome()
+        for index, result in zip(chunk, results, strict=True):
+            if result.get("success") is True:
+                outcome.accepted.append(index)
+                continue
+            code, message, fields = _record_error(result)
+            if code in RATE_LIMIT_CODES:
+                outcome.transient = outcome.transient or RateLimited(f"record refused: {code}: {message}")
+            elif code in BUSY_CODES:
+                outcome.transient = outcome.transient or ServerBusy(f"record refused: {code}: {message}")
+            else:
+                outcome.rejected.append((index, _rejection(code, message, fields)))
+        return outcome
+
+    def _call(self, chunk: list[EventRecord]) -> list[dict[str, Any]]:
+        if self.budget is not None:
+            self.budget.take()
+        body = {
+            "allOrNone": False,
+            "records": [{"attributes": {"type": r.sobject}, **r.values} for r in chunk],
+        }
+        with http_errors("publishing to Salesforce"):
+            response = self.client.post(
+                self.url, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            )
+        self.stats.count_call(response.status_code, len(chunk))
+        self._observe_limits(response)
+        if response.status_code != 200:
+            raise classify(response, "composite/sobjects")
+        try:
+            results = response.json()
+        except ValueError as exc:
+            raise ServerBusy("composite/sobjects answered 200 without JSON") from exc
+        if not isinstance(results, list) or len(results) != len(chunk):
+            raise ServerBusy(f"composite/sobjects answered {type(results).__name__} for {len(chunk)} records")
+        return results
+
+    def _observe_limits(self, response: httpx.Response) -> None:
+        usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
+        if not usage:
+            return
+        self.stats.api_usage.update(usage)
+        if self.metrics is None:
+            return
+        for kind, (used, limit) in usage.items():
+            self.metrics.api_usage.labels(kind=f"{kind}.used").set(used)
+            self.metrics.api_usage.labels(kind=f"{kind}.limit").set(limit)

@@ -1,0 +1,226 @@
+"""The Salesforce Platform Events sink: a :class:`~walbridge.sinks.base.Sink` for the shared runner.
+
+Contract: ``SalesforceSink(settings).open()`` logs in (client credentials or JWT bearer) and
+describes every event object the mapping uses; bad credentials, a wrong instance URL, an unknown
+event object or a mapped field the event does not have raise one :class:`ConfigError` line that
+names Salesforce's error (never a secret). :meth:`write_batch` maps the records
+(:mod:`~walbridge.sinks.salesforce.mapping`), publishes them (:mod:`~walbridge.sinks.salesforce.publisher`)
+and returns the records refused for good (validation or Salesforce per-record errors) as
+``RecordFailure`` values; when some records could not be published for a transient reason it
+raises that ``TransientError`` and the runner retries the batch.
+
+At-least-once, without avoidable duplicates: the sink remembers which records of the uncommitted
+batch Salesforce already accepted (``topic, partition, offset``) and does not send them again when
+the runner retries the batch, after a transient error or a permanent refusal; :meth:`rollback`
+keeps that memory (a published event cannot be taken back) and :meth:`commit` forgets what the
+committed offsets cover. Only a crash between publishing and the Kafka commit re-sends events, at
+most one runner batch (``batch_size`` records); ``Event_Key__c`` lets Salesforce drop them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from walbridge.config import SalesforceSinkSettings
+from walbridge.errors import ConfigError, TransientError, WalbridgeError
+from walbridge.sinks.base import RecordFailure, SinkRecord, TopicPartitionKey
+from walbridge.sinks.salesforce.auth import ClientCredentials, Grant, JwtBearer, SalesforceAuth
+from walbridge.sinks.salesforce.mapping import EventRecord, EventSchema, Mapper, parse_rules
+from walbridge.sinks.salesforce.publisher import CallBudget, Publisher
+from walbridge.sinks.salesforce.transport import http_errors, make_client, salesforce_error
+
+__all__ = ["SalesforceSink", "build_grant"]
+
+log = logging.getLogger(__name__)
+_LOGIN_AUDIENCE = "https://login.salesforce.com"
+RecordKey = tuple[str, int, int]
+
+
+def _private_key(settings: SalesforceSinkSettings) -> str:
+    if settings.private_key:
+        return settings.private_key
+    if settings.private_key_file:
+        try:
+            return Path(settings.private_key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read private_key_file {settings.private_key_file}: {exc.strerror}"
+            ) from None
+    raise ConfigError("auth jwt_bearer needs private_key (env) or private_key_file")
+
+
+def build_grant(settings: SalesforceSinkSettings) -> Grant:
+    """The OAuth grant the settings describe; ConfigError when something is missing."""
+    if not settings.client_id:
+        raise ConfigError("salesforce sink: client_id is not set")
+    if settings.auth == "client_credentials":
+        if not settings.client_secret:
+            raise ConfigError("salesforce sink: client_secret is not set (give it through the environment)")
+        return ClientCredentials(
+            settings.login_url or settings.instance_url,
+            settings.client_id,
+            settings.client_secret,
+            basic=settings.token_auth == "basic",
+        )
+    if not settings.username:
+        raise ConfigError("salesforce sink: auth jwt_bearer needs username")
+    audience = settings.login_url or _LOGIN_AUDIENCE
+    return JwtBearer(
+        settings.login_url or settings.instance_url,
+        settings.client_id,
+        settings.username,
+        _private_key(settings),
+        audience,
+    )
+
+
+class SalesforceSink:
+    """Publishes change events as Platform Events (see the module docstring)."""
+
+    owns_offsets = False
+
+    def __init__(
+        self,
+        settings: SalesforceSinkSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name or "salesforce"
+        self.metrics = metrics
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self.auth: SalesforceAuth | None = None
+        self.mapper: Mapper | None = None
+        self.publisher: Publisher | None = None
+        self._accepted: set[RecordKey] = set()
+        self.skipped_resends = 0
+        """Records not sent again on a retry because Salesforce had accepted them already."""
+
+    @property
+    def data_url(self) -> str:
+        return f"{self.settings.instance_url.rstrip('/')}/services/data/v{self.settings.api_version}"
+
+    # ------------------------------------------------------------------ Sink protocol
+
+    def open(self) -> None:
+        settings = self.settings
+        default, rules = parse_rules(settings.event, settings.tables)
+        self.auth = SalesforceAuth(build_grant(settings))
+        self._client = make_client(
+            self.auth, transport=self._transport, connections=settings.max_in_flight + 1
+        )
+        all_rules = [default, *rules.values()]
+        schemas = {}
+        for event in sorted({r.event for r in all_rules}):
+            schemas[event] = EventSchema.from_describe(
+                self._describe(event), truncate_oversized=settings.truncate_oversized
+            )
+        for rule in all_rules:
+            unknown = schemas[rule.event].unknown(rule.target_fields())
+            if unknown:
+                raise ConfigError(
+                    f"salesforce sink: {rule.event} has no field(s) {unknown} (see the mapping settings)"
+                )
+        self.mapper = Mapper(default, rules, schemas, settings.event_key)
+        budget = CallBudget(settings.max_calls_per_hour) if settings.max_calls_per_hour else None
+        self.publisher = Publisher(
+            self._client,
+            settings.instance_url,
+            settings.api_version,
+            max_in_flight=settings.max_in_flight,
+            budget=budget,
+            metrics=self.metrics,
+        )
+        log.info(
+            "%s: publishing %s to %s (API v%s)",
+            self.name,
+            sorted(schemas),
+            settings.instance_url,
+            settings.api_version,
+        )
+
+    def stored_offsets(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        return {}
+
+    def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
+        assert self.mapper is not None and self.publisher is not None, "open() first"
+        failures: list[RecordFailure] = []
+        outgoing: list[EventRecord] = []
+        sources: list[SinkRecord] = []
+        for record in records:
+            if _key(record) in self._accepted:
+                self.skipped_resends += 1
+                continue
+            try:
+                mapped = self.mapper.map(record)
+            except WalbridgeError as exc:
+                failures.append(RecordFailure(record, _with_context(exc, record)))
+                continue
+            if mapped is not None:
+                outgoing.append(mapped)
+                sources.append(record)
+        outcome = self.publisher.publish(outgoing)
+        self._accepted.update(_key(sources[i]) for i in outcome.accepted)
+        failures += [
+            RecordFailure(sources[i], _with_context(error, sources[i])) for i, error in outcome.rejected
+        ]
+        if outcome.transient is not None:
+            raise outcome.transient
+        return failures
+
+    def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
+        self._accepted = {k for k in self._accepted if k[2] >= next_offsets.get((k[0], k[1]), -1)}
+
+    def rollback(self) -> None:
+        """Nothing to undo: accepted events stay published (and are remembered, see the docstring)."""
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _describe(self, event: str) -> Mapping[str, Any]:
+        assert self._client is not None
+        url = f"{self.data_url}/sobjects/{event}/describe"
+        try:
+            with http_errors(f"salesforce sink: describing {event}"):
+                response = self._client.get(url)
+        except TransientError as exc:
+            raise ConfigError(f"salesforce sink: cannot reach {self.settings.instance_url}: {exc}") from None
+        if response.status_code == 200:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("fields"), list):
+                return body
+            raise ConfigError(f"salesforce sink: {url} did not answer a describe result; check instance_url")
+        code, message = salesforce_error(response)
+        if response.status_code == 404:
+            raise ConfigError(
+                f"salesforce sink: event object {event!r} not found at {self.settings.instance_url} "
+                f"(API v{self.settings.api_version}): {code}: {message}"
+            )
+        raise ConfigError(
+            f"salesforce sink: describing {event} failed: HTTP {response.status_code} {code}: {message}"
+        )
+
+
+def _key(record: SinkRecord) -> RecordKey:
+    return record.topic, record.partition, record.offset
+
+
+def _with_context(error: WalbridgeError, record: SinkRecord) -> WalbridgeError:
+    error.context.update(topic=record.topic, partition=record.partition, offset=record.offset)
+    return error

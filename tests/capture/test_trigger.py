@@ -1,0 +1,238 @@
+"""Trigger-mode capture against a real PostgreSQL and broker: setup, events, resume, schema changes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import consume_all, json_or_none, wait_until
+
+from walbridge.capture.trigger import (
+    TriggerCapture,
+    TriggerPosition,
+    check_trigger_capture,
+    install_trigger_capture,
+    load_position,
+    next_position,
+    uninstall_trigger_capture,
+)
+from walbridge.config import Settings, load_settings
+from walbridge.errors import ConfigError, DecodeError, WalbridgeError
+
+TYPES_DDL = """
+CREATE TABLE items (
+    id int PRIMARY KEY, name text, price numeric(10,2), ratio float8, born date,
+    seen timestamptz, at_local timestamp, span interval, tags text[], doc jsonb, flag bool, raw bytea
+)
+"""
+ROW = (
+    "'widget', 12.50, 0.1, '2024-02-29', '2024-03-01 12:34:56.789+02', '2024-03-01 01:02:03.5', "
+    "'1 day 02:00:00', '{a,\"b c\"}', '{\"k\": [1, 2]}', true, '\\x0102'"
+)
+
+
+def make_settings(dsn: str, bootstrap: str, prefix: str, tables: list[str], **source: Any) -> Settings:
+    return load_settings(
+        source={"mode": "trigger", "dsn": dsn, "tables": tables, "poll_interval_ms": 50, **source},
+        kafka={"bootstrap_servers": bootstrap, "partitions": 1},
+        events={"topic_prefix": prefix},
+    )
+
+
+def execute(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[TriggerCapture]:
+    """Run a capture in a thread; re-raise its error on exit."""
+    capture = TriggerCapture(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            capture.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: capture.ready.is_set() or errors, timeout_s=30)
+        yield capture
+    finally:
+        stop.set()
+        thread.join(30)
+    if errors:
+        raise errors[0]
+
+
+def run_expecting_error(settings: Settings, timeout_s: float = 20.0) -> WalbridgeError:
+    """Run a capture in this thread until it fails (or ``timeout_s`` passes: then the test fails)."""
+    stop = threading.Event()
+    timer = threading.Timer(timeout_s, stop.set)
+    timer.start()
+    try:
+        TriggerCapture(settings).run(stop)
+    except WalbridgeError as exc:
+        return exc
+    finally:
+        timer.cancel()
+    raise AssertionError(f"capture ran {timeout_s}s without an error")
+
+
+def values(bootstrap: str, topic: str, count: int) -> list[dict[str, Any] | None]:
+    messages = consume_all(bootstrap, [topic], min_count=count, idle_s=0.5, timeout_s=30)
+    return [json_or_none(m.value()) for m in messages]
+
+
+def test_next_position_pages_and_closes_interval() -> None:
+    start = TriggerPosition("10:12:10")
+    rows: list[Any] = [type("R", (), {"id": i})() for i in (3, 7)]
+    assert next_position(start, "15:15:", rows, 2) == TriggerPosition("10:12:10", "15:15:", 7)
+    assert next_position(start, "15:15:", rows[:1], 2) == TriggerPosition("15:15:")
+    assert next_position(start, "15:15:", rows, 5).rows == 2
+
+
+def test_setup_is_idempotent_and_teardown_removes_everything(pg_dsn: str) -> None:
+    execute(pg_dsn, "CREATE TABLE a (id int PRIMARY KEY, v text)", "CREATE TABLE b (id int PRIMARY KEY)")
+    settings = make_settings(pg_dsn, "unused:9092", "p", ["public.a", "public.b"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        first = install_trigger_capture(conn, settings)
+        assert any("created schema walbridge" in step for step in first)
+        assert install_trigger_capture(conn, settings) == []
+        assert check_trigger_capture(conn, settings, installed=True) == []
+        conn.execute("INSERT INTO a VALUES (1, 'x')")
+        logged = conn.execute("SELECT op, after FROM walbridge.change_log").fetchall()
+        assert logged == [("c", {"id": "1", "v": "x"})]
+        assert uninstall_trigger_capture(conn, settings)
+        assert conn.execute("SELECT to_regnamespace('walbridge')").fetchone() == (None,)
+        triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'walbridge%'").fetchone()
+        assert triggers == (0,)
+        problems = check_trigger_capture(conn, settings, installed=True)
+        assert [p.found for p in problems] == ["not installed"]
+
+
+def test_setup_names_missing_table_and_privilege(pg_dsn: str) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE owned (id int PRIMARY KEY)",
+        "DROP ROLE IF EXISTS wb_weak",
+        "CREATE ROLE wb_weak LOGIN PASSWORD 'weak'",
+        "GRANT SELECT ON owned TO wb_weak",
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        missing = make_settings(pg_dsn, "unused:9092", "p", ["public.owned", "public.nope"])
+        with pytest.raises(ConfigError, match=r"public\.nope"):
+            install_trigger_capture(conn, missing)
+    weak_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user="wb_weak", password="weak")
+    try:
+        with psycopg.connect(weak_dsn, autocommit=True) as weak:
+            settings = make_settings(weak_dsn, "unused:9092", "p", ["public.owned"])
+            with pytest.raises(ConfigError) as info:
+                install_trigger_capture(weak, settings)
+        message = str(info.value)
+        assert "TRIGGER privilege on public.owned" in message
+        assert "CREATE privilege on database" in message
+    finally:
+        execute(pg_dsn, "DROP OWNED BY wb_weak", "DROP ROLE wb_weak")
+
+
+def test_events_match_snapshot_encoding_and_debezium_shape(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    execute(pg_dsn, TYPES_DDL, f"INSERT INTO items VALUES (1, {ROW})")
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.items"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+    topic = f"{topic_prefix}.public.items"
+    with running(settings):
+        execute(
+            pg_dsn,
+            f"INSERT INTO items VALUES (2, {ROW})",
+            "UPDATE items SET name = 'gadget' WHERE id = 2",
+            "UPDATE items SET id = 3 WHERE id = 2",
+            "DELETE FROM items WHERE id = 1",
+            "TRUNCATE items",
+        )
+        got = values(kafka_bootstrap, topic, 9)
+    ops = [(v["op"] if v else None) for v in got]
+    assert ops == ["r", "c", "u", "d", None, "c", "d", None, "t"]
+    snap, created, updated = got[0], got[1], got[2]
+    assert snap is not None and created is not None and updated is not None
+    # The snapshot reads COPY text and the trigger stores hstore text: the same values either way.
+    assert {**snap["after"], "id": 2} == created["after"]
+    assert updated["before"] == created["after"]
+    assert updated["after"]["name"] == "gadget"
+    source = created["source"]
+    assert source["connector"] == "postgresql-trigger"
+    assert source["lsn"] is None and source["txId"] > 0 and source["change_id"] > 0
+    assert created["after"]["seen"].startswith("2024-03-01T10:34:56.789")  # converted from UTC text
+
+
+def test_restart_resumes_without_duplicates_and_retention_empties_log(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int)")
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.t"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+    topic = f"{topic_prefix}.public.t"
+    with running(settings):
+        execute(pg_dsn, "INSERT INTO t SELECT g, 0 FROM generate_series(1, 50) g")
+        values(kafka_bootstrap, topic, 50)
+    execute(pg_dsn, "INSERT INTO t SELECT g, 0 FROM generate_series(51, 80) g")
+    with running(settings) as capture:
+        got = values(kafka_bootstrap, topic, 80)
+        wait_until(lambda: capture.published_rows >= 30)
+    assert sorted(v["after"]["id"] for v in got if v) == list(range(1, 81))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM walbridge.change_log").fetchone() == (0,)
+        position = load_position(conn, settings.source.slot)
+        assert position is not None and position.hi is None
+
+
+def test_table_without_primary_key_gets_null_keys(pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> None:
+    execute(pg_dsn, "CREATE TABLE loose (v text)")
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.loose"], snapshot="never")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        steps = install_trigger_capture(conn, settings)
+    assert any("no primary key" in step for step in steps)
+    execute(pg_dsn, "INSERT INTO loose VALUES ('a')", "DELETE FROM loose")
+    with running(settings):
+        messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.loose"], min_count=2, idle_s=0.5)
+    assert [m.key() for m in messages] == [None, None]
+    assert [json_or_none(m.value())["op"] for m in messages] == ["c", "d"]
+
+
+def test_renamed_column_stops_capture_with_a_clear_error(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    execute(pg_dsn, "CREATE TABLE r (id int PRIMARY KEY, old_name text)")
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.r"], snapshot="never")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+    execute(pg_dsn, "INSERT INTO r VALUES (1, 'x')", "ALTER TABLE r RENAME COLUMN old_name TO new_name")
+    error = run_expecting_error(settings)
+    assert isinstance(error, DecodeError)
+    assert "renamed or dropped" in str(error) and "old_name" in str(error)
+
+
+def test_dropped_table_stops_capture_with_a_clear_error(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    execute(pg_dsn, "CREATE TABLE gone (id int PRIMARY KEY)", "CREATE TABLE kept (id int PRIMARY KEY)")
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.*"], snapshot="never")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+    execute(pg_dsn, "INSERT INTO gone VALUES (1)", "DROP TABLE gone")
+    error = run_expecting_error(settings)
+    assert isinstance(error, ConfigError)
+    assert "public.gone, which no longer exists" in str(error)

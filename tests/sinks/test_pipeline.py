@@ -1,0 +1,79 @@
+"""The seed's verification steps through Kafka and the runner, plus DLQ, replay and bad records."""
+
+from __future__ import annotations
+
+import psycopg
+from conftest import Pipeline, change, employee, rows
+from helpers import consume_all, wait_until
+
+from walbridge.events import KafkaRecord
+from walbridge.sinks.dlq import read_dlq, replay
+
+
+def names(dsn: str) -> list[tuple[int, str, int]]:
+    return rows(dsn, "SELECT emp_id, first_name, salary FROM employees ORDER BY emp_id")
+
+
+def test_seed_steps_and_offset_resume(pipeline: Pipeline, employees_db: str) -> None:
+    pipeline.start()
+    pipeline.send(change("c", None, employee(100, "Test", salary=50000)))
+    wait_until(lambda: names(employees_db) == [(100, "Test", 50000)])
+    pipeline.send(change("c", None, employee(101, "Alice", salary=75000)))
+    pipeline.send(change("u", employee(101, "Alice", salary=75000), employee(101, "Alice", city="Boston",
+                                                                              salary=80000)))
+    wait_until(lambda: (101, "Alice", 80000) in names(employees_db))
+    pipeline.send(change("d", employee(101), None))
+    wait_until(lambda: names(employees_db) == [(100, "Test", 50000)])
+    pipeline.stop()
+    # Restart: resumes at the stored offsets, nothing applied twice (counted by a trigger).
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE applied (n int)")
+        conn.execute("""CREATE FUNCTION count_apply() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN INSERT INTO applied VALUES (1); RETURN NULL; END $$""")
+        conn.execute("CREATE TRIGGER c AFTER INSERT OR UPDATE OR DELETE ON employees "
+                     "FOR EACH ROW EXECUTE FUNCTION count_apply()")
+    pipeline.start()
+    pipeline.send(
+        change("c", None, employee(200, "David", salary=65000)),
+        change("c", None, employee(201, "Emma", salary=70000)),
+        change("c", None, employee(202, "Frank", salary=72000)),
+    )
+    pipeline.send(change("u", employee(200, "David", salary=65000), employee(200, "David", salary=75000)))
+    pipeline.send(change("d", employee(202, "Frank", salary=72000), None))
+    wait_until(lambda: names(employees_db) == [(100, "Test", 50000), (200, "David", 75000), (201, "Emma", 70000)])
+    assert rows(employees_db, "SELECT count(*) FROM applied")[0][0] <= 5
+
+
+def test_check_violation_goes_to_dlq_then_replays(pipeline: Pipeline, employees_db: str) -> None:
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE employees ADD CONSTRAINT salary_cap CHECK (salary < 100000)")
+    pipeline.start()
+    pipeline.send(*(change("c", None, employee(i, salary=200_000 if i == 5 else 1000)) for i in range(1, 10)))
+    wait_until(lambda: len(names(employees_db)) == 8)
+    dlq_topic = pipeline.topic + ".dlq"
+    entries = wait_until(lambda: read_dlq(pipeline.settings, [dlq_topic]), timeout_s=20)
+    assert len(entries) == 1
+    seed = entries[0].seed_json()
+    assert seed["original_topic"] == pipeline.topic and '"emp_id":5' in seed["original_key"]
+    assert "salary_cap" in seed["error"]
+    assert entries[0].attempts == 3
+    headers = dict(consume_all(pipeline.settings.kafka.bootstrap_servers, [dlq_topic], min_count=1)[0].headers())
+    assert headers["__connect.errors.exception.class.name"] == b"walbridge.errors.ConstraintViolation"
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE employees DROP CONSTRAINT salary_cap")
+    report = replay(pipeline.settings, entries)
+    assert len(report.replayed) == 1
+    wait_until(lambda: (5, "F", 200_000) in names(employees_db))
+    again = replay(pipeline.settings, read_dlq(pipeline.settings, [dlq_topic]))
+    assert again.replayed == [] and len(again.skipped) == 1
+
+
+def test_garbage_and_wrong_shape_go_to_dlq(pipeline: Pipeline, employees_db: str) -> None:
+    pipeline.start()
+    pipeline.send_raw(KafkaRecord(pipeline.topic, b'{"emp_id": 1}', b"\x00\xffnot json"))
+    pipeline.send_raw(KafkaRecord(pipeline.topic, b'{"emp_id": 2}', b'{"hello": "world"}'))
+    pipeline.send_raw(KafkaRecord(pipeline.topic, b'{"emp_id": 3}', b"[1, 2, 3]"))
+    pipeline.send(change("c", None, employee(4)))
+    wait_until(lambda: names(employees_db) == [(4, "F", 50000)])
+    entries = wait_until(lambda: len(e := read_dlq(pipeline.settings, [pipeline.topic + ".dlq"])) == 3 and e)
+    assert {e.error_class for e in entries} == {"walbridge.errors.DecodeError"}
