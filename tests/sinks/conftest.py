@@ -27,13 +27,22 @@ CREATE TABLE public.employees (
 """
 
 
-def employee(emp_id: int, first: str = "F", last: str = "L", dob: int = 7305, city: str = "C",
-             salary: int = 50_000) -> dict[str, Any]:
-    return {"emp_id": emp_id, "first_name": first, "last_name": last, "dob": dob, "city": city, "salary": salary}
+def employee(
+    emp_id: int, first: str = "F", last: str = "L", dob: int = 7305, city: str = "C", salary: int = 50_000
+) -> dict[str, Any]:
+    return {
+        "emp_id": emp_id,
+        "first_name": first,
+        "last_name": last,
+        "dob": dob,
+        "city": city,
+        "salary": salary,
+    }
 
 
-def change(op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-           table: str = "employees") -> ChangeEvent:
+def change(
+    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, table: str = "employees"
+) -> ChangeEvent:
     row = after if after is not None else before
     key = {"emp_id": row["emp_id"]} if row is not None else None
     source = Source(connector="postgresql", name="test", db="src", schema="public", table=table, ts_ms=1)
@@ -50,8 +59,11 @@ class Pipeline:
         self.settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3, session_timeout_ms=6000),
             dlq=DlqSettings(max_attempts=3, backoff_initial_s=0.2, backoff_max_s=1.0),
-            sinks=[PostgresSinkSettings(dsn=dsn, topics=[self.topic], group_id=f"{prefix}-g", linger_ms=50,
-                                        **sink_options)],
+            sinks=[
+                PostgresSinkSettings(
+                    dsn=dsn, topics=[self.topic], group_id=f"{prefix}-g", linger_ms=50, **sink_options
+                )
+            ],
         )
         ensure_topics(make_admin(self.settings.kafka), [self.topic], 3, 1)
         self.producer = make_producer(self.settings.kafka)

@@ -19,8 +19,9 @@ def test_seed_steps_and_offset_resume(pipeline: Pipeline, employees_db: str) -> 
     pipeline.send(change("c", None, employee(100, "Test", salary=50000)))
     wait_until(lambda: names(employees_db) == [(100, "Test", 50000)])
     pipeline.send(change("c", None, employee(101, "Alice", salary=75000)))
-    pipeline.send(change("u", employee(101, "Alice", salary=75000), employee(101, "Alice", city="Boston",
-                                                                              salary=80000)))
+    pipeline.send(
+        change("u", employee(101, "Alice", salary=75000), employee(101, "Alice", city="Boston", salary=80000))
+    )
     wait_until(lambda: (101, "Alice", 80000) in names(employees_db))
     pipeline.send(change("d", employee(101), None))
     wait_until(lambda: names(employees_db) == [(100, "Test", 50000)])
@@ -30,8 +31,10 @@ def test_seed_steps_and_offset_resume(pipeline: Pipeline, employees_db: str) -> 
         conn.execute("CREATE TABLE applied (n int)")
         conn.execute("""CREATE FUNCTION count_apply() RETURNS trigger LANGUAGE plpgsql AS
             $$ BEGIN INSERT INTO applied VALUES (1); RETURN NULL; END $$""")
-        conn.execute("CREATE TRIGGER c AFTER INSERT OR UPDATE OR DELETE ON employees "
-                     "FOR EACH ROW EXECUTE FUNCTION count_apply()")
+        conn.execute(
+            "CREATE TRIGGER c AFTER INSERT OR UPDATE OR DELETE ON employees "
+            "FOR EACH ROW EXECUTE FUNCTION count_apply()"
+        )
     pipeline.start()
     pipeline.send(
         change("c", None, employee(200, "David", salary=65000)),
@@ -40,7 +43,9 @@ def test_seed_steps_and_offset_resume(pipeline: Pipeline, employees_db: str) -> 
     )
     pipeline.send(change("u", employee(200, "David", salary=65000), employee(200, "David", salary=75000)))
     pipeline.send(change("d", employee(202, "Frank", salary=72000), None))
-    wait_until(lambda: names(employees_db) == [(100, "Test", 50000), (200, "David", 75000), (201, "Emma", 70000)])
+    wait_until(
+        lambda: names(employees_db) == [(100, "Test", 50000), (200, "David", 75000), (201, "Emma", 70000)]
+    )
     assert rows(employees_db, "SELECT count(*) FROM applied")[0][0] <= 5
 
 
@@ -57,7 +62,9 @@ def test_check_violation_goes_to_dlq_then_replays(pipeline: Pipeline, employees_
     assert seed["original_topic"] == pipeline.topic and '"emp_id":5' in seed["original_key"]
     assert "salary_cap" in seed["error"]
     assert entries[0].attempts == 3
-    headers = dict(consume_all(pipeline.settings.kafka.bootstrap_servers, [dlq_topic], min_count=1)[0].headers())
+    headers = dict(
+        consume_all(pipeline.settings.kafka.bootstrap_servers, [dlq_topic], min_count=1)[0].headers()
+    )
     assert headers["__connect.errors.exception.class.name"] == b"walbridge.errors.ConstraintViolation"
     with psycopg.connect(employees_db, autocommit=True) as conn:
         conn.execute("ALTER TABLE employees DROP CONSTRAINT salary_cap")

@@ -24,8 +24,18 @@ def records(*events, start: int = 0, partition: int = 0) -> list[SinkRecord]:
     for event in events:
         for rec in encoder.encode(event):
             offset = start + len(out)
-            out.append(SinkRecord(rec.topic, partition, offset, rec.key, rec.value, None, 0,
-                                  decode_record(rec.topic, rec.key, rec.value)))
+            out.append(
+                SinkRecord(
+                    rec.topic,
+                    partition,
+                    offset,
+                    rec.key,
+                    rec.value,
+                    None,
+                    0,
+                    decode_record(rec.topic, rec.key, rec.value),
+                )
+            )
     return out
 
 
@@ -51,7 +61,10 @@ def test_batch_collapses_to_last_change_per_key(sink: PostgresSink, employees_db
     assert sink.write_batch(batch) == []
     sink.commit({(TOPIC, 0): batch[-1].offset + 1})
     assert rows(employees_db, "SELECT emp_id, first_name, salary FROM employees ORDER BY 1") == [
-        (100, "Again", 50000), (200, "David", 75000), (201, "Emma", 70000)]
+        (100, "Again", 50000),
+        (200, "David", 75000),
+        (201, "Emma", 70000),
+    ]
     assert rows(employees_db, "SELECT dob FROM employees WHERE emp_id = 100") == [(date(1990, 1, 1),)]
     assert sink.stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): len(batch)}
 
@@ -74,8 +87,11 @@ def test_primary_key_change_and_truncate(sink: PostgresSink, employees_db: str) 
 def test_check_violation_fails_only_that_record(sink: PostgresSink, employees_db: str) -> None:
     with psycopg.connect(employees_db, autocommit=True) as conn:
         conn.execute("ALTER TABLE employees ADD CONSTRAINT salary_positive CHECK (salary > 0)")
-    batch = records(change("c", None, employee(1)), change("c", None, employee(2, salary=-5)),
-                    change("c", None, employee(3)))
+    batch = records(
+        change("c", None, employee(1)),
+        change("c", None, employee(2, salary=-5)),
+        change("c", None, employee(3)),
+    )
     failures = sink.write_batch(batch)
     assert [f.record.offset for f in failures] == [1]
     assert isinstance(failures[0].error, ConstraintViolation)
@@ -116,9 +132,20 @@ def test_debezium_encodings_by_column_type(employees_db: str) -> None:
         conn.execute("""CREATE TABLE public.types (id int PRIMARY KEY, d date, ts timestamp, ts3 timestamp(3),
             tstz timestamptz, t time, n numeric(10,2), j jsonb, b bytea, iv interval, tags text[], u uuid)""")
     sink = PostgresSink(PostgresSinkSettings(dsn=employees_db))
-    after = {"id": 1, "d": 19723, "ts": 1_704_067_200_123_456, "ts3": 1_704_067_200_123,
-             "tstz": "2024-01-01T00:00:00.5Z", "t": 3_600_000_000, "n": "12.50", "j": '{"a": 1}',
-             "b": "AQID", "iv": 90_000_000, "tags": ["x", "y"], "u": "6f1c1b0e-0000-4000-8000-000000000001"}
+    after = {
+        "id": 1,
+        "d": 19723,
+        "ts": 1_704_067_200_123_456,
+        "ts3": 1_704_067_200_123,
+        "tstz": "2024-01-01T00:00:00.5Z",
+        "t": 3_600_000_000,
+        "n": "12.50",
+        "j": '{"a": 1}',
+        "b": "AQID",
+        "iv": 90_000_000,
+        "tags": ["x", "y"],
+        "u": "6f1c1b0e-0000-4000-8000-000000000001",
+    }
     batch = records(_types_event(after))
     assert sink.write_batch(batch) == []
     sink.commit({(batch[0].topic, 0): 1})

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
 from walbridge.errors import DecodeError
@@ -356,23 +356,27 @@ def _decimal(text: str, column: str = "") -> Decimal:
     return value
 
 
+# numeric holds up to 147,455 digits; the default context (28 digits) would round them silently.
+_EXACT = Context(prec=150_000, rounding=ROUND_HALF_UP)
+
+
 def _precise_fixed(scale: int) -> Converter:
     quantum = Decimal(1).scaleb(-scale)
 
     def convert(text: str) -> str:
-        value = _decimal(text).quantize(quantum, rounding=ROUND_HALF_UP)
-        return _unscaled_b64(int(value.scaleb(scale)))
+        value = _decimal(text).quantize(quantum, context=_EXACT)
+        return _unscaled_b64(int(value.scaleb(scale, _EXACT)))
 
     return convert
 
 
 def _precise_variable(text: str) -> dict[str, Any]:
     # io.debezium.data.VariableScaleDecimal: trailing zeros stripped, never a negative scale.
-    value = _decimal(text).normalize()
+    value = _decimal(text).normalize(_EXACT)
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
     scale = max(0, -exponent)
-    unscaled = int(value.scaleb(scale))
+    unscaled = int(value.scaleb(scale, _EXACT))
     return {"scale": scale, "value": _unscaled_b64(unscaled)}
 
 

@@ -1,0 +1,242 @@
+"""``walbridge demo``: the whole pipeline on embedded defaults, watched live.
+
+Starts its own PostgreSQL (source ``ecommerce_db`` with the seed's schema and a destination
+``ecommerce_replica``), its own Kafka-protocol broker and the Salesforce emulator; runs logical
+capture, the PostgreSQL sink and the Salesforce sink; makes a few inserts, updates and deletes;
+shows events arriving in Kafka, rows in the destination and Platform Events in the emulator;
+then proves source and destination agree. Runs until Ctrl-C (or ``--duration`` seconds).
+State lives under ``.walbridge/demo`` (delete it to start over).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import psycopg
+import typer
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from walbridge.cli_common import handle_errors, stop_on_signals
+from walbridge.config import Settings, load_settings
+from walbridge.errors import WalbridgeError
+from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
+
+__all__ = ["demo"]
+
+log = logging.getLogger(__name__)
+out = Console()
+
+SOURCE_DB = "ecommerce_db"
+DEST_DB = "ecommerce_replica"
+TABLES = ["inventory.customers", "inventory.orders"]
+PREFIX = "ecommerce"
+
+
+@dataclass
+class _Board:
+    """What the live view shows; written by the watcher threads."""
+
+    kafka: Counter[str] = field(default_factory=Counter)
+    recent: deque[tuple[str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
+    emulator_events: int = 0
+    emulator_calls: int = 0
+    dest_rows: dict[str, int] = field(default_factory=dict)
+    source_rows: dict[str, int] = field(default_factory=dict)
+    step: str = "starting"
+    errors: list[str] = field(default_factory=list)
+
+
+def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
+    pg = stack.postgres
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+    for name in (SOURCE_DB, DEST_DB):
+        if name not in existing:
+            pg.create_database(name)
+    source, dest = pg.dsn(SOURCE_DB), pg.dsn(DEST_DB)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(ECOMMERCE_SCHEMA)  # type: ignore[arg-type]
+    with psycopg.connect(dest, autocommit=True) as conn:
+        conn.execute(ECOMMERCE_SCHEMA.split("INSERT INTO")[0])  # type: ignore[arg-type]
+        conn.execute("ALTER TABLE inventory.orders DROP CONSTRAINT IF EXISTS orders_customer_id_fkey")
+    return source, dest
+
+
+def _settings(source: str, dest: str, bootstrap: str, emulator_url: str, state_dir: Path) -> Settings:
+    return load_settings(
+        source={"dsn": source, "tables": TABLES, "slot": "walbridge_demo", "publication": "walbridge_demo"},
+        events={"topic_prefix": PREFIX},
+        kafka={"bootstrap_servers": bootstrap, "partitions": 3, "session_timeout_ms": 6000},
+        sinks=[
+            {"type": "postgres", "name": "replica", "dsn": dest, "topics": [f"{PREFIX}.{t}" for t in TABLES],
+             "linger_ms": 50},
+            {"type": "salesforce", "name": "salesforce", "instance_url": emulator_url,
+             "client_id": "walbridge-emulator", "client_secret": "walbridge-emulator-secret",
+             "topics": [f"{PREFIX}.inventory.customers"], "linger_ms": 50},
+        ],
+        metrics={"enabled": True, "port": 0},
+        state_dir=str(state_dir),
+    )
+
+
+def _thread(name: str, target: Callable[[threading.Event], None], stop: threading.Event, board: _Board) -> Any:
+    def body() -> None:
+        try:
+            target(stop)
+        except WalbridgeError as exc:
+            board.errors.append(f"{name}: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - shown on the board, the demo keeps going
+            board.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            log.exception("%s failed", name)
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch_kafka(bootstrap: str, board: _Board, stop: threading.Event) -> None:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-view-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    topics = [f"{PREFIX}.{t}" for t in TABLES]
+    while not stop.is_set():
+        meta = consumer.list_topics(timeout=5)
+        if all(t in meta.topics for t in topics):
+            break
+        stop.wait(0.5)
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions])
+    while not stop.is_set():
+        for msg in consumer.consume(500, timeout=0.3):
+            if msg.error():
+                continue
+            table = msg.topic().split(".", 1)[1]
+            if msg.value() is None:
+                board.kafka["tombstone"] += 1
+                continue
+            value = orjson.loads(msg.value())
+            board.kafka[value["op"]] += 1
+            row = value["after"] or value["before"] or {}
+            label = row.get("email") or row.get("order_number") or ""
+            board.recent.appendleft((value["op"], table, (msg.key() or b"").decode(), str(label)))
+    consumer.close()
+
+
+def _watch_state(source: str, dest: str, emulator_url: str, board: _Board, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            for dsn, target in ((source, board.source_rows), (dest, board.dest_rows)):
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+                    for table in TABLES:
+                        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+                        target[table] = int(row[0]) if row else 0
+            stats = httpx.get(f"{emulator_url}/emulator/stats", timeout=3).json()
+            board.emulator_events = int(stats.get("events", 0))
+            board.emulator_calls = int(stats.get("calls", 0))
+        except (psycopg.Error, httpx.HTTPError, ValueError):
+            pass
+        stop.wait(0.5)
+
+
+def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
+    flow = Table.grid(padding=(0, 2))
+    flow.add_row("[bold]Kafka events[/]", ", ".join(f"{op}={n}" for op, n in sorted(board.kafka.items())) or "-")
+    for table in TABLES:
+        flow.add_row(f"[bold]{table}[/]", f"source {board.source_rows.get(table, '-')} rows → "
+                     f"replica {board.dest_rows.get(table, '-')} rows")
+    flow.add_row("[bold]Salesforce emulator[/]",
+                 f"{board.emulator_events} PostgreSQL_Data__e events in {board.emulator_calls} API calls")
+    recent = Table("op", "topic", "key", "row", title="latest events in Kafka", expand=True)
+    for op, table, key, label in board.recent:
+        recent.add_row(op, table, key, label)
+    parts: list[Any] = [Panel(flow, title=f"walbridge demo — {board.step}"), recent]
+    if board.errors:
+        parts.append(Panel("\n".join(board.errors[-5:]), title="errors", style="red"))
+    parts.append(f"[dim]make your own changes: psql '{dsn_hint}'   ·   Ctrl-C stops[/]")
+    return Group(*parts)
+
+
+def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
+    with psycopg.connect(source, autocommit=True) as conn:
+        done = conn.execute("SELECT count(*) FROM inventory.customers WHERE customer_code = 'CUST003'").fetchone()
+        if done and done[0]:
+            board.step = "scripted changes already applied earlier; streaming"
+            return
+        for index, statement in enumerate(ECOMMERCE_CHANGES, 1):
+            if stop.wait(1.0):
+                return
+            board.step = f"change {index}/{len(ECOMMERCE_CHANGES)}: {statement.split(' (')[0][:60]}"
+            conn.execute(statement)  # type: ignore[arg-type]
+    board.step = "scripted changes applied; streaming (try your own)"
+
+
+def _start_pipeline(settings: Settings, stop: threading.Event, board: _Board) -> list[Any]:
+    from walbridge.cli_capture import run_capture
+    from walbridge.sinks.postgres import PostgresSink
+    from walbridge.sinks.runner import SinkRunner
+    from walbridge.sinks.salesforce.sink import SalesforceSink
+
+    threads = [_thread("capture", lambda s: run_capture(settings, s), stop, board)]
+    pg_settings = settings.sink("postgres")
+    sf_settings = settings.sink("salesforce")
+    threads.append(_thread("postgres sink", SinkRunner(PostgresSink(pg_settings), settings, pg_settings).run,
+                           stop, board))
+    threads.append(_thread("salesforce sink", SinkRunner(SalesforceSink(sf_settings), settings, sf_settings).run,
+                           stop, board))
+    return threads
+
+
+@handle_errors
+def demo(
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")]
+    = None,
+    state_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases")] = Path(".walbridge/demo"),
+) -> None:
+    """Run the whole pipeline on embedded services and watch changes flow (Ctrl-C stops)."""
+    import shutil
+
+    from walbridge.devstack import DevStack
+    from walbridge.emulator.server import EmulatorConfig, EmulatorServer
+
+    stop = stop_on_signals()
+    board = _Board()
+    out.print("[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker and the Salesforce emulator…")
+    # The broker keeps topics in memory only, so every demo run starts from a clean state.
+    shutil.rmtree(state_dir, ignore_errors=True)
+    emulator = EmulatorServer(EmulatorConfig(latency_ms=20)).start()
+    with DevStack(state_dir, durable=False) as stack:
+        source, dest = _prepare_databases(stack.postgres.dsn(), stack)
+        settings = _settings(source, dest, stack.kafka.bootstrap, emulator.url, state_dir)
+        threads = _start_pipeline(settings, stop, board)
+        watchers = [
+            _thread("kafka view", lambda s: _watch_kafka(stack.kafka.bootstrap, board, s), stop, board),
+            _thread("state view", lambda s: _watch_state(source, dest, emulator.url, board, s), stop, board),
+            _thread("changes", lambda s: _run_changes(source, board, s), stop, board),
+        ]
+        deadline = time.monotonic() + duration if duration else None
+        with Live(_view(board, settings, source), console=out, refresh_per_second=4) as live:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                live.update(_view(board, settings, source))
+                stop.wait(0.25)
+            live.update(_view(board, settings, source))
+        stop.set()
+        for thread in threads + watchers:
+            thread.join(20)
+        emulator.stop()
+        agree = board.source_rows == board.dest_rows
+        out.print(("[green]✓ source and replica agree[/]" if agree else "[yellow]source and replica differ[/]")
+                  + f": {board.source_rows}")
+        if board.errors:
+            raise typer.Exit(1)

@@ -1,0 +1,263 @@
+"""Typer apps for the sink side, mounted by ``walbridge.cli``.
+
+``sink_app``: ``walbridge sink postgres --config FILE``; ``dlq_app``: ``walbridge dlq
+list|show|replay``; ``verify``: ``walbridge verify --config FILE``; ``topics_app``:
+``walbridge topics list|create|delete|describe``; ``groups_app``: ``walbridge groups describe``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from walbridge import admin
+from walbridge.cli_common import ConfigOption, console, handle_errors, settings_from, stop_on_signals
+from walbridge.config import PostgresSinkSettings, Settings
+from walbridge.errors import ConfigError
+from walbridge.events import split_topic
+from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq, replay
+from walbridge.sinks.postgres import PostgresSink
+from walbridge.sinks.runner import SinkRunner
+from walbridge.verify import TableDiff, verify_tables
+
+__all__ = ["dlq_app", "groups_app", "sink_app", "topics_app", "verify"]
+
+log = logging.getLogger(__name__)
+out = Console()  # results on stdout; logs and errors go to stderr
+
+sink_app = typer.Typer(no_args_is_help=True, add_completion=False)
+dlq_app = typer.Typer(no_args_is_help=True, add_completion=False)
+topics_app = typer.Typer(no_args_is_help=True, add_completion=False)
+groups_app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+NameOption = Annotated[str | None, typer.Option("--name", help="which configured sink (default: the first)")]
+
+
+def _postgres_settings(settings: Settings, name: str | None) -> PostgresSinkSettings:
+    sink = settings.sink("postgres", name)
+    assert isinstance(sink, PostgresSinkSettings)
+    return sink
+
+
+@sink_app.command("postgres")
+@handle_errors
+def sink_postgres(config: ConfigOption = None, name: NameOption = None) -> None:
+    """Apply change events from Kafka to a PostgreSQL database (exactly-once effect)."""
+    settings = settings_from(config)
+    sink_settings = _postgres_settings(settings, name)
+    stop = stop_on_signals()
+    from walbridge import metrics
+
+    sink = PostgresSink(sink_settings)
+    runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
+    log.info(
+        "sink %s: group %s, topics %s",
+        sink.name,
+        runner.group_id,
+        sink_settings.topics or sink_settings.topic_pattern,
+    )
+    runner.run(stop)
+
+
+# --------------------------------------------------------------------------- dlq
+
+TopicOption = Annotated[
+    list[str] | None, typer.Option("--topic", help="DLQ topic (repeatable; default: all)")
+]
+SinceOption = Annotated[str | None, typer.Option("--since", help="30m, 2h, 1d or an ISO-8601 time")]
+WhereOption = Annotated[
+    str | None, typer.Option("--where", help="FIELD~REGEX or FIELD=VALUE, e.g. error~check")
+]
+
+
+def _entries(
+    settings: Settings, topics: list[str] | None, since: str | None, where: str | None
+) -> list[DlqEntry]:
+    return read_dlq(
+        settings,
+        topics or list_dlq_topics(settings),
+        since_ms=parse_since(since) if since else None,
+        where=parse_where(where) if where else None,
+    )
+
+
+@dlq_app.command("list")
+@handle_errors
+def dlq_list(
+    config: ConfigOption = None,
+    topic: TopicOption = None,
+    since: SinceOption = None,
+    where: WhereOption = None,
+) -> None:
+    """One line per DLQ record: where it came from and why it failed."""
+    table = Table("dlq topic", "offset", "original", "key", "error")
+    for e in _entries(settings_from(config), topic, since, where):
+        origin = f"{e.original_topic}[{e.original_partition}]@{e.original_offset}"
+        table.add_row(
+            e.dlq_topic, str(e.dlq_offset), origin, (e.seed_json()["original_key"] or "")[:40], e.error[:80]
+        )
+    out.print(table)
+
+
+@dlq_app.command("show")
+@handle_errors
+def dlq_show(
+    config: ConfigOption = None,
+    topic: TopicOption = None,
+    since: SinceOption = None,
+    where: WhereOption = None,
+    detail: Annotated[bool, typer.Option(help="add DLQ position and walbridge headers")] = False,
+) -> None:
+    """DLQ records in the seed's JSON form, one per line."""
+    for e in _entries(settings_from(config), topic, since, where):
+        typer.echo(json.dumps(e.detail_json() if detail else e.seed_json()))
+
+
+@dlq_app.command("replay")
+@handle_errors
+def dlq_replay(
+    config: ConfigOption = None,
+    topic: TopicOption = None,
+    since: SinceOption = None,
+    where: WhereOption = None,
+) -> None:
+    """Re-publish DLQ records to their original topic; records replayed before are skipped."""
+    settings = settings_from(config)
+    report = replay(settings, _entries(settings, topic, since, where))
+    typer.echo(f"replayed {len(report.replayed)}, skipped {len(report.skipped)} (already replayed)")
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _table_pairs(
+    settings: Settings, sink: PostgresSinkSettings, tables: list[str] | None
+) -> list[tuple[str, str]]:
+    names = list(tables or settings.source.tables)
+    if not names:
+        names = [".".join(split_topic(t)) for t in sink.topics]
+    if not names or any("*" in n for n in names):
+        raise ConfigError(
+            "verify needs explicit tables: --table schema.table or source.tables without wildcards"
+        )
+    qualified = [n if "." in n else f"public.{n}" for n in names]
+    return [(n, sink.table_map.get(n, n)) for n in qualified]
+
+
+def verify(
+    config: ConfigOption = None,
+    name: NameOption = None,
+    table: Annotated[list[str] | None, typer.Option("--table", help="schema.table (repeatable)")] = None,
+    chunk_rows: Annotated[int, typer.Option(help="rows fetched per round trip")] = 10_000,
+) -> None:
+    """Compare source and destination tables; exit 1 when they differ."""
+    diffs = _run_verify(config, name, table, chunk_rows)
+    out.print(_diff_table(diffs))
+    if not all(d.clean for d in diffs):
+        raise typer.Exit(1)
+
+
+@handle_errors
+def _run_verify(
+    config: ConfigOption, name: str | None, table: list[str] | None, chunk_rows: int
+) -> list[TableDiff]:
+    settings = settings_from(config)
+    sink = _postgres_settings(settings, name)
+    pairs = _table_pairs(settings, sink, table)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("verifying")
+        return verify_tables(
+            settings.source.dsn,
+            sink.dsn,
+            pairs,
+            chunk_rows=chunk_rows,
+            progress=lambda t, n: bar.update(task, description=f"{t}: {n:,} rows"),
+        )
+
+
+def _diff_table(diffs: list[TableDiff]) -> Table:
+    table = Table("source", "destination", "rows (src/dst)", "missing", "extra", "different", "example keys")
+    for d in diffs:
+        examples = "; ".join(
+            f"{kind} {keys[0]}"
+            for kind, keys in (("missing", d.missing), ("extra", d.extra), ("different", d.different))
+            if keys
+        )
+        table.add_row(
+            d.source,
+            d.destination,
+            f"{d.source_rows}/{d.destination_rows}",
+            str(d.missing_count),
+            str(d.extra_count),
+            str(d.different_count),
+            examples or "clean",
+        )
+    return table
+
+
+# --------------------------------------------------------------------------- topics and groups
+
+
+@topics_app.command("list")
+@handle_errors
+def topics_list(config: ConfigOption = None) -> None:
+    table = Table("topic", "partitions", "replicas")
+    for t in admin.list_topics(settings_from(config).kafka):
+        table.add_row(t.name, str(t.partitions), str(t.replicas))
+    out.print(table)
+
+
+@topics_app.command("create")
+@handle_errors
+def topics_create(
+    names: list[str],
+    config: ConfigOption = None,
+    partitions: Annotated[int | None, typer.Option(help="default: kafka.partitions")] = None,
+) -> None:
+    created = admin.create_topics(settings_from(config).kafka, names, partitions)
+    typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+@topics_app.command("delete")
+@handle_errors
+def topics_delete(names: list[str], config: ConfigOption = None) -> None:
+    deleted = admin.delete_topics(settings_from(config).kafka, names)
+    typer.echo(f"deleted: {', '.join(deleted) or 'none'}")
+
+
+@topics_app.command("describe")
+@handle_errors
+def topics_describe(name: str, config: ConfigOption = None) -> None:
+    typer.echo(json.dumps(admin.describe_topic(settings_from(config).kafka, name), indent=2))
+
+
+@groups_app.command("describe")
+@handle_errors
+def groups_describe(
+    group: Annotated[str | None, typer.Argument(help="group id (default: the configured sink's)")] = None,
+    config: ConfigOption = None,
+    topic: Annotated[list[str] | None, typer.Option("--topic", help="default: the sink's topics")] = None,
+) -> None:
+    """Committed offset, end offset and lag per partition."""
+    settings = settings_from(config)
+    sink = settings.sinks[0] if settings.sinks else None
+    group_id = group or (sink and (sink.group_id or f"walbridge-{sink.name or sink.type}"))
+    topics = topic or (sink.topics if sink else [])
+    if not group_id or not topics:
+        raise ConfigError("name the group and --topic (or configure a sink)")
+    table = Table("topic", "partition", "committed", "end", "lag", title=f"group {group_id}")
+    for p in admin.describe_group(settings.kafka, group_id, topics):
+        table.add_row(
+            p.topic,
+            str(p.partition),
+            "-" if p.committed is None else str(p.committed),
+            str(p.high_watermark),
+            "-" if p.lag is None else str(p.lag),
+        )
+    out.print(table)

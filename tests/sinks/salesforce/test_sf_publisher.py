@@ -1,0 +1,161 @@
+"""sObject Collections publishing and error mapping against httpx.MockTransport handlers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from walbridge import metrics
+from walbridge.errors import AuthExpired, ConfigError, RateLimited, ServerBusy
+from walbridge.sinks.salesforce.mapping import EventRecord
+from walbridge.sinks.salesforce.publisher import CallBudget, Publisher
+
+BASE = "https://acme.my.salesforce.com"
+OK = {"id": "e01xx0000000001AAA", "success": True, "errors": [{"statusCode": "OPERATION_ENQUEUED", "message": "u"}]}
+
+
+def _records(n: int, keys: int | None = None) -> list[EventRecord]:
+    return [EventRecord("E__e", {"N__c": i, "K__c": i % (keys or n)}, i % (keys or n)) for i in range(n)]
+
+
+class Collections:
+    """Answers composite/sobjects like Salesforce; records with ``Bad__c`` fail; faults by call number."""
+
+    def __init__(self, faults: dict[int, httpx.Response] | None = None, latency: float = 0.0) -> None:
+        self.faults = faults or {}
+        self.latency = latency
+        self.calls: list[list[dict[str, Any]]] = []
+        self.stored: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        with self.lock:
+            number = len(self.calls)
+            self.calls.append(body["records"])
+        time.sleep(self.latency)
+        headers = {"Sforce-Limit-Info": f"api-usage={number + 1}/15000"}
+        if number in self.faults:
+            fault = self.faults[number]
+            return httpx.Response(fault.status_code, content=fault.content, headers={**fault.headers, **headers})
+        assert body["allOrNone"] is False and len(body["records"]) <= 200
+        if any("Whole__c" in r for r in body["records"]):
+            return httpx.Response(400, json=[{"errorCode": "JSON_PARSER_ERROR", "message": "bad"}], headers=headers)
+        results = []
+        with self.lock:
+            for record in body["records"]:
+                if "Bad__c" in record:
+                    error = {"statusCode": "STRING_TOO_LONG", "message": "Bad: too long", "fields": ["Bad__c"]}
+                    results.append({"success": False, "errors": [error]})
+                else:
+                    self.stored.append(record)
+                    results.append(OK)
+        return httpx.Response(200, json=results, headers=headers)
+
+
+def _publisher(handler: Any, in_flight: int = 4, **kwargs: Any) -> Publisher:
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    return Publisher(client, BASE, "62.0", max_in_flight=in_flight, metrics=metrics.sink, **kwargs)
+
+
+def test_chunks_of_200_and_limit_info_metric() -> None:
+    org = Collections()
+    publisher = _publisher(org)
+    outcome = publisher.publish(_records(1000))
+    assert sorted(outcome.accepted) == list(range(1000)) and outcome.transient is None
+    assert [len(c) for c in org.calls] == [200] * 5
+    assert org.calls[0][0]["attributes"] == {"type": "E__e"}
+    assert publisher.stats.calls == 5 and publisher.stats.api_usage["api-usage"] == (5, 15000)
+    assert metrics.sink.api_usage.labels(kind="api-usage.limit")._value.get() == 15000
+
+
+def test_per_record_failures_are_rejections_with_salesforce_fields() -> None:
+    records = _records(10)
+    records[3] = EventRecord("E__e", {"Bad__c": "x"}, "bad")
+    outcome = _publisher(Collections()).publish(records)
+    assert len(outcome.accepted) == 9
+    [(index, error)] = outcome.rejected
+    assert index == 3 and error.status_code == "STRING_TOO_LONG" and error.fields == ["Bad__c"]
+    assert str(error) == "STRING_TOO_LONG: Bad: too long ['Bad__c']"
+
+
+def test_refused_request_is_bisected_to_the_culprit() -> None:
+    records = _records(200)
+    records[77] = EventRecord("E__e", {"Whole__c": {"x": 1}}, "w")
+    org = Collections()
+    outcome = _publisher(org).publish(records)
+    assert len(outcome.accepted) == 199 and [i for i, _ in outcome.rejected] == [77]
+    assert outcome.rejected[0][1].status_code == "JSON_PARSER_ERROR"
+    assert len(org.calls) <= 2 * 8 + 1
+
+
+def _error(status: int, code: str, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json=[{"errorCode": code, "message": "m"}], headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("response", "kind"),
+    [
+        (_error(503, "PLATFORM_EVENT_PUBLISHING_UNAVAILABLE"), ServerBusy),
+        (httpx.Response(503, text="<html>down</html>"), ServerBusy),
+        (_error(403, "REQUEST_LIMIT_EXCEEDED"), RateLimited),
+        (_error(429, "TOO_MANY", **{"Retry-After": "7"}), RateLimited),
+        (_error(400, "LIMIT_EXCEEDED"), RateLimited),
+        (_error(401, "INVALID_SESSION_ID"), AuthExpired),
+    ],
+)
+def test_transient_errors(response: httpx.Response, kind: type[Exception]) -> None:
+    outcome = _publisher(Collections({0: response}), in_flight=1).publish(_records(400))
+    assert isinstance(outcome.transient, kind)
+    assert outcome.accepted == []  # first call failed; the second chunk was not started after it
+    if response.status_code == 429:
+        assert outcome.transient.retry_after == 7.0
+
+
+def test_permission_errors_are_fatal() -> None:
+    with pytest.raises(ConfigError, match="INSUFFICIENT_ACCESS"):
+        _publisher(Collections({0: _error(403, "INSUFFICIENT_ACCESS")})).publish(_records(5))
+
+
+def test_order_per_key_with_calls_in_flight() -> None:
+    # 3 keys over 1000 records: every chunk shares keys with the one before, so they go one by one.
+    org = Collections(latency=0.01)
+    outcome = _publisher(org, in_flight=4).publish(_records(1000, keys=3))
+    assert len(outcome.accepted) == 1000
+    assert [r["N__c"] for r in org.stored] == list(range(1000))
+
+
+def test_independent_chunks_go_in_parallel() -> None:
+    org = Collections(latency=0.2)
+    started = time.monotonic()
+    _publisher(org, in_flight=4).publish(_records(800))
+    assert time.monotonic() - started < 0.6
+
+
+def test_failed_chunk_blocks_later_chunks_of_its_keys() -> None:
+    # Chunk 0 fails; chunk 1 shares keys with it and must not be sent; a retry then keeps order.
+    org = Collections({0: _error(503, "SERVER_UNAVAILABLE")})
+    records = _records(400, keys=10)
+    outcome = _publisher(org, in_flight=4).publish(records)
+    assert outcome.accepted == [] and isinstance(outcome.transient, ServerBusy)
+    assert len(org.calls) == 1
+
+
+def test_call_budget_token_bucket() -> None:
+    now = [0.0]
+    budget = CallBudget(3600, clock=lambda: now[0])  # burst 60, refill 0.983/s
+    assert all(budget.wait_time() == 0 for _ in range(60))
+    assert budget.wait_time() > 0
+    now[0] += 3600
+    assert sum(1 for _ in range(5000) if budget.wait_time() == 0) == 60  # capped at the burst
+    slow = CallBudget(120, clock=lambda: now[0])
+    for _ in range(2):
+        slow.take()
+    with pytest.raises(RateLimited) as info:
+        slow.take()
+    assert info.value.retry_after > 5
