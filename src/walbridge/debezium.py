@@ -116,7 +116,7 @@ class _Handler:
     def __init__(self, on_batch: BatchHandler) -> None:
         self.on_batch = on_batch
 
-    def handleJsonBatch(self, records: Sequence[Any]) -> None:  # noqa: N802 - the Java callback's name
+    def handleJsonBatch(self, records: Sequence[Any]) -> None:  # the Java callback's name
         self.on_batch(records)
 
 
@@ -136,7 +136,7 @@ class EmbeddedDebezium:
     def _run(self) -> None:
         try:
             self.engine.run()
-        except BaseException as exc:  # noqa: BLE001 - surfaced to the caller through .error
+        except BaseException as exc:  # surfaced to the caller through .error
             self.error = exc
 
     @property

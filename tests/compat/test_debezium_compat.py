@@ -43,15 +43,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import consume_all, wait_until, with_dbname
 
+from helpers import consume_all, wait_until, with_dbname
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import load_settings
 from walbridge.devstack import create_database, drop_database
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 pytest.importorskip("pydbzengine")
-from walbridge.debezium import EmbeddedDebezium, postgres_properties, to_record  # noqa: E402
+from walbridge.debezium import EmbeddedDebezium, postgres_properties, to_record
 
 pytestmark = [pytest.mark.debezium, pytest.mark.timeout(240)]
 
@@ -81,7 +81,7 @@ _FULL_ROW = (
     " 1.5, 2.718281828459045, true, 'tab\tnew\nline \"q\" \\ é', 'varchar', 'ab',"
     " '1969-12-31', '13:14:15.123456', '2024-02-29 23:59:59.999999', '2024-02-29 23:59:59.123',"
     " '2024-03-01 01:02:03.5+05:30', '1 year 2 mons 3 days 04:05:06.789', "
-    " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"b\": 1,  \"a\": [1, 2]}}', '{{\"b\": 1,  \"a\": [1, 2]}}',"
+    ' \'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\', \'{{"b": 1,  "a": [1, 2]}}\', \'{{"b": 1,  "a": [1, 2]}}\','
     " '\\xdeadbeef00', '{{1,NULL,3}}', '{{\"a b\",\"c,d\",NULL,\"\"}}', 'happy'"
 )
 
@@ -91,7 +91,8 @@ SNAPSHOT_ROWS = (
     "INSERT INTO public.all_types (id, num, num_p, f4, f8, d, ts, tstz, iv, ia, ta, b, txt) VALUES"
     " (3, 0, 0, 'NaN', '-Infinity', '2000-01-01', 'infinity', '1970-01-01 00:00:00+00', '-3 days -00:00:01',"
     " '{}', '{}', '', '')",
-    "INSERT INTO public.toasty VALUES (1, 0, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g))",
+    "INSERT INTO public.toasty VALUES"
+    " (1, 0, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g))",
 )
 
 CHANGES = (
@@ -103,8 +104,8 @@ CHANGES = (
     "UPDATE public.all_types SET txt = 'was null' WHERE id = 2",
     "UPDATE public.all_types SET id = 20 WHERE id = 10",
     "DELETE FROM public.all_types WHERE id = 3",
-    "BEGIN; INSERT INTO public.all_types (id, i2) VALUES (30, 1); UPDATE public.all_types SET i2 = 2 WHERE id = 30;"
-    " DELETE FROM public.all_types WHERE id = 30; COMMIT",
+    "BEGIN; INSERT INTO public.all_types (id, i2) VALUES (30, 1);"
+    " UPDATE public.all_types SET i2 = 2 WHERE id = 30; DELETE FROM public.all_types WHERE id = 30; COMMIT",
     "UPDATE public.toasty SET n = 1 WHERE id = 1",
     "UPDATE public.toasty SET big = 'small now' WHERE id = 1",
     "INSERT INTO public.toasty VALUES (2, 2, repeat('x', 5000))",
@@ -142,7 +143,12 @@ def compat_dsn(pg_admin_dsn: str) -> Iterator[str]:
 class _Walbridge:
     def __init__(self, dsn: str, bootstrap: str, prefix: str, mode: str, state_dir: Path) -> None:
         settings = load_settings(
-            source={"dsn": dsn, "tables": list(TABLES), "slot": f"wb_{prefix}", "publication": f"wb_{prefix}"},
+            source={
+                "dsn": dsn,
+                "tables": list(TABLES),
+                "slot": f"wb_{prefix}",
+                "publication": f"wb_{prefix}",
+            },
             events={"topic_prefix": prefix, "decimal_handling_mode": mode},
             kafka={"bootstrap_servers": bootstrap, "partitions": 3},
             metrics={"enabled": False},
@@ -206,7 +212,9 @@ def runs(
     base = f"c{uuid.uuid4().hex[:8]}"
     prefixes = {mode: f"{base}{mode[0]}" for mode in MODES}
     dbz_runs = {mode: Run() for mode in MODES}
-    engines = [_debezium(compat_dsn, prefixes[m], m, tmp / f"{m}.offsets", dbz_runs[m]).start() for m in MODES]
+    engines = [
+        _debezium(compat_dsn, prefixes[m], m, tmp / f"{m}.offsets", dbz_runs[m]).start() for m in MODES
+    ]
     captures = [_Walbridge(compat_dsn, kafka_bootstrap, prefixes[m], m, tmp / f"state-{m}") for m in MODES]
     try:
         with psycopg.connect(compat_dsn) as conn:
@@ -221,7 +229,10 @@ def runs(
         for engine, mode in zip(engines, MODES, strict=True):
             wait_until(lambda e=engine, m=mode: e.error or _has_sentinel(dbz_runs[m].records), timeout_s=60)
             assert engine.error is None, engine.error
-        return {mode: (dbz_runs[mode], _consume(kafka_bootstrap, prefixes[mode], dbz_runs[mode])) for mode in MODES}
+        return {
+            mode: (dbz_runs[mode], _consume(kafka_bootstrap, prefixes[mode], dbz_runs[mode]))
+            for mode in MODES
+        }
     finally:
         for capture in captures:
             capture.close()
@@ -244,7 +255,9 @@ def _as_debezium_reads(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     return {
-        name: [None if isinstance(item, list) else item for item in value] if isinstance(value, list) else value
+        name: [None if isinstance(item, list) else item for item in value]
+        if isinstance(value, list)
+        else value
         for name, value in row.items()
     }
 
@@ -283,7 +296,11 @@ def _differences(got: list[Any], expected: list[Any]) -> list[str]:
         for part in ("op", "transaction", "source", "before", "after"):
             a, b = mine[part], theirs[part]
             if isinstance(a, dict) and isinstance(b, dict):
-                out += [f"#{index} {part}.{k}: {a.get(k)!r} != {b.get(k)!r}" for k in b | a if a.get(k) != b.get(k)]
+                out += [
+                    f"#{index} {part}.{k}: {a.get(k)!r} != {b.get(k)!r}"
+                    for k in b | a
+                    if a.get(k) != b.get(k)
+                ]
             elif a != b:
                 out.append(f"#{index} {part}: {a!r} != {b!r}")
     return out

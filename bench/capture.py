@@ -1,0 +1,444 @@
+"""Capture benchmark (issue 2): walbridge (including Kafka delivery) against real Debezium, same workloads.
+
+Run: ``python bench/capture.py`` (full sizes: 200,000-row backlog, 500,000-row snapshot; ~5 min) or
+``python bench/capture.py --rows 20000 --snapshot-rows 50000`` for a quick run. Starts its own
+PostgreSQL and Kafka-protocol broker (``walbridge.devstack``) unless ``--pg-dsn``/``--bootstrap`` are given.
+
+Workloads, each measured for both tools in a fresh subprocess (so peak RSS is the tool's own):
+1. backlog: ``--rows`` inserts in transactions of 1,000 rows, then as many updates (REPLICA IDENTITY
+   FULL), written while the tool is stopped (it ran once before, so its slot and offsets exist);
+   events/s from the tool's start until its last event is handled (Debezium: a handler that only
+   counts, no Kafka) or acknowledged by Kafka (walbridge). Also the raw ``pg_recvlogical`` rate.
+2. live: the same number of inserts while the tool runs: last commit → last ack, and p50/p99 of
+   per-event commit → ack latency.
+3. snapshot: ``--snapshot-rows`` rows, ``snapshot.mode=initial``: rows/s from the tool's start.
+4. peak RSS (``VmHWM``) of each tool's process, maximum over its workloads.
+
+Internals: the parent runs ``python bench/capture.py --worker JSON`` per measurement; a worker prints
+``{"progress": n}`` lines, ``READY`` once streaming (live), and a final ``{"result": ...}`` line with
+its (time, count) samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+TXN_ROWS = 1_000
+TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS public.{name} (
+    id bigint PRIMARY KEY,
+    customer_id integer NOT NULL,
+    amount numeric(10, 2) NOT NULL,
+    status varchar(20) NOT NULL,
+    note text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE public.{name} REPLICA IDENTITY FULL;
+"""
+INSERT_SQL = (
+    "INSERT INTO public.{name} (id, customer_id, amount, status, note) "
+    "SELECT g, g % 997, (g % 100000) / 100.0, 'pending', 'order note number ' || g "
+    "FROM generate_series(%s::bigint, %s::bigint) g"
+)
+UPDATE_SQL = "UPDATE public.{name} SET status = 'shipped', amount = amount + 1 WHERE id BETWEEN %s AND %s"
+DEBEZIUM_REFERENCE = {"backlog": 39_000.0, "snapshot": 39_000.0}
+
+console = Console(stderr=True)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _emit(doc: Any) -> None:
+    sys.stdout.write((doc if isinstance(doc, str) else json.dumps(doc)) + "\n")
+    sys.stdout.flush()
+
+
+class _Samples:
+    """(wall time, events done) each time the count moves; stops the run at ``expected``."""
+
+    def __init__(self, expected: int, done: threading.Event) -> None:
+        self.expected = expected
+        self.done = done
+        self.points: list[tuple[float, int]] = []
+        self.offset = 0
+
+    def record(self, count: int) -> None:
+        count -= self.offset
+        if count > 0 and (not self.points or count != self.points[-1][1]):
+            self.points.append((time.time(), count))
+            if count >= self.expected > 0:
+                self.done.set()
+
+    def reset(self, count: int) -> None:
+        self.offset, self.points = count, []
+
+
+def _reporter(samples: _Samples, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        if samples.points:
+            _emit({"progress": samples.points[-1][1]})
+
+
+def _walbridge_worker(job: dict[str, Any], samples: _Samples, done: threading.Event) -> float:
+    from walbridge.capture.logical import LogicalCapture
+    from walbridge.capture.publisher import EventPublisher
+    from walbridge.config import load_settings
+
+    settings = load_settings(
+        source={"dsn": job["dsn"], "tables": [f"public.{job['table']}"], "slot": job["slot"],
+                "publication": job["slot"], "snapshot": "initial" if job["snapshot"] else "never"},
+        events={"topic_prefix": job["prefix"]},
+        kafka={"bootstrap_servers": job["bootstrap"], "partitions": 3},
+        metrics={"enabled": False},
+        state_dir=job["state_dir"],
+    )  # fmt: skip
+
+    class CountingPublisher(EventPublisher[int]):
+        def poll(self, timeout: float = 0.0) -> int | None:
+            confirmed = super().poll(timeout)
+            samples.record(self.published - len(self.producer))
+            return confirmed
+
+    capture = LogicalCapture(settings, publisher_factory=lambda: CountingPublisher(settings))
+    started = time.time()
+    threading.Thread(target=_announce_ready, args=(capture.ready.wait, job, done), daemon=True).start()
+    capture.run(done)
+    return started
+
+
+def _announce_ready(wait: Callable[[], Any], job: dict[str, Any], done: threading.Event) -> None:
+    wait()
+    if job["kind"] == "prime":
+        done.set()
+    elif job["kind"] == "live":
+        _emit("READY")
+
+
+def _debezium_worker(job: dict[str, Any], samples: _Samples, done: threading.Event) -> float:
+    from walbridge.debezium import EmbeddedDebezium, postgres_properties, start_jvm
+
+    start_jvm()
+    props = postgres_properties(
+        job["dsn"], name=job["prefix"], slot=job["slot"], tables=[f"public.{job['table']}"],
+        offsets_file=job["offsets"], snapshot_mode="initial" if job["snapshot"] else "no_data",
+        decimal_handling_mode="string",
+    )  # fmt: skip
+    counter = [0]
+
+    def count(records: Any) -> None:
+        counter[0] += len(records)
+        samples.record(counter[0])
+
+    started = time.time()
+    engine = EmbeddedDebezium(props, count).start()
+    if job["kind"] in ("prime", "live"):
+        _await_first_event(job, counter, engine)
+        if job["kind"] == "prime":
+            done.set()
+        else:
+            samples.reset(counter[0])
+            _emit("READY")
+    while not done.wait(0.05):
+        if engine.error is not None:
+            raise engine.error
+    engine.stop()
+    return started
+
+
+def _await_first_event(job: dict[str, Any], counter: list[int], engine: Any) -> None:
+    """Debezium has no 'streaming' signal: write marker rows (negative ids) until one arrives."""
+    marker = -int(time.time() * 1000)
+    with psycopg.connect(job["dsn"], autocommit=True) as conn:
+        while counter[0] == 0:
+            if engine.error is not None:
+                raise engine.error
+            conn.execute(INSERT_SQL.format(name=job["table"]), (marker, marker))  # type: ignore[arg-type]
+            marker -= 1
+            deadline = time.monotonic() + 1.0
+            while counter[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    time.sleep(0.5)  # a marker still in flight arrives before the count is reset
+
+
+def run_worker(job: dict[str, Any]) -> None:
+    done = threading.Event()
+    samples = _Samples(job["expected"], done)
+    stop_reporting = threading.Event()
+    threading.Thread(target=_reporter, args=(samples, stop_reporting), daemon=True).start()
+    worker = _walbridge_worker if job["tool"] == "walbridge" else _debezium_worker
+    started = worker(job, samples, done)
+    stop_reporting.set()
+    _emit({"result": {"started": started, "samples": samples.points, "peak_rss_mb": _peak_rss_mb()}})
+    os._exit(0)  # the JVM's non-daemon threads would otherwise hold the process
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, dsn: str, bootstrap: str, work: Path) -> None:
+        self.args = args
+        self.dsn = dsn
+        self.bootstrap = bootstrap
+        self.work = work
+        self.prefix = f"bench{uuid.uuid4().hex[:6]}"
+        self.results: dict[str, dict[str, float]] = {"walbridge": {}, "debezium": {}}
+        self.tools = ["walbridge"] if args.skip_debezium else ["walbridge", "debezium"]
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TimeElapsedColumn(), console=console,
+        )  # fmt: skip
+
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(statement, params).fetchall() if statement.lstrip().startswith("SELECT") else None  # type: ignore[arg-type]
+
+    def job(self, tool: str, kind: str, table: str, expected: int, snapshot: bool = False) -> dict[str, Any]:
+        slot = f"{tool[:3]}_{table}"
+        return {
+            "tool": tool, "kind": kind, "table": table, "expected": expected, "snapshot": snapshot,
+            "dsn": self.dsn, "bootstrap": self.bootstrap, "prefix": f"{self.prefix}{tool[:3]}", "slot": slot,
+            "offsets": str(self.work / f"{slot}.offsets"), "state_dir": str(self.work / f"state-{slot}"),
+        }  # fmt: skip
+
+    @contextmanager
+    def worker(self, job: dict[str, Any], label: str) -> Iterator[subprocess.Popen[str]]:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(job)], stdout=subprocess.PIPE, text=True,
+            stderr=subprocess.DEVNULL if not self.args.verbose else None,
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    def read_until(self, proc: subprocess.Popen[str], task: Any, want: str = "result") -> Any:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("READY") and want == "READY":
+                return None
+            doc = json.loads(line) if line.startswith("{") else {}
+            if "progress" in doc:
+                self.progress.update(task, completed=doc["progress"])
+            elif "result" in doc:
+                self.progress.update(task, completed=doc["result"]["samples"][-1][1] if doc["result"]["samples"]
+                                     else 0)  # fmt: skip
+                return doc["result"]
+        raise RuntimeError(f"worker {proc.args[-1][:80]} exited with {proc.wait()} (rerun with --verbose)")
+
+    def measure(self, job: dict[str, Any], label: str) -> dict[str, Any]:
+        task = self.progress.add_task(label, total=max(job["expected"], 1))
+        with self.worker(job, label) as proc:
+            result: dict[str, Any] = self.read_until(proc, task)
+        self.note_rss(job["tool"], result)
+        return result
+
+    def note_rss(self, tool: str, result: dict[str, Any]) -> None:
+        self.results[tool]["rss"] = max(self.results[tool].get("rss", 0.0), result["peak_rss_mb"])
+
+    # ------------------------------------------------------------------ workloads
+
+    def write(self, sql: str, table: str, first: int, count: int, label: str) -> list[tuple[float, int]]:
+        """Transactions of TXN_ROWS rows; returns (commit time, rows so far) per transaction."""
+        task = self.progress.add_task(label, total=count)
+        commits = []
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for start in range(first, first + count, TXN_ROWS):
+                end = min(start + TXN_ROWS, first + count) - 1
+                conn.execute(sql.format(name=table), (start, end))  # type: ignore[arg-type]
+                commits.append((time.time(), end - first + 1))
+                self.progress.update(task, completed=end - first + 1)
+        return commits
+
+    def backlog(self) -> None:
+        rows, table = self.args.rows, "bench_stream"
+        self.sql(TABLE_DDL.format(name=table))
+        self.sql(f"CREATE PUBLICATION bench_recv FOR TABLE public.{table}")
+        for tool in self.tools:
+            self.measure(self.job(tool, "prime", table, 0), f"{tool}: first start (slot, offsets)")
+        self.sql("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
+        self.write(INSERT_SQL, table, 1, rows, "backlog: inserts")
+        self.write(UPDATE_SQL, table, 1, rows, "backlog: updates")
+        end_lsn = self.sql("SELECT pg_current_wal_lsn()::text")[0][0]
+        for tool in self.tools:
+            result = self.measure(self.job(tool, "backlog", table, 2 * rows), f"{tool}: backlog")
+            last, events = result["samples"][-1]
+            self.results[tool]["backlog"] = events / (last - result["started"])
+            self.results[tool]["backlog_first"] = events / (last - result["samples"][0][0])
+        self.results["pg_recvlogical"] = {"backlog": 2 * rows / self.recvlogical(end_lsn)}
+
+    def recvlogical(self, end_lsn: str) -> float:
+        binary = shutil.which("pg_recvlogical")
+        if binary is None:
+            console.print("[yellow]pg_recvlogical not found: no raw ceiling")
+            return float("inf")
+        started = time.monotonic()
+        subprocess.run(
+            [binary, "-d", self.dsn, "--slot", "bench_recv", "--start", "--endpos", end_lsn, "--no-loop",
+             "-o", "proto_version=1", "-o", "publication_names=bench_recv", "-f", os.devnull],
+            check=True, timeout=600,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        self.sql("SELECT pg_drop_replication_slot('bench_recv')")
+        return elapsed
+
+    def live(self) -> None:
+        rows, table = self.args.rows, "bench_stream"
+        first = 10 * rows
+        for tool in self.tools:
+            task = self.progress.add_task(f"{tool}: live", total=rows)
+            with self.worker(self.job(tool, "live", table, rows), "live") as proc:
+                self.read_until(proc, task, want="READY")
+                commits = self.write(INSERT_SQL, table, first, rows, f"{tool}: live inserts")
+                result = self.read_until(proc, task)
+            first += rows
+            self.note_rss(tool, result)
+            self.results[tool].update(_latencies(commits, result["samples"]))
+
+    def snapshot(self) -> None:
+        rows, table = self.args.snapshot_rows, "bench_snap"
+        self.sql(TABLE_DDL.format(name=table))
+        self.write(INSERT_SQL, table, 1, rows, "snapshot table: inserts")
+        self.sql(f"VACUUM ANALYZE public.{table}")
+        for tool in self.tools:
+            result = self.measure(self.job(tool, "snapshot", table, rows, snapshot=True), f"{tool}: snapshot")
+            last, events = result["samples"][-1]
+            self.results[tool]["snapshot"] = events / (last - result["started"])
+
+    def drop_slots(self) -> None:
+        self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
+
+    def run(self) -> None:
+        with self.progress:
+            try:
+                self.backlog()
+                self.live()
+                self.snapshot()
+            finally:
+                self.drop_slots()
+        print_table(self.results, self.args)
+
+
+def _latencies(commits: list[tuple[float, int]], samples: list[list[float]]) -> dict[str, float]:
+    """Per-event commit → ack latency: event k is acked at the first sample whose count reaches k."""
+    times = [t for t, _ in samples]
+    counts = [int(c) for _, c in samples]
+    latencies: list[float] = []
+    previous = 0
+    for commit_time, upto in commits:
+        for k in range(previous + 1, upto + 1, 10):  # every 10th event: plenty for percentiles
+            index = bisect.bisect_left(counts, k)
+            latencies.append(times[min(index, len(times) - 1)] - commit_time)
+        previous = upto
+    quantiles = statistics.quantiles(latencies, n=100)
+    return {"live_last": times[-1] - commits[-1][0], "p50": quantiles[49], "p99": quantiles[98]}
+
+
+def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    wb, dbz, raw = results["walbridge"], results["debezium"], results.get("pg_recvlogical", {})
+    table = Table(title=f"capture benchmark: backlog {args.rows:,} inserts + {args.rows:,} updates, "
+                        f"live {args.rows:,} inserts, snapshot {args.snapshot_rows:,} rows")  # fmt: skip
+    for column in ("figure", "walbridge (incl. Kafka)", "Debezium (count only)", "ratio", "target"):
+        table.add_column(column, justify="right" if column != "figure" else "left")
+    rows: list[tuple[str, str, str, bool, str]] = [
+        ("backlog events/s (from start)", "backlog", "{:,.0f}", True, "≥1.5×"),
+        ("backlog events/s (first event → last)", "backlog_first", "{:,.0f}", True, ""),
+        ("live: last commit → last ack (s)", "live_last", "{:.3f}", False, "<0.250"),
+        ("live: p50 commit → ack (s)", "p50", "{:.3f}", False, ""),
+        ("live: p99 commit → ack (s)", "p99", "{:.3f}", False, ""),
+        ("snapshot rows/s (from start)", "snapshot", "{:,.0f}", True, "≥1.5×"),
+        ("peak RSS (MB)", "rss", "{:,.0f}", False, "<150"),
+    ]
+    for label, key, fmt, higher_is_better, target in rows:
+        mine, theirs = wb.get(key), dbz.get(key)
+        ratio = f"{mine / theirs:.2f}×" if mine and theirs else "-"
+        if not higher_is_better and mine and theirs:
+            ratio = f"{theirs / mine:.2f}× better" if mine < theirs else f"{mine / theirs:.2f}× worse"
+        table.add_row(label, fmt.format(mine) if mine is not None else "-",
+                      fmt.format(theirs) if theirs is not None else "-", ratio, target)  # fmt: skip
+    if raw.get("backlog"):
+        table.add_row("pg_recvlogical raw (messages/s)", "", "", "", f"{raw['backlog']:,.0f}")
+    Console().print(table)
+
+
+@contextmanager
+def services(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
+    from walbridge.devstack import KafkaBroker, PostgresServer, create_database
+
+    pg = broker = None
+    try:
+        if args.pg_dsn:
+            admin = args.pg_dsn
+        else:
+            pg = PostgresServer(work / "pg", fsync=False, settings={"max_wal_size": "4GB"})
+            pg.start()
+            admin = pg.dsn()
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            broker = KafkaBroker(work / "kafka")
+            broker.start()
+            bootstrap = broker.bootstrap
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        create_database(admin, name)
+        yield admin.rsplit("/", 1)[0] + f"/{name}", bootstrap
+    finally:
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop("immediate")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="backlog inserts (and updates), live inserts")
+    parser.add_argument("--snapshot-rows", type=int, default=500_000)
+    parser.add_argument("--skip-debezium", action="store_true")
+    parser.add_argument("--pg-dsn", help="superuser DSN of a running server (wal_level=logical)")
+    parser.add_argument("--bootstrap", help="a running Kafka broker")
+    parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return
+    work = Path(tempfile.mkdtemp(prefix="walbridge-bench-"))
+    try:
+        with services(args, work) as (dsn, bootstrap):
+            Bench(args, dsn, bootstrap, work).run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

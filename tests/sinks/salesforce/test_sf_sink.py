@@ -1,0 +1,212 @@
+"""The Salesforce sink end to end: Kafka (real broker) → SinkRunner → SalesforceSink → the emulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+import pytest
+from conftest import CLIENT_SECRET, SfPipeline, change, customer, emulator_stats, stored_events
+from helpers import consume_all, wait_until
+
+from walbridge import metrics
+from walbridge.errors import ConfigError
+from walbridge.sinks.salesforce.sink import SalesforceSink
+
+
+def _keys(events: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(e["fields"]["Event_Key__c"] for e in events)
+
+
+def _wait_stored(server: Any, count: int, timeout_s: float) -> list[dict[str, Any]]:
+    wait_until(lambda: emulator_stats(server)["events"] >= count, timeout_s)
+    return stored_events(server)
+
+
+def test_end_to_end_insert_update_delete(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
+    server = emulator()
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server)
+    events = []
+    for cid in range(1, 21):
+        events.append(change("c", customer(cid), ts_ms=1_700_000_000_000 + cid))
+    for version in (1, 2):
+        for cid in range(1, 21):
+            events.append(change("u", customer(cid, version), before=customer(cid, version - 1)))
+    for cid in range(1, 6):
+        events.append(change("d", None, before=customer(cid, 2), ts_ms=1_700_000_999_000))
+    pipe.send(*events)
+    pipe.start()
+    try:
+        stored = _wait_stored(server, len(events), 60)
+    finally:
+        pipe.stop_all()
+    assert len(stored) == len(events) and len(_keys(stored)) == len(events)
+    by_record: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in stored:
+        assert event["type"] == "PostgreSQL_Data__e"
+        by_record[event["fields"]["Record_Id__c"]].append(event["fields"])
+    for cid in range(1, 21):
+        history = by_record[str(cid)]
+        ops = [f["Operation__c"] for f in history]
+        assert ops == ["INSERT", "UPDATE", "UPDATE"] + (["DELETE"] if cid <= 5 else [])
+        versions = [orjson.loads(f["Payload__c"])["version"] for f in history]
+        assert versions == sorted(versions)
+        first = history[0]
+        assert first["Source_Table__c"] == "inventory.customers"
+        assert first["Timestamp__c"] == f"2023-11-14T22:13:20.{cid:03d}Z"
+        assert orjson.loads(first["Payload__c"]) == customer(cid)
+        assert first["Event_Key__c"] == f"{pipe.topic}-{first['Kafka_Partition__c']}-{first['Kafka_Offset__c']}"
+        offsets = [f["Kafka_Offset__c"] for f in history]
+        assert offsets == sorted(offsets)
+    delete = by_record["1"][-1]
+    assert orjson.loads(delete["Payload__c"]) == customer(1, 2)
+    assert delete["Timestamp__c"] == "2023-11-14T22:29:59.000Z"
+
+
+def test_token_expiring_every_5s_under_load(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
+    server = emulator(token_lifetime=5.0, latency_ms=20)
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=400, max_in_flight=2)
+    sink = pipe.start()
+    total, started = 0, time.monotonic()
+    try:
+        while time.monotonic() - started < 12:  # ~400 events/s for 12 s, consumed while produced
+            pipe.send(*(change("c", customer(total + i)) for i in range(40)))
+            total += 40
+            time.sleep(0.1)
+        stored = _wait_stored(server, total, 60)
+        time.sleep(1)
+        stored = stored_events(server)
+    finally:
+        pipe.stop_all()
+    keys = _keys(stored)
+    assert len(keys) == total, "events lost"
+    assert len(stored) == total, f"{len(stored) - total} events sent twice"
+    assert sink.auth is not None and sink.auth.logins >= 3
+    assert emulator_stats(server)["by_status"].get("401", 0) >= 2
+
+
+def test_503_and_request_limit_faults_deliver_everything(
+    kafka_bootstrap: str, topic_prefix: str, emulator: Any
+) -> None:
+    server = emulator(unavailable_rate=0.2, request_limit_rate=0.05, seed=7)
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=600, max_in_flight=3)
+    pipe.sink_settings.name = f"sf-{topic_prefix}"
+    pipe.send(*(change("c", customer(i)) for i in range(3000)))
+    sink = pipe.start(metrics=metrics.sink)
+    try:
+        stored = _wait_stored(server, 3000, 90)
+    finally:
+        pipe.stop_all()
+    assert len(_keys(stored)) == 3000 and len(stored) == 3000
+    stats = emulator_stats(server)["by_status"]
+    assert stats.get("503", 0) > 0 and stats.get("403", 0) > 0
+    publisher = sink.publisher
+    assert publisher is not None
+    assert publisher.stats.by_status[503] == stats["503"] and publisher.stats.by_status[403] == stats["403"]
+    assert publisher.stats.calls == sum(publisher.stats.by_status.values()) >= 15
+    retries = sum(
+        metrics.sink.retries.labels(sink=sink.name, error=e)._value.get() for e in ("ServerBusy", "RateLimited")
+    )
+    assert retries > 0  # the runner backed off and retried
+    assert sink.skipped_resends > 0  # records accepted before a failure were not sent again
+    api_used, api_max = publisher.stats.api_usage["api-usage"]
+    assert api_max == 100_000 and api_used > 0
+
+
+def test_one_oversized_one_invalid_in_a_batch_of_200(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
+    server = emulator()
+    overrides = {"inventory.customers": {"columns": {"Schema_Version__c": "schema_version"}}}
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=200, linger_ms=3000, tables=overrides)
+    rows = [customer(i, schema_version="1.0") for i in range(200)]
+    rows[50]["notes"] = "x" * 140_000
+    rows[120]["schema_version"] = {"major": 1}
+    pipe.send(*(change("c", row) for row in rows))
+    sink = pipe.start()
+    try:
+        dlq = consume_all(kafka_bootstrap, [pipe.topic + ".dlq"], min_count=2, idle_s=1.0, timeout_s=60)
+        wait_until(lambda: len(stored_events(server)) >= 198, 30)
+        time.sleep(0.5)
+    finally:
+        pipe.stop_all()
+    assert len(dlq) == 2
+    headers = [dict(m.headers()) for m in dlq]
+    errors = sorted(h["__connect.errors.exception.message"].decode() for h in headers)
+    assert errors[0].startswith("JSON_PARSER_ERROR: Schema Version") and "['Schema_Version__c']" in errors[0]
+    assert errors[1].startswith("STRING_TOO_LONG: Payload") and "['Payload__c']" in errors[1]
+    assert sorted(orjson.loads(m.value())["after"]["id"] for m in dlq) == [50, 120]
+    stored = stored_events(server)
+    assert len(stored) == 198
+    assert sorted(int(e["fields"]["Record_Id__c"]) for e in stored) == [i for i in range(200) if i not in (50, 120)]
+    assert sink.publisher is not None and sink.publisher.stats.calls == 1  # 198 records, one call, no re-send
+
+
+def _open(server_url: str, **overrides: Any) -> None:
+    from walbridge.config import SalesforceSinkSettings
+
+    options = {"instance_url": server_url, "client_id": "walbridge-emulator", "client_secret": CLIENT_SECRET}
+    sink = SalesforceSink(SalesforceSinkSettings(**{**options, **overrides}))
+    try:
+        sink.open()
+    finally:
+        sink.close()
+
+
+def test_clear_errors_at_start(emulator: Any) -> None:
+    server = emulator()
+    _open(server.url)  # the good configuration opens
+    with pytest.raises(ConfigError) as info:
+        _open(server.url, client_secret="wrong-secret-123")
+    assert "invalid_client: invalid client credentials" in str(info.value)
+    assert "wrong-secret-123" not in str(info.value)
+    with pytest.raises(ConfigError, match="invalid_client_id"):
+        _open(server.url, client_id="nobody")
+    with pytest.raises(ConfigError, match="not a Salesforce token endpoint"):
+        _open(server.url + "/not/here")
+    with pytest.raises(ConfigError, match="cannot reach"):
+        _open("http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"event object 'Nope__e' not found.*NOT_FOUND"):
+        _open(server.url, event="Nope__e")
+    with pytest.raises(ConfigError, match=r"has no field\(s\) \['Missing__c'\]"):
+        _open(server.url, tables={"t": {"static": {"Missing__c": 1}}})
+
+
+def test_cli_wrong_secret_exits_with_one_line(emulator: Any, tmp_path: Any) -> None:
+    from helpers import run_cli
+
+    server = emulator()
+    config = tmp_path / "sf.yaml"
+    config.write_text(
+        "kafka: {bootstrap_servers: '127.0.0.1:9'}\n"
+        f"sinks:\n  - {{type: salesforce, instance_url: '{server.url}', client_id: walbridge-emulator,"
+        " client_secret: 'env:SF_TEST_SECRET', topics: [x]}\n"
+    )
+    code, out, err = run_cli(
+        "--config", str(config), env={"SF_TEST_SECRET": "bad-secret-xyz"}, module="walbridge.sinks.salesforce.cli",
+        timeout=60,
+    )
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["error: Salesforce refused the client credentials login: invalid_client: invalid client credentials"]
+    assert "bad-secret-xyz" not in out + err
+
+
+def test_events_survive_a_sink_thread_restart(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
+    """A clean stop mid-stream and a second sink: nothing lost, nothing twice (offsets committed per batch)."""
+    server = emulator(latency_ms=10)
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=300)
+    pipe.send(*(change("c", customer(i)) for i in range(1500)))
+    pipe.start()
+    wait_until(lambda: len(stored_events(server)) >= 300, 30)
+    pipe.stop_all()
+    done = threading.Event()
+    pipe.start()
+    try:
+        wait_until(lambda: len(stored_events(server)) >= 1500, 60)
+        done.set()
+    finally:
+        pipe.stop_all()
+    stored = stored_events(server)
+    assert len(_keys(stored)) == 1500 and len(stored) == 1500

@@ -1,0 +1,66 @@
+"""Settings: file + environment, secrets only from the environment, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from walbridge.config import load_settings
+from walbridge.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str, name: str = "walbridge.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_with_env_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRC_DSN", "postgresql://u:secret@db/x")
+    cfg = write(tmp_path, "source: {dsn: 'env:SRC_DSN', tables: [inventory.customers]}\nkafka: {partitions: 6}\n")
+    settings = load_settings(cfg)
+    assert settings.source.dsn == "postgresql://u:secret@db/x"
+    assert settings.kafka.partitions == 6
+    assert settings.source.tables == ["inventory.customers"]
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write(tmp_path, "kafka: {bootstrap_servers: 'a:9092', partitions: 6}\n")
+    monkeypatch.setenv("WALBRIDGE_KAFKA__BOOTSTRAP_SERVERS", "b:9092")
+    settings = load_settings(cfg)
+    assert settings.kafka.bootstrap_servers == "b:9092"
+    assert settings.kafka.partitions == 6
+
+
+def test_toml(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[events]\ntopic_prefix = "shop"\nunwrap = true\n', "walbridge.toml")
+    assert load_settings(cfg).events.encoding_options().unwrap
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("source: {dsn: 'postgresql://u:hunter2@db/x'}", "source.dsn: the DSN holds a password"),
+        ("source: {dsn: 'host=db password=hunter2'}", "source.dsn: the DSN holds a password"),
+        ("sinks: [{type: salesforce, client_secret: abc}]", "sinks[0].client_secret: secrets must come"),
+        ("source: {dsn: 'env:NOPE_NOT_SET'}", "environment variable NOPE_NOT_SET is not set"),
+        ("source: {snapshot: sometimes}", "source.snapshot"),
+        ("kafka: {partitions: many}", "kafka.partitions"),
+        ("sourec: {}", "sourec"),
+        ("source: [1, 2", "not valid"),
+    ],
+)
+def test_clear_errors(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert needle in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_debezium_unwrap_spelling() -> None:
+    settings = load_settings(events={"delete_tombstone_handling_mode": "rewrite-with-tombstone"})
+    opts = settings.events.encoding_options()
+    assert opts.unwrap and opts.tombstones_on_delete
+    assert not load_settings(events={"delete_tombstone_handling_mode": "rewrite"}).events.encoding_options() \
+        .tombstones_on_delete
