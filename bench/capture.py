@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -57,7 +58,7 @@ ALTER TABLE public.{name} REPLICA IDENTITY FULL;
 """
 INSERT_SQL = (
     "INSERT INTO public.{name} (id, customer_id, amount, status, note) "
-    "SELECT g, g % 997, (g % 100000) / 100.0, 'pending', 'order note number ' || g "
+    "SELECT g, g %% 997, (g %% 100000) / 100.0, 'pending', 'order note number ' || g "
     "FROM generate_series(%s::bigint, %s::bigint) g"
 )
 UPDATE_SQL = "UPDATE public.{name} SET status = 'shipped', amount = amount + 1 WHERE id BETWEEN %s AND %s"
@@ -217,9 +218,10 @@ class Bench:
             TimeElapsedColumn(), console=console,
         )  # fmt: skip
 
-    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
+    def sql(self, statement: str) -> Any:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return conn.execute(statement, params).fetchall() if statement.lstrip().startswith("SELECT") else None  # type: ignore[arg-type]
+            cur = conn.execute(statement)  # type: ignore[arg-type]
+            return cur.fetchall() if statement.startswith("SELECT") else None
 
     def job(self, tool: str, kind: str, table: str, expected: int, snapshot: bool = False) -> dict[str, Any]:
         slot = f"{tool[:3]}_{table}"
@@ -284,7 +286,8 @@ class Bench:
         rows, table = self.args.rows, "bench_stream"
         self.sql(TABLE_DDL.format(name=table))
         self.sql(f"CREATE PUBLICATION bench_recv FOR TABLE public.{table}")
-        for tool in self.tools:
+        # Debezium first: its marker rows must not land in walbridge's slot.
+        for tool in reversed(self.tools):
             self.measure(self.job(tool, "prime", table, 0), f"{tool}: first start (slot, offsets)")
         self.sql("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
         self.write(INSERT_SQL, table, 1, rows, "backlog: inserts")
@@ -313,15 +316,16 @@ class Bench:
         return elapsed
 
     def live(self) -> None:
-        rows, table = self.args.rows, "bench_stream"
-        first = 10 * rows
+        """Each tool on its own table and fresh slot: no backlog of the other tool's inserts."""
+        rows = self.args.rows
         for tool in self.tools:
+            table = f"bench_live_{tool[:3]}"
+            self.sql(TABLE_DDL.format(name=table))
             task = self.progress.add_task(f"{tool}: live", total=rows)
             with self.worker(self.job(tool, "live", table, rows), "live") as proc:
                 self.read_until(proc, task, want="READY")
-                commits = self.write(INSERT_SQL, table, first, rows, f"{tool}: live inserts")
+                commits = self.write(INSERT_SQL, table, 1, rows, f"{tool}: live inserts")
                 result = self.read_until(proc, task)
-            first += rows
             self.note_rss(tool, result)
             self.results[tool].update(_latencies(commits, result["samples"]))
 
@@ -411,7 +415,7 @@ def services(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
             bootstrap = broker.bootstrap
         name = f"bench_{uuid.uuid4().hex[:8]}"
         create_database(admin, name)
-        yield admin.rsplit("/", 1)[0] + f"/{name}", bootstrap
+        yield make_conninfo(admin, dbname=name), bootstrap
     finally:
         if broker is not None:
             broker.stop()

@@ -9,14 +9,16 @@ from typing import Any
 
 import psycopg
 import yaml
-from helpers import wait_until
 
+from helpers import wait_until
 from walbridge.config import Settings, load_settings
 
 __all__ = ["RunningCapture", "history_slot", "make_settings", "read_history", "write_config"]
 
 
-def make_settings(dsn: str, bootstrap: str, prefix: str, tmp_path: Path, tables: list[str], **source: Any) -> Settings:
+def make_settings(
+    dsn: str, bootstrap: str, prefix: str, tmp_path: Path, tables: list[str], **source: Any
+) -> Settings:
     ident = prefix.replace("-", "_")
     return load_settings(
         source={"dsn": dsn, "tables": tables, "slot": ident, "publication": ident, **source},
@@ -27,8 +29,9 @@ def make_settings(dsn: str, bootstrap: str, prefix: str, tmp_path: Path, tables:
     )
 
 
-def write_config(path: Path, bootstrap: str, prefix: str, tables: list[str], state_dir: Path,
-                 **source: Any) -> Path:
+def write_config(
+    path: Path, bootstrap: str, prefix: str, tables: list[str], state_dir: Path, **source: Any
+) -> Path:
     """A YAML config for the CLI; the DSN comes from the environment variable SRC_DSN."""
     ident = prefix.replace("-", "_")
     doc = {
@@ -94,5 +97,7 @@ def read_history(dsn: str, slot: str, key_column: str) -> list[tuple[str, int, s
         key = key_pattern.search(match.group(4))
         assert key is not None, data
         high, low = lsn_text.split("/")
-        out.append((match.group(2), int(key.group(1)), _OPS[match.group(3)], (int(high, 16) << 32) | int(low, 16)))
+        out.append(
+            (match.group(2), int(key.group(1)), _OPS[match.group(3)], (int(high, 16) << 32) | int(low, 16))
+        )
     return out

@@ -18,7 +18,9 @@ def write(tmp_path: Path, text: str, name: str = "walbridge.yaml") -> Path:
 
 def test_yaml_with_env_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SRC_DSN", "postgresql://u:secret@db/x")
-    cfg = write(tmp_path, "source: {dsn: 'env:SRC_DSN', tables: [inventory.customers]}\nkafka: {partitions: 6}\n")
+    cfg = write(
+        tmp_path, "source: {dsn: 'env:SRC_DSN', tables: [inventory.customers]}\nkafka: {partitions: 6}\n"
+    )
     settings = load_settings(cfg)
     assert settings.source.dsn == "postgresql://u:secret@db/x"
     assert settings.kafka.partitions == 6
@@ -62,5 +64,8 @@ def test_debezium_unwrap_spelling() -> None:
     settings = load_settings(events={"delete_tombstone_handling_mode": "rewrite-with-tombstone"})
     opts = settings.events.encoding_options()
     assert opts.unwrap and opts.tombstones_on_delete
-    assert not load_settings(events={"delete_tombstone_handling_mode": "rewrite"}).events.encoding_options() \
+    assert (
+        not load_settings(events={"delete_tombstone_handling_mode": "rewrite"})
+        .events.encoding_options()
         .tombstones_on_delete
+    )

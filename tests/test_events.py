@@ -25,8 +25,15 @@ REL = TableSchema(
     "customers",
     (
         ColumnSchema("id", {"type": "int32", "optional": False}),
-        ColumnSchema("total", {"type": "bytes", "optional": True, "name": "org.apache.kafka.connect.data.Decimal",
-                               "parameters": {"scale": "2", "connect.decimal.precision": "10"}}),
+        ColumnSchema(
+            "total",
+            {
+                "type": "bytes",
+                "optional": True,
+                "name": "org.apache.kafka.connect.data.Decimal",
+                "parameters": {"scale": "2", "connect.decimal.precision": "10"},
+            },
+        ),
     ),
     ("id",),
 )
@@ -38,7 +45,9 @@ def event(op: str, before: dict | None, after: dict | None) -> ChangeEvent:
 
 
 def test_envelope_shape_and_topic() -> None:
-    records = EnvelopeEncoder(EncodingOptions(topic_prefix="shop")).encode(event("c", None, {"id": 1, "total": "9.99"}))
+    records = EnvelopeEncoder(EncodingOptions(topic_prefix="shop")).encode(
+        event("c", None, {"id": 1, "total": "9.99"})
+    )
     assert len(records) == 1
     rec = records[0]
     assert rec.topic == "shop.inventory.customers"
@@ -47,7 +56,12 @@ def test_envelope_shape_and_topic() -> None:
     assert set(value) == {"before", "after", "source", "transaction", "op", "ts_ms", "ts_us", "ts_ns"}
     assert value["op"] == "c" and value["before"] is None and value["after"] == {"id": 1, "total": "9.99"}
     src = value["source"]
-    assert src["connector"] == "postgresql" and src["name"] == "shop" and src["txId"] == 42 and src["lsn"] == 1234
+    assert (
+        src["connector"] == "postgresql"
+        and src["name"] == "shop"
+        and src["txId"] == 42
+        and src["lsn"] == 1234
+    )
     assert src["snapshot"] == "false" and src["schema"] == "inventory" and src["table"] == "customers"
 
 
@@ -60,10 +74,19 @@ def test_delete_is_followed_by_a_tombstone_unless_disabled() -> None:
 
 
 def test_unwrapped_form_rewrites_deletes() -> None:
-    enc = EnvelopeEncoder(EncodingOptions(unwrap=True, unwrap_add_fields=("op", "table", "lsn", "source.ts_ms")))
+    enc = EnvelopeEncoder(
+        EncodingOptions(unwrap=True, unwrap_add_fields=("op", "table", "lsn", "source.ts_ms"))
+    )
     flat = orjson.loads(enc.encode(event("u", None, {"id": 1, "total": "1.00"}))[0].value)
-    assert flat == {"id": 1, "total": "1.00", "__deleted": "false", "__op": "u", "__table": "customers",
-                    "__lsn": 1234, "__source_ts_ms": 1_700_000_000_000}
+    assert flat == {
+        "id": 1,
+        "total": "1.00",
+        "__deleted": "false",
+        "__op": "u",
+        "__table": "customers",
+        "__lsn": 1234,
+        "__source_ts_ms": 1_700_000_000_000,
+    }
     records = enc.encode(event("d", {"id": 1, "total": "1.00"}, None))
     assert orjson.loads(records[0].value)["__deleted"] == "true"
     assert records[1].value is None
@@ -98,7 +121,9 @@ def test_round_trip_every_form(schemas: bool) -> None:
 def test_decode_unwrapped_and_tombstone() -> None:
     topic = "shop.inventory.customers"
     flat = decode_record(topic, b'{"id": 3}', b'{"id": 3, "name": "x", "__deleted": "true"}')
-    assert flat is not None and flat.op == "d" and flat.before == {"id": 3, "name": "x"} and flat.after is None
+    assert (
+        flat is not None and flat.op == "d" and flat.before == {"id": 3, "name": "x"} and flat.after is None
+    )
     upsert = decode_record(topic, b'{"id": 3}', b'{"id": 3, "name": "y", "__deleted": "false", "__op": "r"}')
     assert upsert is not None and upsert.op == "r" and upsert.after == {"id": 3, "name": "y"}
     assert decode_record(topic, b'{"id": 3}', None) is None
@@ -127,14 +152,26 @@ def test_split_topic() -> None:
 
 
 def test_precise_decimal_decoding_with_variable_scale() -> None:
-    payload = {"id": 1, "total": {"scale": 3, "value": base64.b64encode((-12345).to_bytes(2, "big", signed=True))
-                                  .decode()}}
-    schema = {"type": "struct", "fields": [
-        {"field": "before", "type": "struct", "fields": []},
-        {"field": "after", "type": "struct", "fields": [
-            {"field": "id", "type": "int32"},
-            {"field": "total", "type": "struct", "name": "io.debezium.data.VariableScaleDecimal"}]}]}
-    value = orjson.dumps({"schema": schema, "payload": {"op": "c", "source": {"table": "t"}, "before": None,
-                                                         "after": payload}})
+    payload = {
+        "id": 1,
+        "total": {"scale": 3, "value": base64.b64encode((-12345).to_bytes(2, "big", signed=True)).decode()},
+    }
+    schema = {
+        "type": "struct",
+        "fields": [
+            {"field": "before", "type": "struct", "fields": []},
+            {
+                "field": "after",
+                "type": "struct",
+                "fields": [
+                    {"field": "id", "type": "int32"},
+                    {"field": "total", "type": "struct", "name": "io.debezium.data.VariableScaleDecimal"},
+                ],
+            },
+        ],
+    }
+    value = orjson.dumps(
+        {"schema": schema, "payload": {"op": "c", "source": {"table": "t"}, "before": None, "after": payload}}
+    )
     decoded = decode_record("p.s.t", None, value)
     assert decoded is not None and str(decoded.after["total"]) == "-12.345"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -47,7 +46,9 @@ def setup_logical(settings: Settings) -> list[str]:
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))
         if src.replica_identity_full:
-            done += [f"REPLICA IDENTITY FULL on {name}" for name in set_replica_identity_full(conn, relations)]
+            done += [
+                f"REPLICA IDENTITY FULL on {name}" for name in set_replica_identity_full(conn, relations)
+            ]
         if ensure_publication(conn, src.publication, relations):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
         if slot_info(conn, src.slot) is None:
@@ -135,7 +136,8 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             log.info("metrics and status on %s", ops.url)
         except OSError as exc:
             raise ConfigError(
-                f"metrics.port {settings.metrics.port} on {settings.metrics.host} is not available: {exc.strerror}"
+                f"metrics.port {settings.metrics.port} on {settings.metrics.host} is not available: "
+                f"{exc.strerror}"
             ) from exc
     try:
         capture.run(stop)
@@ -182,7 +184,9 @@ def register(app: typer.Typer) -> None:
             problems = catalog.check_logical_capture(conn, relations)
         table = Table("table", "primary key", "replica identity")
         for rel in relations:
-            table.add_row(f"{rel.schema}.{rel.table}", ", ".join(rel.key_columns) or "(none)", rel.replica_identity)
+            table.add_row(
+                f"{rel.schema}.{rel.table}", ", ".join(rel.key_columns) or "(none)", rel.replica_identity
+            )
         out.print(table)
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))
@@ -203,4 +207,3 @@ def register(app: typer.Typer) -> None:
             run_capture(settings, stop, progress)
         finally:
             progress.close()
-

@@ -16,7 +16,14 @@ from rich.console import Console
 from walbridge.config import Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
 
-__all__ = ["ConfigOption", "configure_logging", "console", "handle_errors", "settings_from", "stop_on_signals"]
+__all__ = [
+    "ConfigOption",
+    "configure_logging",
+    "console",
+    "handle_errors",
+    "settings_from",
+    "stop_on_signals",
+]
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -183,7 +183,10 @@ class Settings(BaseSettings):
     """Everything walbridge reads. Build with :func:`load_settings`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="WALBRIDGE_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+        env_prefix="WALBRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
     )
 
     source: SourceSettings = Field(default_factory=SourceSettings)
@@ -211,7 +214,9 @@ class Settings(BaseSettings):
         for sink in self.sinks:
             if sink.type == kind and (name is None or sink.name == name):
                 return sink
-        raise ConfigError(f"no sink of type {kind!r}{f' named {name!r}' if name else ''} in the configuration")
+        raise ConfigError(
+            f"no sink of type {kind!r}{f' named {name!r}' if name else ''} in the configuration"
+        )
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -222,7 +227,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"configuration file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"configuration file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -244,7 +251,9 @@ def resolve_env_refs(data: Any, where: str = "") -> Any:
             path = f"{where}.{key}" if where else str(key)
             if isinstance(value, str) and not _ENV_REF.match(value):
                 if key in _SECRET_KEYS and value:
-                    raise ConfigError(f"{path}: secrets must come from the environment; write env:VARIABLE_NAME")
+                    raise ConfigError(
+                        f"{path}: secrets must come from the environment; write env:VARIABLE_NAME"
+                    )
                 if key == "dsn" and _has_literal_password(value):
                     raise ConfigError(
                         f"{path}: the DSN holds a password; keep it out of the file "

@@ -82,24 +82,37 @@ def _settings(source: str, dest: str, bootstrap: str, emulator_url: str, state_d
         events={"topic_prefix": PREFIX},
         kafka={"bootstrap_servers": bootstrap, "partitions": 3, "session_timeout_ms": 6000},
         sinks=[
-            {"type": "postgres", "name": "replica", "dsn": dest, "topics": [f"{PREFIX}.{t}" for t in TABLES],
-             "linger_ms": 50},
-            {"type": "salesforce", "name": "salesforce", "instance_url": emulator_url,
-             "client_id": "walbridge-emulator", "client_secret": "walbridge-emulator-secret",
-             "topics": [f"{PREFIX}.inventory.customers"], "linger_ms": 50},
+            {
+                "type": "postgres",
+                "name": "replica",
+                "dsn": dest,
+                "topics": [f"{PREFIX}.{t}" for t in TABLES],
+                "linger_ms": 50,
+            },
+            {
+                "type": "salesforce",
+                "name": "salesforce",
+                "instance_url": emulator_url,
+                "client_id": "walbridge-emulator",
+                "client_secret": "walbridge-emulator-secret",
+                "topics": [f"{PREFIX}.inventory.customers"],
+                "linger_ms": 50,
+            },
         ],
         metrics={"enabled": True, "port": 0},
         state_dir=str(state_dir),
     )
 
 
-def _thread(name: str, target: Callable[[threading.Event], None], stop: threading.Event, board: _Board) -> Any:
+def _thread(
+    name: str, target: Callable[[threading.Event], None], stop: threading.Event, board: _Board
+) -> Any:
     def body() -> None:
         try:
             target(stop)
         except WalbridgeError as exc:
             board.errors.append(f"{name}: {exc.message}")
-        except Exception as exc:  # noqa: BLE001 - shown on the board, the demo keeps going
+        except Exception as exc:
             board.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log.exception("%s failed", name)
 
@@ -109,8 +122,13 @@ def _thread(name: str, target: Callable[[threading.Event], None], stop: threadin
 
 
 def _watch_kafka(bootstrap: str, board: _Board, stop: threading.Event) -> None:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-view-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"demo-view-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
     topics = [f"{PREFIX}.{t}" for t in TABLES]
     while not stop.is_set():
         meta = consumer.list_topics(timeout=5)
@@ -152,12 +170,19 @@ def _watch_state(source: str, dest: str, emulator_url: str, board: _Board, stop:
 
 def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
     flow = Table.grid(padding=(0, 2))
-    flow.add_row("[bold]Kafka events[/]", ", ".join(f"{op}={n}" for op, n in sorted(board.kafka.items())) or "-")
+    flow.add_row(
+        "[bold]Kafka events[/]", ", ".join(f"{op}={n}" for op, n in sorted(board.kafka.items())) or "-"
+    )
     for table in TABLES:
-        flow.add_row(f"[bold]{table}[/]", f"source {board.source_rows.get(table, '-')} rows → "
-                     f"replica {board.dest_rows.get(table, '-')} rows")
-    flow.add_row("[bold]Salesforce emulator[/]",
-                 f"{board.emulator_events} PostgreSQL_Data__e events in {board.emulator_calls} API calls")
+        flow.add_row(
+            f"[bold]{table}[/]",
+            f"source {board.source_rows.get(table, '-')} rows → "
+            f"replica {board.dest_rows.get(table, '-')} rows",
+        )
+    flow.add_row(
+        "[bold]Salesforce emulator[/]",
+        f"{board.emulator_events} PostgreSQL_Data__e events in {board.emulator_calls} API calls",
+    )
     recent = Table("op", "topic", "key", "row", title="latest events in Kafka", expand=True)
     for op, table, key, label in board.recent:
         recent.add_row(op, table, key, label)
@@ -170,7 +195,9 @@ def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
 
 def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
     with psycopg.connect(source, autocommit=True) as conn:
-        done = conn.execute("SELECT count(*) FROM inventory.customers WHERE customer_code = 'CUST003'").fetchone()
+        done = conn.execute(
+            "SELECT count(*) FROM inventory.customers WHERE customer_code = 'CUST003'"
+        ).fetchone()
         if done and done[0]:
             board.step = "scripted changes already applied earlier; streaming"
             return
@@ -191,18 +218,27 @@ def _start_pipeline(settings: Settings, stop: threading.Event, board: _Board) ->
     threads = [_thread("capture", lambda s: run_capture(settings, s), stop, board)]
     pg_settings = settings.sink("postgres")
     sf_settings = settings.sink("salesforce")
-    threads.append(_thread("postgres sink", SinkRunner(PostgresSink(pg_settings), settings, pg_settings).run,
-                           stop, board))
-    threads.append(_thread("salesforce sink", SinkRunner(SalesforceSink(sf_settings), settings, sf_settings).run,
-                           stop, board))
+    threads.append(
+        _thread(
+            "postgres sink", SinkRunner(PostgresSink(pg_settings), settings, pg_settings).run, stop, board
+        )
+    )
+    threads.append(
+        _thread(
+            "salesforce sink", SinkRunner(SalesforceSink(sf_settings), settings, sf_settings).run, stop, board
+        )
+    )
     return threads
 
 
 @handle_errors
 def demo(
-    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")]
-    = None,
-    state_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases")] = Path(".walbridge/demo"),
+    duration: Annotated[
+        float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")
+    ] = None,
+    state_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases")] = Path(
+        ".walbridge/demo"
+    ),
 ) -> None:
     """Run the whole pipeline on embedded services and watch changes flow (Ctrl-C stops)."""
     import shutil
@@ -212,7 +248,9 @@ def demo(
 
     stop = stop_on_signals()
     board = _Board()
-    out.print("[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker and the Salesforce emulator…")
+    out.print(
+        "[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker and the Salesforce emulator…"
+    )
     # The broker keeps topics in memory only, so every demo run starts from a clean state.
     shutil.rmtree(state_dir, ignore_errors=True)
     emulator = EmulatorServer(EmulatorConfig(latency_ms=20)).start()
@@ -236,7 +274,9 @@ def demo(
             thread.join(20)
         emulator.stop()
         agree = board.source_rows == board.dest_rows
-        out.print(("[green]✓ source and replica agree[/]" if agree else "[yellow]source and replica differ[/]")
-                  + f": {board.source_rows}")
+        out.print(
+            ("[green]✓ source and replica agree[/]" if agree else "[yellow]source and replica differ[/]")
+            + f": {board.source_rows}"
+        )
         if board.errors:
             raise typer.Exit(1)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from walbridge.config import KafkaSettings
 from walbridge.errors import ConfigError, ConnectionLost, OperationTimeout, PermanentError, WalbridgeError
@@ -49,7 +49,8 @@ def make_producer(settings: KafkaSettings, **extra: Any) -> Producer:
     conf.setdefault("queue.buffering.max.messages", 500_000)
     conf.setdefault("compression.type", "lz4")
     conf.update(extra)
-    return _build(Producer, conf)
+    producer: Producer = _build(Producer, conf)
+    return producer
 
 
 def make_consumer(settings: KafkaSettings, group_id: str, **extra: Any) -> Any:
@@ -74,7 +75,8 @@ def make_consumer(settings: KafkaSettings, group_id: str, **extra: Any) -> Any:
 
 
 def make_admin(settings: KafkaSettings) -> AdminClient:
-    return _build(AdminClient, client_config(settings))
+    admin: AdminClient = _build(AdminClient, client_config(settings))
+    return admin
 
 
 def _build(cls: Any, conf: dict[str, Any]) -> Any:
@@ -113,7 +115,10 @@ def ensure_topics(
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor) for name in missing],
+        [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+            for name in missing
+        ],
         operation_timeout=timeout_s,
     )
     for name, future in futures.items():

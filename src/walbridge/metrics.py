@@ -15,7 +15,9 @@ class _CaptureMetrics:
             "walbridge_capture_events", "Change events captured", ["table", "op"], registry=registry
         )
         self.behind_source_ms = Gauge(
-            "walbridge_capture_ms_behind_source", "Commit time to capture, of the last event", registry=registry
+            "walbridge_capture_ms_behind_source",
+            "Commit time to capture, of the last event",
+            registry=registry,
         )
         self.received_lsn = Gauge(
             "walbridge_capture_received_lsn", "Last WAL position received (bytes)", registry=registry
@@ -26,13 +28,20 @@ class _CaptureMetrics:
             registry=registry,
         )
         self.slot_retained_wal_bytes = Gauge(
-            "walbridge_capture_slot_retained_wal_bytes", "WAL retained by the replication slot", registry=registry
+            "walbridge_capture_slot_retained_wal_bytes",
+            "WAL retained by the replication slot",
+            registry=registry,
         )
         self.producer_queue = Gauge(
-            "walbridge_capture_producer_queue_depth", "Records waiting for a Kafka acknowledgement", registry=registry
+            "walbridge_capture_producer_queue_depth",
+            "Records waiting for a Kafka acknowledgement",
+            registry=registry,
         )
         self.snapshot_rows = Counter(
-            "walbridge_capture_snapshot_rows", "Rows read by the initial snapshot", ["table"], registry=registry
+            "walbridge_capture_snapshot_rows",
+            "Rows read by the initial snapshot",
+            ["table"],
+            registry=registry,
         )
         self.heartbeats = Counter("walbridge_capture_heartbeats", "Heartbeats sent", registry=registry)
         self.errors = Counter("walbridge_capture_errors", "Errors by class", ["error"], registry=registry)
@@ -47,12 +56,21 @@ class _SinkMetrics:
         self.batch_seconds = Histogram(
             "walbridge_sink_batch_seconds", "Time to apply and commit one batch", ["sink"], registry=registry
         )
-        self.retries = Counter("walbridge_sink_retries", "Retries by error class", ["sink", "error"], registry=registry)
-        self.dlq = Counter("walbridge_sink_dlq_records", "Records sent to the DLQ", ["sink"], registry=registry)
-        self.lag = Gauge("walbridge_sink_lag", "Records behind the end of the partition", ["sink", "topic", "partition"],
-                         registry=registry)
-        self.api_usage = Gauge("walbridge_salesforce_api_usage", "Sforce-Limit-Info api-usage", ["kind"],
-                               registry=registry)
+        self.retries = Counter(
+            "walbridge_sink_retries", "Retries by error class", ["sink", "error"], registry=registry
+        )
+        self.dlq = Counter(
+            "walbridge_sink_dlq_records", "Records sent to the DLQ", ["sink"], registry=registry
+        )
+        self.lag = Gauge(
+            "walbridge_sink_lag",
+            "Records behind the end of the partition",
+            ["sink", "topic", "partition"],
+            registry=registry,
+        )
+        self.api_usage = Gauge(
+            "walbridge_salesforce_api_usage", "Sforce-Limit-Info api-usage", ["kind"], registry=registry
+        )
 
 
 capture = _CaptureMetrics(REGISTRY)

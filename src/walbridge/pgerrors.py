@@ -20,8 +20,15 @@ from walbridge.errors import (
 
 __all__ = ["map_pg_error", "one_line"]
 
-_TRANSIENT_CLASSES = {"08": ConnectionLost, "40": ServerBusy, "53": ServerBusy, "57": ConnectionLost,
-                      "55": ServerBusy, "58": ServerBusy, "XX": ServerBusy}
+_TRANSIENT_CLASSES = {
+    "08": ConnectionLost,
+    "40": ServerBusy,
+    "53": ServerBusy,
+    "57": ConnectionLost,
+    "55": ServerBusy,
+    "58": ServerBusy,
+    "XX": ServerBusy,
+}
 _PERMANENT_CLASSES = {"22": PermanentError, "23": ConstraintViolation, "42": PermanentError}
 _UNDEFINED_COLUMN = "42703"
 

@@ -55,10 +55,11 @@ ON CONFLICT (order_number) DO NOTHING;
 ECOMMERCE_CHANGES: tuple[str, ...] = (
     "INSERT INTO inventory.customers (customer_code, first_name, last_name, email, phone, address) VALUES "
     "('CUST003', 'Ada', 'Lovelace', 'ada@example.com', '+1-555-0103', "
-    "'{\"street\": \"1 Analytical Way\", \"city\": \"London\", \"state\": \"LDN\", \"zip\": \"N1\"}')",
-    "UPDATE inventory.customers SET phone = '+1-555-0199', updated_at = now() WHERE customer_code = 'CUST001'",
+    '\'{"street": "1 Analytical Way", "city": "London", "state": "LDN", "zip": "N1"}\')',
+    "UPDATE inventory.customers SET phone = '+1-555-0199', updated_at = now() "
+    "WHERE customer_code = 'CUST001'",
     "INSERT INTO inventory.orders (order_number, customer_id, total_amount, items) "
-    "SELECT 'ORD-2024-003', id, 42.50, '[{\"product\": \"Notebook\", \"quantity\": 5, \"price\": 8.50}]' "
+    'SELECT \'ORD-2024-003\', id, 42.50, \'[{"product": "Notebook", "quantity": 5, "price": 8.50}]\' '
     "FROM inventory.customers WHERE customer_code = 'CUST003'",
     "UPDATE inventory.orders SET status = 'shipped', updated_at = now() WHERE order_number = 'ORD-2024-001'",
     "DELETE FROM inventory.orders WHERE order_number = 'ORD-2024-002'",

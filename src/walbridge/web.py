@@ -35,7 +35,7 @@ class OpsServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> OpsServer:
         self._thread.start()

@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import consume_all, json_or_none, wait_until
 
+from helpers import consume_all, json_or_none, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import Settings, load_settings
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
@@ -17,8 +17,13 @@ from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 def make_settings(dsn: str, bootstrap: str, prefix: str, tmp_path: Any, **source: Any) -> Settings:
     return load_settings(
-        source={"dsn": dsn, "tables": ["inventory.customers", "inventory.orders"], "slot": prefix.replace("-", "_"),
-                "publication": prefix.replace("-", "_"), **source},
+        source={
+            "dsn": dsn,
+            "tables": ["inventory.customers", "inventory.orders"],
+            "slot": prefix.replace("-", "_"),
+            "publication": prefix.replace("-", "_"),
+            **source,
+        },
         events={"topic_prefix": prefix},
         kafka={"bootstrap_servers": bootstrap, "partitions": 3},
         metrics={"enabled": False},
@@ -72,8 +77,13 @@ def test_snapshot_then_stream(ecommerce: str, kafka_bootstrap: str, topic_prefix
     ops = sorted(v["op"] if v else "tombstone" for v in values)
     assert ops == sorted(["r", "r", "r", "r", "c", "u", "c", "u", "d", "tombstone"])
     snapshot = [v for v in values if v and v["op"] == "r"]
-    assert {v["source"]["snapshot"] for v in snapshot} <= {"first", "true", "last", "first_in_data_collection",
-                                                            "last_in_data_collection"}
+    assert {v["source"]["snapshot"] for v in snapshot} <= {
+        "first",
+        "true",
+        "last",
+        "first_in_data_collection",
+        "last_in_data_collection",
+    }
     order = next(v for v in values if v and v["op"] == "r" and v["after"]["order_number"] == "ORD-2024-001")
     assert order["after"]["total_amount"] == "149.99"
     assert isinstance(order["after"]["items"], str)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from capture_support import RunningCapture, history_slot, make_settings, read_history, write_config
 from helpers import consume_all, free_port, json_or_none, run_cli, wait_until
 from tcp_proxy import TcpProxy
-
 from walbridge.capture.logical import LogicalCapture
 from walbridge.devstack import KafkaBroker, PostgresServer
 
@@ -59,7 +59,9 @@ def test_wal_level_not_logical(tmp_path: Path, kafka_bootstrap: str) -> None:
 
 
 def test_missing_table_and_wrong_password(tmp_path: Path, items_db: str, kafka_bootstrap: str) -> None:
-    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, "walm", ["public.items", "public.nope"], tmp_path / "s")
+    cfg = write_config(
+        tmp_path / "c.yaml", kafka_bootstrap, "walm", ["public.items", "public.nope"], tmp_path / "s"
+    )
     code, _out, err = run_cli("capture", "--config", str(cfg), env=_cli_env(items_db), timeout=60)
     _assert_one_line_error(code, err, "public.nope")
 
@@ -69,7 +71,9 @@ def test_missing_table_and_wrong_password(tmp_path: Path, items_db: str, kafka_b
     _assert_one_line_error(code, err, "password authentication failed")
 
 
-def test_table_without_primary_key(tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> None:
+def test_table_without_primary_key(
+    tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.nokey (a int, b text)")
     cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, ["public.nokey"], tmp_path / "s")
@@ -90,7 +94,9 @@ def test_table_without_primary_key(tmp_path: Path, pg_dsn: str, kafka_bootstrap:
 
 
 def test_broker_unreachable_at_start(tmp_path: Path, items_db: str) -> None:
-    cfg = write_config(tmp_path / "c.yaml", f"127.0.0.1:{free_port()}", "walb", ["public.items"], tmp_path / "s")
+    cfg = write_config(
+        tmp_path / "c.yaml", f"127.0.0.1:{free_port()}", "walb", ["public.items"], tmp_path / "s"
+    )
     code, _out, err = run_cli("capture", "--config", str(cfg), env=_cli_env(items_db), timeout=90)
     _assert_one_line_error(code, err, "Kafka broker at 127.0.0.1:", "did not answer")
 
@@ -100,7 +106,9 @@ def test_slot_held_by_another_process(
 ) -> None:
     settings = make_settings(items_db, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"])
     with RunningCapture(LogicalCapture(settings)):
-        cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, ["public.items"], tmp_path / "s")
+        cfg = write_config(
+            tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, ["public.items"], tmp_path / "s"
+        )
         code, _out, err = run_cli("capture", "--config", str(cfg), env=_cli_env(items_db), timeout=60)
     _assert_one_line_error(code, err, "in use")
 
@@ -128,7 +136,10 @@ def test_broker_unreachable_mid_stream(
     _broker, proxy = proxied_broker
     bootstrap = f"127.0.0.1:{proxy.port}"
     settings = make_settings(items_db, bootstrap, topic_prefix, tmp_path, ["public.items"])
-    with RunningCapture(LogicalCapture(settings)) as running, psycopg.connect(items_db, autocommit=True) as conn:
+    with (
+        RunningCapture(LogicalCapture(settings)) as running,
+        psycopg.connect(items_db, autocommit=True) as conn,
+    ):
         conn.execute("INSERT INTO public.items SELECT g, 'a' || g FROM generate_series(1, 500) g")
         wait_until(lambda: running.capture.confirmed > 0, timeout_s=30)
         before_cut = running.capture.confirmed
@@ -139,8 +150,12 @@ def test_broker_unreachable_mid_stream(
         assert running.capture.confirmed == before_cut, "confirmed past records Kafka never acknowledged"
         proxy.restore()
         end = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
-        wait_until(lambda: running.capture.confirmed >= int(end) - 10_000_000 and running.capture.confirmed
-                   > before_cut, timeout_s=90)
+        wait_until(
+            lambda: (
+                running.capture.confirmed >= int(end) - 10_000_000 and running.capture.confirmed > before_cut
+            ),
+            timeout_s=90,
+        )
         messages = consume_all(bootstrap, [f"{topic_prefix}.public.items"], min_count=1600, timeout_s=90)
     seen = {(json_or_none(m.key())["id"], json_or_none(m.value())["op"]) for m in messages}
     expected = {(i, "c") for i in range(1, 1501)} | {(i, "u") for i in range(1, 101)}
@@ -153,7 +168,9 @@ def _writer(dsn: str, rows: int, done: threading.Event, progress: list[int] | No
             if progress is not None:
                 progress[0] = start
             end = min(start + 499, rows)
-            conn.execute(f"INSERT INTO public.items SELECT g, 'r' || g FROM generate_series({start}, {end}) g")
+            conn.execute(
+                f"INSERT INTO public.items SELECT g, 'r' || g FROM generate_series({start}, {end}) g"
+            )
             conn.execute(f"UPDATE public.items SET qty = qty + 1 WHERE id BETWEEN {start} AND {start + 49}")
             if start % 5_000 == 1:
                 conn.execute(f"DELETE FROM public.items WHERE id = {start}")
@@ -183,8 +200,9 @@ def test_sigkill_during_write_load_loses_nothing(
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
         assert done.wait(120)
         history = read_history(items_db, f"hist_{topic_prefix.replace('-', '_')}", "id")
-        messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=len(history),
-                               idle_s=3, timeout_s=120)
+        messages = consume_all(
+            kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=len(history), idle_s=3, timeout_s=120
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -213,7 +231,9 @@ def test_concurrent_writes_during_snapshot(
             n = 0
             while not stop_writing.is_set():
                 n += 1
-                conn.execute("UPDATE public.items SET qty = qty + 1, label = %s WHERE id = %s", (f"u{n}", n % 60000))
+                conn.execute(
+                    "UPDATE public.items SET qty = qty + 1, label = %s WHERE id = %s", (f"u{n}", n % 60000)
+                )
                 conn.execute("INSERT INTO public.items VALUES (%s, 'new', 0)", (100_000 + n,))
                 if n % 3 == 0:
                     conn.execute("DELETE FROM public.items WHERE id = %s", (n * 7 % 60000 + 1,))
@@ -232,8 +252,9 @@ def test_concurrent_writes_during_snapshot(
             wait_until(lambda: running.capture.confirmed >= end, timeout_s=90)
     finally:
         stop_writing.set()
-    messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=len(source), idle_s=3,
-                           timeout_s=120)
+    messages = consume_all(
+        kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=len(source), idle_s=3, timeout_s=120
+    )
     final: dict[int, tuple[int, str, int] | None] = {}
     for m in messages:  # per-key order is per partition order: key = PK → one partition
         key = json_or_none(m.key())["id"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import psycopg
+
 from capture_support import RunningCapture, make_settings, write_config
 from helpers import consume_all, free_port, json_or_none, run_cli, wait_until
-
 from walbridge.capture.logical import LogicalCapture
 from walbridge.cli_capture import run_capture
 from walbridge.lsn import Lsn
@@ -30,8 +30,14 @@ def test_setup_capture_teardown(tmp_path: Path, pg_dsn: str, kafka_bootstrap: st
         conn.execute(ITEMS)
         conn.execute("INSERT INTO public.items VALUES (1, 'before setup')")
     env = {**os.environ, "SRC_DSN": pg_dsn}
-    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, ["public.items"], tmp_path / "s",
-                       replica_identity_full=True)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        kafka_bootstrap,
+        topic_prefix,
+        ["public.items"],
+        tmp_path / "s",
+        replica_identity_full=True,
+    )
     slot = topic_prefix.replace("-", "_")
     code, out, err = run_cli("setup", "--config", str(cfg), env=env)
     assert code == 0, err
@@ -66,11 +72,15 @@ def test_idle_and_filtered_database_advances_the_slot(
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(ITEMS)
         conn.execute("CREATE TABLE public.noise (id serial PRIMARY KEY, payload text)")
-    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], heartbeat_ms=500)
+    settings = make_settings(
+        pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], heartbeat_ms=500
+    )
     slot = topic_prefix.replace("-", "_")
     with RunningCapture(LogicalCapture(settings)), psycopg.connect(pg_dsn, autocommit=True) as conn:
         for _ in range(5):
-            conn.execute("INSERT INTO public.noise (payload) SELECT repeat('x', 500) FROM generate_series(1, 2000)")
+            conn.execute(
+                "INSERT INTO public.noise (payload) SELECT repeat('x', 500) FROM generate_series(1, 2000)"
+            )
         target = Lsn.parse(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
 
         def advanced() -> bool:
@@ -80,7 +90,9 @@ def test_idle_and_filtered_database_advances_the_slot(
         wait_until(advanced, timeout_s=30)
 
 
-def test_metrics_health_and_status(tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> None:
+def test_metrics_health_and_status(
+    tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.metered (id bigint PRIMARY KEY, label text)")
     settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.metered"])
@@ -95,11 +107,20 @@ def test_metrics_health_and_status(tmp_path: Path, pg_dsn: str, kafka_bootstrap:
         wait_until(lambda: httpx.get(f"{base}/status").json()["streaming"], timeout_s=60, interval_s=0.3)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO public.metered VALUES (1, 'a'), (2, 'b')")
-        wait_until(lambda: 'walbridge_capture_events_total{op="c",table="public.metered"} 2.0'
-                   in httpx.get(f"{base}/metrics").text, timeout_s=30)
+        wait_until(
+            lambda: (
+                'walbridge_capture_events_total{op="c",table="public.metered"} 2.0'
+                in httpx.get(f"{base}/metrics").text
+            ),
+            timeout_s=30,
+        )
         metrics_text = httpx.get(f"{base}/metrics").text
-        for name in ("walbridge_capture_confirmed_lsn", "walbridge_capture_ms_behind_source",
-                     "walbridge_capture_producer_queue_depth", "walbridge_capture_slot_retained_wal_bytes"):
+        for name in (
+            "walbridge_capture_confirmed_lsn",
+            "walbridge_capture_ms_behind_source",
+            "walbridge_capture_producer_queue_depth",
+            "walbridge_capture_slot_retained_wal_bytes",
+        ):
             assert name in metrics_text
         assert httpx.get(f"{base}/healthz").status_code == 200
         status = httpx.get(f"{base}/status").json()

@@ -120,7 +120,8 @@ class LogicalCapture:
         for rel in relations:
             if not rel.key_columns and rel.replica_identity not in ("f", "i"):
                 raise ConfigError(
-                    f"table {rel.schema}.{rel.table} has no primary key: PostgreSQL would refuse its UPDATEs and "
+                    f"table {rel.schema}.{rel.table} has no primary key: PostgreSQL would refuse its "
+                    "UPDATEs and "
                     "DELETEs once published. Add a primary key, or set source.replica_identity_full: true "
                     "(events of such a table have a null key)"
                 )
@@ -139,14 +140,18 @@ class LogicalCapture:
             except (TransientError, psycopg2.OperationalError, psycopg.OperationalError) as exc:
                 message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
                 metrics.capture.errors.labels(type(exc).__name__).inc()
-                log.warning("capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay)
+                log.warning(
+                    "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
+                )
                 stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, 30.0)
             finally:
                 self.ready.clear()
                 _discard(publisher)
 
-    def _run_once(self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]) -> None:
+    def _run_once(
+        self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]
+    ) -> None:
         state = CaptureState(self.settings.state_dir, f"{self._dbname}-{self.source.slot}")
         if self.source.snapshot == "initial_only":
             self._snapshot_only(publisher, relations)
@@ -155,7 +160,9 @@ class LogicalCapture:
             info = slot_info(conn, self.source.slot)
             snapshot = needs_snapshot(self.source.snapshot, info is not None, state.snapshot_pending)
             if snapshot and info is not None:
-                log.info("slot %s has no finished snapshot: recreating it for a consistent snapshot", info.name)
+                log.info(
+                    "slot %s has no finished snapshot: recreating it for a consistent snapshot", info.name
+                )
                 drop_slot(conn, self.source.slot)
             elif info is not None:
                 check_slot_usable(info, self._dbname)
@@ -191,7 +198,9 @@ class LogicalCapture:
         try:
             cur.execute(f'CREATE_REPLICATION_SLOT "{self.source.slot}" LOGICAL pgoutput {snap}')
         except psycopg2.errors.DuplicateObject as exc:
-            raise ConfigError(f"replication slot {self.source.slot} was created by another process meanwhile") from exc
+            raise ConfigError(
+                f"replication slot {self.source.slot} was created by another process meanwhile"
+            ) from exc
         _name, consistent_point, snapshot_name, _plugin = cur.fetchone()
         log.info("created replication slot %s at %s", self.source.slot, consistent_point)
         return Lsn.parse(consistent_point).value, snapshot_name
@@ -204,8 +213,9 @@ class LogicalCapture:
         with connect_source(self.source.dsn, autocommit=False) as snap:
             snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snap.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")
-            origin = SnapshotSource(LOGICAL_CONNECTOR, self.settings.events.topic_prefix, self._dbname,
-                                    lsn=consistent_point)
+            origin = SnapshotSource(
+                LOGICAL_CONNECTOR, self.settings.events.topic_prefix, self._dbname, lsn=consistent_point
+            )
             count = snapshot_tables(snap, codecs, publisher, origin, self.progress)
             snap.rollback()
         publisher.seal(consistent_point)
@@ -219,7 +229,9 @@ class LogicalCapture:
             snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             lsn_row = snap.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             lsn = Lsn.parse(lsn_row[0]).value if lsn_row else 0
-            origin = SnapshotSource(LOGICAL_CONNECTOR, self.settings.events.topic_prefix, self._dbname, lsn=lsn)
+            origin = SnapshotSource(
+                LOGICAL_CONNECTOR, self.settings.events.topic_prefix, self._dbname, lsn=lsn
+            )
             snapshot_tables(snap, codecs, publisher, origin, self.progress)
             snap.rollback()
         publisher.seal(0)
@@ -255,8 +267,14 @@ class LogicalCapture:
             for index, col in enumerate(msg.columns)
         )
         key = found.key_columns if found else tuple(col.name for col in msg.columns if col.flags & 1)
-        rel = RelationInfo(msg.oid, msg.namespace, msg.name, columns, tuple(key), chr(msg.replica_identity)
-                           if isinstance(msg.replica_identity, int) else str(msg.replica_identity))
+        rel = RelationInfo(
+            msg.oid,
+            msg.namespace,
+            msg.name,
+            columns,
+            tuple(key),
+            chr(msg.replica_identity) if isinstance(msg.replica_identity, int) else str(msg.replica_identity),
+        )
         self._relations[msg.oid] = rel
         return rel
 
@@ -386,7 +404,7 @@ class _Stream:
         if self.heartbeat_query:
             try:
                 with connect_source(self.capture.source.dsn) as conn:
-                    conn.execute(self.heartbeat_query)  # type: ignore[arg-type]
+                    conn.execute(self.heartbeat_query)
             except (psycopg.Error, WalbridgeError) as exc:
                 log.warning("heartbeat action query failed: %s", exc)
 
@@ -444,8 +462,9 @@ class _Stream:
         )
 
     def _emit(self, op: str, codec: RowCodec, lsn: int, key: Any, before: Any, after: Any) -> None:
-        event = ChangeEvent(op, self._source(codec, lsn), key, before, after,
-                            time.time_ns() // 1_000_000, codec.table_schema)
+        event = ChangeEvent(
+            op, self._source(codec, lsn), key, before, after, time.time_ns() // 1_000_000, codec.table_schema
+        )
         self.publisher.publish(event)
 
     def _insert(self, msg: pgoutput.Insert, lsn: int) -> None:
@@ -462,7 +481,7 @@ class _Stream:
         old_key = codec.key(codec.row(old_tuple)) if old_tuple is not None else new_key
         if old_key != new_key:
             # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
-            old_row = before if before is not None else codec.row(old_tuple)
+            old_row = before if before is not None else codec.row(old_tuple or ())
             self._emit("d", codec, lsn, old_key, old_row, None)
             self._emit("c", codec, lsn, new_key, None, after)
             return
@@ -488,5 +507,5 @@ def _discard(publisher: EventPublisher[int]) -> None:
     try:
         publisher.producer.purge()
         publisher.producer.poll(0)
-    except Exception:  # noqa: BLE001 - best effort on a producer being thrown away
+    except Exception:
         pass

@@ -57,7 +57,9 @@ class RowCodec:
             convert = converter_for(col.type_oid, col.typmod, registry, options)
             self._columns.append((index, col.name, convert))
             pg_type = registry.get(col.type_oid)
-            self._placeholders[col.name] = _placeholder_for(col.type_oid, getattr(pg_type, "element_oid", None))
+            self._placeholders[col.name] = _placeholder_for(
+                col.type_oid, getattr(pg_type, "element_oid", None)
+            )
             schemas.append(
                 column_schema(col.name, col.type_oid, col.typmod, not col.not_null, registry, options)
             )

@@ -58,7 +58,8 @@ def check_slot_usable(info: SlotInfo, dbname: str) -> None:
         )
     if info.database != dbname:
         raise ConfigError(
-            f"replication slot {info.name} belongs to database {info.database}, not {dbname}; choose another source.slot"
+            f"replication slot {info.name} belongs to database {info.database}, not {dbname}; "
+            "choose another source.slot"
         )
     if info.active:
         raise ConfigError(
@@ -118,7 +119,9 @@ def set_replica_identity_full(conn: psycopg.Connection[Any], relations: list[Rel
 
 def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
     """Create the slot without exporting a snapshot (setup); returns its consistent point."""
-    row = conn.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)).fetchone()
+    row = conn.execute(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+    ).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -128,7 +131,9 @@ def drop_slot(conn: psycopg.Connection[Any], slot: str) -> bool:
     if info is None:
         return False
     if info.active and info.active_pid:
-        raise ConfigError(f"replication slot {slot} is in use by pid {info.active_pid}; stop that capture first")
+        raise ConfigError(
+            f"replication slot {slot} is in use by pid {info.active_pid}; stop that capture first"
+        )
     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
     return True
 

@@ -89,7 +89,9 @@ def snapshot_tables(
         count = 0
         while current is not None:
             upcoming = next(rows, None)
-            flag = _snapshot_flag(total == 0, first_in_table, upcoming is None, last_table and upcoming is None)
+            flag = _snapshot_flag(
+                total == 0, first_in_table, upcoming is None, last_table and upcoming is None
+            )
             after = codec.row(current)
             source = Source(
                 connector=origin.connector,
@@ -102,7 +104,9 @@ def snapshot_tables(
                 tx_id=origin.tx_id,
                 lsn=origin.lsn,
             )
-            publisher.publish(ChangeEvent("r", source, codec.key(after), None, after, ts_ms, codec.table_schema))
+            publisher.publish(
+                ChangeEvent("r", source, codec.key(after), None, after, ts_ms, codec.table_schema)
+            )
             first_in_table = False
             total += 1
             count += 1

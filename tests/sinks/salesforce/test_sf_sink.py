@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -193,20 +196,47 @@ def test_cli_wrong_secret_exits_with_one_line(emulator: Any, tmp_path: Any) -> N
     assert "bad-secret-xyz" not in out + err
 
 
-def test_events_survive_a_sink_thread_restart(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
-    """A clean stop mid-stream and a second sink: nothing lost, nothing twice (offsets committed per batch)."""
-    server = emulator(latency_ms=10)
-    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=300)
-    pipe.send(*(change("c", customer(i)) for i in range(1500)))
-    pipe.start()
-    wait_until(lambda: len(stored_events(server)) >= 300, 30)
-    pipe.stop_all()
-    done = threading.Event()
-    pipe.start()
+def _sink_process(config: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "walbridge.sinks.salesforce.cli", "--config", str(config)],
+        env={**os.environ, "SF_TEST_SECRET": CLIENT_SECRET},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_sigkill_mid_run_then_restart(kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Any) -> None:
+    server = emulator(latency_ms=30)
+    batch_size, total = 400, 4000
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=batch_size)
+    pipe.send(*(change("c", customer(i)) for i in range(total)))
+    config = tmp_path / "sink.yaml"
+    config.write_text(
+        f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', session_timeout_ms: 6000}}\n"
+        "dlq: {backoff_initial_s: 0.1, backoff_max_s: 1.0}\n"
+        f"sinks:\n  - {{type: salesforce, instance_url: '{server.url}', client_id: walbridge-emulator,"
+        f" client_secret: 'env:SF_TEST_SECRET', topics: ['{pipe.topic}'], group_id: '{topic_prefix}-kill',"
+        f" batch_size: {batch_size}, linger_ms: 50, max_in_flight: 2}}\n"
+    )
+    first = _sink_process(config)
     try:
-        wait_until(lambda: len(stored_events(server)) >= 1500, 60)
-        done.set()
+        wait_until(lambda: emulator_stats(server)["events"] >= total // 4, 60, 0.05)
     finally:
-        pipe.stop_all()
+        first.kill()  # SIGKILL: no shutdown, offsets of the batch in flight not committed
+        first.wait(10)
+    at_kill = emulator_stats(server)["events"]
+    second = _sink_process(config)
+    try:
+        wait_until(lambda: len(_keys(stored_events(server))) >= total, 90, 0.5)
+        time.sleep(1.0)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err.decode()[-2000:]
     stored = stored_events(server)
-    assert len(_keys(stored)) == 1500 and len(stored) == 1500
+    keys = _keys(stored)
+    duplicates = len(stored) - len(keys)
+    print(f"SIGKILL after {at_kill} events: {len(keys)}/{total} present, {duplicates} duplicates "
+          f"(bound: one batch = {batch_size})")
+    assert len(keys) == total
+    assert duplicates <= batch_size
