@@ -44,8 +44,14 @@ def customer(cid: int, version: int = 0, **extra: Any) -> dict[str, Any]:
     return {"id": cid, "email": f"c{cid}@example.com", "version": version, **extra}
 
 
-def change(op: str, row: dict[str, Any] | None, *, before: dict[str, Any] | None = None,
-           ts_ms: int = 1_700_000_000_000, lsn: int | None = None) -> ChangeEvent:
+def change(
+    op: str,
+    row: dict[str, Any] | None,
+    *,
+    before: dict[str, Any] | None = None,
+    ts_ms: int = 1_700_000_000_000,
+    lsn: int | None = None,
+) -> ChangeEvent:
     source = Source("postgresql", "shop", "shop", "inventory", "customers", ts_ms, lsn=lsn)
     keyed = row if row is not None else before
     key = {"id": keyed["id"]} if keyed is not None else None
@@ -75,14 +81,25 @@ def emulator_stats(server: EmulatorServer) -> dict[str, Any]:
 class SfPipeline:
     """One test topic (3 partitions), a producer of Debezium records, the sink run in threads."""
 
-    def __init__(self, bootstrap: str, prefix: str, server: EmulatorServer, *, max_attempts: int = 3,
-                 **sink_options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        server: EmulatorServer,
+        *,
+        max_attempts: int = 3,
+        **sink_options: Any,
+    ) -> None:
         self.encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=prefix))
         self.topic = self.encoder.topic("inventory", "customers")
         options: dict[str, Any] = {"batch_size": 1000, "linger_ms": 50, "max_in_flight": 4, **sink_options}
         self.sink_settings = SalesforceSinkSettings(
-            instance_url=server.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-            topics=[self.topic], group_id=f"{prefix}-sf", **options,
+            instance_url=server.url,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            topics=[self.topic],
+            group_id=f"{prefix}-sf",
+            **options,
         )
         self.settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3, session_timeout_ms=6000),
@@ -120,7 +137,7 @@ class SfPipeline:
         return sink
 
     def stop_all(self) -> None:
-        for thread, stop in self._threads:
+        for _, stop in self._threads:
             stop.set()
         for thread, _ in self._threads:
             thread.join(timeout=30)

@@ -30,8 +30,15 @@ def _schema(truncate: bool = False) -> EventSchema:
     return EventSchema.from_describe(describe_event(definition), truncate_oversized=truncate)
 
 
-def _record(op: str, before: Any = None, after: Any = None, *, key: Any = None, offset: int = 7,
-            table: str = "customers") -> SinkRecord:
+def _record(
+    op: str,
+    before: Any = None,
+    after: Any = None,
+    *,
+    key: Any = None,
+    offset: int = 7,
+    table: str = "customers",
+) -> SinkRecord:
     source = Source("postgresql", "shop", "db", "inventory", table, TS_MS, lsn=123456)
     row = after if after is not None else before
     key = key if key is not None else ({"id": row["id"]} if row else None)

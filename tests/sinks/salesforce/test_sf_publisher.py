@@ -16,7 +16,11 @@ from walbridge.sinks.salesforce.mapping import EventRecord
 from walbridge.sinks.salesforce.publisher import CallBudget, Publisher
 
 BASE = "https://acme.my.salesforce.com"
-OK = {"id": "e01xx0000000001AAA", "success": True, "errors": [{"statusCode": "OPERATION_ENQUEUED", "message": "u"}]}
+OK = {
+    "id": "e01xx0000000001AAA",
+    "success": True,
+    "errors": [{"statusCode": "OPERATION_ENQUEUED", "message": "u"}],
+}
 
 
 def _records(n: int, keys: int | None = None) -> list[EventRecord]:
@@ -42,15 +46,23 @@ class Collections:
         headers = {"Sforce-Limit-Info": f"api-usage={number + 1}/15000"}
         if number in self.faults:
             fault = self.faults[number]
-            return httpx.Response(fault.status_code, content=fault.content, headers={**fault.headers, **headers})
+            return httpx.Response(
+                fault.status_code, content=fault.content, headers={**fault.headers, **headers}
+            )
         assert body["allOrNone"] is False and len(body["records"]) <= 200
         if any("Whole__c" in r for r in body["records"]):
-            return httpx.Response(400, json=[{"errorCode": "JSON_PARSER_ERROR", "message": "bad"}], headers=headers)
+            return httpx.Response(
+                400, json=[{"errorCode": "JSON_PARSER_ERROR", "message": "bad"}], headers=headers
+            )
         results = []
         with self.lock:
             for record in body["records"]:
                 if "Bad__c" in record:
-                    error = {"statusCode": "STRING_TOO_LONG", "message": "Bad: too long", "fields": ["Bad__c"]}
+                    error = {
+                        "statusCode": "STRING_TOO_LONG",
+                        "message": "Bad: too long",
+                        "fields": ["Bad__c"],
+                    }
                     results.append({"success": False, "errors": [error]})
                 else:
                     self.stored.append(record)

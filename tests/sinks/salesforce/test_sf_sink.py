@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 import pytest
+
 from conftest import CLIENT_SECRET, SfPipeline, change, customer, emulator_stats, stored_events
 from helpers import consume_all, wait_until
-
 from walbridge import metrics
 from walbridge.errors import ConfigError
 from walbridge.sinks.salesforce.sink import SalesforceSink
@@ -61,7 +61,9 @@ def test_end_to_end_insert_update_delete(kafka_bootstrap: str, topic_prefix: str
         assert first["Source_Table__c"] == "inventory.customers"
         assert first["Timestamp__c"] == f"2023-11-14T22:13:20.{cid:03d}Z"
         assert orjson.loads(first["Payload__c"]) == customer(cid)
-        assert first["Event_Key__c"] == f"{pipe.topic}-{first['Kafka_Partition__c']}-{first['Kafka_Offset__c']}"
+        assert (
+            first["Event_Key__c"] == f"{pipe.topic}-{first['Kafka_Partition__c']}-{first['Kafka_Offset__c']}"
+        )
         offsets = [f["Kafka_Offset__c"] for f in history]
         assert offsets == sorted(offsets)
     delete = by_record["1"][-1]
@@ -111,7 +113,8 @@ def test_503_and_request_limit_faults_deliver_everything(
     assert publisher.stats.by_status[503] == stats["503"] and publisher.stats.by_status[403] == stats["403"]
     assert publisher.stats.calls == sum(publisher.stats.by_status.values()) >= 15
     retries = sum(
-        metrics.sink.retries.labels(sink=sink.name, error=e)._value.get() for e in ("ServerBusy", "RateLimited")
+        metrics.sink.retries.labels(sink=sink.name, error=e)._value.get()
+        for e in ("ServerBusy", "RateLimited")
     )
     assert retries > 0  # the runner backed off and retried
     assert sink.skipped_resends > 0  # records accepted before a failure were not sent again
@@ -119,7 +122,9 @@ def test_503_and_request_limit_faults_deliver_everything(
     assert api_max == 100_000 and api_used > 0
 
 
-def test_one_oversized_one_invalid_in_a_batch_of_200(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
+def test_one_oversized_one_invalid_in_a_batch_of_200(
+    kafka_bootstrap: str, topic_prefix: str, emulator: Any
+) -> None:
     server = emulator()
     overrides = {"inventory.customers": {"columns": {"Schema_Version__c": "schema_version"}}}
     pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=200, linger_ms=3000, tables=overrides)
@@ -142,7 +147,9 @@ def test_one_oversized_one_invalid_in_a_batch_of_200(kafka_bootstrap: str, topic
     assert sorted(orjson.loads(m.value())["after"]["id"] for m in dlq) == [50, 120]
     stored = stored_events(server)
     assert len(stored) == 198
-    assert sorted(int(e["fields"]["Record_Id__c"]) for e in stored) == [i for i in range(200) if i not in (50, 120)]
+    assert sorted(int(e["fields"]["Record_Id__c"]) for e in stored) == [
+        i for i in range(200) if i not in (50, 120)
+    ]
     assert sink.publisher is not None and sink.publisher.stats.calls == 1  # 198 records, one call, no re-send
 
 
@@ -187,12 +194,17 @@ def test_cli_wrong_secret_exits_with_one_line(emulator: Any, tmp_path: Any) -> N
         " client_secret: 'env:SF_TEST_SECRET', topics: [x]}\n"
     )
     code, out, err = run_cli(
-        "--config", str(config), env={"SF_TEST_SECRET": "bad-secret-xyz"}, module="walbridge.sinks.salesforce.cli",
+        "--config",
+        str(config),
+        env={"SF_TEST_SECRET": "bad-secret-xyz"},
+        module="walbridge.sinks.salesforce.cli",
         timeout=60,
     )
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["error: Salesforce refused the client credentials login: invalid_client: invalid client credentials"]
+    assert lines == [
+        "error: Salesforce refused the client credentials login: invalid_client: invalid client credentials"
+    ]
     assert "bad-secret-xyz" not in out + err
 
 
@@ -205,7 +217,9 @@ def _sink_process(config: Any) -> subprocess.Popen[bytes]:
     )
 
 
-def test_sigkill_mid_run_then_restart(kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Any) -> None:
+def test_sigkill_mid_run_then_restart(
+    kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Any
+) -> None:
     server = emulator(latency_ms=30)
     batch_size, total = 400, 4000
     pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=batch_size)
@@ -236,7 +250,9 @@ def test_sigkill_mid_run_then_restart(kafka_bootstrap: str, topic_prefix: str, e
     stored = stored_events(server)
     keys = _keys(stored)
     duplicates = len(stored) - len(keys)
-    print(f"SIGKILL after {at_kill} events: {len(keys)}/{total} present, {duplicates} duplicates "
-          f"(bound: one batch = {batch_size})")
+    print(
+        f"SIGKILL after {at_kill} events: {len(keys)}/{total} present, {duplicates} duplicates "
+        f"(bound: one batch = {batch_size})"
+    )
     assert len(keys) == total
     assert duplicates <= batch_size
