@@ -17,7 +17,9 @@
         └── RecordRejected               Salesforce 400 field errors
 
 Context travels in attributes (``topic``, ``partition``, ``offset``, ``sqlstate``, ...)
-so that the DLQ and the logs can show it without parsing messages.
+so that the DLQ and the logs can show it without parsing messages. ``retryable`` (a class
+attribute) says whether trying the same input again can succeed: False for a malformed message
+and a record Salesforce's field validation refused, which go to the DLQ at once.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ __all__ = [
 
 class WalbridgeError(Exception):
     """Base of every error walbridge raises on purpose."""
+
+    retryable: bool = True
+    """False: the same input fails the same way every time; skip the remaining attempts."""
 
     def __init__(self, message: str, **context: Any) -> None:
         super().__init__(message)
@@ -97,6 +102,8 @@ class PermanentError(WalbridgeError):
 class DecodeError(PermanentError):
     """Bytes that are not a valid message (replication protocol or Kafka record)."""
 
+    retryable = False
+
 
 class ConstraintViolation(PermanentError):
     """The destination refused the row (unique, check, foreign key, not null)."""
@@ -108,3 +115,5 @@ class UnknownColumn(PermanentError):
 
 class RecordRejected(PermanentError):
     """Salesforce rejected one record (field errors, too long, wrong type)."""
+
+    retryable = False

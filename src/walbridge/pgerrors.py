@@ -1,65 +1,89 @@
-"""PostgreSQL errors (psycopg 3 and psycopg2) → the walbridge error tree, by SQLSTATE class.
+"""PostgreSQL errors (psycopg 3 and psycopg2) → the walbridge error tree, by SQLSTATE.
 
-Classes "08" (connection), "40" (rollback: deadlock, serialization), "53" (resources),
-"57" (operator intervention: shutdown) are transient; "22" (data), "23" (constraints),
-"42" (syntax, undefined objects, privileges) are permanent. A failure without SQLSTATE is a
-connection failure: transient.
+The one classifier for capture, sinks and verify. By SQLSTATE class: "08" (connection), "40"
+(rollback: deadlock, serialization), "53" (resources), "57" (operator intervention: shutdown,
+cannot connect now), "55"/"58"/"XX" (object state, system, internal: e.g. a replication slot in
+use) are transient; "22" (data: the value does not fit), "23" (constraints), "42" (syntax,
+undefined objects, privileges) are permanent; "28" (authorization) and "3D" (unknown database)
+are configuration errors; anything else is permanent. Single states override their class:
+``55P03`` lock timeout → :class:`ServerBusy`, ``57014`` statement timeout →
+:class:`OperationTimeout`, ``42703`` → :class:`UnknownColumn`.
+
+A failure without SQLSTATE is a connection failure (transient), except the DB-API's client-side
+``DataError``/``ProgrammingError``/``NotSupportedError`` (e.g. a Python value that cannot be
+sent as the column's type), which are permanent. The error carries ``sqlstate`` and, for
+constraint and data errors, ``constraint``, plus whatever context the caller passes.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from walbridge.errors import (
+    ConfigError,
     ConnectionLost,
     ConstraintViolation,
+    OperationTimeout,
     PermanentError,
     ServerBusy,
-    TransientError,
     UnknownColumn,
     WalbridgeError,
 )
 
-__all__ = ["map_pg_error", "one_line"]
+__all__ = ["CLASS_ERRORS", "STATE_ERRORS", "map_pg_error", "one_line", "sqlstate_of"]
 
-_TRANSIENT_CLASSES = {
-    "08": ConnectionLost,
-    "40": ServerBusy,
-    "53": ServerBusy,
-    "57": ConnectionLost,
-    "55": ServerBusy,
-    "58": ServerBusy,
-    "XX": ServerBusy,
+CLASS_ERRORS: dict[str, type[WalbridgeError]] = {
+    "08": ConnectionLost,  # connection exception
+    "40": ServerBusy,  # transaction rollback: serialization failure, deadlock
+    "53": ServerBusy,  # insufficient resources
+    "57": ConnectionLost,  # operator intervention: admin shutdown, cannot connect now
+    "55": ServerBusy,  # object not in prerequisite state: slot in use, lock not available
+    "58": ServerBusy,  # system error (I/O)
+    "XX": ServerBusy,  # internal error
+    "22": PermanentError,  # data exception
+    "23": ConstraintViolation,  # integrity constraint violation
+    "42": PermanentError,  # syntax error or access rule violation
+    "28": ConfigError,  # invalid authorization specification
+    "3D": ConfigError,  # invalid catalog name: the database does not exist
 }
-_PERMANENT_CLASSES = {"22": PermanentError, "23": ConstraintViolation, "42": PermanentError}
-_UNDEFINED_COLUMN = "42703"
+"""SQLSTATE class (first two characters) → error class."""
+
+STATE_ERRORS: dict[str, type[WalbridgeError]] = {
+    "55P03": ServerBusy,  # lock_not_available (lock_timeout)
+    "57014": OperationTimeout,  # query_canceled (statement_timeout)
+    "42703": UnknownColumn,  # undefined_column
+}
+"""Single SQLSTATEs classified apart from their class."""
+
+_CLIENT_SIDE_PERMANENT = frozenset({"DataError", "ProgrammingError", "NotSupportedError", "IntegrityError"})
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a psycopg 3 (``sqlstate``) or psycopg2 (``pgcode``) error, if any."""
     state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if state is None:
-        diag = getattr(exc, "diag", None)
-        state = getattr(diag, "sqlstate", None)
+        state = getattr(getattr(exc, "diag", None), "sqlstate", None)
     return str(state) if state else None
 
 
 def one_line(exc: BaseException) -> str:
     """The first line of a driver message, without libpq's trailing noise."""
-    text = str(exc).strip()
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
+    text = str(primary or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def map_pg_error(exc: BaseException, doing: str) -> WalbridgeError:
-    """Classify a driver exception; the original stays reachable as ``__cause__`` when raised ``from``."""
-    state = _sqlstate(exc)
+def map_pg_error(exc: BaseException, doing: str, **context: Any) -> WalbridgeError:
+    """Classify a driver exception; raise the result ``from exc`` to keep the original as ``__cause__``."""
+    state = sqlstate_of(exc)
     message = f"PostgreSQL failed while {doing}: {one_line(exc)}"
     if state is None:
-        return ConnectionLost(message)
-    if state == _UNDEFINED_COLUMN:
-        return UnknownColumn(message, sqlstate=state)
-    cls: type[WalbridgeError] = _TRANSIENT_CLASSES.get(state[:2]) or _PERMANENT_CLASSES.get(
-        state[:2], PermanentError
-    )
-    if state == "57014":  # query_canceled (statement_timeout): worth retrying
-        cls = ServerBusy
-    error = cls(message, sqlstate=state)
-    assert isinstance(error, TransientError | PermanentError)
-    return error
+        if any(cls.__name__ in _CLIENT_SIDE_PERMANENT for cls in type(exc).__mro__):
+            return PermanentError(message, **context)
+        return ConnectionLost(message, **context)
+    context["sqlstate"] = state
+    constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+    if constraint:
+        context["constraint"] = constraint
+    cls = STATE_ERRORS.get(state) or CLASS_ERRORS.get(state[:2], PermanentError)
+    return cls(message, **context)

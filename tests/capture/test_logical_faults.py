@@ -141,7 +141,9 @@ def test_broker_unreachable_mid_stream(
         psycopg.connect(items_db, autocommit=True) as conn,
     ):
         conn.execute("INSERT INTO public.items SELECT g, 'a' || g FROM generate_series(1, 500) g")
-        wait_until(lambda: running.capture.confirmed > 0, timeout_s=30)
+        first_end = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+        wait_until(lambda: running.capture.confirmed >= first_end, timeout_s=30)
+        time.sleep(1)  # let idle keepalives settle the position before the cut
         before_cut = running.capture.confirmed
         proxy.cut()
         conn.execute("INSERT INTO public.items SELECT g, 'b' || g FROM generate_series(501, 1500) g")

@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import consume_all, json_or_none, wait_until
 
+from helpers import consume_all, json_or_none, wait_until
 from walbridge.capture.trigger import (
     TriggerCapture,
     TriggerPosition,
@@ -199,17 +199,22 @@ def test_restart_resumes_without_duplicates_and_retention_empties_log(
         assert position is not None and position.hi is None
 
 
-def test_table_without_primary_key_gets_null_keys(pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> None:
-    execute(pg_dsn, "CREATE TABLE loose (v text)")
+def test_table_without_primary_key_gets_null_keys(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    execute(pg_dsn, "CREATE TABLE loose (v text)", "CREATE TABLE other (id int PRIMARY KEY)")
     settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.loose"], snapshot="never")
+    another = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.other"])
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         steps = install_trigger_capture(conn, settings)
+        install_trigger_capture(conn, another)  # another capture's table shares the change log
     assert any("no primary key" in step for step in steps)
-    execute(pg_dsn, "INSERT INTO loose VALUES ('a')", "DELETE FROM loose")
+    execute(pg_dsn, "INSERT INTO loose VALUES ('a')", "INSERT INTO other VALUES (1)", "DELETE FROM loose")
     with running(settings):
         messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.loose"], min_count=2, idle_s=0.5)
     assert [m.key() for m in messages] == [None, None]
     assert [json_or_none(m.value())["op"] for m in messages] == ["c", "d"]
+    assert consume_all(kafka_bootstrap, [f"{topic_prefix}.public.other"], idle_s=0.5, timeout_s=3) == []
 
 
 def test_renamed_column_stops_capture_with_a_clear_error(
@@ -236,3 +241,53 @@ def test_dropped_table_stops_capture_with_a_clear_error(
     error = run_expecting_error(settings)
     assert isinstance(error, ConfigError)
     assert "public.gone, which no longer exists" in str(error)
+
+
+def test_same_scenario_gives_identical_events_in_logical_and_trigger_mode(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    from walbridge.capture.logical import LogicalCapture
+
+    execute(
+        pg_dsn, TYPES_DDL, "ALTER TABLE items REPLICA IDENTITY FULL", f"INSERT INTO items VALUES (1, {ROW})"
+    )
+    trigger = make_settings(pg_dsn, kafka_bootstrap, f"{topic_prefix}t", ["public.items"])
+    logical = load_settings(
+        source={
+            "dsn": pg_dsn,
+            "tables": ["public.items"],
+            "slot": f"s{topic_prefix}",
+            "replica_identity_full": True,
+        },
+        kafka={"bootstrap_servers": kafka_bootstrap, "partitions": 1},
+        events={"topic_prefix": f"{topic_prefix}l"},
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, trigger)
+    stop = threading.Event()
+    capture = LogicalCapture(logical)
+    thread = threading.Thread(target=capture.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(capture.ready.is_set, timeout_s=30)
+        with running(trigger):
+            execute(
+                pg_dsn,
+                f"INSERT INTO items VALUES (2, {ROW})",
+                "UPDATE items SET name = 'x', price = 99.99, tags = '{}', doc = NULL WHERE id = 2",
+                "UPDATE items SET id = 3 WHERE id = 2",
+                "BEGIN; DELETE FROM items WHERE id = 1; INSERT INTO items (id, name) VALUES (1, 'y'); COMMIT",
+                "DELETE FROM items WHERE id = 3",
+            )
+            got_trigger = values(kafka_bootstrap, f"{topic_prefix}t.public.items", 11)
+        got_logical = values(kafka_bootstrap, f"{topic_prefix}l.public.items", 11)
+    finally:
+        stop.set()
+        thread.join(30)
+        execute(pg_dsn, f"SELECT pg_drop_replication_slot('s{topic_prefix}')")
+
+    def shape(events: list[dict[str, Any] | None]) -> list[tuple[Any, ...]]:
+        return [(v["op"], v["before"], v["after"]) if v else None for v in events]  # type: ignore[misc]
+
+    assert len(got_trigger) == 11  # r, c, u, d + tombstone, c, d + tombstone, c, d + tombstone
+    assert shape(got_trigger) == shape(got_logical)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import psycopg
-from conftest import Pipeline, change, employee, rows
-from helpers import consume_all, wait_until
+from pg_support import Pipeline, change, employee, rows
 
+from helpers import consume_all, wait_until
 from walbridge.events import KafkaRecord
 from walbridge.sinks.dlq import read_dlq, replay
 

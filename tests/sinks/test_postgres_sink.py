@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from conftest import change, employee, rows
+from pg_support import change, employee, rows
 
 from walbridge.config import PostgresSinkSettings
 from walbridge.errors import ConstraintViolation, UnknownColumn
@@ -105,7 +105,7 @@ def test_unknown_column_and_bad_value(sink: PostgresSink, employees_db: str) -> 
     bad = {**employee(2), "salary": "lots"}
     batch = records(change("c", None, extra), change("c", None, bad), change("c", None, employee(3)))
     failures = sink.write_batch(batch)
-    assert [type(f.error) for f in failures][0] is UnknownColumn
+    assert type(failures[0].error) is UnknownColumn
     assert [f.record.offset for f in failures] == [0, 1]
     assert "employees.salary" in str(failures[1].error)
     sink.commit({(TOPIC, 0): 3})

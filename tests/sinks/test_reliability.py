@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import Pipeline, change, employee, rows
-from helpers import wait_until
+from pg_support import Pipeline, change, employee, rows
 
+from helpers import wait_until
 from walbridge.devstack import PostgresServer
 from walbridge.sinks.dlq import read_dlq
 from walbridge.verify import verify_tables
@@ -153,7 +153,7 @@ def test_destination_down_30s_under_load(kafka_bootstrap: str, topic_prefix: str
     try:
         dsn = server.dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            from conftest import EMPLOYEES_DDL
+            from pg_support import EMPLOYEES_DDL
 
             conn.execute(EMPLOYEES_DDL)
             conn.execute(LOG_DDL)

@@ -9,9 +9,12 @@ Snapshot consistency: the slot is created with an exported snapshot; the snapsho
 transaction imports it, so rows committed before the slot's consistent point are read by
 the snapshot and every later change is streamed, each exactly once.
 
-Idle databases: when nothing is in flight, the position the server reports in keepalives is
-confirmed, so the slot does not pin WAL written by other databases; an optional heartbeat
-action query writes to the source so that filtered databases advance too.
+Idle and filtered databases: every ``heartbeat_ms`` without traffic, capture writes a
+transactional logical message (``pg_logical_emit_message``, PostgreSQL 14+) and, when
+configured, runs the heartbeat action query; the message's transaction comes back through the
+stream and its commit is confirmed like any other, so the slot does not pin WAL written by
+tables outside the publication or by other databases. Keepalive positions are never
+confirmed: the server may report them ahead of a transaction it is still sending.
 """
 
 from __future__ import annotations
@@ -286,13 +289,20 @@ class LogicalCapture:
 
     # ------------------------------------------------------------------ streaming
 
+    def _plugin_options(self, cur: Any) -> dict[str, str]:
+        options = {"proto_version": "1", "publication_names": self.source.publication}
+        if cur.connection.server_version >= 140000:
+            # Heartbeats are transactional logical messages: they come back through the stream.
+            options["messages"] = "true"
+        return options
+
     def _stream(self, cur: Any, publisher: EventPublisher[int], stop: threading.Event) -> None:
         try:
             cur.start_replication(
                 slot_name=self.source.slot,
                 decode=False,
                 start_lsn=0,
-                options={"proto_version": "1", "publication_names": self.source.publication},
+                options=self._plugin_options(cur),
                 status_interval=max(1, self.source.status_interval_ms // 1000),
             )
         except psycopg2.errors.ObjectInUse as exc:
@@ -329,6 +339,7 @@ class _Stream:
         self.sent_flush = 0
         self.next_heartbeat = time.monotonic() + self.heartbeat_s
         self.next_slot_check = 0.0
+        self.heartbeat_conn: psycopg.Connection[Any] | None = None
         self._handlers: dict[type, Callable[[Any, int], None]] = {
             pgoutput.Begin: self._begin,
             pgoutput.Commit: self._commit,
@@ -365,6 +376,8 @@ class _Stream:
             self._drain()
         except psycopg2.OperationalError as exc:
             raise map_pg_error(exc, "streaming changes") from exc
+        finally:
+            self._close_heartbeat_connection()
 
     # --------------------------------------------------------------- positions
 
@@ -378,12 +391,7 @@ class _Stream:
             self._feedback()
 
     def _idle(self) -> None:
-        """Nothing open, nothing in flight: the server's WAL end is safe to confirm."""
-        if self.publisher.tracker.pending == 0 and not self.in_txn:
-            wal_end = self.cur.wal_end
-            if wal_end and wal_end > self.confirmed:
-                self.confirmed = wal_end
-                self._feedback()
+        """Housekeeping while no message is waiting: heartbeats and slot metrics."""
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_s
@@ -399,14 +407,36 @@ class _Stream:
         metrics.capture.confirmed_lsn.set(self.confirmed)
 
     def _heartbeat(self) -> None:
+        """Advance the slot on idle or filtered databases.
+
+        The server's keepalive positions are not used: they can run ahead of transactions that
+        are still being sent. Instead a transactional logical message is written; it comes back
+        through the stream in its own transaction, whose commit is confirmed like any other once
+        everything before it is acknowledged.
+        """
         metrics.capture.heartbeats.inc()
         self.cur.send_feedback(flush_lsn=self.confirmed, reply=False, force=True)
-        if self.heartbeat_query:
-            try:
-                with connect_source(self.capture.source.dsn) as conn:
-                    conn.execute(self.heartbeat_query)
-            except (psycopg.Error, WalbridgeError) as exc:
-                log.warning("heartbeat action query failed: %s", exc)
+        if self.in_txn or self.publisher.tracker.pending:
+            return
+        try:
+            conn = self._heartbeat_connection()
+            if self.heartbeat_query:
+                conn.execute(self.heartbeat_query)
+            if self.cur.connection.server_version >= 140000:
+                conn.execute("SELECT pg_logical_emit_message(true, 'walbridge-heartbeat', '')")
+        except (psycopg.Error, WalbridgeError) as exc:
+            log.warning("heartbeat failed: %s", exc)
+            self._close_heartbeat_connection()
+
+    def _heartbeat_connection(self) -> psycopg.Connection[Any]:
+        if self.heartbeat_conn is None or self.heartbeat_conn.closed:
+            self.heartbeat_conn = connect_source(self.capture.source.dsn)
+        return self.heartbeat_conn
+
+    def _close_heartbeat_connection(self) -> None:
+        if self.heartbeat_conn is not None:
+            self.heartbeat_conn.close()
+            self.heartbeat_conn = None
 
     def _slot_metrics(self) -> None:
         try:
@@ -477,11 +507,12 @@ class _Stream:
         after = codec.row(msg.new)
         new_key = codec.key(after)
         before = codec.row(msg.old) if msg.old is not None else None
-        old_tuple = msg.old if msg.old is not None else msg.key
-        old_key = codec.key(codec.row(old_tuple)) if old_tuple is not None else new_key
-        if old_key != new_key:
+        # REPLICA IDENTITY FULL: the old key comes from `before`, converted once.
+        key_row = before if before is not None else codec.row(msg.key) if msg.key is not None else None
+        old_key = codec.key(key_row) if key_row is not None else new_key
+        if old_key != new_key and key_row is not None:
             # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
-            old_row = before if before is not None else codec.row(old_tuple or ())
+            old_row = key_row
             self._emit("d", codec, lsn, old_key, old_row, None)
             self._emit("c", codec, lsn, new_key, None, after)
             return

@@ -36,7 +36,18 @@ def _placeholder_for(type_oid: int, element_oid: int | None) -> Any:
 class RowCodec:
     """Text values in table column order → ``{column: json value}``; plus the key and schemas."""
 
-    __slots__ = ("_columns", "_converters", "_key_columns", "_placeholders", "relation", "table_schema")
+    __slots__ = (
+        "_columns",
+        "_convert",
+        "_converters",
+        "_key_columns",
+        "_names",
+        "_picked",
+        "_placeholders",
+        "_width",
+        "relation",
+        "table_schema",
+    )
 
     def __init__(
         self,
@@ -64,6 +75,11 @@ class RowCodec:
                 column_schema(col.name, col.type_oid, col.typmod, not col.not_null, registry, options)
             )
         self._converters = {name: convert for _, name, convert in self._columns}
+        self._width = len(relation.columns)
+        self._names = tuple(name for _, name, _ in self._columns)
+        self._convert = tuple(convert for _, _, convert in self._columns)
+        kept = tuple(index for index, _, _ in self._columns)
+        self._picked = None if kept == tuple(range(self._width)) else kept
         self._key_columns = tuple(relation.key_columns)
         self.table_schema = TableSchema(relation.schema, relation.table, tuple(schemas), self._key_columns)
 
@@ -73,21 +89,29 @@ class RowCodec:
 
     def row(self, values: Sequence[Any]) -> dict[str, Any]:
         """Values in the relation's column order (text, bytes, None or UNCHANGED_TOAST)."""
+        if len(values) < self._width:
+            raise DecodeError(
+                f"{self.relation.schema}.{self.relation.table}: a row has {len(values)} values "
+                f"but the table has {self._width} columns"
+            )
+        if self._picked is not None:
+            values = [values[index] for index in self._picked]
         out: dict[str, Any] = {}
+        name, value = "", None
+        # The hot path of capture: class checks instead of isinstance, no per-value function call.
         try:
-            for index, name, convert in self._columns:
-                value = values[index]
-                if value is None:
+            for name, convert, value in zip(self._names, self._convert, values, strict=False):
+                cls = value.__class__
+                if cls is bytes:
+                    out[name] = convert(value.decode())
+                elif cls is str:
+                    out[name] = convert(value)
+                elif value is None:
                     out[name] = None
                 elif value is UNCHANGED_TOAST:
                     out[name] = self._placeholders[name]
                 else:
-                    out[name] = convert(value.decode() if isinstance(value, bytes) else value)
-        except IndexError:
-            raise DecodeError(
-                f"{self.relation.schema}.{self.relation.table}: a row has {len(values)} values "
-                f"but the table has {len(self.relation.columns)} columns"
-            ) from None
+                    out[name] = convert(str(value))
         except (ValueError, ArithmeticError) as exc:
             raise DecodeError(
                 f"{self.relation.schema}.{self.relation.table}.{name}: cannot convert {value!r}: {exc}"

@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
@@ -102,7 +103,9 @@ NOTHING_PUBLISHED = "1:1:"
 """A snapshot in which no transaction is visible: the whole log is still to be published."""
 
 _RETENTION_BATCH = 1_000
-_RETENTION_BUDGET_S = 0.5
+_RETENTION_BUDGET_S = 0.2
+_RETENTION_EVERY_S = 1.0
+_RETENTION_RESTART_S = 30.0
 _RECORD_IDLE_S = 5.0
 _CHECK_TABLES_S = 30.0
 _PROGRESS_S = 10.0
@@ -165,13 +168,17 @@ ON CONFLICT (name) DO UPDATE SET lo = EXCLUDED.lo, hi = EXCLUDED.hi, after_id = 
 """
 
 # Rows published by every capture: visible in each stored ``lo``. No offset row → min() is null → nothing.
+# Walks the primary key upward from a floor, so a pass never re-reads the dead rows of its earlier batches.
 _RETENTION_SQL = f"""
 DELETE FROM {SCHEMA}.{CHANGE_LOG} WHERE id IN (
     SELECT l.id FROM {SCHEMA}.{CHANGE_LOG} l
-    WHERE l.txid < (SELECT min(pg_snapshot_xmax(o.lo)) FROM {SCHEMA}.{OFFSET_TABLE} o)
+    WHERE l.id > %s
+      AND l.txid < (SELECT min(pg_snapshot_xmax(o.lo)) FROM {SCHEMA}.{OFFSET_TABLE} o)
       AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.{OFFSET_TABLE} o WHERE NOT pg_visible_in_snapshot(l.txid, o.lo))
       AND l.changed_at < now() - make_interval(secs => %s)
+    ORDER BY l.id
     LIMIT %s)
+RETURNING id
 """
 
 
@@ -248,6 +255,8 @@ class TriggerCapture:
         self._registry: Any = None
         self._dbname = ""
         self.confirmed: TriggerPosition | None = None
+        self._retention_floor = 0
+        self._retention_restarted = 0.0
         self.published_rows = 0
         self.ready = threading.Event()
         """Set once streaming has started (after any snapshot)."""
@@ -335,6 +344,13 @@ class TriggerCapture:
                     "not captured: run `walbridge setup --mode trigger`"
                 )
 
+    def wants(self, schema: str, table: str) -> bool:
+        """Whether ``schema.table`` matches the configured tables (it may be new since the start)."""
+        name = f"{schema}.{table}"
+        include = self.source.tables or ["*.*"]
+        exclude = [*self.source.exclude_tables, f"{SCHEMA}.*"]
+        return any(fnmatchcase(name, p) for p in include) and not any(fnmatchcase(name, p) for p in exclude)
+
     def reload_table(self, conn: psycopg.Connection[Any], schema: str, table: str) -> RowCodec | None:
         """Re-read one table's columns (after an ALTER TABLE); ``None`` when it no longer exists."""
         try:
@@ -382,17 +398,27 @@ class TriggerCapture:
         self.confirmed = pos
 
     def apply_retention(self, conn: psycopg.Connection[Any]) -> int:
-        """Delete published rows in small batches (bounded time per call); returns rows deleted."""
+        """Delete published rows in batches of 1,000 (bounded time per call); returns rows deleted.
+
+        Each call continues upward from the highest id deleted so far; every ``_RETENTION_RESTART_S``
+        a pass restarts from the bottom, for rows of long transactions that committed late.
+        """
         hours = self.source.retention_hours
         if hours is None:
             return 0
+        now = time.monotonic()
+        if now - self._retention_restarted >= _RETENTION_RESTART_S:
+            self._retention_floor, self._retention_restarted = 0, now
         deleted = 0
-        deadline = time.monotonic() + _RETENTION_BUDGET_S
+        deadline = now + _RETENTION_BUDGET_S
         try:
             while time.monotonic() < deadline:
-                count = conn.execute(_RETENTION_SQL, (hours * 3600.0, _RETENTION_BATCH)).rowcount
-                deleted += count
-                if count < _RETENTION_BATCH:
+                ids = conn.execute(_RETENTION_SQL, (self._retention_floor, hours * 3600.0, _RETENTION_BATCH))
+                batch = [row[0] for row in ids.fetchall()]
+                deleted += len(batch)
+                if batch:
+                    self._retention_floor = max(self._retention_floor, *batch)
+                if len(batch) < _RETENTION_BATCH:
                     break
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"deleting published rows from {SCHEMA}.{CHANGE_LOG}") from exc
@@ -421,6 +447,7 @@ class _Poller:
         self.db = capture._dbname
         self.recorded: TriggerPosition | None = None
         self.recorded_at = 0.0
+        self.retained_at = 0.0
         self.checked_at = time.monotonic()
         self.progress_at = time.monotonic()
         self.progress_rows = 0
@@ -430,6 +457,7 @@ class _Poller:
         while not stop.is_set():
             full = self.step()
             self._confirm(self.publisher.poll(0))
+            self._retain(caught_up=not full)
             self._housekeeping()
             if not full:
                 stop.wait(self.interval_s)
@@ -460,6 +488,8 @@ class _Poller:
     def events(self, row: ChangeRow) -> list[ChangeEvent]:
         """The events of one log row; re-reads the table's columns once if they do not fit."""
         codec = self.capture._codecs.get((row.schema, row.table))
+        if codec is None and not self.capture.wants(row.schema, row.table):
+            return []  # logged for another capture sharing this database's change log
         try:
             if codec is None:
                 raise DecodeError(f"{row.schema}.{row.table} is not a captured table")
@@ -532,7 +562,13 @@ class _Poller:
         self.capture._record(self.writer, confirmed)
         self.capture.published_rows = confirmed.rows
         self.recorded, self.recorded_at = confirmed, time.monotonic()
-        self.capture.apply_retention(self.writer)
+
+    def _retain(self, caught_up: bool) -> None:
+        """Retention when the log is drained, or once a second while a backlog is being read."""
+        now = time.monotonic()
+        if caught_up or now - self.retained_at >= _RETENTION_EVERY_S:
+            self.capture.apply_retention(self.writer)
+            self.retained_at = now
 
     def _housekeeping(self) -> None:
         now = time.monotonic()

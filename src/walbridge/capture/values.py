@@ -206,6 +206,13 @@ def _zoned_timestamp(fraction_digits: int) -> Converter:
     def convert(text: str) -> str:
         if text in ("infinity", "-infinity"):
             return text
+        if len(text) >= 22 and text.endswith("+00") and text[10] == " " and text[4] == "-":
+            # The session's TimeZone is UTC: 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' needs no date arithmetic.
+            fraction = text[20:-3] if text[19] == "." else ""
+            head = text[:10] + "T" + text[11:19]
+            if fraction_digits <= 0 or fraction_digits > 9:
+                return head + (f".{fraction}".rstrip("0").rstrip(".") if fraction else "") + "Z"
+            return f"{head}.{fraction.ljust(fraction_digits, '0')[:fraction_digits]}Z"
         m = datetime.fromisoformat(text).astimezone(UTC)
         head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
         if fraction_digits <= 0 or fraction_digits > 9:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -283,6 +284,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that vanished mid-request (killed, timed out) is normal here; anything else is a bug.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class EmulatorServer:

@@ -9,13 +9,19 @@ Per batch, inside one destination transaction:
    and update → upsert; delete → delete; truncate drops what came before it; an update that
    changes the key also deletes the old key) and are applied in one go: ``COPY`` into a
    temporary stage table, then ``DELETE … USING`` and ``INSERT … SELECT … ON CONFLICT DO UPDATE``
-   (``apply_method: copy``, the default) or ``executemany`` in pipeline mode (``executemany``);
+   (``apply_method: copy``, the default) or ``executemany`` in pipeline mode (``executemany``).
+   With ``copy``, rows travel as the events' JSON (one ``json`` line each, serialised by orjson)
+   and PostgreSQL converts each value by destination column type
+   (:func:`~walbridge.sinks.pg_types.sql_expr`); tables with a column that has no SQL conversion
+   (arrays, ``money``) get rows converted in Python (:mod:`~walbridge.sinks.pg_types`);
 3. when that fails for a permanent reason, the table's records are applied one by one in
    savepoints to find the offenders, which are returned as failures (the rest stays applied);
 4. :meth:`PostgresSink.commit` stores the next offsets and commits.
 
-Values are converted by destination column type (:mod:`walbridge.sinks.pg_types`). Errors are
-classified by SQLSTATE class in :func:`map_pg_error`.
+Values are converted by destination column type (:mod:`walbridge.sinks.pg_types`), in SQL or
+in Python, with the same result; when the SQL form refuses a value, step 3 converts in Python.
+Errors are classified by SQLSTATE in :func:`walbridge.pgerrors.map_pg_error`. Records are
+decoded by :func:`~walbridge.sinks.lean.decode_lean` (``decode_event``): only the change is used.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -30,21 +37,22 @@ import psycopg
 from psycopg import sql
 
 from walbridge.config import PostgresSinkSettings
-from walbridge.errors import (
-    ConfigError,
-    ConnectionLost,
-    ConstraintViolation,
-    OperationTimeout,
-    PermanentError,
-    ServerBusy,
-    TransientError,
-    UnknownColumn,
-    WalbridgeError,
-)
+from walbridge.errors import PermanentError, TransientError, UnknownColumn
+from walbridge.events import ChangeEvent
+from walbridge.pgerrors import map_pg_error
 from walbridge.sinks.base import OffsetConflict, RecordFailure, SinkRecord, TopicPartitionKey
-from walbridge.sinks.pg_types import UNAVAILABLE, Converter, TableInfo, connect_type, converter, read_table
+from walbridge.sinks.lean import decode_lean
+from walbridge.sinks.pg_types import (
+    UNAVAILABLE,
+    Converter,
+    TableInfo,
+    connect_type,
+    converter,
+    read_table,
+    sql_expr,
+)
 
-__all__ = ["OFFSETS_TABLE", "PostgresSink", "map_pg_error"]
+__all__ = ["OFFSETS_TABLE", "PostgresSink", "map_pg_error"]  # map_pg_error: see walbridge.pgerrors
 
 log = logging.getLogger(__name__)
 
@@ -81,54 +89,15 @@ ON CONFLICT (group_id, topic, "partition")
 DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
 """
 
-_TRANSIENT_CLASSES: dict[str, type[TransientError]] = {
-    "08": ConnectionLost,  # connection exception
-    "40": ServerBusy,  # transaction rollback: serialization failure, deadlock
-    "53": ServerBusy,  # insufficient resources
-    "57": ConnectionLost,  # operator intervention: shutdown, cannot connect now
-}
-_TRANSIENT_STATES: dict[str, type[TransientError]] = {
-    "55P03": ServerBusy,  # lock_not_available (lock_timeout)
-    "57014": OperationTimeout,  # query_canceled (statement_timeout)
-}
-_PERMANENT_CLASSES: dict[str, type[PermanentError]] = {
-    "22": PermanentError,  # data exception: the value does not fit the column
-    "23": ConstraintViolation,  # integrity constraint violation
-    "42": PermanentError,  # syntax error or access rule violation
-}
-_CONFIG_CLASSES = {"28", "3D"}  # invalid authorization, unknown database
-
-
-def map_pg_error(exc: BaseException, doing: str, **context: Any) -> WalbridgeError:
-    """A psycopg error → the walbridge tree, by SQLSTATE (psycopg keeps it on ``exc.sqlstate``)."""
-    sqlstate: str | None = getattr(exc, "sqlstate", None)
-    diag = getattr(exc, "diag", None)
-    detail = (getattr(diag, "message_primary", None) or str(exc)).strip()
-    text = f"PostgreSQL failed while {doing}: {detail}"
-    if sqlstate:
-        context["sqlstate"] = sqlstate
-    if not sqlstate:
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            return ConnectionLost(text, **context)
-        return PermanentError(text, **context)
-    if sqlstate in _TRANSIENT_STATES:
-        return _TRANSIENT_STATES[sqlstate](text, **context)
-    cls = sqlstate[:2]
-    if cls in _TRANSIENT_CLASSES:
-        return _TRANSIENT_CLASSES[cls](text, **context)
-    if sqlstate == "42703":
-        return UnknownColumn(text, **context)
-    if cls in _PERMANENT_CLASSES:
-        constraint = getattr(diag, "constraint_name", None)
-        if constraint:
-            context["constraint"] = constraint
-        return _PERMANENT_CLASSES[cls](text, **context)
-    if cls in _CONFIG_CLASSES:
-        return ConfigError(text, **context)
-    return PermanentError(text, **context)
-
-
 Key = tuple[Any, ...]
+_UNAVAILABLE_BYTES = UNAVAILABLE.encode()
+
+
+def _json_default(value: Any) -> str:
+    """orjson fallback: precise decimals (decoded from a schema block) travel as their text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @dataclass(slots=True)
@@ -168,6 +137,13 @@ class _TableOps:
             self.deletes.pop(step.key, None)
             self.upserts[step.key] = step.row
 
+    def json_groups(self) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+        """Raw JSON rows grouped by their column set (the JSON path)."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in self.upserts.values():
+            groups.setdefault(tuple(row), []).append(row)
+        return groups
+
     def upsert_groups(self) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
         """Rows grouped by their column set (partial rows: unchanged TOAST values left out)."""
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
@@ -180,6 +156,7 @@ class PostgresSink:
     """Applies change events to a PostgreSQL database (see the module docstring)."""
 
     owns_offsets = True
+    decode_event = staticmethod(decode_lean)
 
     def __init__(self, settings: PostgresSinkSettings, group_id: str | None = None) -> None:
         self.settings = settings
@@ -188,6 +165,8 @@ class PostgresSink:
         self._conn: psycopg.Connection[Any] | None = None
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._converters: dict[tuple[str, str], dict[str, Converter]] = {}
+        self._exprs: dict[tuple[str, str], dict[str, sql.Composable] | None] = {}
+        """Per table: SQL conversions of every column (the JSON path), or None (Python path)."""
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._skipped: set[str] = set()
@@ -330,22 +309,42 @@ class PostgresSink:
         self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]
     ) -> dict[tuple[str, str], _TableOps]:
         tables: dict[tuple[str, str], _TableOps] = {}
+        plans: dict[tuple[str, str], tuple[_TableOps, bool] | None] = {}
         for record in records:
             event = record.event
             if event is None:
                 continue
+            source = event.source
+            ident = (source.schema, source.table)
             try:
-                dest = self._destination(event.schema, event.table)
-                info = self._table(conn, dest, record)
-                if info is None:
+                if ident in plans:
+                    plan = plans[ident]
+                else:
+                    plan = plans[ident] = self._plan(conn, ident, record, tables)
+                if plan is None:
                     continue
-                ops = tables.get(dest)
-                if ops is None:
-                    ops = tables[dest] = _TableOps(info)
-                ops.add(self._step(info, record))
+                ops, raw = plan
+                ops.add(self._raw_step(ops.info, record) if raw else self._step(ops.info, record))
             except PermanentError as exc:
                 failures.append(RecordFailure(record, exc))
         return tables
+
+    def _plan(
+        self,
+        conn: psycopg.Connection[Any],
+        ident: tuple[str, str],
+        record: SinkRecord,
+        tables: dict[tuple[str, str], _TableOps],
+    ) -> tuple[_TableOps, bool] | None:
+        """Where a source table's events of this batch go, and whether by the JSON path."""
+        dest = self._destination(*ident)
+        info = self._table(conn, dest, record)
+        if info is None:
+            return None
+        ops = tables.get(dest)
+        if ops is None:
+            ops = tables[dest] = _TableOps(info)
+        return ops, self._json_path(info)
 
     def _destination(self, schema: str, table: str) -> tuple[str, str]:
         mapped = self.settings.table_map.get(f"{schema}.{table}")
@@ -372,7 +371,13 @@ class PostgresSink:
             )
         self._tables[dest] = info
         self._converters[dest] = {name: converter(col) for name, col in info.columns.items()}
+        exprs = {name: sql_expr(col, sql.Identifier("x", name)) for name, col in info.columns.items()}
+        complete = all(e is not None for e in exprs.values())
+        self._exprs[dest] = {k: e for k, e in exprs.items() if e is not None} if complete else None
         return info
+
+    def _json_path(self, info: TableInfo) -> bool:
+        return self.settings.apply_method == "copy" and self._exprs.get((info.schema, info.name)) is not None
 
     def _missing_table(self, dest: tuple[str, str], record: SinkRecord) -> TableInfo | None:
         qualified = f"{dest[0]}.{dest[1]}"
@@ -417,6 +422,35 @@ class PostgresSink:
         old_key = None
         if event.op == "u" and event.before and all(event.before.get(k) is not None for k in info.key):
             old_key = self._key(info, event.before, record)
+        return _Step(record, "u", key, row, old_key)
+
+    def _raw_step(self, info: TableInfo, record: SinkRecord) -> _Step:
+        """The JSON path's step: raw values, checked for what Python would refuse before converting."""
+        event = record.event
+        assert event is not None
+        if event.op == "t":
+            return _Step(record, "t")
+        if event.op == "d":
+            source = {**event.key, **(event.before or {})} if event.key else event.before or {}
+            key = tuple(source.get(name) for name in info.key)
+            if None in key:
+                raise PermanentError(
+                    f"event for {info.qualified} lacks key column {info.key[key.index(None)]}",
+                    table=info.qualified,
+                    offset=record.offset,
+                )
+            return _Step(record, "d", key)
+        row = _raw_row(info, event, record, self.settings.strict)
+        key = (row.get(info.key[0]),) if len(info.key) == 1 else tuple([row.get(name) for name in info.key])
+        if None in key:
+            missing = [name for name in info.key if row.get(name) is None]
+            raise PermanentError(
+                f"event for {info.qualified} lacks key column(s) {missing}", table=info.qualified
+            )
+        old_key = None
+        if event.op == "u" and event.before:
+            before_key = tuple(event.before.get(name) for name in info.key)
+            old_key = None if None in before_key else before_key
         return _Step(record, "u", key, row, old_key)
 
     def _key(self, info: TableInfo, values: dict[str, Any], record: SinkRecord) -> Key:
@@ -485,8 +519,46 @@ class PostgresSink:
         if getattr(exc, "sqlstate", None) in ("42703", "42P01"):
             self._tables.pop((info.schema, info.name), None)
 
+    def _apply_json(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
+        info = ops.info
+        exprs = self._exprs[(info.schema, info.name)]
+        assert exprs is not None
+        with conn.cursor() as cur:
+            if ops.truncate:
+                cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
+            slot = 0
+            if ops.deletes:
+                stage = self._json_stage(cur, slot)
+                _copy_json(cur, stage, [dict(zip(info.key, key, strict=True)) for key in ops.deletes])
+                source = _json_select(info.key, exprs, stage)
+                cur.execute(
+                    sql.SQL("DELETE FROM {t} AS d USING ({src}) AS s WHERE {cond}").format(
+                        t=info.ident, src=source, cond=_key_match(info.key, "d", "s")
+                    )
+                )
+                slot += 1
+            for names, rows in ops.json_groups().items():
+                columns = tuple(n for n in names if n in exprs)
+                stage = self._json_stage(cur, slot)
+                _copy_json(cur, stage, rows)
+                cur.execute(_upsert_sql(info, columns, _json_select(columns, exprs, stage)))
+                slot += 1
+
+    def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
+        """The ``slot``-th one-column ``json`` stage of this transaction (one per statement)."""
+        ident = ("", "json", (str(slot),))
+        name = self._stage_names.setdefault(ident, f"_wb_json_{slot}")
+        if ident not in self._stages:
+            create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (j json) ON COMMIT DELETE ROWS")
+            cur.execute(create.format(sql.Identifier(name)))
+            self._stages[ident] = name
+        return name
+
     def _apply_copy(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
         info = ops.info
+        if self._json_path(info):
+            self._apply_json(conn, ops)
+            return
         with conn.cursor() as cur:
             if ops.truncate:
                 cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
@@ -522,7 +594,14 @@ class PostgresSink:
     def _apply_one_by_one(self, conn: psycopg.Connection[Any], ops: _TableOps) -> list[RecordFailure]:
         failures = []
         info = ops.info
+        raw = self._json_path(info)
         for step in ops.steps:
+            try:
+                if raw:
+                    step = self._step(info, step.record)
+            except PermanentError as exc:
+                failures.append(RecordFailure(step.record, exc))
+                continue
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     if step.op == "t":
@@ -607,6 +686,35 @@ def _copy(
     with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), _idents(columns))) as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _copy_json(cur: psycopg.Cursor[Any], stage: str, rows: list[dict[str, Any]]) -> None:
+    # COPY's text format reads backslash escapes; orjson never writes tabs, newlines or CRs raw.
+    lines = [orjson.dumps(row, default=_json_default) for row in rows]
+    data = b"\n".join(lines).replace(b"\\", b"\\\\") + b"\n"
+    with cur.copy(sql.SQL("COPY {} (j) FROM STDIN").format(sql.Identifier(stage))) as copy:
+        copy.write(data)
+
+
+def _json_select(columns: tuple[str, ...], exprs: dict[str, sql.Composable], stage: str) -> sql.Composed:
+    """SELECT the columns converted from the stage's JSON lines (each value read as text)."""
+    return sql.SQL("SELECT {exprs} FROM {s} AS s, json_to_record(s.j) AS x({defs})").format(
+        exprs=sql.SQL(", ").join(sql.SQL("{} AS {}").format(exprs[c], sql.Identifier(c)) for c in columns),
+        s=sql.Identifier(stage),
+        defs=sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns),
+    )
+
+
+def _raw_row(info: TableInfo, event: ChangeEvent, record: SinkRecord, strict: bool) -> dict[str, Any]:
+    row = event.after or {}
+    if record.value is not None and _UNAVAILABLE_BYTES in record.value:
+        row = {name: value for name, value in row.items() if value != UNAVAILABLE}
+    if strict and not info.columns.keys() >= row.keys():
+        name = next(name for name in row if name not in info.columns)
+        raise UnknownColumn(
+            f"destination table {info.qualified} has no column {name!r}", table=info.qualified, column=name
+        )
+    return row
 
 
 def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed:

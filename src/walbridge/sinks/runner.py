@@ -3,18 +3,24 @@
 ``SinkRunner(sink, settings, sink_settings).run(stop_event)`` repeats four named steps:
 
 1. :meth:`poll_batch` reads up to ``batch_size`` records (waiting at most ``linger_ms`` after
-   the first) and decodes each (:meth:`decode`; a :class:`DecodeError` makes a failure);
-2. :meth:`apply` hands the decoded records to ``sink.write_batch``;
+   the first) and decodes each (:meth:`decode` with the sink's ``decode_event`` when it has
+   one, else :func:`~walbridge.events.decode_record`; a :class:`DecodeError` makes a failure);
+2. :meth:`apply` hands the decoded records to ``sink.write_batch``. With ``prefetch`` (the
+   default) the first attempt runs in a worker thread while the main thread polls and decodes
+   the next batch; every consumer call stays on the main thread and the sink is used by one
+   thread at a time, so batches are still applied, sent to the DLQ and committed in order;
 3. :meth:`route_to_dlq` produces refused records to the DLQ and waits for the acknowledgement;
 4. :meth:`commit` commits the sink (with the offsets when it owns them), then Kafka.
 
 Errors: a :class:`TransientError` rolls the whole batch back and retries it after an
-exponential backoff with jitter (``DlqSettings.backoff_initial_s`` … ``backoff_max_s``) while
-consumption is paused and the group kept alive; nothing past the batch is committed until it
-succeeds (or, with ``transient_to_dlq``, until ``max_attempts`` send the whole batch to the
-DLQ as the seed did). A record the sink refuses permanently is retried with the batch until
-it failed ``max_attempts`` times, then goes to the DLQ and the rest of the batch is applied.
-Decode failures go to the DLQ at once: decoding the same bytes again cannot succeed.
+exponential backoff with jitter (``DlqSettings.backoff_initial_s`` … ``backoff_max_s``), or
+after the error's ``retry_after`` when that is longer, while consumption is paused and the
+group kept alive; nothing past the batch is committed until it succeeds (or, with
+``transient_to_dlq``, until ``max_attempts`` send the whole batch to the DLQ as the seed did).
+A record the sink refuses permanently is retried with the batch until it failed
+``max_attempts`` times, then goes to the DLQ and the rest of the batch is applied; a refusal
+whose error is not ``retryable`` (a malformed message, a record Salesforce's validation
+refused) goes to the DLQ at once, as decode failures do.
 
 Offsets: with ``sink.owns_offsets`` the runner seeks every newly assigned partition to
 ``sink.stored_offsets`` and commits Kafka offsets asynchronously, only so that group lag is
@@ -35,14 +41,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from walbridge.config import DlqSettings, PostgresSinkSettings, SalesforceSinkSettings, Settings
 from walbridge.errors import DecodeError, TransientError, WalbridgeError
-from walbridge.events import decode_record
+from walbridge.events import ChangeEvent, decode_record
 from walbridge.kafka import make_consumer, map_kafka_error
 from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
 from walbridge.sinks.dlq import DlqWriter
@@ -52,7 +59,9 @@ __all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
 log = logging.getLogger(__name__)
 
 SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
+Decoder = Callable[[str, bytes | None, bytes | None], ChangeEvent | None]
 _ASSIGN_TRIES = 3
+_PREFETCH_POLL_S = 0.02
 
 
 def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = None) -> float:
@@ -107,6 +116,7 @@ class SinkRunner:
         *,
         metrics: Any = None,
         dlq: DlqWriter | None = None,
+        prefetch: bool = True,
     ) -> None:
         self.sink = sink
         self.settings = settings
@@ -119,30 +129,66 @@ class SinkRunner:
         self._generation: dict[TopicPartitionKey, int] = {}
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._rng = random.Random()
+        self._decode_event: Decoder = getattr(sink, "decode_event", None) or decode_record
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{sink.name}-apply") if prefetch else None
+        self._ahead = _Batch()
+        """The next batch, read while the current one was being applied."""
+        self._started = time.time()
+        self._totals = {"batches": 0, "applied": 0, "dead_lettered": 0, "retries": 0}
+        self._last_commit: float | None = None
+        self._running = False
+
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` shows: position, totals, and how long ago the last batch committed."""
+        last = self._last_commit
+        return {
+            "sink": self.sink.name,
+            "group": self.group_id,
+            "running": self._running,
+            "uptime_s": round(time.time() - self._started, 1),
+            "assigned": sorted(f"{t}[{p}]" for t, p in self._assigned),
+            **self._totals,
+            "last_commit_s_ago": None if last is None else round(time.time() - last, 1),
+        }
+
+    def healthy(self) -> bool:
+        """True while the loop runs (a batch waiting for a retry is still healthy)."""
+        return self._running
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop_event: threading.Event) -> None:
         self.sink.open()
         self._consumer = self._subscribe()
+        self._running = True
         try:
             while not stop_event.is_set():
-                batch = self.poll_batch(stop_event)
+                batch, self._ahead = self._ahead, _Batch()
+                self._drop_stale(batch)
+                if not len(batch):
+                    batch = self.poll_batch(stop_event)
                 if len(batch):
                     self.process(batch, stop_event)
         finally:
+            self._running = False
             self._shutdown()
 
     def process(self, batch: _Batch, stop_event: threading.Event) -> None:
         """Apply, DLQ and commit one batch; retry it while that fails transiently."""
         transient_attempt = 0
         started = time.monotonic()
+        first = True
         while not stop_event.is_set():
             self._drop_stale(batch)
             if not len(batch):
                 return
             try:
-                if self.apply(batch):
+                retry = self.apply(batch, prefetch=first, stop_event=stop_event)
+                first = False
+                if self._went_stale(batch):
+                    self._safe_rollback()  # apply again without the revoked partitions
+                    continue
+                if retry:
                     self.sink.rollback()
                     self._wait(self._permanent_delay(batch), stop_event)
                     continue
@@ -152,15 +198,22 @@ class SinkRunner:
             except OffsetConflict as exc:
                 log.warning("%s: %s; re-reading from the stored offsets", self.sink.name, exc)
                 self._safe_rollback()
+                self._rewind(self._ahead)
+                self._ahead = _Batch()
                 self._seek_to_stored(list(batch.next_offsets))
                 return
             except TransientError as exc:
+                first = False
                 self._safe_rollback()
                 transient_attempt += 1
+                self._totals["retries"] += 1
                 self._count("retries", error=type(exc).__name__)
                 if self._transient_exhausted(batch, exc, transient_attempt):
                     continue
                 delay = backoff_delay(transient_attempt, self.settings.dlq, self._rng)
+                retry_after = exc.context.get("retry_after")
+                if isinstance(retry_after, int | float) and retry_after > delay:
+                    delay = float(retry_after)
                 log.warning(
                     "%s: batch failed (%s); retry %d in %.1fs", self.sink.name, exc, transient_attempt, delay
                 )
@@ -170,51 +223,73 @@ class SinkRunner:
 
     # ------------------------------------------------------------------ named steps
 
-    def poll_batch(self, stop_event: threading.Event) -> _Batch:
-        """Up to ``batch_size`` decoded records, waiting at most ``linger_ms`` after the first."""
+    def poll_batch(self, stop_event: threading.Event, busy: Future[Any] | None = None) -> _Batch:
+        """Up to ``batch_size`` decoded records, waiting at most ``linger_ms`` after the first.
+
+        With ``busy`` (the apply of the previous batch in the worker), reads in short steps while
+        that runs, then as usual: a batch filled while the sink worked is not cut short.
+        """
         batch = _Batch()
         size, linger = self.sink_settings.batch_size, self.sink_settings.linger_ms / 1000
         deadline: float | None = None
         while len(batch) < size and not stop_event.is_set():
-            timeout = 0.5 if deadline is None else deadline - time.monotonic()
-            if timeout <= 0:
-                break
+            if busy is not None and busy.done():
+                if not len(batch):
+                    break  # nothing waiting: let the applied batch commit now
+                busy = None
+            if busy is not None:
+                timeout = _PREFETCH_POLL_S
+            else:
+                timeout = 0.5 if deadline is None else deadline - time.monotonic()
+                if timeout <= 0:
+                    break
             messages = self._consumer.consume(size - len(batch), timeout)
             for message in messages:
                 self._add(batch, message)
             self._drop_stale(batch)
-            if not len(batch):
+            if not len(batch) and busy is None:
                 return batch
-            deadline = deadline or time.monotonic() + linger
+            if len(batch):
+                deadline = deadline or time.monotonic() + linger
         return batch
 
     def decode(self, message: Any) -> SinkRecord | RecordFailure:
-        record = SinkRecord(
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            key=message.key(),
-            value=message.value(),
-            headers=message.headers(),
-            timestamp_ms=message.timestamp()[1],
-            event=None,
-        )
+        topic, key, value = message.topic(), message.key(), message.value()
+        error: DecodeError | None = None
+        event: ChangeEvent | None = None
         try:
-            event = decode_record(record.topic, record.key, record.value)
+            event = self._decode_event(topic, key, value)
         except DecodeError as exc:
-            return RecordFailure(record, exc)
+            error = exc
         except (ValueError, TypeError, KeyError) as exc:
-            error = DecodeError(f"record in {record.topic} could not be decoded: {exc!r}", topic=record.topic)
+            error = DecodeError(f"record in {topic} could not be decoded: {exc!r}", topic=topic)
             error.__cause__ = exc
-            return RecordFailure(record, error)
-        if event is None:
-            return record
-        return replace(record, event=event)
+        record = SinkRecord(
+            topic,
+            message.partition(),
+            message.offset(),
+            key,
+            value,
+            message.headers(),
+            message.timestamp()[1],
+            event,
+        )
+        return record if error is None else RecordFailure(record, error)
 
-    def apply(self, batch: _Batch) -> bool:
-        """Write the batch; True when a refused record still has attempts left (retry the batch)."""
+    def apply(
+        self, batch: _Batch, *, prefetch: bool = False, stop_event: threading.Event | None = None
+    ) -> bool:
+        """Write the batch; True when a refused record still has attempts left (retry the batch).
+
+        With ``prefetch`` the write runs in the worker thread while the next batch is polled.
+        """
         max_attempts = self.settings.dlq.max_attempts
-        failures = self.sink.write_batch(batch.records)
+        if prefetch and self._worker is not None and stop_event is not None and not len(self._ahead):
+            busy = self._worker.submit(self.sink.write_batch, batch.records)
+            self._ahead = self.poll_batch(stop_event, busy)
+            failures = busy.result()
+        else:
+            failures = self.sink.write_batch(batch.records)
         if not failures:
             return False
         retry = False
@@ -222,7 +297,7 @@ class SinkRunner:
         for failure in failures:
             key = _record_key(failure.record)
             attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
-            if attempts >= max_attempts:
+            if attempts >= max_attempts or not failure.error.retryable:
                 batch.dead.append((failure, attempts))
                 exhausted.add(key)
             else:
@@ -264,8 +339,13 @@ class SinkRunner:
             if not self.sink.owns_offsets:
                 raise map_kafka_error(exc.args[0] if exc.args else None, "committing offsets") from exc
             log.debug("async offset commit failed: %s", exc)
-        for key in [_record_key(r) for r in batch.records] + [_record_key(f.record) for f, _ in batch.dead]:
-            self._attempts.pop(key, None)
+        if self._attempts:
+            for record in [*batch.records, *(f.record for f, _ in batch.dead)]:
+                self._attempts.pop(_record_key(record), None)
+        self._totals["batches"] += 1
+        self._totals["applied"] += len(batch.records)
+        self._totals["dead_lettered"] += len(batch.dead)
+        self._last_commit = time.time()
         self._observe(batch, started)
 
     # ------------------------------------------------------------------ helpers
@@ -305,8 +385,8 @@ class SinkRunner:
             try:
                 return self.sink.stored_offsets(keys)
             except TransientError as exc:
+                # No rollback: the sink may be applying a batch in the worker thread right now.
                 log.warning("%s: stored offsets unavailable (%s), try %d", self.sink.name, exc, attempt)
-                self._safe_rollback()
                 time.sleep(min(2.0, 0.5 * attempt))
         return {}
 
@@ -345,6 +425,23 @@ class SinkRunner:
             return
         batch.keep(current)
         batch.generations = {tp: g for tp, g in batch.generations.items() if current(tp)}
+
+    def _went_stale(self, batch: _Batch) -> bool:
+        """A partition of the batch was revoked (or re-assigned) while the batch was applied."""
+        return not all(
+            tp in self._assigned and batch.generations.get(tp) == self._generation.get(tp)
+            for tp in batch.next_offsets
+        )
+
+    def _rewind(self, batch: _Batch) -> None:
+        """Seek so that the records of a batch read ahead are read again."""
+        first: dict[TopicPartitionKey, int] = {}
+        for record in [*batch.records, *(f.record for f, _ in batch.dead)]:
+            tp = (record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in self._assigned:
+                self._seek(topic, partition, offset)
 
     def _permanent_delay(self, batch: _Batch) -> float:
         attempts = max((self._attempts.get(_record_key(r), 0) for r in batch.records), default=1)
@@ -402,6 +499,8 @@ class SinkRunner:
             log.debug("rollback failed: %s", exc)
 
     def _shutdown(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
         try:
             if self._consumer is not None:
                 self._consumer.close()

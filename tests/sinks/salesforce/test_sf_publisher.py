@@ -146,7 +146,7 @@ def test_independent_chunks_go_in_parallel() -> None:
     org = Collections(latency=0.2)
     started = time.monotonic()
     _publisher(org, in_flight=4).publish(_records(800))
-    assert time.monotonic() - started < 0.6
+    assert time.monotonic() - started < 0.7  # one by one: 0.8 s
 
 
 def test_failed_chunk_blocks_later_chunks_of_its_keys() -> None:

@@ -23,6 +23,7 @@ from walbridge.config import SalesforceSinkSettings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
 from walbridge.sinks.runner import SinkRunner, install_signal_handlers
 from walbridge.sinks.salesforce.sink import SalesforceSink
+from walbridge.web import OpsServer
 
 __all__ = ["salesforce"]
 
@@ -63,8 +64,7 @@ def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
         _summary(sink)
 
 
-def _start_ops(sink: SalesforceSink, host: str, port: int) -> object:
-    from walbridge.web import OpsServer
+def _start_ops(sink: SalesforceSink, host: str, port: int) -> OpsServer:
 
     def status() -> dict[str, object]:
         stats = sink.publisher.stats if sink.publisher is not None else None

@@ -200,6 +200,7 @@ class Publisher:
         self.metrics = metrics
         self.chunk_size = min(chunk_size, MAX_RECORDS_PER_CALL)
         self.stats = PublisherStats()
+        self._usage_stamp = 0.0
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sf-publish")
 
     def close(self) -> None:
@@ -303,9 +304,18 @@ class Publisher:
         usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
         if not usage:
             return
-        self.stats.api_usage.update(usage)
+        with self.stats._lock:
+            now = time.monotonic()
+            # Answers of concurrent calls arrive in any order: keep the highest count unless it is stale.
+            fresh = {
+                kind: value
+                for kind, value in usage.items()
+                if value[0] >= self.stats.api_usage.get(kind, (0, 0))[0] or now - self._usage_stamp > 60
+            }
+            self.stats.api_usage.update(fresh)
+            self._usage_stamp = now
         if self.metrics is None:
             return
-        for kind, (used, limit) in usage.items():
+        for kind, (used, limit) in fresh.items():
             self.metrics.api_usage.labels(kind=f"{kind}.used").set(used)
             self.metrics.api_usage.labels(kind=f"{kind}.limit").set(limit)

@@ -1,0 +1,291 @@
+"""Benchmark: the Salesforce sink versus the seed's one-call-per-event consumer (issue 5).
+
+Produces N Debezium-format change events (default 100,000; 20,000 customers, each key updated in
+order) to a 3-partition topic, then:
+
+1. runs walbridge's ``SalesforceSink`` under the shared ``SinkRunner`` into the emulator (a separate
+   process, 50 ms of latency per call) until all N are stored: events/s, API calls per 1,000 events,
+   events per call, and the emulator's CPU share (its CPU seconds / wall seconds, from /proc);
+2. runs the seed's consumer (``KafkaToSalesforceConsumer`` of the seed document: one
+   ``POST sobjects/PostgreSQL_Data__e`` per event, offsets committed whatever happened) on the same
+   topic for a bounded sample (default 30 s), and extrapolates its time for N events from the
+   measured rate. The seed's transform is kept, plus ``Event_Key__c`` (required by the repository's
+   event definition; without it every call would be refused with REQUIRED_FIELD_MISSING).
+
+Usage: ``python bench/sink_salesforce.py [--events 100000] [--latency-ms 50] [--seed-seconds 30]
+[--bootstrap HOST:PORT]`` (without ``--bootstrap`` an embedded broker is started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from walbridge.config import DlqSettings, KafkaSettings, SalesforceSinkSettings, Settings
+from walbridge.devstack import KafkaBroker, free_port
+from walbridge.emulator import DEFAULT_APP
+from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
+from walbridge.kafka import ensure_topics, make_admin, make_producer
+from walbridge.sinks.runner import SinkRunner
+from walbridge.sinks.salesforce.sink import SalesforceSink
+
+console = Console()
+_EMULATOR = """
+import sys
+from walbridge.emulator import EmulatorConfig, EmulatorServer
+server = EmulatorServer(EmulatorConfig(latency_ms=float(sys.argv[2]), hourly_publish_limit=10_000_000,
+                                       daily_api_limit=10_000_000), port=int(sys.argv[1]))
+print(server.url, flush=True)
+server.serve_forever()
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stats(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/emulator/stats", timeout=10).json()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def produce(bootstrap: str, prefix: str, count: int) -> str:
+    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=prefix, tombstones_on_delete=False))
+    topic = encoder.topic("inventory", "customers")
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    ensure_topics(make_admin(kafka), [topic], 3, 1)
+    producer = make_producer(kafka)
+    customers = max(1, count // 5)
+    with _progress() as progress:
+        task = progress.add_task("producing change events", total=count)
+        for n in range(count):
+            cid, version = n % customers, n // customers
+            row = {"id": cid, "email": f"c{cid}@example.com", "first_name": "Ada", "version": version}
+            source = Source(
+                "postgresql", prefix, "shop", "inventory", "customers", 1_700_000_000_000 + n, lsn=n
+            )
+            event = ChangeEvent("c" if version == 0 else "u", source, {"id": cid}, None, row)
+            for record in encoder.encode(event):
+                while True:
+                    try:
+                        producer.produce(record.topic, key=record.key, value=record.value)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            if n % 5000 == 0:
+                producer.poll(0)
+                progress.update(task, completed=n)
+        producer.flush(60)
+        progress.update(task, completed=count)
+    return topic
+
+
+def run_sink(
+    bootstrap: str, topic: str, url: str, pid: int, count: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    sink_settings = SalesforceSinkSettings(
+        instance_url=url,
+        client_id=DEFAULT_APP.client_id,
+        client_secret=DEFAULT_APP.client_secret,
+        topics=[topic],
+        group_id=f"{topic}-walbridge",
+        batch_size=args.batch_size,
+        linger_ms=100,
+        max_in_flight=args.max_in_flight,
+    )
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
+        dlq=DlqSettings(backoff_initial_s=0.2, backoff_max_s=2.0),
+        sinks=[sink_settings],
+    )
+    sink = SalesforceSink(sink_settings)
+    runner = SinkRunner(sink, settings, sink_settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    base = _stats(url)
+    cpu0, own0, t0 = _cpu_seconds(pid), time.process_time(), time.monotonic()
+    thread.start()
+    first_at: float | None = None
+    with _progress() as progress:
+        task = progress.add_task("walbridge sink → emulator", total=count)
+        while (stored := _stats(url)["events"] - base["events"]) < count:
+            if stored and first_at is None:
+                first_at = time.monotonic()
+            progress.update(task, completed=stored)
+            time.sleep(0.2)
+        progress.update(task, completed=count)
+    done = time.monotonic()
+    cpu1, own1 = _cpu_seconds(pid), time.process_time()
+    stop.set()
+    thread.join(30)
+    assert sink.publisher is not None
+    calls = sink.publisher.stats.calls
+    steady = done - (first_at or t0)
+    return {
+        "events": count,
+        "wall_s": round(done - t0, 2),
+        "steady_s": round(steady, 2),
+        "events_per_s": round(count / (done - t0)),
+        "events_per_s_steady": round(count / steady),
+        "api_calls": calls,
+        "calls_per_1000": round(calls * 1000 / count, 2),
+        "events_per_call": round(count / calls, 1),
+        "emulator_cpu_s": round(cpu1 - cpu0, 2),
+        "emulator_cpu_share_of_core": round((cpu1 - cpu0) / (done - t0), 3),
+        "sink_process_cpu_s": round(own1 - own0, 2),
+    }
+
+
+def _seed_transform(topic: str, partition: int, offset: int, value: bytes) -> dict[str, Any]:
+    """The seed's ``transform_message``, plus the Event_Key__c our event definition requires."""
+    event = decode_record(topic, None, value)
+    assert event is not None
+    record = event.after if event.op != "d" else event.before
+    return {
+        "Source_Table__c": event.source.table,
+        "Operation__c": {"c": "INSERT", "u": "UPDATE", "d": "DELETE"}.get(event.op, "UNKNOWN"),
+        "Record_Id__c": str(record.get("id", "") if record else ""),
+        "Payload__c": json.dumps(record or {}),
+        "Timestamp__c": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "Schema_Version__c": "1.0",
+        "Kafka_Partition__c": partition,
+        "Kafka_Offset__c": offset,
+        "Event_Key__c": f"{topic}-{partition}-{offset}",
+    }
+
+
+def run_seed(bootstrap: str, topic: str, url: str, count: int, seconds: float) -> dict[str, Any]:
+    """The seed's consumer loop, bounded to ``seconds`` of publishing."""
+    token = httpx.post(
+        f"{url}/services/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": DEFAULT_APP.client_id,
+            "client_secret": DEFAULT_APP.client_secret,
+        },
+    ).json()["access_token"]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-seed",
+            "auto.offset.reset": "earliest",  # the seed says latest; the events are already there
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    publish_url = f"{url}/services/data/v59.0/sobjects/PostgreSQL_Data__e"
+    ok = failed = 0
+    started: float | None = None
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as client, _progress() as progress:
+        task = progress.add_task(f"seed consumer (sample of {seconds:g}s)", total=None)
+        while started is None or time.monotonic() - started < seconds:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            started = started or time.monotonic()
+            body = _seed_transform(message.topic(), message.partition(), message.offset(), message.value())
+            response = client.post(publish_url, json=body)
+            if response.status_code == 201:
+                ok += 1
+            else:
+                failed += 1
+            consumer.commit(asynchronous=True)
+            progress.update(task, completed=ok + failed)
+        elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    rate = ok / elapsed if elapsed else 0.0
+    return {
+        "sample_s": round(elapsed, 2),
+        "published": ok,
+        "failed": failed,
+        "api_calls": ok + failed,
+        "calls_per_1000": 1000.0,
+        "events_per_s": round(rate, 2),
+        "extrapolated_s_for_all": round(count / rate) if rate else None,
+    }
+
+
+def _report(
+    count: int, latency: float, ours: dict[str, Any], seed: dict[str, Any], args: argparse.Namespace
+) -> None:
+    table = Table(title=f"{count:,} change events, emulator latency {latency:g} ms per call")
+    table.add_column("")
+    table.add_column("walbridge sink", justify="right")
+    table.add_column("seed consumer", justify="right")
+    table.add_row("events/s", f"{ours['events_per_s']:,}", f"{seed['events_per_s']:,}")
+    table.add_row("events/s (steady, first→last event)", f"{ours['events_per_s_steady']:,}", "")
+    table.add_row("API calls per 1,000 events", f"{ours['calls_per_1000']}", "1000")
+    table.add_row("events per call", f"{ours['events_per_call']}", "1")
+    table.add_row(
+        "time for all events",
+        f"{ours['wall_s']} s (measured)",
+        f"~{seed['extrapolated_s_for_all']} s (extrapolated: {seed['published']} in {seed['sample_s']} s)",
+    )
+    table.add_row("emulator CPU (share of one core)", f"{ours['emulator_cpu_share_of_core']:.1%}", "")
+    console.print(table)
+    ratio = ours["events_per_s"] / seed["events_per_s"] if seed["events_per_s"] else float("inf")
+    console.print(
+        f"speed-up: {ratio:,.0f}x (batch_size={args.batch_size}, max_in_flight={args.max_in_flight})"
+    )
+    print(json.dumps({"walbridge": ours, "seed": seed, "ratio": round(ratio, 1)}, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--seed-seconds", type=float, default=30.0)
+    parser.add_argument("--batch-size", type=int, default=8000)
+    parser.add_argument("--max-in-flight", type=int, default=20)
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting an embedded broker")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sf-") as tmp:
+        broker = None
+        if args.bootstrap is None:
+            broker = KafkaBroker(Path(tmp))
+            broker.start()
+        bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+        emulator = subprocess.Popen(
+            [sys.executable, "-c", _EMULATOR, str(free_port()), str(args.latency_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            url = emulator.stdout.readline().strip()  # type: ignore[union-attr]
+            topic = produce(bootstrap, f"bench{int(time.time())}", args.events)
+            ours = run_sink(bootstrap, topic, url, emulator.pid, args.events, args)
+            seed = run_seed(bootstrap, topic, url, args.events, args.seed_seconds)
+            _report(args.events, args.latency_ms, ours, seed, args)
+        finally:
+            emulator.terminate()
+            emulator.wait(10)
+            if broker is not None:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    main()
