@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from walbridge.config import KafkaSettings
 from walbridge.errors import WalbridgeError
-from walbridge.kafka import ensure_topics, make_admin, make_consumer, map_kafka_error
+from walbridge.kafka import await_admin, ensure_topics, make_admin, make_consumer, map_kafka_error
 
 __all__ = [
     "PartitionLag",
@@ -74,17 +74,7 @@ def create_topics(settings: KafkaSettings, names: list[str], partitions: int | N
 def delete_topics(settings: KafkaSettings, names: list[str]) -> list[str]:
     """Delete topics; returns the ones deleted (unknown topics are skipped)."""
     futures = make_admin(settings).delete_topics(names, operation_timeout=30)
-    deleted = []
-    for name, future in futures.items():
-        try:
-            future.result(timeout=30)
-            deleted.append(name)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                continue
-            raise _error(exc, f"deleting {name}") from exc
-    return deleted
+    return await_admin(futures, "deleting", ignore=KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 def describe_group(settings: KafkaSettings, group_id: str, topics: list[str]) -> list[PartitionLag]:

@@ -20,6 +20,7 @@ from walbridge.errors import ConfigError, ConnectionLost, OperationTimeout, Perm
 
 __all__ = [
     "DeliveryTracker",
+    "await_admin",
     "check_broker",
     "client_config",
     "ensure_topics",
@@ -121,15 +122,23 @@ def ensure_topics(
         ],
         operation_timeout=timeout_s,
     )
+    await_admin(futures, "creating topic", ignore=KafkaError.TOPIC_ALREADY_EXISTS, timeout_s=timeout_s)
+    return missing
+
+
+def await_admin(futures: dict[str, Any], doing: str, *, ignore: int, timeout_s: float = 30.0) -> list[str]:
+    """Wait for AdminClient futures; the names that succeeded (``ignore``: an error code that is fine)."""
+    done = []
     for name, future in futures.items():
         try:
             future.result(timeout=timeout_s)
+            done.append(name)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            if isinstance(err, KafkaError) and err.code() == ignore:
                 continue
-            raise map_kafka_error(err, f"creating topic {name}") from exc
-    return missing
+            raise map_kafka_error(err, f"{doing} {name}") from exc
+    return done
 
 
 def map_kafka_error(err: Any, doing: str) -> WalbridgeError:

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from capture_support import RunningCapture, make_settings
 from helpers import consume_all, json_or_none, wait_until
 from walbridge.capture.logical import LogicalCapture
-from walbridge.config import Settings, load_settings
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
-
-def make_settings(dsn: str, bootstrap: str, prefix: str, tmp_path: Any, **source: Any) -> Settings:
-    return load_settings(
-        source={
-            "dsn": dsn,
-            "tables": ["inventory.customers", "inventory.orders"],
-            "slot": prefix.replace("-", "_"),
-            "publication": prefix.replace("-", "_"),
-            **source,
-        },
-        events={"topic_prefix": prefix},
-        kafka={"bootstrap_servers": bootstrap, "partitions": 3},
-        metrics={"enabled": False},
-        state_dir=str(tmp_path / "state"),
-    )
-
-
-class RunningCapture:
-    def __init__(self, settings: Settings) -> None:
-        self.capture = LogicalCapture(settings)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.capture.run(self.stop)
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    def __enter__(self) -> RunningCapture:
-        self.thread.start()
-        wait_until(lambda: self.capture.ready.is_set() or self.error is not None, timeout_s=60)
-        if self.error:
-            raise self.error
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        self.thread.join(30)
+TABLES = ["inventory.customers", "inventory.orders"]
 
 
 @pytest.fixture
@@ -64,8 +24,8 @@ def ecommerce(pg_dsn: str) -> Iterator[str]:
 
 
 def test_snapshot_then_stream(ecommerce: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Any) -> None:
-    settings = make_settings(ecommerce, kafka_bootstrap, topic_prefix, tmp_path)
-    with RunningCapture(settings) as running:
+    settings = make_settings(ecommerce, kafka_bootstrap, topic_prefix, tmp_path, TABLES)
+    with RunningCapture(LogicalCapture(settings)) as running:
         with psycopg.connect(ecommerce, autocommit=True) as conn:
             for statement in ECOMMERCE_CHANGES:
                 conn.execute(statement)
