@@ -30,6 +30,24 @@ if str(Path(__file__).parent) not in sys.path:
 from helpers import with_dbname
 from walbridge.devstack import KafkaBroker, PostgresServer, create_database, drop_database
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A private base directory per run: pytest's rotation of /tmp/pytest-of-<user>/pytest-N would
+    # otherwise delete the data directory of a PostgreSQL that a concurrent run still uses.
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="walbridge-tests-")
+        config._walbridge_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = getattr(config, "_walbridge_basetemp", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)
+
 PG_DSN_ENV = "WALBRIDGE_TEST_PG_DSN"
 KAFKA_ENV = "WALBRIDGE_TEST_KAFKA"
 

@@ -74,15 +74,27 @@ def teardown_logical(settings: Settings) -> list[str]:
     return done
 
 
-def _trigger_module() -> Any:
-    from walbridge.capture import trigger
+def setup_trigger(settings: Settings) -> list[str]:
+    from walbridge.capture.logical import connect_source
+    from walbridge.capture.trigger import install_trigger_capture
 
-    return trigger
+    with connect_source(settings.source.dsn) as conn:
+        return install_trigger_capture(conn, settings)
+
+
+def teardown_trigger(settings: Settings) -> list[str]:
+    from walbridge.capture.logical import connect_source
+    from walbridge.capture.trigger import uninstall_trigger_capture
+
+    with connect_source(settings.source.dsn) as conn:
+        return uninstall_trigger_capture(conn, settings)
 
 
 def _capture_for(settings: Settings, progress: Any) -> Any:
     if settings.source.mode == "trigger":
-        return _trigger_module().TriggerCapture(settings, progress=progress)
+        from walbridge.capture.trigger import TriggerCapture
+
+        return TriggerCapture(settings, progress=progress)
     from walbridge.capture.logical import LogicalCapture
 
     return LogicalCapture(settings, progress=progress)
@@ -153,7 +165,7 @@ def register(app: typer.Typer) -> None:
         """Check the source and create what capture needs (publication + slot, or triggers). Idempotent."""
         settings = settings_from(config)
         if _mode(settings, mode) == "trigger":
-            done = _trigger_module().install_trigger_capture_from_settings(settings)
+            done = setup_trigger(settings)
         else:
             done = setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
@@ -165,7 +177,7 @@ def register(app: typer.Typer) -> None:
         """Drop the slot and publication (or the triggers). An abandoned slot retains WAL until dropped."""
         settings = settings_from(config)
         if _mode(settings, mode) == "trigger":
-            done = _trigger_module().uninstall_trigger_capture_from_settings(settings)
+            done = teardown_trigger(settings)
         else:
             done = teardown_logical(settings)
         for line in done or ["nothing to drop"]:
@@ -173,15 +185,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @handle_errors
-    def check(config: ConfigOption = None) -> None:
-        """Check the source server for logical capture; list each problem with its fix."""
+    def check(config: ConfigOption = None, mode: Mode = None) -> None:
+        """Check the source server for the capture mode; list each problem with its fix."""
         from walbridge.capture import catalog
         from walbridge.capture.logical import connect_source
+        from walbridge.capture.trigger import check_trigger_capture
 
         settings = settings_from(config)
+        chosen = _mode(settings, mode)
         with connect_source(settings.source.dsn) as conn:
             relations = catalog.resolve_tables(conn, settings.source.tables, settings.source.exclude_tables)
-            problems = catalog.check_logical_capture(conn, relations)
+            if chosen == "trigger":
+                problems = check_trigger_capture(conn, settings)
+            else:
+                problems = catalog.check_logical_capture(conn, relations)
         table = Table("table", "primary key", "replica identity")
         for rel in relations:
             table.add_row(
@@ -190,7 +207,7 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))
-        out.print("[green]✓[/] the server is ready for logical capture")
+        out.print(f"[green]✓[/] the server is ready for {chosen} capture")
 
     @app.command()
     @handle_errors

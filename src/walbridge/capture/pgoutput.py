@@ -49,6 +49,7 @@ __all__ = [
     "XLogData",
     "decode",
     "decode_copy_data",
+    "decode_row_change",
     "pg_to_unix_us",
     "standby_status_update",
     "unix_to_pg_us",
@@ -497,6 +498,74 @@ def decode(buf: bytes | memoryview, *, in_stream: bool = False) -> Message:
             f"malformed {kind} message at offset {end}: {len(data) - end} trailing bytes", offset=end
         )
     return message
+
+
+# --------------------------------------------------------------------------- fast path for row changes
+
+TextTuple = list["str | _UnchangedToast | None"]
+_INSERT, _UPDATE, _DELETE = ord("I"), ord("U"), ord("D")
+_unpack_I = _I.unpack_from
+
+
+def _text_tuple(buf: bytes, pos: int) -> tuple[TextTuple, int]:
+    """Like :func:`_tuple`, values decoded from UTF-8; raises on anything unusual (the caller falls back)."""
+    count = buf[pos] << 8 | buf[pos + 1]
+    pos += 2
+    values: TextTuple = []
+    append = values.append
+    for _ in range(count):
+        kind = buf[pos]
+        if kind == _T:
+            start = pos + 5
+            pos = start + _unpack_I(buf, pos + 1)[0]
+            append(buf[start:pos].decode())
+        elif kind == _N:
+            pos += 1
+            append(None)
+        elif kind == _U:
+            pos += 1
+            append(UNCHANGED_TOAST)
+        else:
+            raise ValueError(kind)  # binary values or garbage: the slow path says what
+    if pos > len(buf):
+        raise ValueError(pos)
+    return values, pos
+
+
+def decode_row_change(buf: bytes) -> tuple[int, int, TextTuple | None, TextTuple | None, TextTuple | None] | None:
+    """Insert/Update/Delete outside streamed blocks → (type byte, relation oid, old, key, new), values as str.
+
+    The capture's hot path: no message objects, text decoded once. Returns ``None`` for any other
+    message and for anything :func:`decode` would reject or return differently (malformed input,
+    binary values, invalid UTF-8): the caller then uses :func:`decode`, which names the problem.
+    """
+    try:
+        kind = buf[0]
+        (oid,) = _unpack_I(buf, 1)
+        marker = buf[5]
+        old = key = new = None
+        if kind == _INSERT:
+            if marker != _NEW:
+                return None
+            new, end = _text_tuple(buf, 6)
+        elif kind == _UPDATE or kind == _DELETE:
+            if marker == _O:
+                old, end = _text_tuple(buf, 6)
+            elif marker == _K:
+                key, end = _text_tuple(buf, 6)
+            elif kind == _UPDATE and marker == _NEW:
+                end = 5
+            else:
+                return None
+            if kind == _UPDATE:
+                if buf[end] != _NEW:
+                    return None
+                new, end = _text_tuple(buf, end + 1)
+        else:
+            return None
+    except (ValueError, IndexError, struct.error):
+        return None
+    return (kind, oid, old, key, new) if end == len(buf) else None
 
 
 # --------------------------------------------------------------------------- outer CopyData frames

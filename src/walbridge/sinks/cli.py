@@ -1,8 +1,11 @@
 """Typer apps for the sink side, mounted by ``walbridge.cli``.
 
-``sink_app``: ``walbridge sink postgres --config FILE``; ``dlq_app``: ``walbridge dlq
-list|show|replay``; ``verify``: ``walbridge verify --config FILE``; ``topics_app``:
-``walbridge topics list|create|delete|describe``; ``groups_app``: ``walbridge groups describe``.
+``sink_app``: ``walbridge sink postgres|salesforce --config FILE`` (each serves ``/metrics``,
+``/healthz`` and ``/status`` from ``settings.metrics`` while it runs, see
+:mod:`walbridge.sinks.ops`); ``dlq_app``: ``walbridge dlq list|show|replay``; ``verify``:
+``walbridge verify --config FILE`` (exit 1 and a table of missing/extra/different keys when the
+tables differ); ``topics_app``: ``walbridge topics list|create|delete|describe``;
+``groups_app``: ``walbridge groups describe``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
 from walbridge.events import split_topic
 from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq, replay
+from walbridge.sinks.ops import start_ops
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
+from walbridge.sinks.salesforce.cli import salesforce
 from walbridge.verify import TableDiff, verify_tables
 
 __all__ = ["dlq_app", "groups_app", "sink_app", "topics_app", "verify"]
@@ -62,7 +67,15 @@ def sink_postgres(config: ConfigOption = None, name: NameOption = None) -> None:
         runner.group_id,
         sink_settings.topics or sink_settings.topic_pattern,
     )
-    runner.run(stop)
+    ops = start_ops(settings.metrics, runner.status, runner.healthy)
+    try:
+        runner.run(stop)
+    finally:
+        if ops is not None:
+            ops.stop()
+
+
+sink_app.command("salesforce")(salesforce)
 
 
 # --------------------------------------------------------------------------- dlq

@@ -62,6 +62,7 @@ SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
 Decoder = Callable[[str, bytes | None, bytes | None], ChangeEvent | None]
 _ASSIGN_TRIES = 3
 _PREFETCH_POLL_S = 0.02
+_PREFETCH_STEP = 250
 
 
 def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = None) -> float:
@@ -243,7 +244,10 @@ class SinkRunner:
                 timeout = 0.5 if deadline is None else deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            messages = self._consumer.consume(size - len(batch), timeout)
+            # While the worker applies, read in small steps: each consume releases the GIL, which
+            # the worker needs back after every round trip to PostgreSQL.
+            step = size - len(batch) if busy is None else min(_PREFETCH_STEP, size - len(batch))
+            messages = self._consumer.consume(step, timeout)
             for message in messages:
                 self._add(batch, message)
             self._drop_stale(batch)

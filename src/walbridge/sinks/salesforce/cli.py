@@ -19,8 +19,9 @@ from typing import Annotated
 import typer
 
 from walbridge import metrics
-from walbridge.config import SalesforceSinkSettings, load_settings
+from walbridge.config import MetricsSettings, SalesforceSinkSettings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
+from walbridge.sinks.ops import start_ops
 from walbridge.sinks.runner import SinkRunner, install_signal_handlers
 from walbridge.sinks.salesforce.sink import SalesforceSink
 from walbridge.web import OpsServer
@@ -34,7 +35,8 @@ def salesforce(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML or TOML settings file")],
     name: Annotated[str | None, typer.Option("--name", help="which salesforce sink of the file")] = None,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="serve /metrics, /healthz, /status on this port")
+        int | None,
+        typer.Option("--metrics-port", help="serve /metrics, /healthz, /status here (default: metrics.port)"),
     ] = None,
 ) -> None:
     """Publish change events from Kafka to Salesforce Platform Events."""
@@ -55,7 +57,7 @@ def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
     stop = threading.Event()
     install_signal_handlers(stop)
-    ops = _start_ops(sink, settings.metrics.host, metrics_port) if metrics_port is not None else None
+    ops = _start_ops(sink, runner, settings.metrics, metrics_port)
     try:
         runner.run(stop)
     finally:
@@ -64,19 +66,21 @@ def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
         _summary(sink)
 
 
-def _start_ops(sink: SalesforceSink, host: str, port: int) -> OpsServer:
+def _start_ops(
+    sink: SalesforceSink, runner: SinkRunner, settings: MetricsSettings, port: int | None
+) -> OpsServer | None:
 
     def status() -> dict[str, object]:
         stats = sink.publisher.stats if sink.publisher is not None else None
         return {
-            "sink": sink.name,
+            **runner.status(),
             "calls": stats.calls if stats else 0,
             "accepted": stats.accepted if stats else 0,
             "rejected": stats.rejected if stats else 0,
             "api_usage": dict(stats.api_usage) if stats else {},
         }
 
-    return OpsServer(host, port, status, lambda: True).start()
+    return start_ops(settings, status, runner.healthy, port)
 
 
 def _summary(sink: SalesforceSink) -> None:

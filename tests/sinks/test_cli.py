@@ -1,0 +1,101 @@
+"""The sink side of the ``walbridge`` command line, run as a subprocess: dlq list|show|replay, verify,
+and the mounted ``sink salesforce`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import yaml
+from pg_support import EMPLOYEES_DDL, Pipeline, change, employee, rows
+
+from helpers import run_cli, wait_until
+from walbridge.config import PostgresSinkSettings, Settings, SourceSettings
+from walbridge.events import KafkaRecord
+from walbridge.sinks.dlq import read_dlq
+
+WIDE = {"COLUMNS": "250"}  # rich tables: room for every column in a captured stdout
+
+
+def write_config(path: Path, settings: Settings) -> tuple[str, dict[str, str]]:
+    """The settings as a file (DSNs, which hold a password here, through the environment) and its env."""
+    doc = settings.model_dump(mode="json")
+    env = {**WIDE, "WB_TEST_SOURCE_DSN": doc["source"]["dsn"]}
+    doc["source"]["dsn"] = "env:WB_TEST_SOURCE_DSN"
+    for i, sink in enumerate(doc["sinks"]):
+        env[f"WB_TEST_SINK_DSN_{i}"] = sink["dsn"]
+        sink["dsn"] = f"env:WB_TEST_SINK_DSN_{i}"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path), env
+
+
+def test_dlq_list_show_replay(pipeline: Pipeline, employees_db: str, tmp_path: Path) -> None:
+    pipeline.start()
+    pipeline.send_raw(KafkaRecord(pipeline.topic, b'{"emp_id": 7}', b"\x00\xffnot json"))
+    pipeline.send(change("c", None, employee(8)))
+    dlq_topic = pipeline.topic + ".dlq"
+    wait_until(lambda: read_dlq(pipeline.settings, [dlq_topic]), timeout_s=30)
+    wait_until(lambda: rows(employees_db, "SELECT emp_id FROM employees") == [(8,)])
+    pipeline.stop()  # a replayed record must not come back to the DLQ during the test
+    config, env = write_config(tmp_path / "sink.yaml", pipeline.settings)
+
+    code, out, err = run_cli("dlq", "list", "--config", config, "--topic", dlq_topic, env=env)
+    assert code == 0, err
+    assert dlq_topic in out and f"{pipeline.topic}[" in out and "not JSON" in out
+    code, out, _ = run_cli(
+        "dlq", "list", "--config", config, "--topic", dlq_topic, "--where", "error~nomatch", env=env
+    )
+    assert code == 0 and dlq_topic not in out
+
+    code, out, err = run_cli("dlq", "show", "--config", config, "--topic", dlq_topic, env=env)
+    assert code == 0, err
+    (shown,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert shown["original_topic"] == pipeline.topic
+    assert json.loads(shown["original_key"]) == {"emp_id": 7}
+    assert "not JSON" in shown["error"]
+    assert {"original_value", "partition", "offset", "timestamp"} <= shown.keys()
+
+    code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, env=env)
+    assert code == 0, err
+    assert "replayed 1, skipped 0" in out
+    code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, env=env)
+    assert code == 0, err
+    assert "replayed 0, skipped 1" in out
+
+
+def test_verify_names_missing_extra_and_different_keys(employees_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA src")
+        conn.execute(EMPLOYEES_DDL.replace("public.employees", "src.employees"))
+        for emp_id in (1, 2, 3):
+            conn.execute("INSERT INTO src.employees (emp_id, salary) VALUES (%s, 10)", (emp_id,))
+        conn.execute("INSERT INTO public.employees (emp_id, salary) VALUES (1, 10), (2, 99), (4, 10)")
+    settings = Settings(
+        source=SourceSettings(dsn=employees_db, tables=["src.employees"]),
+        sinks=[
+            PostgresSinkSettings(
+                dsn=employees_db, topics=["x.src.employees"], table_map={"src.employees": "public.employees"}
+            )
+        ],
+    )
+    config, env = write_config(tmp_path / "verify.yaml", settings)
+
+    code, out, err = run_cli("verify", "--config", config, env=env)
+    assert code == 1, (out, err)
+    assert "src.employees" in out and "public.employees" in out
+    assert "missing (3,)" in out and "extra (4,)" in out and "different (2,)" in out
+
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM public.employees")
+        conn.execute("INSERT INTO public.employees SELECT * FROM src.employees")
+    code, out, err = run_cli("verify", "--config", config, env=env)
+    assert code == 0, (out, err)
+    assert "clean" in out
+
+
+def test_sink_salesforce_is_mounted() -> None:
+    code, out, _ = run_cli("sink", "--help", env=WIDE)
+    assert code == 0 and "postgres" in out and "salesforce" in out
+    code, out, _ = run_cli("sink", "salesforce", "--help", env=WIDE)
+    assert code == 0 and "--config" in out and "--metrics-port" in out
