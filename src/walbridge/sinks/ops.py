@@ -40,5 +40,5 @@ def start_ops(
             exc.strerror,
         )
         return None
-    log.info("metrics and status on %s", ops.url)
+    log.debug("metrics and status on %s", ops.url)
     return ops
