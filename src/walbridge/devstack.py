@@ -18,7 +18,6 @@ Contract:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
@@ -37,6 +36,18 @@ from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 from walbridge.errors import ConfigError, OperationTimeout, WalbridgeError
+from walbridge.processes import (
+    ManagedProcess,
+    as_user,
+    child_pids,
+    free_port,
+    is_zombie,
+    log_tail,
+    pid_alive,
+    reaper,
+    send_signal,
+    wait_dead,
+)
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -83,160 +94,6 @@ class Service(Protocol):
     def is_running(self) -> bool: ...
 
     def describe(self) -> dict[str, Any]: ...
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to port 0 and ask)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie (an unreaped dead process holds no resources)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def _child_pids(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _wait_dead(pids: list[int], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while any(pid_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-class _Reaper:
-    """Stops every service still registered when the interpreter exits."""
-
-    def __init__(self) -> None:
-        self._services: dict[int, Callable[[], None]] = {}
-        atexit.register(self.stop_all)
-
-    def add(self, owner: object, stop: Callable[[], None]) -> None:
-        self._services[id(owner)] = stop
-
-    def discard(self, owner: object) -> None:
-        self._services.pop(id(owner), None)
-
-    def stop_all(self) -> None:
-        for stop in list(self._services.values()):
-            with contextlib.suppress(Exception):
-                stop()
-        self._services.clear()
-
-
-_reaper = _Reaper()
-
-
-class _Process:
-    """One long-running child process: spawn, signal, reap. Also attaches to a pid from an earlier run."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None
-
-    def spawn(self, argv: list[str], log_path: Path, *, user: pwd.struct_passwd | None, cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LISTENER_", "ADVERTISED_"))}
-        if user is not None:
-            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        with open(log_path, "ab") as out:
-            # A new session: Ctrl-C in a terminal reaches us only, and we shut services down in order.
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                **_as_user(user),
-            )
-        self.pid = self.popen.pid
-
-    def attach(self, pid: int) -> None:
-        self.popen, self.pid = None, pid
-
-    def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return self.pid is not None and pid_alive(self.pid)
-
-    def exit_code(self) -> int | None:
-        return self.popen.poll() if self.popen is not None else None
-
-    def terminate(self, sig: signal.Signals, timeout_s: float) -> bool:
-        """Send ``sig``, wait up to ``timeout_s``, SIGKILL if still alive. True if it stopped in time."""
-        if self.pid is None or not self.alive():
-            self.forget()
-            return True
-        _signal(self.pid, sig)
-        graceful = self._wait(timeout_s)
-        if not graceful:
-            log.warning("%s (pid %s) ignored %s, killing it", self.name, self.pid, sig.name)
-            _signal(self.pid, signal.SIGKILL)
-            self._wait(10.0)
-        self.forget()
-        return graceful
-
-    def _wait(self, timeout_s: float) -> bool:
-        if self.popen is not None:
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        return self.pid is not None and _wait_dead([self.pid], timeout_s)
-
-    def forget(self) -> None:
-        self.popen, self.pid = None, None
-
-
-def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
-    if user is None:
-        return {}
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
@@ -404,7 +261,7 @@ class PostgresServer:
             **(settings or {}),
         }
         self._user = _service_user()
-        self._proc = _Process("postgres")
+        self._proc = ManagedProcess("postgres")
         self.startup_s: float | None = None
 
     # -- public API
@@ -456,7 +313,7 @@ class PostgresServer:
             self._write_conf()
             self._spawn()
             self._wait_ready()
-            _reaper.add(self, lambda: self.stop("immediate"))
+            reaper.add(self, lambda: self.stop("immediate"))
         self._apply_password()
         self.startup_s = time.monotonic() - began
         log.info("PostgreSQL (%s) ready on port %s in %.2fs", self.binaries.source, self.port, self.startup_s)
@@ -466,7 +323,7 @@ class PostgresServer:
         if not self._proc.alive() and (pid := self._pid_from_lockfile()) and pid_alive(pid):
             self._proc.attach(pid)
         self._proc.terminate(_STOP_SIGNALS[mode], timeout_s)
-        _reaper.discard(self)
+        reaper.discard(self)
 
     def restart(self) -> None:
         self.stop("fast")
@@ -477,17 +334,17 @@ class PostgresServer:
         pid = self._proc.pid or self._pid_from_lockfile()
         if pid is None:
             return
-        children = _child_pids(pid)
-        _signal(pid, signal.SIGKILL)
+        children = child_pids(pid)
+        send_signal(pid, signal.SIGKILL)
         if self._proc.popen is not None:
             self._proc.popen.wait(10)
         # Orphaned backends still attached to shared memory would make the next start refuse to run.
-        if not _wait_dead([pid, *children], 15.0):
+        if not wait_dead([pid, *children], 15.0):
             for child in children:
-                _signal(child, signal.SIGKILL)
-            _wait_dead(children, 5.0)
+                send_signal(child, signal.SIGKILL)
+            wait_dead(children, 5.0)
         self._proc.forget()
-        _reaper.discard(self)
+        reaper.discard(self)
 
     def create_database(self, name: str) -> str:
         """Create database ``name``; returns its superuser DSN."""
@@ -513,7 +370,7 @@ class PostgresServer:
 
     def _run_tool(self, argv: list[str]) -> None:
         out = subprocess.run(
-            argv, capture_output=True, text=True, cwd=self.base_dir, timeout=120, **_as_user(self._user)
+            argv, capture_output=True, text=True, cwd=self.base_dir, timeout=120, **as_user(self._user)
         )
         if out.returncode != 0:
             raise ServiceError(f"{Path(argv[0]).name} failed ({out.returncode}): {out.stderr or out.stdout}")
@@ -614,7 +471,7 @@ class PostgresServer:
         if self._proc.alive():
             return True
         pid = self._pid_from_lockfile()
-        if pid is not None and not pid_alive(pid) and _is_zombie(pid):
+        if pid is not None and not pid_alive(pid) and is_zombie(pid):
             # A dead postmaster nobody reaped (init may not reap here): PostgreSQL's own stale-lock check
             # sees the zombie as alive and would refuse to start.
             for lock in [self.data_dir / "postmaster.pid", *self.socket_dir.glob(".s.PGSQL.*.lock")]:
@@ -633,7 +490,7 @@ class PostgresServer:
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             if not self._proc.alive():
-                raise ServiceError(f"PostgreSQL exited during startup:\n{_log_tail(self.log_path)}")
+                raise ServiceError(f"PostgreSQL exited during startup:\n{log_tail(self.log_path)}")
             try:
                 # The socket has trust auth: a data dir from a run with another password still starts.
                 with psycopg.connect(self.socket_dsn(), connect_timeout=2):
@@ -709,7 +566,7 @@ class KafkaBroker:
         self.advertised_port = advertised_port
         """Clients are told to connect here (e.g. a proxy in front of the broker); default: ``port``."""
         self.startup_timeout_s = startup_timeout_s
-        self._proc = _Process("kafka")
+        self._proc = ManagedProcess("kafka")
         self.startup_s: float | None = None
 
     @property
@@ -736,7 +593,7 @@ class KafkaBroker:
         argv = [_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         argv += ["--storage-engine", "memory://tansu/"]
         self._proc.spawn(argv, self.log_path, user=None, cwd=self.base_dir)
-        _reaper.add(self, self.stop)
+        reaper.add(self, self.stop)
         try:
             self._wait_ready()
         except BaseException:
@@ -752,12 +609,12 @@ class KafkaBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._proc.terminate(signal.SIGTERM, timeout_s)
-        _reaper.discard(self)
+        reaper.discard(self)
 
     def kill(self) -> None:
         """SIGKILL the broker (every topic is lost: its storage is memory only)."""
         self._proc.terminate(signal.SIGKILL, 5.0)
-        _reaper.discard(self)
+        reaper.discard(self)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -772,7 +629,7 @@ class KafkaBroker:
         deadline = time.monotonic() + self.startup_timeout_s
         while not _broker_answers(self.bootstrap, 1.0):
             if not self._proc.alive():
-                raise ServiceError(f"the Kafka broker exited during startup:\n{_log_tail(self.log_path)}")
+                raise ServiceError(f"the Kafka broker exited during startup:\n{log_tail(self.log_path)}")
             if time.monotonic() > deadline:
                 raise OperationTimeout(f"the Kafka broker did not answer within {self.startup_timeout_s}s")
             time.sleep(0.05)
@@ -852,7 +709,7 @@ class DevStack:
     def detach(self) -> None:
         """Leave the services running after this process exits (``devstack up --detach``)."""
         for service in self.services():
-            _reaper.discard(service)
+            reaper.discard(service)
         self.write_state(detached=True)
 
     def write_state(self, *, detached: bool) -> None:

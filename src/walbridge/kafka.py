@@ -164,7 +164,7 @@ _TRANSIENT_CODES = {
 
 
 class _Checkpoint(Generic[P]):
-    __slots__ = ("failed", "position", "remaining", "sealed", "tracker")
+    __slots__ = ("callback", "failed", "position", "remaining", "sealed", "tracker")
 
     def __init__(self, tracker: DeliveryTracker[P]) -> None:
         self.tracker = tracker
@@ -172,6 +172,8 @@ class _Checkpoint(Generic[P]):
         self.remaining = 0
         self.sealed = False
         self.failed: KafkaError | None = None
+        # One bound method per checkpoint, handed to every record of it (not one per record).
+        self.callback = self.ack
 
     def ack(self, err: KafkaError | None, _msg: Any) -> None:
         """Delivery callback of every record produced for this checkpoint."""
@@ -204,7 +206,7 @@ class DeliveryTracker(Generic[P]):
             cp = self._current = _Checkpoint(self)
             self._queue.append(cp)
         cp.remaining += 1
-        return cp.ack
+        return cp.callback
 
     def seal(self, position: P) -> None:
         """No more records for the current position; it may now be confirmed."""

@@ -15,12 +15,13 @@ from confluent_kafka import Producer
 from walbridge import metrics
 from walbridge.config import Settings
 from walbridge.errors import ConnectionLost
-from walbridge.events import ChangeEvent, EnvelopeEncoder
+from walbridge.events import ChangeEvent, EnvelopeEncoder, PreparedSource, Source, TableSchema
 from walbridge.kafka import DeliveryTracker, ensure_topics, make_admin, make_producer, map_kafka_error
 
 __all__ = ["EventPublisher"]
 
 P = TypeVar("P")
+Row = dict[str, Any]
 
 
 class EventPublisher(Generic[P]):
@@ -33,6 +34,8 @@ class EventPublisher(Generic[P]):
         self.tracker: DeliveryTracker[P] = DeliveryTracker()
         self._known_topics: set[str] = set()
         self._counters: dict[tuple[str, str], Any] = {}
+        self._unreported: dict[tuple[str, str], int] = {}
+        self._produce_fn = self.producer.produce
         self.published = 0
 
     def ensure_topics(self, tables: Iterable[tuple[str, str]]) -> None:
@@ -46,27 +49,62 @@ class EventPublisher(Generic[P]):
     def publish(self, event: ChangeEvent) -> None:
         """Encode and hand to the producer; blocks (serving deliveries) while its queue is full."""
         records = self.encoder.encode(event)
-        produce = self.producer.produce
         for record in records:
-            callback = self.tracker.open()
-            while True:
-                try:
-                    if record.key is None:
-                        # No primary key: keep the table's order by using one partition.
-                        produce(record.topic, record.value, None, 0, callback=callback)
-                    else:
-                        produce(record.topic, record.value, record.key, callback=callback)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
-                    self.raise_if_failed()
+            self._produce(record.topic, record.key, record.value)
         self.published += len(records)
-        counter = self._counters.get((event.source.table, event.op))
+        self._count(f"{event.source.schema}.{event.source.table}", event.op)
+
+    def prepare(self, source: Source, relation: TableSchema | None) -> PreparedSource | None:
+        """A fast encoder for events sharing ``source`` (see :meth:`EnvelopeEncoder.prepare`)."""
+        return self.encoder.prepare(source, relation)
+
+    def publish_prepared(
+        self,
+        prepared: PreparedSource,
+        op: str,
+        key: Row | None,
+        before: Row | None,
+        after: Row | None,
+        lsn: int,
+        ts_ms: int,
+    ) -> None:
+        """Like :meth:`publish` for an event of ``prepared``'s table (op c, u, d or r), without the objects."""
+        key_bytes, value = prepared.encode(op, key, before, after, lsn, ts_ms)
+        self._produce(prepared.topic, key_bytes, value)
+        if op == "d" and key_bytes is not None and prepared.tombstones:
+            self._produce(prepared.topic, key_bytes, None)
+            self.published += 1
+        self.published += 1
+        counts = self._unreported
+        slot = (prepared.label, op)
+        counts[slot] = counts.get(slot, 0) + 1
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        callback = self.tracker.open()
+        while True:
+            try:
+                if key is None:
+                    # No primary key: keep the table's order by using one partition.
+                    self._produce_fn(topic, value, None, 0, callback=callback)
+                else:
+                    self._produce_fn(topic, value, key, callback=callback)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+                self.raise_if_failed()
+
+    def _count(self, label: str, op: str, amount: int = 1) -> None:
+        counter = self._counters.get((label, op))
         if counter is None:
-            counter = self._counters[(event.source.table, event.op)] = metrics.capture.events.labels(
-                f"{event.source.schema}.{event.source.table}", event.op
-            )
-        counter.inc()
+            counter = self._counters[(label, op)] = metrics.capture.events.labels(label, op)
+        counter.inc(amount)
+
+    def _report_counts(self) -> None:
+        """Per-event counters are batched: one metrics update per (table, op) each poll."""
+        if self._unreported:
+            for (label, op), amount in self._unreported.items():
+                self._count(label, op, amount)
+            self._unreported.clear()
 
     def seal(self, position: P) -> None:
         """Everything published since the previous seal belongs to ``position``."""
@@ -76,6 +114,7 @@ class EventPublisher(Generic[P]):
         """Serve delivery reports; the newest position whose records are all acknowledged."""
         self.producer.poll(timeout)
         self.raise_if_failed()
+        self._report_counts()
         metrics.capture.producer_queue.set(len(self.producer))
         return self.tracker.confirmed()
 

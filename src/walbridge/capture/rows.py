@@ -13,7 +13,13 @@ from typing import Any
 
 from walbridge.capture.catalog import RelationInfo
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
-from walbridge.capture.values import TypeRegistry, ValueOptions, column_schema, converter_for
+from walbridge.capture.values import (
+    TypeRegistry,
+    ValueOptions,
+    column_schema,
+    converter_for,
+    is_passthrough,
+)
 from walbridge.errors import DecodeError
 from walbridge.events import TableSchema
 
@@ -44,6 +50,7 @@ class RowCodec:
         "_names",
         "_picked",
         "_placeholders",
+        "_typed",
         "_width",
         "relation",
         "table_schema",
@@ -80,6 +87,8 @@ class RowCodec:
         self._convert = tuple(convert for _, _, convert in self._columns)
         kept = tuple(index for index, _, _ in self._columns)
         self._picked = None if kept == tuple(range(self._width)) else kept
+        # Columns whose text needs converting; the others are kept as they are (row_text).
+        self._typed = tuple((name, convert) for _, name, convert in self._columns if not is_passthrough(convert))
         self._key_columns = tuple(relation.key_columns)
         self.table_schema = TableSchema(relation.schema, relation.table, tuple(schemas), self._key_columns)
 
@@ -118,6 +127,23 @@ class RowCodec:
             ) from exc
         return out
 
+    def row_text(self, values: list[str | None]) -> dict[str, Any]:
+        """Like :meth:`row` for values that are all ``str`` or ``None`` (pgoutput.decode_row_change)."""
+        if self._picked is not None or len(values) != self._width:
+            return self.row(values)
+        out = dict(zip(self._names, values, strict=True))
+        name, value = "", None
+        try:
+            for name, convert in self._typed:
+                value = out[name]
+                if value is not None:
+                    out[name] = convert(value)
+        except (ValueError, ArithmeticError) as exc:
+            raise DecodeError(
+                f"{self.relation.schema}.{self.relation.table}.{name}: cannot convert {value!r}: {exc}"
+            ) from exc
+        return out
+
     def row_from_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
         """Values by column name (trigger change log); unknown names are an error, missing ones null."""
         unknown = set(mapping) - {col.name for col in self.relation.columns}
@@ -130,9 +156,13 @@ class RowCodec:
 
     def key(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """The primary-key object of a row; ``None`` for a table without a primary key."""
-        if not self._key_columns:
+        columns = self._key_columns
+        if not columns:
             return None
-        return {name: row.get(name) for name in self._key_columns}
+        if len(columns) == 1:
+            name = columns[0]
+            return {name: row.get(name)}
+        return {name: row.get(name) for name in columns}
 
     def key_only_row(self, values: Sequence[Any]) -> dict[str, Any]:
         """A row where only the key columns are known (default replica identity): others null."""

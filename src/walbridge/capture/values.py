@@ -39,6 +39,7 @@ __all__ = [
     "ValueOptions",
     "column_schema",
     "converter_for",
+    "is_passthrough",
     "parse_array_literal",
     "parse_copy_line",
     "parse_record_literal",
@@ -203,16 +204,22 @@ def _timestamp_millis(text: str) -> int:
 def _zoned_timestamp(fraction_digits: int) -> Converter:
     """io.debezium.time.ZonedTimestamp: UTC, ``Z``, as many fraction digits as the column's precision."""
 
+    # Length of 'HH:MM:SS.f…' when the server printed exactly the wanted number of fraction digits.
+    exact = 9 + fraction_digits if 0 < fraction_digits <= 9 else -1
+
     def convert(text: str) -> str:
-        if text in ("infinity", "-infinity"):
-            return text
-        if len(text) >= 22 and text.endswith("+00") and text[10] == " " and text[4] == "-":
+        if text[-3:] == "+00" and len(text) >= 22 and text[10] == " " and text[4] == "-":
             # The session's TimeZone is UTC: 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' needs no date arithmetic.
+            clock = text[11:-3]
+            if len(clock) == exact and text[19] == ".":
+                return text[:10] + "T" + clock + "Z"
             fraction = text[20:-3] if text[19] == "." else ""
             head = text[:10] + "T" + text[11:19]
             if fraction_digits <= 0 or fraction_digits > 9:
                 return head + (f".{fraction}".rstrip("0").rstrip(".") if fraction else "") + "Z"
             return f"{head}.{fraction.ljust(fraction_digits, '0')[:fraction_digits]}Z"
+        if text in ("infinity", "-infinity"):
+            return text
         m = datetime.fromisoformat(text).astimezone(UTC)
         head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
         if fraction_digits <= 0 or fraction_digits > 9:
@@ -433,6 +440,11 @@ _TEXT_ELEMENT_FALLBACK = frozenset({"money", "interval", "varbit", "point"})
 
 def _identity(text: str) -> str:
     return text
+
+
+def is_passthrough(convert: Converter) -> bool:
+    """True when the converter returns the text unchanged (callers may skip calling it)."""
+    return convert is _identity
 
 
 def _time_precision(typmod: int) -> int:
@@ -721,6 +733,8 @@ def parse_copy_line(line: bytes) -> list[str | None]:
     """One line of ``COPY ... TO STDOUT`` text format → fields (``\\N`` is NULL)."""
     if line.endswith(b"\n"):
         line = line[:-1]
+    if b"\\" not in line:  # no NULL (\\N) and no escapes: one decode, one split
+        return line.decode().split("\t")  # type: ignore[return-value]
     return [None if raw == b"\\N" else _copy_field(raw) for raw in line.split(b"\t")]
 
 
