@@ -13,6 +13,11 @@ Workloads, each measured for both tools in a fresh subprocess (so peak RSS is th
    per-event commit → ack latency.
 3. snapshot: ``--snapshot-rows`` rows, ``snapshot.mode=initial``: rows/s from the tool's start.
 4. peak RSS (``VmHWM``) of each tool's process, maximum over its workloads.
+5. process CPU (all threads, user + system) per backlog event and per snapshot row: steadier than the
+   rates on a shared, loaded machine, so compare it when measuring a change.
+
+``--workloads backlog,snapshot`` runs a subset; ``--producer-option KEY=VALUE`` (repeatable) passes a
+librdkafka property to walbridge's producer, for tuning experiments.
 
 Internals: the parent runs ``python bench/capture.py --worker JSON`` per measurement; a worker prints
 ``{"progress": n}`` lines, ``READY`` once streaming (live), and a final ``{"result": ...}`` line with
@@ -25,6 +30,7 @@ import argparse
 import bisect
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,6 +83,12 @@ def _peak_rss_mb() -> float:
     return 0.0
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _emit(doc: Any) -> None:
     sys.stdout.write((doc if isinstance(doc, str) else json.dumps(doc)) + "\n")
     sys.stdout.flush()
@@ -117,7 +129,7 @@ def _walbridge_worker(job: dict[str, Any], samples: _Samples, done: threading.Ev
         source={"dsn": job["dsn"], "tables": [f"public.{job['table']}"], "slot": job["slot"],
                 "publication": job["slot"], "snapshot": "initial" if job["snapshot"] else "never"},
         events={"topic_prefix": job["prefix"]},
-        kafka={"bootstrap_servers": job["bootstrap"], "partitions": 3},
+        kafka={"bootstrap_servers": job["bootstrap"], "partitions": 3, "options": job["producer_options"]},
         metrics={"enabled": False},
         state_dir=job["state_dir"],
     )  # fmt: skip
@@ -195,6 +207,9 @@ def run_worker(job: dict[str, Any]) -> None:
     stop_reporting = threading.Event()
     threading.Thread(target=_reporter, args=(samples, stop_reporting), daemon=True).start()
     worker = _walbridge_worker if job["tool"] == "walbridge" else _debezium_worker
+    if job["tool"] == "walbridge":
+        import walbridge.capture.logical  # noqa: F401  (imports are not part of the measured CPU)
+    cpu_before = _cpu_s()
     profile_dir = os.environ.get("WALBRIDGE_BENCH_PROFILE")
     if profile_dir and job["tool"] == "walbridge" and job["kind"] != "prime":
         import cProfile
@@ -205,7 +220,8 @@ def run_worker(job: dict[str, Any]) -> None:
     else:
         started = worker(job, samples, done)
     stop_reporting.set()
-    _emit({"result": {"started": started, "samples": samples.points, "peak_rss_mb": _peak_rss_mb()}})
+    result = {"started": started, "samples": samples.points, "peak_rss_mb": _peak_rss_mb()}
+    _emit({"result": {**result, "cpu_s": _cpu_s() - cpu_before}})
     os._exit(0)  # the JVM's non-daemon threads would otherwise hold the process
 
 
@@ -237,6 +253,7 @@ class Bench:
             "tool": tool, "kind": kind, "table": table, "expected": expected, "snapshot": snapshot,
             "dsn": self.dsn, "bootstrap": self.bootstrap, "prefix": f"{self.prefix}{tool[:3]}", "slot": slot,
             "offsets": str(self.work / f"{slot}.offsets"), "state_dir": str(self.work / f"state-{slot}"),
+            "producer_options": dict(opt.split("=", 1) for opt in self.args.producer_option),
         }  # fmt: skip
 
     @contextmanager
@@ -310,6 +327,7 @@ class Bench:
             result = self.measure(self.job(tool, "backlog", table, 2 * rows), f"{tool}: backlog")
             last, events = result["samples"][-1]
             self.results[tool]["backlog"] = events / (last - result["started"])
+            self.results[tool]["backlog_cpu"] = result["cpu_s"] / events * 1e6
         self.results["pg_recvlogical"] = {"backlog": 2 * rows / self.recvlogical(end_lsn)}
 
     def recvlogical(self, end_lsn: str) -> float:
@@ -350,6 +368,7 @@ class Bench:
             result = self.measure(self.job(tool, "snapshot", table, rows, snapshot=True), f"{tool}: snapshot")
             last, events = result["samples"][-1]
             self.results[tool]["snapshot"] = events / (last - result["started"])
+            self.results[tool]["snapshot_cpu"] = result["cpu_s"] / events * 1e6
 
     def drop_slots(self) -> None:
         self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
@@ -357,9 +376,8 @@ class Bench:
     def run(self) -> None:
         with self.progress:
             try:
-                self.backlog()
-                self.live()
-                self.snapshot()
+                for workload in self.args.workloads.split(","):
+                    getattr(self, workload)()
             finally:
                 self.drop_slots()
         print_table(self.results, self.args)
@@ -396,6 +414,8 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
         ("live: p99 commit → ack (s)", "p99", "{:.3f}", False, ""),
         ("snapshot rows/s (from start)", "snapshot", "{:,.0f}", True, "≥1.5x"),
         ("peak RSS (MB)", "rss", "{:,.0f}", False, "<150"),
+        ("backlog: process CPU µs/event", "backlog_cpu", "{:.1f}", False, ""),
+        ("snapshot: process CPU µs/row", "snapshot_cpu", "{:.1f}", False, ""),
     ]
     for label, key, fmt, higher_is_better, target in rows:
         mine, theirs = wb.get(key), dbz.get(key)
@@ -445,11 +465,21 @@ def main() -> None:
     )
     parser.add_argument("--snapshot-rows", type=int, default=500_000)
     parser.add_argument("--skip-debezium", action="store_true")
+    parser.add_argument(
+        "--workloads", default="backlog,live,snapshot", help="comma-separated subset of backlog,live,snapshot"
+    )
     parser.add_argument("--pg-dsn", help="superuser DSN of a running server (wal_level=logical)")
     parser.add_argument("--bootstrap", help="a running Kafka broker")
     parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
+    parser.add_argument(
+        "--producer-option", action="append", default=[], metavar="KEY=VALUE",
+        help="librdkafka property for walbridge's producer (repeatable), e.g. compression.type=none",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(args.workloads.split(",")) - {"backlog", "live", "snapshot"}
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     if args.worker:
         run_worker(json.loads(args.worker))
         return

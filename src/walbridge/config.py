@@ -137,6 +137,7 @@ class _SinkBase(_Model):
 
 class PostgresSinkSettings(_SinkBase):
     type: Literal["postgres"] = "postgres"
+    batch_size: int = 5_000
     dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     table_map: dict[str, str] = Field(default_factory=dict)
     """source ``schema.table`` → destination ``schema.table``; default: the same name."""

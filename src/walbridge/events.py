@@ -25,13 +25,13 @@ from walbridge import __version__
 from walbridge.errors import DecodeError
 
 __all__ = [
+    "LSN_MARK",
     "OPS",
     "ChangeEvent",
     "ColumnSchema",
     "EncodingOptions",
     "EnvelopeEncoder",
     "KafkaRecord",
-    "LSN_MARK",
     "Op",
     "PreparedSource",
     "Source",

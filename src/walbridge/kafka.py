@@ -45,7 +45,7 @@ def make_producer(settings: KafkaSettings, **extra: Any) -> Producer:
     conf = client_config(settings)
     conf.setdefault("enable.idempotence", True)
     conf.setdefault("acks", "all")
-    conf.setdefault("linger.ms", 5)
+    conf.setdefault("linger.ms", 20)  # larger batches: less CPU per record; latency stays far under 0.25 s
     conf.setdefault("batch.num.messages", 10_000)
     conf.setdefault("queue.buffering.max.messages", 500_000)
     conf.setdefault("compression.type", "lz4")

@@ -82,7 +82,7 @@ class Harness:
         self.producer.flush(10)
 
     def start(self, sink: ListSink) -> SinkRunner:
-        runner = SinkRunner(sink, self.settings, self.sink_settings)  # type: ignore[arg-type]
+        runner = SinkRunner(sink, self.settings, self.sink_settings)
         self.thread = threading.Thread(target=runner.run, args=(self.stop,), daemon=True)
         self.thread.start()
         return runner

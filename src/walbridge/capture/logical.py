@@ -43,7 +43,7 @@ from walbridge.capture.state import CaptureState
 from walbridge.capture.values import SESSION_SETTINGS, ValueOptions
 from walbridge.config import Settings
 from walbridge.errors import ConfigError, ConnectionLost, DecodeError, TransientError, WalbridgeError
-from walbridge.events import LOGICAL_CONNECTOR, ChangeEvent, Source
+from walbridge.events import LOGICAL_CONNECTOR, LSN_MARK, ChangeEvent, PreparedSource, Source
 from walbridge.kafka import check_broker
 from walbridge.lsn import Lsn
 from walbridge.pgerrors import map_pg_error, one_line
@@ -340,6 +340,10 @@ class _Stream:
         self.next_heartbeat = time.monotonic() + self.heartbeat_s
         self.next_slot_check = 0.0
         self.heartbeat_conn: psycopg.Connection[Any] | None = None
+        self._prepared: dict[int, PreparedSource | None] = {}
+        """Per relation oid, for the current transaction."""
+        self._columns: dict[int, tuple[str, ...]] = {}
+        self._refresh_columns()
         self._handlers: dict[type, Callable[[Any, int], None]] = {
             pgoutput.Begin: self._begin,
             pgoutput.Commit: self._commit,
@@ -353,16 +357,26 @@ class _Stream:
     def loop(self, stop: threading.Event) -> None:
         read = self.cur.read_message
         decode = pgoutput.decode
+        fast = pgoutput.decode_row_change
+        columns = self._columns
         handlers = self._handlers
+        row_change = self._row_change
         count = 0
         try:
             while not stop.is_set():
                 msg = read()
                 if msg is not None:
-                    message = decode(msg.payload)
-                    handler = handlers.get(type(message))
-                    if handler is not None:
-                        handler(message, msg.data_start)
+                    payload = msg.payload
+                    # Row changes (nearly every message) skip the message objects; anything else,
+                    # or anything unusual in a row change, takes the general decoder.
+                    change = fast(payload, columns)
+                    if change is not None:
+                        row_change(change, msg.data_start)
+                    else:
+                        message = decode(payload)
+                        handler = handlers.get(type(message))
+                        if handler is not None:
+                            handler(message, msg.data_start)
                     count += 1
                     if count & 255 == 0:
                         self._tick()
@@ -462,17 +476,26 @@ class _Stream:
         self.xid = msg.xid
         self.commit_ts_us = msg.commit_ts_us
         self.commit_ts_ms = msg.commit_ts_us // 1000
+        self._prepared.clear()
 
     def _commit(self, msg: pgoutput.Commit, _lsn: int) -> None:
         self.in_txn = False
         self.publisher.seal(msg.end_lsn)
         self.last_commit = msg.commit_lsn
+        self._prepared.clear()
         self.capture.received = msg.end_lsn
         metrics.capture.received_lsn.set(msg.end_lsn)
         metrics.capture.behind_source_ms.set(max(0, time.time() * 1000 - self.commit_ts_ms))
 
     def _relation(self, msg: pgoutput.Relation, _lsn: int) -> None:
         self.capture._on_relation(msg)
+        self._prepared.clear()
+        self._refresh_columns()
+
+    def _refresh_columns(self) -> None:
+        """Column names per relation for the fast decoder (kept in place: the loop holds the dict)."""
+        self._columns.clear()
+        self._columns.update((oid, codec.column_names) for oid, codec in self.capture._codecs.items())
 
     def _source(self, codec: RowCodec, lsn: int) -> Source:
         rel = codec.relation
@@ -491,39 +514,68 @@ class _Stream:
             self.commit_ts_us,
         )
 
+    def _prepare(self, oid: int, codec: RowCodec) -> PreparedSource | None:
+        """The spliced source block of this table in the current transaction (all but the LSN)."""
+        prepared = self.publisher.prepare(self._source(codec, LSN_MARK), codec.table_schema)
+        self._prepared[oid] = prepared
+        return prepared
+
     def _emit(self, op: str, codec: RowCodec, lsn: int, key: Any, before: Any, after: Any) -> None:
-        event = ChangeEvent(
-            op, self._source(codec, lsn), key, before, after, time.time_ns() // 1_000_000, codec.table_schema
-        )
+        oid = codec.relation.oid
+        prepared = self._prepared[oid] if oid in self._prepared else self._prepare(oid, codec)
+        ts_ms = time.time_ns() // 1_000_000
+        if prepared is not None and op != "t":
+            self.publisher.publish_prepared(prepared, op, key, before, after, lsn, ts_ms)
+            return
+        event = ChangeEvent(op, self._source(codec, lsn), key, before, after, ts_ms, codec.table_schema)
         self.publisher.publish(event)
+
+    def _row_change(self, change: tuple[int, int, Any, Any, Any], lsn: int) -> None:
+        """A row change from :func:`pgoutput.decode_row_change` (values already text)."""
+        kind, oid, old, key, new = change
+        codec = self.capture._codec(oid)
+        row = codec.convert_text_row
+        if kind == _INSERT:
+            self._on_insert(codec, lsn, row(new))
+        elif kind == _UPDATE:
+            self._on_update(codec, lsn, row(new), old, key, row)
+        else:
+            self._on_delete(codec, lsn, old if old is not None else key, row)
 
     def _insert(self, msg: pgoutput.Insert, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
-        after = codec.row(msg.new)
-        self._emit("c", codec, lsn, codec.key(after), None, after)
+        self._on_insert(codec, lsn, codec.row(msg.new))
 
     def _update(self, msg: pgoutput.Update, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
-        after = codec.row(msg.new)
+        self._on_update(codec, lsn, codec.row(msg.new), msg.old, msg.key, codec.row)
+
+    def _delete(self, msg: pgoutput.Delete, lsn: int) -> None:
+        codec = self.capture._codec(msg.relation_oid)
+        self._on_delete(codec, lsn, msg.old if msg.old is not None else msg.key, codec.row)
+
+    def _on_insert(self, codec: RowCodec, lsn: int, after: dict[str, Any]) -> None:
+        self._emit("c", codec, lsn, codec.key(after), None, after)
+
+    def _on_update(
+        self, codec: RowCodec, lsn: int, after: dict[str, Any], old: Any, key: Any, row: Callable[[Any], Any]
+    ) -> None:
         new_key = codec.key(after)
-        before = codec.row(msg.old) if msg.old is not None else None
+        before = row(old) if old is not None else None
         # REPLICA IDENTITY FULL: the old key comes from `before`, converted once.
-        key_row = before if before is not None else codec.row(msg.key) if msg.key is not None else None
+        key_row = before if before is not None else row(key) if key is not None else None
         old_key = codec.key(key_row) if key_row is not None else new_key
         if old_key != new_key and key_row is not None:
             # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
-            old_row = key_row
-            self._emit("d", codec, lsn, old_key, old_row, None)
+            self._emit("d", codec, lsn, old_key, key_row, None)
             self._emit("c", codec, lsn, new_key, None, after)
             return
         self._emit("u", codec, lsn, new_key, before, after)
 
-    def _delete(self, msg: pgoutput.Delete, lsn: int) -> None:
-        codec = self.capture._codec(msg.relation_oid)
-        old_tuple = msg.old if msg.old is not None else msg.key
+    def _on_delete(self, codec: RowCodec, lsn: int, old_tuple: Any, row: Callable[[Any], Any]) -> None:
         if old_tuple is None:
             raise DecodeError(f"delete on {codec.relation.schema}.{codec.relation.table} carries no old row")
-        before = codec.row(old_tuple)
+        before = row(old_tuple)
         self._emit("d", codec, lsn, codec.key(before), before, None)
 
     def _truncate(self, msg: pgoutput.Truncate, lsn: int) -> None:
@@ -531,6 +583,9 @@ class _Stream:
             codec = self.capture._codecs.get(oid)
             if codec is not None:
                 self._emit("t", codec, lsn, None, None, None)
+
+
+_INSERT, _UPDATE = ord("I"), ord("U")
 
 
 def _discard(publisher: EventPublisher[int]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -502,57 +503,63 @@ def decode(buf: bytes | memoryview, *, in_stream: bool = False) -> Message:
 
 # --------------------------------------------------------------------------- fast path for row changes
 
-TextTuple = list["str | _UnchangedToast | None"]
+TextRow = dict[str, "str | None"]
+RowChange = tuple[int, int, TextRow | None, TextRow | None, TextRow | None]
 _INSERT, _UPDATE, _DELETE = ord("I"), ord("U"), ord("D")
+_ROW_CHANGES = frozenset((_INSERT, _UPDATE, _DELETE))
 _unpack_I = _I.unpack_from
 
 
-def _text_tuple(buf: bytes, pos: int) -> tuple[TextTuple, int]:
-    """Like :func:`_tuple`, values decoded from UTF-8; raises on anything unusual (the caller falls back)."""
-    count = buf[pos] << 8 | buf[pos + 1]
+def _text_row(buf: bytes, pos: int, names: tuple[str, ...]) -> tuple[TextRow, int]:
+    """TupleData straight into ``{name: text}``; raises on anything unusual (the caller falls back)."""
+    if buf[pos] << 8 | buf[pos + 1] != len(names):
+        raise ValueError("column count")
     pos += 2
-    values: TextTuple = []
-    append = values.append
-    for _ in range(count):
+    row: TextRow = {}
+    for name in names:
         kind = buf[pos]
         if kind == _T:
             start = pos + 5
             pos = start + _unpack_I(buf, pos + 1)[0]
-            append(buf[start:pos].decode())
+            row[name] = buf[start:pos].decode()
         elif kind == _N:
             pos += 1
-            append(None)
-        elif kind == _U:
-            pos += 1
-            append(UNCHANGED_TOAST)
+            row[name] = None
         else:
-            raise ValueError(kind)  # binary values or garbage: the slow path says what
+            raise ValueError(kind)  # unchanged TOAST, binary values or garbage: the slow path
     if pos > len(buf):
         raise ValueError(pos)
-    return values, pos
+    return row, pos
 
 
-def decode_row_change(buf: bytes) -> tuple[int, int, TextTuple | None, TextTuple | None, TextTuple | None] | None:
-    """Insert/Update/Delete outside streamed blocks → (type byte, relation oid, old, key, new), values as str.
+def decode_row_change(buf: bytes, columns: Mapping[int, tuple[str, ...]]) -> RowChange | None:
+    """Insert/Update/Delete outside streamed blocks → (type byte, relation oid, old, key, new).
 
-    The capture's hot path: no message objects, text decoded once. Returns ``None`` for any other
-    message and for anything :func:`decode` would reject or return differently (malformed input,
-    binary values, invalid UTF-8): the caller then uses :func:`decode`, which names the problem.
+    The capture's hot path: no message objects; each tuple becomes ``{column name: text or None}``
+    with the names ``columns`` gives for the relation. Returns ``None`` for any other message and
+    whenever :func:`decode` would reject the input or give something else (unknown relation, a column
+    count that differs, unchanged TOAST, binary values, invalid UTF-8): the caller then uses
+    :func:`decode`, which names any problem.
     """
     try:
         kind = buf[0]
+        if kind not in _ROW_CHANGES:
+            return None
         (oid,) = _unpack_I(buf, 1)
+        names = columns.get(oid)
+        if names is None:
+            return None
         marker = buf[5]
         old = key = new = None
         if kind == _INSERT:
             if marker != _NEW:
                 return None
-            new, end = _text_tuple(buf, 6)
-        elif kind == _UPDATE or kind == _DELETE:
+            new, end = _text_row(buf, 6, names)
+        else:
             if marker == _O:
-                old, end = _text_tuple(buf, 6)
+                old, end = _text_row(buf, 6, names)
             elif marker == _K:
-                key, end = _text_tuple(buf, 6)
+                key, end = _text_row(buf, 6, names)
             elif kind == _UPDATE and marker == _NEW:
                 end = 5
             else:
@@ -560,9 +567,7 @@ def decode_row_change(buf: bytes) -> tuple[int, int, TextTuple | None, TextTuple
             if kind == _UPDATE:
                 if buf[end] != _NEW:
                     return None
-                new, end = _text_tuple(buf, end + 1)
-        else:
-            return None
+                new, end = _text_row(buf, end + 1, names)
     except (ValueError, IndexError, struct.error):
         return None
     return (kind, oid, old, key, new) if end == len(buf) else None

@@ -45,6 +45,10 @@ class EventPublisher(Generic[P]):
             kafka = self.settings.kafka
             ensure_topics(make_admin(kafka), topics, kafka.partitions, kafka.replication_factor)
             self._known_topics |= topics
+            # The producer's own metadata for them now: without it a backlog piles up in its queue
+            # (memory) while it looks the partitions up.
+            for topic in topics:
+                self.producer.list_topics(topic, timeout=10)
 
     def publish(self, event: ChangeEvent) -> None:
         """Encode and hand to the producer; blocks (serving deliveries) while its queue is full."""
@@ -68,26 +72,31 @@ class EventPublisher(Generic[P]):
         lsn: int,
         ts_ms: int,
     ) -> None:
-        """Like :meth:`publish` for an event of ``prepared``'s table (op c, u, d or r), without the objects."""
+        """Like :meth:`publish` for an event of ``prepared``'s table (op c, u, d or r), no objects built."""
         key_bytes, value = prepared.encode(op, key, before, after, lsn, ts_ms)
-        self._produce(prepared.topic, key_bytes, value)
-        if op == "d" and key_bytes is not None and prepared.tombstones:
-            self._produce(prepared.topic, key_bytes, None)
-            self.published += 1
+        topic = prepared.topic
+        callback = self.tracker.open()
+        try:
+            # Positional: (topic, value, key, partition, callback); -1 lets the partitioner pick.
+            self._produce_fn(topic, value, key_bytes, -1 if key_bytes is not None else 0, callback)
+        except BufferError:
+            self._produce(topic, key_bytes, value, callback)
         self.published += 1
+        if op == "d" and key_bytes is not None and prepared.tombstones:
+            self._produce(topic, key_bytes, None)
+            self.published += 1
         counts = self._unreported
         slot = (prepared.label, op)
         counts[slot] = counts.get(slot, 0) + 1
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        callback = self.tracker.open()
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, callback: Any = None) -> None:
+        """Produce one record, waiting (serving deliveries) while the producer's queue is full."""
+        if callback is None:
+            callback = self.tracker.open()
         while True:
             try:
-                if key is None:
-                    # No primary key: keep the table's order by using one partition.
-                    self._produce_fn(topic, value, None, 0, callback=callback)
-                else:
-                    self._produce_fn(topic, value, key, callback=callback)
+                # No primary key: keep the table's order by using one partition.
+                self._produce_fn(topic, value, key, -1 if key is not None else 0, callback)
                 return
             except BufferError:
                 self.producer.poll(0.05)

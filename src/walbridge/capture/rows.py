@@ -43,9 +43,11 @@ class RowCodec:
     """Text values in table column order → ``{column: json value}``; plus the key and schemas."""
 
     __slots__ = (
+        "_all_names",
         "_columns",
         "_convert",
         "_converters",
+        "_excluded",
         "_key_columns",
         "_names",
         "_picked",
@@ -87,8 +89,12 @@ class RowCodec:
         self._convert = tuple(convert for _, _, convert in self._columns)
         kept = tuple(index for index, _, _ in self._columns)
         self._picked = None if kept == tuple(range(self._width)) else kept
+        self._all_names = tuple(col.name for col in relation.columns)
+        self._excluded = tuple(name for name in self._all_names if name not in self._names)
         # Columns whose text needs converting; the others are kept as they are (row_text).
-        self._typed = tuple((name, convert) for _, name, convert in self._columns if not is_passthrough(convert))
+        self._typed = tuple(
+            (name, convert) for _, name, convert in self._columns if not is_passthrough(convert)
+        )
         self._key_columns = tuple(relation.key_columns)
         self.table_schema = TableSchema(relation.schema, relation.table, tuple(schemas), self._key_columns)
 
@@ -127,22 +133,32 @@ class RowCodec:
             ) from exc
         return out
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every column of the relation, in its order (excluded ones too)."""
+        return self._all_names
+
     def row_text(self, values: list[str | None]) -> dict[str, Any]:
-        """Like :meth:`row` for values that are all ``str`` or ``None`` (pgoutput.decode_row_change)."""
-        if self._picked is not None or len(values) != self._width:
+        """Like :meth:`row` for values that are all ``str`` or ``None`` (COPY lines)."""
+        if len(values) != self._width:
             return self.row(values)
-        out = dict(zip(self._names, values, strict=True))
+        return self.convert_text_row(dict(zip(self._all_names, values, strict=True)))
+
+    def convert_text_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``{column: text or None}`` for every column (in order) → the event row; converts in place."""
+        for name in self._excluded:
+            del row[name]
         name, value = "", None
         try:
             for name, convert in self._typed:
-                value = out[name]
+                value = row[name]
                 if value is not None:
-                    out[name] = convert(value)
+                    row[name] = convert(value)
         except (ValueError, ArithmeticError) as exc:
             raise DecodeError(
                 f"{self.relation.schema}.{self.relation.table}.{name}: cannot convert {value!r}: {exc}"
             ) from exc
-        return out
+        return row
 
     def row_from_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
         """Values by column name (trigger change log); unknown names are an error, missing ones null."""

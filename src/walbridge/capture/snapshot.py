@@ -20,7 +20,7 @@ from psycopg import sql
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.values import parse_copy_line
-from walbridge.events import ChangeEvent, Source
+from walbridge.events import ChangeEvent, PreparedSource, Source
 
 __all__ = ["SnapshotSource", "iter_copy_rows", "snapshot_tables"]
 
@@ -49,7 +49,15 @@ def iter_copy_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[l
     pending = b""
     with conn.cursor() as cur, cur.copy(query) as copy:
         for block in copy:
-            data = pending + bytes(block)
+            data = bytes(block)
+            if not data:
+                continue
+            if pending:
+                data, pending = pending + data, b""
+            # The server sends one row per block: split only when that is not the case.
+            if data.find(b"\n") == len(data) - 1:
+                yield parse_copy_line(data)
+                continue
             lines = data.split(b"\n")
             pending = lines.pop()
             for line in lines:
@@ -83,30 +91,20 @@ def snapshot_tables(
     for table_index, codec in enumerate(codecs):
         rel = codec.relation
         last_table = table_index == len(codecs) - 1
+        publish = _table_publisher(publisher, codec, origin, ts_ms)
         rows = iter_copy_rows(conn, codec)
         current = next(rows, None)
         first_in_table = True
         count = 0
         while current is not None:
             upcoming = next(rows, None)
-            flag = _snapshot_flag(
-                total == 0, first_in_table, upcoming is None, last_table and upcoming is None
-            )
-            after = codec.row(current)
-            source = Source(
-                connector=origin.connector,
-                name=origin.name,
-                db=origin.db,
-                schema=rel.schema,
-                table=rel.table,
-                ts_ms=ts_ms,
-                snapshot=flag,
-                tx_id=origin.tx_id,
-                lsn=origin.lsn,
-            )
-            publisher.publish(
-                ChangeEvent("r", source, codec.key(after), None, after, ts_ms, codec.table_schema)
-            )
+            if first_in_table or upcoming is None:
+                flag = _snapshot_flag(
+                    total == 0, first_in_table, upcoming is None, last_table and upcoming is None
+                )
+            else:
+                flag = "true"
+            publish(flag, current)
             first_in_table = False
             total += 1
             count += 1
@@ -118,3 +116,38 @@ def snapshot_tables(
         if progress is not None:
             progress(f"{rel.schema}.{rel.table}", count)
     return total
+
+
+def _table_publisher(
+    publisher: EventPublisher[Any], codec: RowCodec, origin: SnapshotSource, ts_ms: int
+) -> Callable[[str, list[str | None]], None]:
+    """``publish(flag, values)`` for one table's rows; the spliced fast path when the encoding allows."""
+    rel = codec.relation
+    prepared: dict[str, PreparedSource | None] = {}
+
+    def source(flag: str) -> Source:
+        return Source(
+            connector=origin.connector,
+            name=origin.name,
+            db=origin.db,
+            schema=rel.schema,
+            table=rel.table,
+            ts_ms=ts_ms,
+            snapshot=flag,
+            tx_id=origin.tx_id,
+            lsn=origin.lsn,
+        )
+
+    def publish(flag: str, values: list[str | None]) -> None:
+        after = codec.row_text(values)
+        if flag not in prepared:
+            prepared[flag] = publisher.prepare(source(flag), codec.table_schema)
+        fast = prepared[flag]
+        if fast is not None:
+            publisher.publish_prepared(fast, "r", codec.key(after), None, after, 0, ts_ms)
+        else:
+            publisher.publish(
+                ChangeEvent("r", source(flag), codec.key(after), None, after, ts_ms, codec.table_schema)
+            )
+
+    return publish

@@ -204,15 +204,20 @@ def _timestamp_millis(text: str) -> int:
 def _zoned_timestamp(fraction_digits: int) -> Converter:
     """io.debezium.time.ZonedTimestamp: UTC, ``Z``, as many fraction digits as the column's precision."""
 
-    # Length of 'HH:MM:SS.f…' when the server printed exactly the wanted number of fraction digits.
-    exact = 9 + fraction_digits if 0 < fraction_digits <= 9 else -1
+    # Length of 'YYYY-MM-DD HH:MM:SS.f…+00' when the server printed exactly the wanted fraction digits.
+    exact = 23 + fraction_digits if 0 < fraction_digits <= 9 else -1
 
     def convert(text: str) -> str:
+        # The session's TimeZone is UTC: 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' needs no date arithmetic.
+        if (
+            len(text) == exact
+            and text[-3:] == "+00"
+            and text[10] == " "
+            and text[19] == "."
+            and text[4] == "-"
+        ):
+            return f"{text[:10]}T{text[11:-3]}Z"
         if text[-3:] == "+00" and len(text) >= 22 and text[10] == " " and text[4] == "-":
-            # The session's TimeZone is UTC: 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' needs no date arithmetic.
-            clock = text[11:-3]
-            if len(clock) == exact and text[19] == ".":
-                return text[:10] + "T" + clock + "Z"
             fraction = text[20:-3] if text[19] == "." else ""
             head = text[:10] + "T" + text[11:19]
             if fraction_digits <= 0 or fraction_digits > 9:

@@ -11,6 +11,18 @@ together with the next offsets (``(topic, partition) → offset of the next reco
 A sink with ``owns_offsets`` stores them in the destination in the same unit of work and
 answers :meth:`Sink.stored_offsets` on partition assignment (exactly-once effect); other
 sinks rely on the offsets the runner commits to Kafka (at-least-once).
+
+A refusal whose error is not ``retryable`` (:attr:`walbridge.errors.WalbridgeError.retryable`)
+goes to the DLQ at once; other permanent refusals are retried with the batch up to
+``max_attempts``. A :class:`TransientError` with a ``retry_after`` (seconds) delays the retry at
+least that long. With prefetch (the default) :meth:`Sink.write_batch` runs in the runner's
+worker thread while the next batch is read; every other method runs on the runner's thread,
+never at the same time as ``write_batch``, except :meth:`Sink.stored_offsets` (on partition
+assignment), which must therefore not use the connection the batch is applied on.
+
+A sink may define ``decode_event(topic, key, value) -> ChangeEvent | None`` to replace
+:func:`walbridge.events.decode_record` (same results and errors; e.g. the PostgreSQL sink's lean
+decoder, :func:`walbridge.sinks.lean.decode_lean`).
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def decode_lean(topic: str, key: bytes | None, value: bytes | None) -> ChangeEve
         return decode_record(topic, key, value)
     if type(doc) is not dict or "schema" in doc or not (key_doc is None or _plain_key(key_doc)):
         return decode_record(topic, key, value)
-    op, src = doc.get("op"), doc.get("source")
+    op: Any = doc.get("op")
+    src = doc.get("source")
     before, after = doc.get("before"), doc.get("after")
     if op in _ROW_OPS:
         shaped = type(after) is dict and (before is None or type(before) is dict)

@@ -119,23 +119,29 @@ class _TableOps:
     upserts: dict[Key, dict[str, Any]] = field(default_factory=dict)
     deletes: dict[Key, None] = field(default_factory=dict)
     steps: list[_Step] = field(default_factory=list)
+    """Python path: the converted changes, in order (applied one by one when the batch fails)."""
+    records: list[SinkRecord] = field(default_factory=list)
+    """JSON path: the records, in order (converted only when the batch fails)."""
 
     def add(self, step: _Step) -> None:
         self.steps.append(step)
-        if step.op == "t":
+        self.change(step.op, step.key, step.row, step.old_key)
+
+    def change(self, op: str, key: Key, row: dict[str, Any], old_key: Key | None) -> None:
+        if op == "t":
             self.truncate = True
             self.upserts.clear()
             self.deletes.clear()
             return
-        if step.old_key is not None and step.old_key != step.key:
-            self.upserts.pop(step.old_key, None)
-            self.deletes[step.old_key] = None
-        if step.op == "d":
-            self.upserts.pop(step.key, None)
-            self.deletes[step.key] = None
+        if old_key is not None and old_key != key:
+            self.upserts.pop(old_key, None)
+            self.deletes[old_key] = None
+        if op == "d":
+            self.upserts.pop(key, None)
+            self.deletes[key] = None
         else:
-            self.deletes.pop(step.key, None)
-            self.upserts[step.key] = step.row
+            self.deletes.pop(key, None)
+            self.upserts[key] = row
 
     def json_groups(self) -> dict[tuple[str, ...], list[dict[str, Any]]]:
         """Raw JSON rows grouped by their column set (the JSON path)."""
@@ -324,7 +330,10 @@ class PostgresSink:
                 if plan is None:
                     continue
                 ops, raw = plan
-                ops.add(self._raw_step(ops.info, record) if raw else self._step(ops.info, record))
+                if raw:
+                    self._add_raw(ops, record)
+                else:
+                    ops.add(self._step(ops.info, record))
             except PermanentError as exc:
                 failures.append(RecordFailure(record, exc))
         return tables
@@ -424,12 +433,17 @@ class PostgresSink:
             old_key = self._key(info, event.before, record)
         return _Step(record, "u", key, row, old_key)
 
-    def _raw_step(self, info: TableInfo, record: SinkRecord) -> _Step:
-        """The JSON path's step: raw values, checked for what Python would refuse before converting."""
+    def _add_raw(self, ops: _TableOps, record: SinkRecord) -> None:
+        """The JSON path: collapse by raw key, after the checks Python conversion would make first."""
+        op, key, row, old_key = self._raw_change(ops.info, record)
+        ops.records.append(record)
+        ops.change(op, key, row, old_key)
+
+    def _raw_change(self, info: TableInfo, record: SinkRecord) -> tuple[str, Key, dict[str, Any], Key | None]:
         event = record.event
         assert event is not None
         if event.op == "t":
-            return _Step(record, "t")
+            return "t", (), {}, None
         if event.op == "d":
             source = {**event.key, **(event.before or {})} if event.key else event.before or {}
             key = tuple(source.get(name) for name in info.key)
@@ -439,7 +453,7 @@ class PostgresSink:
                     table=info.qualified,
                     offset=record.offset,
                 )
-            return _Step(record, "d", key)
+            return "d", key, {}, None
         row = _raw_row(info, event, record, self.settings.strict)
         key = (row.get(info.key[0]),) if len(info.key) == 1 else tuple([row.get(name) for name in info.key])
         if None in key:
@@ -451,7 +465,7 @@ class PostgresSink:
         if event.op == "u" and event.before:
             before_key = tuple(event.before.get(name) for name in info.key)
             old_key = None if None in before_key else before_key
-        return _Step(record, "u", key, row, old_key)
+        return "u", key, row, old_key
 
     def _key(self, info: TableInfo, values: dict[str, Any], record: SinkRecord) -> Key:
         convert = self._converters[(info.schema, info.name)]
@@ -592,16 +606,9 @@ class PostgresSink:
                 cur.executemany(_upsert_sql(info, columns, _values(len(columns))), rows)
 
     def _apply_one_by_one(self, conn: psycopg.Connection[Any], ops: _TableOps) -> list[RecordFailure]:
-        failures = []
+        failures: list[RecordFailure] = []
         info = ops.info
-        raw = self._json_path(info)
-        for step in ops.steps:
-            try:
-                if raw:
-                    step = self._step(info, step.record)
-            except PermanentError as exc:
-                failures.append(RecordFailure(step.record, exc))
-                continue
+        for step in self._converted_steps(ops, failures):
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     if step.op == "t":
@@ -622,6 +629,18 @@ class PostgresSink:
                     raise error from exc
                 failures.append(RecordFailure(step.record, error))
         return failures
+
+    def _converted_steps(self, ops: _TableOps, failures: list[RecordFailure]) -> list[_Step]:
+        """The Python path's steps (JSON path: converted now; records that do not convert fail)."""
+        if ops.steps:
+            return ops.steps
+        steps = []
+        for record in ops.records:
+            try:
+                steps.append(self._step(ops.info, record))
+            except PermanentError as exc:
+                failures.append(RecordFailure(record, exc))
+        return steps
 
     def _stage(
         self, cur: psycopg.Cursor[Any], info: TableInfo, columns: tuple[str, ...], purpose: str
@@ -662,6 +681,7 @@ def _key_match(key: tuple[str, ...], left: str, right: str) -> sql.Composable:
 
 def _upsert_sql(info: TableInfo, columns: tuple[str, ...], source: sql.Composable) -> sql.Composed:
     updates = [c for c in columns if c not in info.key]
+    action: sql.Composable
     if updates:
         action = sql.SQL("DO UPDATE SET {}").format(
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)

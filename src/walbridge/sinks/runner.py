@@ -72,7 +72,8 @@ def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = No
     rhythm stays recognisable while members of a group do not retry in lockstep.
     """
     base = min(dlq.backoff_max_s, dlq.backoff_initial_s * 2 ** (attempt - 1))
-    return base * (0.75 + 0.25 * (rng or random).random())
+    jitter: float = (rng or random).random()
+    return float(base * (0.75 + 0.25 * jitter))
 
 
 def install_signal_handlers(stop_event: threading.Event) -> None:
