@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from walbridge import metrics
 from walbridge.config import Settings
@@ -47,8 +47,11 @@ class EventPublisher(Generic[P]):
             self._known_topics |= topics
             # The producer's own metadata for them now: without it a backlog piles up in its queue
             # (memory) while it looks the partitions up.
-            for topic in topics:
-                self.producer.list_topics(topic, timeout=10)
+            try:
+                for topic in topics:
+                    self.producer.list_topics(topic, timeout=10)
+            except KafkaException:
+                pass  # only a warm-up: producing waits for the metadata anyway
 
     def publish(self, event: ChangeEvent) -> None:
         """Encode and hand to the producer; blocks (serving deliveries) while its queue is full."""
