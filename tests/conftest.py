@@ -48,6 +48,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         shutil.rmtree(made, ignore_errors=True)
 
+
 PG_DSN_ENV = "WALBRIDGE_TEST_PG_DSN"
 KAFKA_ENV = "WALBRIDGE_TEST_KAFKA"
 

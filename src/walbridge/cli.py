@@ -57,20 +57,9 @@ def _assemble() -> None:
 
     cli_capture.register(app)
     for module, attr, name, help_text in _SUB_APPS:
-        found = _load(module, attr)
-        if found is not None:
-            app.add_typer(found, name=name, help=help_text)
+        app.add_typer(getattr(importlib.import_module(module), attr), name=name, help=help_text)
     for module, attr, name in _COMMANDS:
-        found = _load(module, attr)
-        if found is not None:
-            app.command(name)(found)
-
-
-def _load(module: str, attr: str) -> typer.Typer | None:
-    try:
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-    except (ModuleNotFoundError, AttributeError):  # TODO(lead): strict once every part has landed
-        return None
+        app.command(name)(getattr(importlib.import_module(module), attr))
 
 
 _assemble()

@@ -34,7 +34,7 @@ def _mode(settings: Settings, mode: str | None) -> str:
 def setup_logical(settings: Settings) -> list[str]:
     """Check the server, create the publication and the slot (idempotent); what was done."""
     from walbridge.capture import catalog
-    from walbridge.capture.logical import connect_source
+    from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import create_slot, ensure_publication, set_replica_identity_full, slot_info
     from walbridge.capture.state import CaptureState
 
@@ -59,7 +59,7 @@ def setup_logical(settings: Settings) -> list[str]:
 
 
 def teardown_logical(settings: Settings) -> list[str]:
-    from walbridge.capture.logical import connect_source
+    from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import drop_publication, drop_slot
     from walbridge.capture.state import CaptureState
 
@@ -75,7 +75,7 @@ def teardown_logical(settings: Settings) -> list[str]:
 
 
 def setup_trigger(settings: Settings) -> list[str]:
-    from walbridge.capture.logical import connect_source
+    from walbridge.capture.connection import connect_source
     from walbridge.capture.trigger import install_trigger_capture
 
     with connect_source(settings.source.dsn) as conn:
@@ -83,7 +83,7 @@ def setup_trigger(settings: Settings) -> list[str]:
 
 
 def teardown_trigger(settings: Settings) -> list[str]:
-    from walbridge.capture.logical import connect_source
+    from walbridge.capture.connection import connect_source
     from walbridge.capture.trigger import uninstall_trigger_capture
 
     with connect_source(settings.source.dsn) as conn:
@@ -164,10 +164,7 @@ def register(app: typer.Typer) -> None:
     def setup(config: ConfigOption = None, mode: Mode = None) -> None:
         """Check the source and create what capture needs (publication + slot, or triggers). Idempotent."""
         settings = settings_from(config)
-        if _mode(settings, mode) == "trigger":
-            done = setup_trigger(settings)
-        else:
-            done = setup_logical(settings)
+        done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
             out.print(f"[green]✓[/] {line}")
 
@@ -188,7 +185,7 @@ def register(app: typer.Typer) -> None:
     def check(config: ConfigOption = None, mode: Mode = None) -> None:
         """Check the source server for the capture mode; list each problem with its fix."""
         from walbridge.capture import catalog
-        from walbridge.capture.logical import connect_source
+        from walbridge.capture.connection import connect_source
         from walbridge.capture.trigger import check_trigger_capture
 
         settings = settings_from(config)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-from capture_support import RunningCapture, make_settings
 from confluent_kafka.admin import AdminClient
-from helpers import consume_all, json_or_none, wait_until
 
+from capture_support import RunningCapture, make_settings
+from helpers import consume_all, json_or_none, wait_until
 from walbridge.capture.logical import LogicalCapture
 
 

@@ -41,7 +41,9 @@ def test_setup_capture_teardown_via_cli(
     )
     try:
         # the snapshot row first: changes made before it would be folded into the snapshot
-        consume_all(kafka_bootstrap, [f"{topic_prefix}.public.employees"], min_count=1, idle_s=0.1, timeout_s=60)
+        consume_all(
+            kafka_bootstrap, [f"{topic_prefix}.public.employees"], min_count=1, idle_s=0.1, timeout_s=60
+        )
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO employees VALUES (101, 'Alice', 'Smith', '1985-05-15', 'New York', 75000)"

@@ -35,14 +35,15 @@ import psycopg2.extras
 from walbridge import metrics
 from walbridge.capture import catalog, pgoutput
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
+from walbridge.capture.connection import connect_source, session_options
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
 from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
 from walbridge.capture.state import CaptureState
-from walbridge.capture.values import SESSION_SETTINGS, ValueOptions
+from walbridge.capture.values import ValueOptions
 from walbridge.config import Settings
-from walbridge.errors import ConfigError, ConnectionLost, DecodeError, TransientError, WalbridgeError
+from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
 from walbridge.events import LOGICAL_CONNECTOR, LSN_MARK, ChangeEvent, PreparedSource, Source
 from walbridge.kafka import check_broker
 from walbridge.lsn import Lsn
@@ -63,19 +64,6 @@ def value_options(settings: Settings) -> ValueOptions:
         binary_handling_mode=ev.binary_handling_mode,
         interval_handling_mode=ev.interval_handling_mode,
     )
-
-
-def _session_options() -> str:
-    return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
-
-
-def connect_source(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A regular connection to the source, sessions pinned to the text formats capture expects."""
-    try:
-        kwargs.setdefault("autocommit", True)
-        return psycopg.connect(dsn, options=_session_options(), **kwargs)
-    except psycopg.OperationalError as exc:
-        raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
 
 
 class LogicalCapture:
@@ -187,7 +175,7 @@ class LogicalCapture:
             return psycopg2.connect(
                 self.source.dsn,
                 connection_factory=psycopg2.extras.LogicalReplicationConnection,
-                options=_session_options(),
+                options=session_options(),
             )
         except psycopg2.OperationalError as exc:
             raise map_pg_error(exc, "opening the replication connection") from exc

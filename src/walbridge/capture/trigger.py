@@ -65,6 +65,7 @@ from psycopg import IsolationLevel
 
 from walbridge import metrics
 from walbridge.capture import catalog
+from walbridge.capture.connection import connect_source
 from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
@@ -79,9 +80,8 @@ from walbridge.capture.trigger_setup import (
     installed_tables,
     uninstall_trigger_capture,
 )
-from walbridge.capture.values import SESSION_SETTINGS
 from walbridge.config import Settings
-from walbridge.errors import ConfigError, ConnectionLost, DecodeError, TransientError, WalbridgeError
+from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
 from walbridge.events import TRIGGER_CONNECTOR, ChangeEvent, Source
 from walbridge.pgerrors import map_pg_error, one_line
 
@@ -180,15 +180,6 @@ DELETE FROM {SCHEMA}.{CHANGE_LOG} WHERE id IN (
     LIMIT %s)
 RETURNING id
 """
-
-
-def connect_source(dsn: str) -> psycopg.Connection[Any]:
-    """An autocommit connection whose text output is what ``values.py`` converts."""
-    options = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
-    try:
-        return psycopg.connect(dsn, autocommit=True, options=options)
-    except psycopg.OperationalError as exc:
-        raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
 
 
 def load_position(conn: psycopg.Connection[Any], name: str) -> TriggerPosition | None:

@@ -1,0 +1,27 @@
+"""Connections to the source database, pinned to the text formats that ``values.py`` converts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from walbridge.capture.values import SESSION_SETTINGS
+from walbridge.errors import ConnectionLost
+from walbridge.pgerrors import one_line
+
+__all__ = ["connect_source", "session_options"]
+
+
+def session_options() -> str:
+    """libpq ``options`` that set every session setting capture relies on."""
+    return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+
+
+def connect_source(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A regular (by default autocommit) connection to the source."""
+    kwargs.setdefault("autocommit", True)
+    try:
+        return psycopg.connect(dsn, options=session_options(), **kwargs)
+    except psycopg.OperationalError as exc:
+        raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
