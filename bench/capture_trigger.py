@@ -258,6 +258,10 @@ def main() -> None:
     parser.add_argument("--pg-dsn", help="superuser DSN of a running server (wal_level=logical)")
     parser.add_argument("--bootstrap", help="a running Kafka broker")
     parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
+    parser.add_argument(
+        "--producer-option", action="append", default=[], metavar="KEY=VALUE",
+        help="librdkafka property for the logical mode's producer (repeatable), as in bench/capture.py",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
