@@ -25,12 +25,12 @@ import orjson
 import psycopg
 import typer
 from confluent_kafka import Consumer, TopicPartition
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from walbridge.cli_common import handle_errors, stop_on_signals
+from walbridge.cli_common import console, handle_errors, stop_on_signals
 from walbridge.config import Settings, load_settings
 from walbridge.errors import WalbridgeError
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
@@ -38,7 +38,8 @@ from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 __all__ = ["demo"]
 
 log = logging.getLogger(__name__)
-out = Console()
+# The live view shares the logging console, so log lines print above it instead of tearing it.
+out = console
 
 SOURCE_DB = "ecommerce_db"
 DEST_DB = "ecommerce_replica"

@@ -559,13 +559,19 @@ class PostgresSink:
                 slot += 1
 
     def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
-        """The ``slot``-th one-column ``json`` stage of this transaction (one per statement)."""
+        """The ``slot``-th one-column ``json`` stage, empty (one per statement).
+
+        Stages are shared by every table of a batch and only emptied at commit, so each use
+        empties it first: rows left by an earlier table would otherwise be applied again here.
+        """
         ident = ("", "json", (str(slot),))
         name = self._stage_names.setdefault(ident, f"_wb_json_{slot}")
         if ident not in self._stages:
             create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (j json) ON COMMIT DELETE ROWS")
             cur.execute(create.format(sql.Identifier(name)))
             self._stages[ident] = name
+        else:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
         return name
 
     def _apply_copy(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
@@ -659,6 +665,9 @@ class PostgresSink:
             )
             cur.execute(create.format(s=sql.Identifier(name), c=_idents(columns), t=info.ident))
             self._stages[ident] = name
+        else:
+            # used before in this transaction (e.g. a retry of the table): start empty
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
         return name
 
 
