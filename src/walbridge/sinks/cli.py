@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from walbridge import admin
@@ -142,7 +142,17 @@ def dlq_replay(
 ) -> None:
     """Re-publish DLQ records to their original topic; records replayed before are skipped."""
     settings = settings_from(config)
-    report = replay(settings, _entries(settings, topic, since, where))
+    entries = list(_entries(settings, topic, since, where))
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("replay", total=len(entries))
+        report = replay(settings, entries, progress=lambda done: bar.update(task, completed=done))
     typer.echo(f"replayed {len(report.replayed)}, skipped {len(report.skipped)} (already replayed)")
 
 

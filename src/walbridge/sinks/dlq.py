@@ -427,8 +427,16 @@ def replayed_markers(settings: Settings, dlq_topic: str) -> set[str]:
     return {m.key().decode() for m in _scan(settings, _marker_topic(dlq_topic), 30.0) if m.key() is not None}
 
 
-def replay(settings: Settings, entries: Sequence[DlqEntry], timeout_s: float = 60.0) -> ReplayReport:
-    """Re-publish entries to their original topics, once each (see the module docstring)."""
+def replay(
+    settings: Settings,
+    entries: Sequence[DlqEntry],
+    timeout_s: float = 60.0,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Re-publish entries to their original topics, once each (see the module docstring).
+
+    ``progress`` is called with the number of entries handled so far (replayed or skipped).
+    """
     report = ReplayReport()
     by_topic: dict[str, list[DlqEntry]] = {}
     for entry in entries:
@@ -442,6 +450,8 @@ def replay(settings: Settings, entries: Sequence[DlqEntry], timeout_s: float = 6
         if todo:
             _replay_transaction(settings, dlq_topic, todo, timeout_s)
             report.replayed.extend(todo)
+        if progress is not None:
+            progress(len(report.replayed) + len(report.skipped))
     return report
 
 
