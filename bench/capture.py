@@ -457,6 +457,18 @@ def services(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
             pg.stop("immediate")
 
 
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every capture benchmark shares: services to reuse, logs, producer tuning, worker mode."""
+    parser.add_argument("--pg-dsn", help="superuser DSN of a running server (wal_level=logical)")
+    parser.add_argument("--bootstrap", help="a running Kafka broker")
+    parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
+    parser.add_argument(
+        "--producer-option", action="append", default=[], metavar="KEY=VALUE",
+        help="librdkafka property for walbridge's producer (repeatable), e.g. compression.type=none",
+    )  # fmt: skip
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="backlog inserts and updates; live inserts")
@@ -468,14 +480,7 @@ def main() -> None:
     parser.add_argument(
         "--workloads", default="backlog,live,snapshot", help="comma-separated subset of backlog,live,snapshot"
     )
-    parser.add_argument("--pg-dsn", help="superuser DSN of a running server (wal_level=logical)")
-    parser.add_argument("--bootstrap", help="a running Kafka broker")
-    parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
-    parser.add_argument(
-        "--producer-option", action="append", default=[], metavar="KEY=VALUE",
-        help="librdkafka property for walbridge's producer (repeatable), e.g. compression.type=none",
-    )  # fmt: skip
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_service_arguments(parser)
     args = parser.parse_args()
     unknown = set(args.workloads.split(",")) - {"backlog", "live", "snapshot"}
     if unknown:

@@ -255,14 +255,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="pgbench clients for the overhead figure")
     parser.add_argument("--seconds", type=int, default=10, help="pgbench duration per table")
     parser.add_argument("--skip-logical", action="store_true")
-    parser.add_argument("--pg-dsn", help="superuser DSN of a running server (wal_level=logical)")
-    parser.add_argument("--bootstrap", help="a running Kafka broker")
-    parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
-    parser.add_argument(
-        "--producer-option", action="append", default=[], metavar="KEY=VALUE",
-        help="librdkafka property for the logical mode's producer (repeatable), as in bench/capture.py",
-    )  # fmt: skip
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    logical_bench.add_service_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         run_worker(json.loads(args.worker))

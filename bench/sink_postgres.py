@@ -34,7 +34,7 @@ from rich.table import Table
 from walbridge.config import DlqSettings, KafkaSettings, PostgresSinkSettings, Settings
 from walbridge.devstack import KafkaBroker, PostgresServer
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
-from walbridge.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from walbridge.kafka import ensure_topics, make_admin, make_consumer, make_producer, produce_waiting
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
 
@@ -81,12 +81,7 @@ def preload(settings: Settings, events: list[ChangeEvent], prefix: str) -> tuple
     count = 0
     for event in events:
         for rec in encoder.encode(event):
-            while True:
-                try:
-                    producer.produce(rec.topic, key=rec.key, value=rec.value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, rec.topic, key=rec.key, value=rec.value)
             count += 1
     producer.flush(60)
     return topic, count

@@ -39,7 +39,7 @@ from walbridge.config import DlqSettings, KafkaSettings, SalesforceSinkSettings,
 from walbridge.devstack import KafkaBroker, free_port
 from walbridge.emulator import DEFAULT_APP
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
-from walbridge.kafka import ensure_topics, make_admin, make_producer
+from walbridge.kafka import ensure_topics, make_admin, make_producer, produce_waiting
 from walbridge.sinks.runner import SinkRunner
 from walbridge.sinks.salesforce.sink import SalesforceSink
 
@@ -90,12 +90,7 @@ def produce(bootstrap: str, prefix: str, count: int) -> str:
             )
             event = ChangeEvent("c" if version == 0 else "u", source, {"id": cid}, None, row)
             for record in encoder.encode(event):
-                while True:
-                    try:
-                        producer.produce(record.topic, key=record.key, value=record.value)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce_waiting(producer, record.topic, key=record.key, value=record.value)
             if n % 5000 == 0:
                 producer.poll(0)
                 progress.update(task, completed=n)

@@ -28,6 +28,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "map_kafka_error",
+    "produce_waiting",
 ]
 
 P = TypeVar("P")
@@ -52,6 +53,23 @@ def make_producer(settings: KafkaSettings, **extra: Any) -> Producer:
     conf.update(extra)
     producer: Producer = _build(Producer, conf)
     return producer
+
+
+def produce_waiting(
+    producer: Producer, *args: Any, on_wait: Any = None, wait_s: float = 0.05, **kwargs: Any
+) -> None:
+    """``producer.produce(...)``, waiting (serving delivery reports) while its queue is full.
+
+    ``on_wait`` is called after each wait, e.g. to stop on a delivery failure seen meanwhile.
+    """
+    while True:
+        try:
+            producer.produce(*args, **kwargs)
+            return
+        except BufferError:
+            producer.poll(wait_s)
+            if on_wait is not None:
+                on_wait()
 
 
 def make_consumer(settings: KafkaSettings, group_id: str, **extra: Any) -> Any:

@@ -16,7 +16,14 @@ from walbridge import metrics
 from walbridge.config import Settings
 from walbridge.errors import ConnectionLost
 from walbridge.events import ChangeEvent, EnvelopeEncoder, PreparedSource, Source, TableSchema
-from walbridge.kafka import DeliveryTracker, ensure_topics, make_admin, make_producer, map_kafka_error
+from walbridge.kafka import (
+    DeliveryTracker,
+    ensure_topics,
+    make_admin,
+    make_producer,
+    map_kafka_error,
+    produce_waiting,
+)
 
 __all__ = ["EventPublisher"]
 
@@ -96,14 +103,9 @@ class EventPublisher(Generic[P]):
         """Produce one record, waiting (serving deliveries) while the producer's queue is full."""
         if callback is None:
             callback = self.tracker.open()
-        while True:
-            try:
-                # No primary key: keep the table's order by using one partition.
-                self._produce_fn(topic, value, key, -1 if key is not None else 0, callback)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-                self.raise_if_failed()
+        # No primary key: keep the table's order by using one partition.
+        partition = -1 if key is not None else 0
+        produce_waiting(self.producer, topic, value, key, partition, callback, on_wait=self.raise_if_failed)
 
     def _count(self, label: str, op: str, amount: int = 1) -> None:
         counter = self._counters.get((label, op))

@@ -162,7 +162,7 @@ class RowCodec:
 
     def row_from_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
         """Values by column name (trigger change log); unknown names are an error, missing ones null."""
-        unknown = set(mapping) - {col.name for col in self.relation.columns}
+        unknown = mapping.keys() - self._all_names
         if unknown:
             raise DecodeError(
                 f"{self.relation.schema}.{self.relation.table}: change has columns the table no longer has: "

@@ -39,7 +39,14 @@ from confluent_kafka.admin import NewTopic
 
 from walbridge.config import DlqSettings, Settings
 from walbridge.errors import ConfigError, ConnectionLost
-from walbridge.kafka import ensure_topics, make_admin, make_consumer, make_producer, map_kafka_error
+from walbridge.kafka import (
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    map_kafka_error,
+    produce_waiting,
+)
 from walbridge.sinks.base import RecordFailure
 
 __all__ = [
@@ -142,14 +149,10 @@ class DlqWriter:
 
     @staticmethod
     def _produce(producer: Any, **kwargs: Any) -> None:
-        while True:
-            try:
-                producer.produce(**kwargs)
-                return
-            except BufferError:
-                producer.poll(0.1)
-            except KafkaException as exc:
-                raise map_kafka_error(exc.args[0] if exc.args else None, "writing to the DLQ") from exc
+        try:
+            produce_waiting(producer, wait_s=0.1, **kwargs)
+        except KafkaException as exc:
+            raise map_kafka_error(exc.args[0] if exc.args else None, "writing to the DLQ") from exc
 
     def _producer_or_new(self) -> Any:
         if self._producer is None:
