@@ -568,8 +568,3 @@ def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Ro
             out = out if out is not row else dict(row)
             out[name] = decode_precise_decimal(value["value"], int(value["scale"]))
     return out
-
-
-def with_source(event: ChangeEvent, **changes: Any) -> ChangeEvent:
-    """A copy of ``event`` with some ``source`` fields changed."""
-    return replace(event, source=replace(event.source, **changes))

@@ -179,8 +179,3 @@ class RowCodec:
             name = columns[0]
             return {name: row.get(name)}
         return {name: row.get(name) for name in columns}
-
-    def key_only_row(self, values: Sequence[Any]) -> dict[str, Any]:
-        """A row where only the key columns are known (default replica identity): others null."""
-        row = self.row(values)
-        return {name: (row[name] if name in self._key_columns else None) for name in row}
