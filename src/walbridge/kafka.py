@@ -86,6 +86,9 @@ def make_consumer(settings: KafkaSettings, group_id: str, **extra: Any) -> Any:
             "partition.assignment.strategy": "cooperative-sticky",
         }
     )
+    # A topic created while the group joins (a pattern subscription, a new table) is otherwise only
+    # noticed at the next metadata refresh, 5 minutes later with librdkafka's default.
+    conf.setdefault("topic.metadata.refresh.interval.ms", 10_000)
     if settings.session_timeout_ms is not None:
         conf["session.timeout.ms"] = settings.session_timeout_ms
         conf.setdefault("heartbeat.interval.ms", max(500, settings.session_timeout_ms // 6))

@@ -70,8 +70,8 @@ def running(settings: Settings) -> Iterator[TriggerCapture]:
     finally:
         stop.set()
         thread.join(30)
-    if errors:
-        raise errors[0]
+        if errors:  # raised here too when the body failed: the capture's error is often the cause
+            raise errors[0]
 
 
 def run_expecting_error(settings: Settings, timeout_s: float = 20.0) -> WalbridgeError:

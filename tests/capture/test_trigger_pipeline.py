@@ -40,7 +40,9 @@ def destination_dsn(pg_admin_dsn: str) -> Iterator[str]:
         drop_database(pg_admin_dsn, name)
 
 
-def run_sink(bootstrap: str, topic: str, dsn: str, stop: threading.Event) -> threading.Thread:
+def run_sink(
+    bootstrap: str, topic: str, dsn: str, stop: threading.Event
+) -> tuple[threading.Thread, SinkRunner]:
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3, session_timeout_ms=6000),
         dlq=DlqSettings(max_attempts=3, backoff_initial_s=0.2, backoff_max_s=1.0),
@@ -51,7 +53,7 @@ def run_sink(bootstrap: str, topic: str, dsn: str, stop: threading.Event) -> thr
     runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
-    return thread
+    return thread, runner
 
 
 def workload(dsn: str, seed: int, count: int) -> None:
@@ -88,20 +90,26 @@ def test_employees_pipeline_end_to_end_verifies_clean(
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         install_trigger_capture(conn, settings)
     stop_sink = threading.Event()
-    sink = run_sink(kafka_bootstrap, f"{topic_prefix}.public.employees", destination_dsn, stop_sink)
+    sink, runner = run_sink(kafka_bootstrap, f"{topic_prefix}.public.employees", destination_dsn, stop_sink)
     try:
-        with running(settings):
+        with running(settings) as capture:
             writers = [threading.Thread(target=workload, args=(pg_dsn, n, 300)) for n in range(4)]
             for writer in writers:
                 writer.start()
             for writer in writers:
                 writer.join(120)
 
+            last: list[object] = []
+
             def clean() -> bool:
                 diffs = verify_tables(pg_dsn, destination_dsn, [("public.employees", "public.employees")])
+                last[:] = [diffs, runner.status(), {"capture_ready": capture.ready.is_set()}]
                 return all(diff.clean for diff in diffs)
 
-            wait_until(clean, timeout_s=60, interval_s=1)
+            try:
+                wait_until(clean, timeout_s=60, interval_s=1)
+            except AssertionError as exc:
+                raise AssertionError(f"source and destination still differ: {last}") from exc
     finally:
         stop_sink.set()
         sink.join(30)

@@ -60,7 +60,9 @@ class ListSink:
 
 
 class Harness:
-    def __init__(self, bootstrap: str, prefix: str, partitions: int = 1, **dlq: Any) -> None:
+    def __init__(
+        self, bootstrap: str, prefix: str, partitions: int = 1, create_topic: bool = True, **dlq: Any
+    ) -> None:
         self.encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=prefix, tombstones_on_delete=False))
         self.topic = self.encoder.topic("public", "employees")
         self.sink_settings = PostgresSinkSettings(
@@ -70,10 +72,14 @@ class Harness:
             kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
             dlq=DlqSettings(**{"max_attempts": 3, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, **dlq}),
         )
-        ensure_topics(make_admin(self.settings.kafka), [self.topic], partitions, 1)
+        if create_topic:
+            self.create_topic(partitions)
         self.producer = make_producer(self.settings.kafka)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+
+    def create_topic(self, partitions: int = 1) -> None:
+        ensure_topics(make_admin(self.settings.kafka), [self.topic], partitions, 1)
 
     def send(self, ids: range) -> None:
         for i in ids:
@@ -183,3 +189,24 @@ def test_next_batch_is_read_while_the_sink_works(kafka_bootstrap: str, topic_pre
         assert runner.status()["applied"] == 1000 and runner.healthy()
     finally:
         harness.close()
+
+
+def test_sink_started_before_its_topic_exists_consumes_once_it_is_created(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    # A topic created while the group joins is seen by a consumer already subscribed to it only at
+    # its next metadata refresh (kept at librdkafka's 5 minutes here); the runner subscribes once
+    # the topic exists, so a sink may start before its capture.
+    h = Harness(kafka_bootstrap, topic_prefix, create_topic=False)
+    h.settings.kafka.options["topic.metadata.refresh.interval.ms"] = 300_000
+    try:
+        sink = ListSink(lambda _call, _records: [])
+        h.start(sink)
+        time.sleep(3)  # the group join is under way (about half the 6 s session timeout)
+        assert not sink.calls
+        h.create_topic(partitions=3)
+        h.send(range(1, 31))
+        wait_until(lambda: len(sink.applied) == 30, timeout_s=20)
+        assert sorted(_emp_ids(sink.applied)) == list(range(1, 31))
+    finally:
+        h.close()

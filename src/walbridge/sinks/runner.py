@@ -29,6 +29,9 @@ partition revoked while a batch is held are dropped from it (the new owner reads
 that detects that another member already applied the batch raises :class:`OffsetConflict`;
 the runner drops the batch and seeks to the stored offsets.
 
+Start: the consumer subscribes once every named topic exists (a sink may start before the capture
+that creates them); topics matching ``topic_pattern`` are picked up at the next metadata refresh.
+
 Shutdown: setting ``stop_event`` (see :func:`install_signal_handlers`) lets a batch being
 applied finish and aborts one waiting for a retry; the consumer is closed either way.
 """
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
 Decoder = Callable[[str, bytes | None, bytes | None], ChangeEvent | None]
 _ASSIGN_TRIES = 3
+_TOPIC_WAIT_S = 0.5
 _PREFETCH_POLL_S = 0.02
 _PREFETCH_STEP = 250
 
@@ -161,7 +165,7 @@ class SinkRunner:
 
     def run(self, stop_event: threading.Event) -> None:
         self.sink.open()
-        self._consumer = self._subscribe()
+        self._consumer = self._subscribe(stop_event)
         self._running = True
         try:
             while not stop_event.is_set():
@@ -355,7 +359,7 @@ class SinkRunner:
 
     # ------------------------------------------------------------------ helpers
 
-    def _subscribe(self) -> Any:
+    def _subscribe(self, stop_event: threading.Event) -> Any:
         consumer = make_consumer(self.settings.kafka, self.group_id)
         settings = self.sink_settings
         topics = list(settings.topics)
@@ -364,10 +368,35 @@ class SinkRunner:
             topics.append(pattern if pattern.startswith("^") else "^" + pattern)
         if not topics:
             raise WalbridgeError(f"sink {self.sink.name!r} has no topics or topic_pattern to consume")
+        self._await_topics(consumer, list(settings.topics), stop_event)
         consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         return consumer
+
+    def _await_topics(self, consumer: Any, names: list[str], stop_event: threading.Event) -> None:
+        """Wait until every named topic exists (a sink started before its capture).
+
+        A consumer subscribed to a missing topic only notices its creation at the next metadata
+        refresh, minutes later by default; waiting here starts the sink as soon as it appears.
+        """
+        announced = False
+        while not stop_event.is_set():
+            try:
+                existing = consumer.list_topics(timeout=10).topics
+            except KafkaException as exc:
+                error = map_kafka_error(exc.args[0], "listing topics")
+                if not isinstance(error, TransientError):
+                    raise error from exc
+                log.warning("%s: %s", self.sink.name, error)
+                continue
+            missing = [name for name in names if name not in existing]
+            if not missing:
+                return
+            if not announced:
+                log.info("%s: waiting for topic(s) %s to be created", self.sink.name, ", ".join(missing))
+                announced = True
+            stop_event.wait(_TOPIC_WAIT_S)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
