@@ -4,10 +4,13 @@
 walbridge's sink applies them (consume, decode, apply, store offsets) until the destination
 equals the expected state, once per apply method (``copy``: COPY of JSON lines into a stage +
 INSERT … ON CONFLICT / DELETE … USING; ``executemany``: typed rows, executemany in pipeline
-mode), each into its own table with its own consumer group; and, in the same run, the seed's
-approach (one statement and one commit per message, persistent connection) on the same events.
+mode), each into its own table with its own consumer group; ``copy`` also with ``--workers`` sink
+processes sharing the topic's partitions (``walbridge sink postgres --workers N``); and, in the same
+run, the seed's approach (one statement and one commit per message, persistent connection) on the
+same events.
 
     python bench/sink_postgres.py [--events N] [--method copy|executemany|both] [--batch-size N]
+                                  [--workers 2] [--partitions 4]
 
 Starts a throw-away PostgreSQL and Kafka-protocol broker (walbridge.devstack) unless
 ``WALBRIDGE_BENCH_PG_DSN`` / ``WALBRIDGE_BENCH_KAFKA`` name running ones.
@@ -31,12 +34,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from walbridge.config import DlqSettings, KafkaSettings, PostgresSinkSettings, Settings
+from walbridge.config import DlqSettings, KafkaSettings, MetricsSettings, PostgresSinkSettings, Settings
 from walbridge.devstack import KafkaBroker, PostgresServer
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
 from walbridge.kafka import ensure_topics, make_admin, make_consumer, make_producer, produce_waiting
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
+from walbridge.sinks.workers import run_workers
 
 console = Console()
 _EPOCH = date(1970, 1, 1)
@@ -73,10 +77,10 @@ def make_events(n: int, seed: int = 1) -> tuple[list[ChangeEvent], dict[int, int
     return events, state
 
 
-def preload(settings: Settings, events: list[ChangeEvent], prefix: str) -> tuple[str, int]:
+def preload(settings: Settings, events: list[ChangeEvent], prefix: str, partitions: int) -> tuple[str, int]:
     encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=prefix))
     topic = encoder.topic("public", "employees")
-    ensure_topics(make_admin(settings.kafka), [topic], 3, 1)
+    ensure_topics(make_admin(settings.kafka), [topic], partitions, 1)
     producer = make_producer(settings.kafka)
     count = 0
     for event in events:
@@ -99,11 +103,16 @@ def run_walbridge(
     table: str,
     state: dict[int, int],
     progress: Progress,
+    label: str,
 ) -> float:
     stop = threading.Event()
-    runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    task = progress.add_task(f"walbridge {sink_settings.apply_method}", total=len(state))
+    if sink_settings.workers > 1:
+        args = (settings, sink_settings, sink_settings.workers, stop)
+        thread = threading.Thread(target=run_workers, args=args, daemon=True)
+    else:
+        runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)
+        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    task = progress.add_task(label, total=len(state))
     thread.start()
     count = f"SELECT count(*) FROM {table}"
     with psycopg.connect(sink_settings.dsn, autocommit=True) as conn:
@@ -118,7 +127,7 @@ def run_walbridge(
     elapsed = time.monotonic() - started
     progress.update(task, completed=len(state))
     stop.set()
-    thread.join(30)
+    thread.join(60)
     return elapsed
 
 
@@ -172,6 +181,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--method", choices=["copy", "executemany", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=5_000)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="sink processes for the extra copy run (1: none)"
+    )
+    parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--no-seed", action="store_true", help="skip the seed approach")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,18 +210,23 @@ def main() -> None:
 def bench(dsn: str, bootstrap: str, args: argparse.Namespace) -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     methods = ["copy", "executemany"] if args.method == "both" else [args.method]
-    tables = {m: f"employees_{m}" for m in methods}
+    runs = [(m, 1) for m in methods]
+    if "copy" in methods and args.workers > 1:
+        runs.append(("copy", args.workers))
+    tables = {_run_name(m, w): f"employees_{_run_name(m, w)}" for m, w in runs}
     with psycopg.connect(dsn, autocommit=True) as conn:
         for name in [*tables.values(), "seed_employees"]:
             conn.execute(f"DROP TABLE IF EXISTS {name}")
             conn.execute(DDL.format(name=name))
         conn.execute("DROP SCHEMA IF EXISTS walbridge CASCADE")
     settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000), dlq=DlqSettings()
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
+        dlq=DlqSettings(),
+        metrics=MetricsSettings(enabled=False),
     )
     events, state = make_events(args.events)
     console.print(f"pre-loading {len(events):,} events ...")
-    topic, total = preload(settings, events, prefix)
+    topic, total = preload(settings, events, prefix, args.partitions)
     seconds: dict[str, float] = {}
     with Progress(
         TextColumn("{task.description}"),
@@ -217,38 +235,51 @@ def bench(dsn: str, bootstrap: str, args: argparse.Namespace) -> None:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        for method in methods:
+        for method, workers in runs:
+            name = _run_name(method, workers)
             sink_settings = PostgresSinkSettings(
                 dsn=dsn,
                 topics=[topic],
-                group_id=f"{prefix}-{method}",
+                group_id=f"{prefix}-{name}",
                 batch_size=args.batch_size,
                 linger_ms=50,
                 apply_method=method,
-                table_map={"public.employees": f"public.{tables[method]}"},
+                workers=workers,
+                table_map={"public.employees": f"public.{tables[name]}"},
             )
-            seconds[method] = run_walbridge(settings, sink_settings, tables[method], state, progress)
+            label = f"walbridge {method}" + (f", {workers} workers" if workers > 1 else "")
+            seconds[name] = run_walbridge(settings, sink_settings, tables[name], state, progress, label)
         if not args.no_seed:
             seconds["seed"] = run_seed(settings, topic, dsn, total, progress)
             assert matches(dsn, "seed_employees", state), "the seed approach did not reach the expected state"
-    report(seconds, total, len(events), args.batch_size)
+    report(seconds, total, len(events), args)
 
 
-def report(seconds: dict[str, float], total: int, events: int, batch_size: int) -> None:
-    table = Table(title=f"{total:,} records in Kafka ({events:,} events + tombstones), batch {batch_size:,}")
+def _run_name(method: str, workers: int) -> str:
+    return method if workers == 1 else f"{method}_{workers}w"
+
+
+def report(seconds: dict[str, float], total: int, events: int, args: argparse.Namespace) -> None:
+    table = Table(
+        title=f"{total:,} records in Kafka ({events:,} events + tombstones), {args.partitions} partitions, "
+        f"batch {args.batch_size:,}"
+    )
     table.add_column("approach")
     table.add_column("seconds", justify="right")
     table.add_column("records/s", justify="right")
+    table.add_column("events/s", justify="right")
     table.add_column("vs seed", justify="right")
     seed = seconds.get("seed")
     labels = {
-        "copy": "walbridge, COPY JSON + INSERT ON CONFLICT",
-        "executemany": "walbridge, executemany (pipeline mode)",
+        "copy": "walbridge, COPY JSON + INSERT ON CONFLICT, 1 process",
+        "executemany": "walbridge, executemany (pipeline mode), 1 process",
+        _run_name("copy", args.workers): f"walbridge, COPY JSON, --workers {args.workers}",
         "seed": "seed: one statement + one commit per message",
     }
     for name, elapsed in seconds.items():
         ratio = f"{seed / elapsed:.1f}x" if seed else "-"
-        table.add_row(labels[name], f"{elapsed:.2f}", f"{total / elapsed:,.0f}", ratio)
+        row = [labels[name], f"{elapsed:.2f}", f"{total / elapsed:,.0f}", f"{events / elapsed:,.0f}", ratio]
+        table.add_row(*row)
     console.print(table)
     if "copy" in seconds and "executemany" in seconds:
         console.print(f"copy / executemany: {seconds['executemany'] / seconds['copy']:.2f}x")

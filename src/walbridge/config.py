@@ -146,6 +146,8 @@ class PostgresSinkSettings(_SinkBase):
     """An event for a table that does not exist (and is not auto-created) goes to the DLQ."""
     apply_method: Literal["copy", "executemany"] = "copy"
     """How a batch reaches a table: COPY into a stage table + one INSERT/DELETE, or executemany."""
+    workers: int = Field(default=1, ge=1)
+    """Sink processes started by one command, members of the same group (see sinks/workers.py)."""
 
 
 class SalesforceSinkSettings(_SinkBase):

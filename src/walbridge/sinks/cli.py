@@ -29,6 +29,7 @@ from walbridge.sinks.ops import start_ops
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
 from walbridge.sinks.salesforce.cli import salesforce
+from walbridge.sinks.workers import run_workers
 from walbridge.verify import TableDiff, verify_tables
 
 __all__ = ["dlq_app", "groups_app", "sink_app", "topics_app", "verify"]
@@ -52,11 +53,25 @@ def _postgres_settings(settings: Settings, name: str | None) -> PostgresSinkSett
 
 @sink_app.command("postgres")
 @handle_errors
-def sink_postgres(config: ConfigOption = None, name: NameOption = None) -> None:
+def sink_postgres(
+    config: ConfigOption = None,
+    name: NameOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="sink processes in the group (default: the sink's workers, 1)"),
+    ] = None,
+) -> None:
     """Apply change events from Kafka to a PostgreSQL database (exactly-once effect)."""
     settings = settings_from(config)
     sink_settings = _postgres_settings(settings, name)
     stop = stop_on_signals()
+    count = sink_settings.workers if workers is None else workers
+    if count > 1:
+        log.info("sink postgres: starting %d worker processes", count)
+        code = run_workers(settings, sink_settings, count, stop)
+        if code:
+            raise typer.Exit(code)
+        return
     from walbridge import metrics
 
     sink = PostgresSink(sink_settings)
