@@ -65,6 +65,7 @@ SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
 Decoder = Callable[[str, bytes | None, bytes | None], ChangeEvent | None]
 _ASSIGN_TRIES = 3
 _TOPIC_WAIT_S = 0.5
+_TOPIC_REMIND_S = 60.0
 _PREFETCH_POLL_S = 0.02
 _PREFETCH_STEP = 250
 
@@ -380,7 +381,7 @@ class SinkRunner:
         A consumer subscribed to a missing topic only notices its creation at the next metadata
         refresh, minutes later by default; waiting here starts the sink as soon as it appears.
         """
-        announced = False
+        announced_at: float | None = None
         while not stop_event.is_set():
             try:
                 existing = consumer.list_topics(timeout=10).topics
@@ -393,9 +394,17 @@ class SinkRunner:
             missing = [name for name in names if name not in existing]
             if not missing:
                 return
-            if not announced:
+            now = time.monotonic()
+            if announced_at is None:
                 log.info("%s: waiting for topic(s) %s to be created", self.sink.name, ", ".join(missing))
-                announced = True
+                announced_at = now
+            elif now - announced_at >= _TOPIC_REMIND_S:
+                log.warning(
+                    "%s: topic(s) %s still do not exist; check the sink's topics (or start the capture)",
+                    self.sink.name,
+                    ", ".join(missing),
+                )
+                announced_at = now
             stop_event.wait(_TOPIC_WAIT_S)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
