@@ -10,7 +10,8 @@ Workloads, each measured for both tools in a fresh subprocess (so peak RSS is th
    events/s from the tool's start until its last event is handled (Debezium: a handler that only
    counts, no Kafka) or acknowledged by Kafka (walbridge). Also the raw ``pg_recvlogical`` rate.
 2. live: the same number of inserts while the tool runs: last commit → last ack, and p50/p99 of
-   per-event commit → ack latency.
+   per-event commit → ack latency; and the same inserts read by ``pg_recvlogical`` alone
+   (``test_decoding``, no processing): last commit → last message, the floor logical decoding sets.
 3. snapshot: ``--snapshot-rows`` rows, ``snapshot.mode=initial``: rows/s from the tool's start.
 4. peak RSS (``VmHWM``) of each tool's process, maximum over its workloads.
 5. process CPU (all threads, user + system) per backlog event and per snapshot row: steadier than the
@@ -358,6 +359,47 @@ class Bench:
                 result = self.read_until(proc, task)
             self.note_rss(tool, result)
             self.results[tool].update(_latencies(commits, result["samples"]))
+        self.live_floor()
+
+    def live_floor(self) -> None:
+        """The same live inserts read by ``pg_recvlogical`` alone (no processing, no Kafka): the
+        last-commit → last-message delay that logical decoding itself imposes on this machine."""
+        binary = shutil.which("pg_recvlogical")
+        if binary is None:
+            return
+        rows, table = self.args.rows, "bench_live_raw"
+        self.sql(TABLE_DDL.format(name=table))
+        self.sql("SELECT pg_create_logical_replication_slot('bench_raw', 'test_decoding')")
+        proc = subprocess.Popen(
+            [binary, "-d", self.dsn, "--slot", "bench_raw", "--start", "--no-loop", "-f", "-"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        stream = proc.stdout
+        commit_times: list[float] = []
+        transactions = -(-rows // TXN_ROWS)
+
+        def read() -> None:
+            for line in stream:
+                if line.startswith("COMMIT"):
+                    commit_times.append(time.time())
+                    if len(commit_times) >= transactions:
+                        return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            time.sleep(1.0)  # streaming has started
+            commits = self.write(
+                INSERT_SQL, table, 1, rows, "pg_recvlogical: live inserts", self.args.live_rate
+            )
+            reader.join(300)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            self.sql("SELECT pg_drop_replication_slot('bench_raw')")
+        if len(commit_times) >= transactions:
+            self.results.setdefault("pg_recvlogical", {})["live_last"] = commit_times[-1] - commits[-1][0]
 
     def snapshot(self) -> None:
         rows, table = self.args.snapshot_rows, "bench_snap"
@@ -405,7 +447,15 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
         f"capture: backlog {args.rows:,} inserts + {args.rows:,} updates, live {args.rows:,} inserts{pace}"
     )
     table = Table(title=f"{title}, snapshot {args.snapshot_rows:,} rows")
-    for column in ("figure", "walbridge (incl. Kafka)", "Debezium (count only)", "ratio", "target"):
+    columns = (
+        "figure",
+        "walbridge (incl. Kafka)",
+        "Debezium (count only)",
+        "ratio",
+        "raw pg_recvlogical",
+        "target",
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column != "figure" else "left")
     rows: list[tuple[str, str, str, bool, str]] = [
         ("backlog events/s (from start)", "backlog", "{:,.0f}", True, "≥1.5x"),
@@ -422,10 +472,10 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
         ratio = f"{mine / theirs:.2f}x" if mine and theirs else "-"
         if not higher_is_better and mine and theirs:
             ratio = f"{theirs / mine:.2f}x better" if mine < theirs else f"{mine / theirs:.2f}x worse"
+        floor = raw.get(key)
         table.add_row(label, fmt.format(mine) if mine is not None else "-",
-                      fmt.format(theirs) if theirs is not None else "-", ratio, target)  # fmt: skip
-    if raw.get("backlog"):
-        table.add_row("pg_recvlogical raw (messages/s)", "", "", "", f"{raw['backlog']:,.0f}")
+                      fmt.format(theirs) if theirs is not None else "-", ratio,
+                      fmt.format(floor) if floor is not None else "", target)  # fmt: skip
     Console(width=120).print(table)
 
 
