@@ -25,11 +25,8 @@ from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
 from walbridge.events import split_topic
 from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq, replay
-from walbridge.sinks.ops import start_ops
-from walbridge.sinks.postgres import PostgresSink
-from walbridge.sinks.runner import SinkRunner
 from walbridge.sinks.salesforce.cli import salesforce
-from walbridge.sinks.workers import run_workers
+from walbridge.sinks.workers import run_sink_process, run_workers
 from walbridge.verify import TableDiff, verify_tables
 
 __all__ = ["dlq_app", "groups_app", "sink_app", "topics_app", "verify"]
@@ -66,28 +63,13 @@ def sink_postgres(
     sink_settings = _postgres_settings(settings, name)
     stop = stop_on_signals()
     count = sink_settings.workers if workers is None else workers
-    if count > 1:
-        log.info("sink postgres: starting %d worker processes", count)
-        code = run_workers(settings, sink_settings, count, stop)
-        if code:
-            raise typer.Exit(code)
+    if count == 1:
+        run_sink_process(settings, sink_settings, stop)
         return
-    from walbridge import metrics
-
-    sink = PostgresSink(sink_settings)
-    runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
-    log.info(
-        "sink %s: group %s, topics %s",
-        sink.name,
-        runner.group_id,
-        sink_settings.topics or sink_settings.topic_pattern,
-    )
-    ops = start_ops(settings.metrics, runner.status, runner.healthy)
-    try:
-        runner.run(stop)
-    finally:
-        if ops is not None:
-            ops.stop()
+    log.info("sink postgres: starting %d worker processes", count)
+    code = run_workers(settings, sink_settings, count, stop)
+    if code:
+        raise typer.Exit(code)
 
 
 sink_app.command("salesforce")(salesforce)

@@ -369,7 +369,7 @@ class SinkRunner:
             topics.append(pattern if pattern.startswith("^") else "^" + pattern)
         if not topics:
             raise WalbridgeError(f"sink {self.sink.name!r} has no topics or topic_pattern to consume")
-        self._await_topics(consumer, list(settings.topics), stop_event)
+        self._await_topics(consumer, settings.topics, stop_event)
         consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )

@@ -30,7 +30,7 @@ from typing import Any
 
 from walbridge.config import PostgresSinkSettings, Settings
 
-__all__ = ["run_workers"]
+__all__ = ["run_sink_process", "run_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _MAX_RESTART_DELAY_S = 30.0
 _STABLE_AFTER_S = 60.0
 """A worker that ran this long is restarted at once again the next time it dies."""
 _STOP_TIMEOUT_S = 60.0
-CONFIG_EXIT = 2
+ERROR_EXIT = 2
 
 
 @dataclass(slots=True)
@@ -95,9 +95,9 @@ def run_workers(
                 if worker.alive or stop.is_set():
                     continue
                 code = worker.process.exitcode
-                if code == CONFIG_EXIT:
+                if code == ERROR_EXIT:
                     log.error("worker %d stopped on an error (see above); stopping all workers", worker.index)
-                    exit_code = CONFIG_EXIT
+                    exit_code = ERROR_EXIT
                     break
                 if now - worker.started >= _STABLE_AFTER_S:
                     worker.delay_s = 1.0
@@ -164,14 +164,40 @@ def _start_parent_ops(settings: Settings, workers: list[_Worker]) -> Any:
     return start_ops(settings.metrics, status, lambda: all(w.alive for w in workers))
 
 
-def _worker_main(settings: Settings, sink_settings: PostgresSinkSettings, index: int, verbose: bool) -> None:
-    """One worker process: a SinkRunner until SIGTERM (sent by the parent) or the parent's death."""
+def run_sink_process(
+    settings: Settings, sink_settings: PostgresSinkSettings, stop: threading.Event, port_offset: int = 0
+) -> None:
+    """One PostgreSQL sink in this process until ``stop``: the command's single-process path and
+    each worker's body. Its ops endpoint (when ``metrics.enabled``) is ``metrics.port + port_offset``."""
     from walbridge import metrics
-    from walbridge.cli_common import configure_logging
-    from walbridge.errors import WalbridgeError
     from walbridge.sinks.ops import start_ops
     from walbridge.sinks.postgres import PostgresSink
     from walbridge.sinks.runner import SinkRunner
+
+    sink = PostgresSink(sink_settings)
+    runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
+    log.info(
+        "sink %s: group %s, topics %s",
+        sink.name,
+        runner.group_id,
+        sink_settings.topics or sink_settings.topic_pattern,
+    )
+    ops = None
+    if settings.metrics.enabled:
+        ops = start_ops(
+            settings.metrics, runner.status, runner.healthy, port=settings.metrics.port + port_offset
+        )
+    try:
+        runner.run(stop)
+    finally:
+        if ops is not None:
+            ops.stop()
+
+
+def _worker_main(settings: Settings, sink_settings: PostgresSinkSettings, index: int, verbose: bool) -> None:
+    """One worker process: a sink until SIGTERM (sent by the parent) or the parent's death."""
+    from walbridge.cli_common import configure_logging
+    from walbridge.errors import WalbridgeError
 
     configure_logging(verbose)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops everyone
@@ -185,17 +211,8 @@ def _worker_main(settings: Settings, sink_settings: PostgresSinkSettings, index:
             stop.set()
 
     threading.Thread(target=follow_parent, name="follow-parent", daemon=True).start()
-    ops = None
     try:
-        runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings, metrics=metrics.sink)
-        if settings.metrics.enabled:
-            ops = start_ops(
-                settings.metrics, runner.status, runner.healthy, port=settings.metrics.port + index
-            )
-        runner.run(stop)
+        run_sink_process(settings, sink_settings, stop, port_offset=index)
     except WalbridgeError as exc:
         print(f"error: worker {index}: {exc.message}", file=sys.stderr, flush=True)
-        sys.exit(CONFIG_EXIT)
-    finally:
-        if ops is not None:
-            ops.stop()
+        sys.exit(ERROR_EXIT)
