@@ -27,8 +27,8 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import with_dbname
-from walbridge.devstack import KafkaBroker, PostgresServer, create_database, drop_database
+from helpers import scratch_database
+from walbridge.devstack import KafkaBroker, PostgresServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,12 +75,8 @@ def pg_admin_dsn(pg_server: PostgresServer | None) -> str:
 
 @pytest.fixture
 def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    create_database(pg_admin_dsn, name)
-    try:
-        yield with_dbname(pg_admin_dsn, name)
-    finally:
-        drop_database(pg_admin_dsn, name)
+    with scratch_database(pg_admin_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@
 - ``wait_until(predicate, timeout_s, interval_s)`` polls until truthy, returns the value or raises.
 - ``run_cli(*args, env=..., timeout=...)``: ``python -m walbridge.cli ARGS`` -> (code, stdout, stderr).
 - ``free_port()`` and ``with_dbname(dsn, name)``.
+- ``scratch_database(admin_dsn, prefix)``: a fresh database for the block, dropped after.
 """
 
 from __future__ import annotations
@@ -16,16 +17,25 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from psycopg.conninfo import make_conninfo
 
-from walbridge.devstack import free_port
+from walbridge.devstack import create_database, drop_database, free_port
 
-__all__ = ["consume_all", "free_port", "json_or_none", "run_cli", "wait_until", "with_dbname"]
+__all__ = [
+    "consume_all",
+    "free_port",
+    "json_or_none",
+    "run_cli",
+    "scratch_database",
+    "wait_until",
+    "with_dbname",
+]
 
 T = TypeVar("T")
 
@@ -132,3 +142,14 @@ def with_dbname(dsn: str, dbname: str) -> str:
         parts = urlsplit(dsn)
         return urlunsplit(parts._replace(path=f"/{dbname}"))
     return make_conninfo(dsn, dbname=dbname)
+
+
+@contextmanager
+def scratch_database(admin_dsn: str, prefix: str = "test") -> Iterator[str]:
+    """A fresh database ``<prefix>_<random>`` beside ``admin_dsn``'s; its DSN. Dropped (FORCE) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    create_database(admin_dsn, name)
+    try:
+        yield with_dbname(admin_dsn, name)
+    finally:
+        drop_database(admin_dsn, name)

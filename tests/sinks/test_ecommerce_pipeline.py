@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from capture_support import RunningCapture, make_settings
-from helpers import wait_until
+from helpers import scratch_database, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import load_settings
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
@@ -29,13 +29,7 @@ def test_ecommerce_replicates_without_falling_back(
     topic_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from helpers import with_dbname
-    from walbridge.devstack import create_database, drop_database
-
-    dest_name = f"dest_{topic_prefix}"
-    create_database(pg_admin_dsn, dest_name)
-    dest = with_dbname(pg_admin_dsn, dest_name)
-    try:
+    with scratch_database(pg_admin_dsn, "dest") as dest:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(ECOMMERCE_SCHEMA)
         with psycopg.connect(dest, autocommit=True) as conn:
@@ -75,8 +69,6 @@ def test_ecommerce_replicates_without_falling_back(
                 stop.set()
                 thread.join(30)
         assert "one by one" not in caplog.text, caplog.text
-    finally:
-        drop_database(pg_admin_dsn, dest_name)
 
 
 def test_one_batch_deleting_in_one_table_and_upserting_in_another(pg_dsn: str) -> None:

@@ -75,6 +75,18 @@ def stopped(parent: subprocess.Popen[bytes], tmp_path: Path, timeout_s: float = 
         ) from None
 
 
+def still_running(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` that exist."""
+    running = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        running.append(pid)
+    return running
+
+
 def status(port: int) -> Any:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/status", timeout=2).json()
@@ -116,12 +128,8 @@ def test_two_workers_share_partitions_and_survive_a_sigkill(
         parent.send_signal(signal.SIGTERM)
         code = stopped(parent, tmp_path)
     assert code == 0, (tmp_path / "stderr.log").read_text()
-    for pid in pids:  # every worker stopped with the parent
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        raise AssertionError(f"worker {pid} still running after the parent stopped")
+    left = still_running(pids)
+    assert left == [], f"workers {left} still running after the parent stopped"
     assert_exactly_once(employees_db)
 
 
@@ -155,14 +163,4 @@ def test_workers_stop_when_the_parent_is_killed(
         parent.kill()
         parent.wait(10)
 
-    def all_gone() -> bool:
-        alive = 0
-        for pid in workers:
-            try:
-                os.kill(pid, 0)
-                alive += 1
-            except ProcessLookupError:
-                pass
-        return alive == 0
-
-    wait_until(all_gone, timeout_s=30, interval_s=0.2)
+    wait_until(lambda: not still_running(workers), timeout_s=30, interval_s=0.2)
