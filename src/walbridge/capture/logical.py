@@ -332,22 +332,13 @@ class _Stream:
         """Per relation oid, for the current transaction."""
         self._columns: dict[int, tuple[str, ...]] = {}
         self._refresh_columns()
-        self._handlers: dict[type, Callable[[Any, int], None]] = {
-            pgoutput.Begin: self._begin,
-            pgoutput.Commit: self._commit,
-            pgoutput.Relation: self._relation,
-            pgoutput.Insert: self._insert,
-            pgoutput.Update: self._update,
-            pgoutput.Delete: self._delete,
-            pgoutput.Truncate: self._truncate,
-        }
 
     def loop(self, stop: threading.Event) -> None:
         read = self.cur.read_message
         decode = pgoutput.decode
         fast = pgoutput.decode_row_change
         columns = self._columns
-        handlers = self._handlers
+        handlers = _HANDLERS
         row_change = self._row_change
         count = 0
         try:
@@ -364,7 +355,7 @@ class _Stream:
                         message = decode(payload)
                         handler = handlers.get(type(message))
                         if handler is not None:
-                            handler(message, msg.data_start)
+                            handler(self, message, msg.data_start)
                     count += 1
                     if count & 255 == 0:
                         self._tick()
@@ -571,6 +562,20 @@ class _Stream:
             codec = self.capture._codecs.get(oid)
             if codec is not None:
                 self._emit("t", codec, lsn, None, None, None)
+
+
+# Per message type, the _Stream method that handles it. A class-level table of plain functions: bound
+# methods stored on the instance would make a reference cycle that keeps the stream, its publisher
+# and the producer's broker connections alive until the garbage collector runs.
+_HANDLERS: dict[type, Callable[[_Stream, Any, int], None]] = {
+    pgoutput.Begin: _Stream._begin,
+    pgoutput.Commit: _Stream._commit,
+    pgoutput.Relation: _Stream._relation,
+    pgoutput.Insert: _Stream._insert,
+    pgoutput.Update: _Stream._update,
+    pgoutput.Delete: _Stream._delete,
+    pgoutput.Truncate: _Stream._truncate,
+}
 
 
 _INSERT, _UPDATE = ord("I"), ord("U")
