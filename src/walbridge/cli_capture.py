@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from walbridge.cli_common import ConfigOption, handle_errors, settings_from, stop_on_signals
+from walbridge.cli_common import (
+    CAPTURE_USES,
+    ConfigOption,
+    MetricsPortOption,
+    handle_errors,
+    settings_from,
+    stop_on_signals,
+)
 from walbridge.config import Settings
 from walbridge.errors import ConfigError
 
@@ -128,29 +135,20 @@ class SnapshotProgress:
 def run_capture(settings: Settings, stop: threading.Event, progress: Any = None) -> None:
     """Run the configured capture mode until ``stop`` is set, with the ops endpoint when enabled."""
     capture = _capture_for(settings, progress)
-    ops = None
-    if settings.metrics.enabled:
-        from walbridge.web import OpsServer
+    from walbridge.web import start_ops
 
-        started = time.time()
+    started = time.time()
 
-        def status() -> dict[str, Any]:
-            return {
-                "mode": settings.source.mode,
-                "uptime_s": round(time.time() - started, 1),
-                "streaming": capture.ready.is_set(),
-                "received": getattr(capture, "received", None),
-                "confirmed": getattr(capture, "confirmed", None),
-            }
+    def status() -> dict[str, Any]:
+        return {
+            "mode": settings.source.mode,
+            "uptime_s": round(time.time() - started, 1),
+            "streaming": capture.ready.is_set(),
+            "received": getattr(capture, "received", None),
+            "confirmed": getattr(capture, "confirmed", None),
+        }
 
-        try:
-            ops = OpsServer(settings.metrics.host, settings.metrics.port, status, lambda: True).start()
-            log.info("metrics and status on %s", ops.url)
-        except OSError as exc:
-            raise ConfigError(
-                f"metrics.port {settings.metrics.port} on {settings.metrics.host} is not available: "
-                f"{exc.strerror}"
-            ) from exc
+    ops = start_ops(settings.metrics, "capture", status)
     try:
         capture.run(stop)
     finally:
@@ -163,7 +161,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def setup(config: ConfigOption = None, mode: Mode = None) -> None:
         """Check the source and create what capture needs (publication + slot, or triggers). Idempotent."""
-        settings = settings_from(config)
+        settings = settings_from(config, uses=CAPTURE_USES)
         done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
             out.print(f"[green]✓[/] {line}")
@@ -172,7 +170,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def teardown(config: ConfigOption = None, mode: Mode = None) -> None:
         """Drop the slot and publication (or the triggers). An abandoned slot retains WAL until dropped."""
-        settings = settings_from(config)
+        settings = settings_from(config, uses=CAPTURE_USES)
         if _mode(settings, mode) == "trigger":
             done = teardown_trigger(settings)
         else:
@@ -188,7 +186,7 @@ def register(app: typer.Typer) -> None:
         from walbridge.capture.connection import connect_source
         from walbridge.capture.trigger import check_trigger_capture
 
-        settings = settings_from(config)
+        settings = settings_from(config, uses=CAPTURE_USES)
         chosen = _mode(settings, mode)
         with connect_source(settings.source.dsn) as conn:
             relations = catalog.resolve_tables(conn, settings.source.tables, settings.source.exclude_tables)
@@ -211,10 +209,11 @@ def register(app: typer.Typer) -> None:
     def capture(
         config: ConfigOption = None,
         snapshot: Annotated[str | None, typer.Option(help="override source.snapshot")] = None,
+        metrics_port: MetricsPortOption = None,
     ) -> None:
         """Capture changes into Kafka (snapshot, then stream) until Ctrl-C."""
-        overrides = {"source": {"snapshot": snapshot}} if snapshot else {}
-        settings = settings_from(config, **overrides)
+        overrides: dict[str, Any] = {"source": {"snapshot": snapshot}} if snapshot else {}
+        settings = settings_from(config, metrics_port, CAPTURE_USES, **overrides)
         stop = stop_on_signals()
         progress = SnapshotProgress()
         try:

@@ -17,11 +17,14 @@ from walbridge.config import Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
 
 __all__ = [
+    "CAPTURE_USES",
     "ConfigOption",
+    "MetricsPortOption",
     "configure_logging",
     "console",
     "handle_errors",
     "settings_from",
+    "sink_uses",
     "stop_on_signals",
 ]
 
@@ -30,6 +33,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML or TOML settings file (env WALBRIDGE_* overrides)")
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="serve /metrics, /healthz and /status on this port (default: metrics.port, else the "
+        "role's own: capture 9187, sink postgres 9188, sink salesforce 9189)",
+    ),
 ]
 
 
@@ -63,10 +76,29 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
+CAPTURE_USES = ("source", "events", "kafka", "metrics")
+"""The sections capture-side commands (check, setup, teardown, capture) read."""
+
+
+def sink_uses(kind: str) -> tuple[str, ...]:
+    """The sections ``walbridge sink KIND`` reads."""
+    return ("events", "kafka", "dlq", "metrics", f"sinks.{kind}")
+
+
+def settings_from(
+    config: Path | None,
+    metrics_port: int | None = None,
+    uses: tuple[str, ...] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """The settings of ``config`` with ``overrides``; ``metrics_port`` (``--metrics-port``) sets
+    ``metrics.port`` and enables the endpoint; ``uses`` limits which sections' ``env:`` variables
+    must be set (see :func:`walbridge.config.load_settings`)."""
     if config is not None and not config.exists():
         raise ConfigError(f"configuration file {config} does not exist")
-    return load_settings(config, **overrides)
+    if metrics_port is not None:
+        overrides["metrics"] = {**overrides.get("metrics", {}), "port": metrics_port, "enabled": True}
+    return load_settings(config, uses, **overrides)
 
 
 def stop_on_signals() -> threading.Event:

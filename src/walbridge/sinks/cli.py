@@ -20,7 +20,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from walbridge import admin
-from walbridge.cli_common import ConfigOption, console, handle_errors, settings_from, stop_on_signals
+from walbridge.cli_common import (
+    ConfigOption,
+    MetricsPortOption,
+    console,
+    handle_errors,
+    settings_from,
+    sink_uses,
+    stop_on_signals,
+)
 from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
 from walbridge.events import split_topic
@@ -57,9 +65,10 @@ def sink_postgres(
         int | None,
         typer.Option("--workers", min=1, help="sink processes in the group (default: the sink's workers, 1)"),
     ] = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Apply change events from Kafka to a PostgreSQL database (exactly-once effect)."""
-    settings = settings_from(config)
+    settings = settings_from(config, metrics_port, sink_uses("postgres"))
     sink_settings = _postgres_settings(settings, name)
     stop = stop_on_signals()
     count = sink_settings.workers if workers is None else workers
@@ -187,7 +196,7 @@ def verify(
 def _run_verify(
     config: ConfigOption, name: str | None, table: list[str] | None, chunk_rows: int
 ) -> list[TableDiff]:
-    settings = settings_from(config)
+    settings = settings_from(config, uses=("source", "events", "sinks.postgres"))
     sink = _postgres_settings(settings, name)
     pairs = _table_pairs(settings, sink, table)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:

@@ -12,8 +12,8 @@ The parent supervises: a worker killed or crashed is restarted (with a growing d
 that stops on a walbridge error (a configuration problem, Kafka refusing the client) stops them
 all and the command exits 2, and SIGINT/SIGTERM stop every worker cleanly (the parent sends each
 a SIGTERM; it finishes its batch). A worker whose parent died stops too. The parent serves
-``/healthz`` and ``/status`` (the workers, their pids and restarts) on ``metrics.port``; worker
-*i* (1-based) serves its own ``/metrics`` and ``/status`` on ``metrics.port + i``.
+``/healthz`` and ``/status`` (the workers, their pids and restarts) on the sink's metrics port; worker
+*i* (1-based) serves its own ``/metrics`` and ``/status`` on that port + *i*.
 """
 
 from __future__ import annotations
@@ -144,10 +144,10 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 def _start_parent_ops(settings: Settings, workers: list[_Worker]) -> Any:
-    from walbridge.sinks.ops import start_ops
+    from walbridge.web import start_ops
 
     def status() -> dict[str, Any]:
-        port = settings.metrics.port
+        port = settings.metrics.port_for("sink-postgres")
         return {
             "workers": [
                 {
@@ -161,18 +161,18 @@ def _start_parent_ops(settings: Settings, workers: list[_Worker]) -> Any:
             ]
         }
 
-    return start_ops(settings.metrics, status, lambda: all(w.alive for w in workers))
+    return start_ops(settings.metrics, "sink-postgres", status, lambda: all(w.alive for w in workers))
 
 
 def run_sink_process(
     settings: Settings, sink_settings: PostgresSinkSettings, stop: threading.Event, port_offset: int = 0
 ) -> None:
     """One PostgreSQL sink in this process until ``stop``: the command's single-process path and
-    each worker's body. Its ops endpoint (when ``metrics.enabled``) is ``metrics.port + port_offset``."""
+    each worker's body. Its ops endpoint (when ``metrics.enabled``) is the sink's port + ``port_offset``."""
     from walbridge import metrics
-    from walbridge.sinks.ops import start_ops
     from walbridge.sinks.postgres import PostgresSink
     from walbridge.sinks.runner import SinkRunner
+    from walbridge.web import start_ops
 
     sink = PostgresSink(sink_settings)
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
@@ -182,11 +182,7 @@ def run_sink_process(
         runner.group_id,
         sink_settings.topics or sink_settings.topic_pattern,
     )
-    ops = None
-    if settings.metrics.enabled:
-        ops = start_ops(
-            settings.metrics, runner.status, runner.healthy, port=settings.metrics.port + port_offset
-        )
+    ops = start_ops(settings.metrics, "sink-postgres", runner.status, runner.healthy, port_offset)
     try:
         runner.run(stop)
     finally:
