@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -20,7 +19,6 @@ __all__ = [
     "CAPTURE_USES",
     "ConfigOption",
     "MetricsPortOption",
-    "configure_logging",
     "console",
     "handle_errors",
     "settings_from",
@@ -61,19 +59,6 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def configure_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 CAPTURE_USES = ("source", "events", "kafka", "metrics")

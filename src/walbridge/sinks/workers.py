@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from walbridge.config import PostgresSinkSettings, Settings
+from walbridge.logs import LogFormat
 
 __all__ = ["run_sink_process", "run_workers"]
 
@@ -64,13 +65,15 @@ def run_workers(
 
         raise ConfigError(f"--workers must be at least 1 (got {count})")
     context = multiprocessing.get_context("spawn")
-    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    from walbridge.logs import current_setup
+
+    log_setup = current_setup()
     workers = [_Worker(index) for index in range(1, count + 1)]
 
     def start(worker: _Worker) -> None:
         worker.process = context.Process(
             target=_worker_main,
-            args=(settings, sink_settings, worker.index, verbose),
+            args=(settings, sink_settings, worker.index, log_setup),
             name=f"walbridge-sink-worker-{worker.index}",
         )
         worker.process.start()
@@ -190,12 +193,14 @@ def run_sink_process(
             ops.stop()
 
 
-def _worker_main(settings: Settings, sink_settings: PostgresSinkSettings, index: int, verbose: bool) -> None:
+def _worker_main(
+    settings: Settings, sink_settings: PostgresSinkSettings, index: int, log_setup: tuple[bool, LogFormat]
+) -> None:
     """One worker process: a sink until SIGTERM (sent by the parent) or the parent's death."""
-    from walbridge.cli_common import configure_logging
     from walbridge.errors import WalbridgeError
+    from walbridge.logs import configure_logging
 
-    configure_logging(verbose)
+    configure_logging(*log_setup)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops everyone
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
