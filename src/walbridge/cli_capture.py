@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -28,7 +29,19 @@ __all__ = ["register", "run_capture"]
 log = logging.getLogger(__name__)
 out = Console()
 
-Mode = Annotated[str | None, typer.Option("--mode", help="logical or trigger (default: source.mode)")]
+class CaptureMode(enum.StrEnum):
+    logical = "logical"
+    trigger = "trigger"
+
+
+class SnapshotMode(enum.StrEnum):
+    initial = "initial"
+    never = "never"
+    when_needed = "when_needed"
+    initial_only = "initial_only"
+
+
+Mode = Annotated[CaptureMode | None, typer.Option("--mode", help="capture mode (default: source.mode)")]
 
 
 def _mode(settings: Settings, mode: str | None) -> str:
@@ -208,11 +221,18 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def capture(
         config: ConfigOption = None,
-        snapshot: Annotated[str | None, typer.Option(help="override source.snapshot")] = None,
+        snapshot: Annotated[
+            SnapshotMode | None,
+            typer.Option(
+                help="initial or when_needed: snapshot the tables when the slot is new or a snapshot did "
+                "not finish, then stream; never: stream only; initial_only: snapshot, then stop "
+                "(default: source.snapshot)"
+            ),
+        ] = None,
         metrics_port: MetricsPortOption = None,
     ) -> None:
         """Capture changes into Kafka (snapshot, then stream) until Ctrl-C."""
-        overrides: dict[str, Any] = {"source": {"snapshot": snapshot}} if snapshot else {}
+        overrides: dict[str, Any] = {"source": {"snapshot": snapshot.value}} if snapshot else {}
         settings = settings_from(config, metrics_port, CAPTURE_USES, **overrides)
         stop = stop_on_signals()
         progress = SnapshotProgress()

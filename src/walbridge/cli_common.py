@@ -19,6 +19,7 @@ __all__ = [
     "CAPTURE_USES",
     "ConfigOption",
     "MetricsPortOption",
+    "SinkNameOption",
     "console",
     "handle_errors",
     "settings_from",
@@ -31,6 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML or TOML settings file (env WALBRIDGE_* overrides)")
+]
+SinkNameOption = Annotated[
+    str | None, typer.Option("--name", help="which configured sink of this type (default: the first)")
 ]
 MetricsPortOption = Annotated[
     int | None,

@@ -120,5 +120,5 @@ def start_ops(
             "serves it; give this one its own with --metrics-port or metrics.port, or set "
             "metrics.enabled: false"
         ) from None
-    log.info("metrics and status on %s", ops.url)
+    log.debug("metrics and status on %s", ops.url)
     return ops

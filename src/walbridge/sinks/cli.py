@@ -23,6 +23,7 @@ from walbridge import admin
 from walbridge.cli_common import (
     ConfigOption,
     MetricsPortOption,
+    SinkNameOption,
     console,
     handle_errors,
     settings_from,
@@ -47,7 +48,6 @@ dlq_app = typer.Typer(no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(no_args_is_help=True, add_completion=False)
 groups_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
-NameOption = Annotated[str | None, typer.Option("--name", help="which configured sink (default: the first)")]
 
 
 def _postgres_settings(settings: Settings, name: str | None) -> PostgresSinkSettings:
@@ -60,7 +60,7 @@ def _postgres_settings(settings: Settings, name: str | None) -> PostgresSinkSett
 @handle_errors
 def sink_postgres(
     config: ConfigOption = None,
-    name: NameOption = None,
+    name: SinkNameOption = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", min=1, help="sink processes in the group (default: the sink's workers, 1)"),
@@ -181,7 +181,7 @@ def _table_pairs(
 
 def verify(
     config: ConfigOption = None,
-    name: NameOption = None,
+    name: SinkNameOption = None,
     table: Annotated[list[str] | None, typer.Option("--table", help="schema.table (repeatable)")] = None,
     chunk_rows: Annotated[int, typer.Option(help="rows fetched per round trip")] = 10_000,
 ) -> None:

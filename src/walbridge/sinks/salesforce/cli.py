@@ -11,17 +11,21 @@ runs the same command on its own.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from walbridge import metrics
-from walbridge.cli_common import MetricsPortOption, settings_from, sink_uses
+from walbridge.cli_common import (
+    ConfigOption,
+    MetricsPortOption,
+    SinkNameOption,
+    handle_errors,
+    settings_from,
+    sink_uses,
+)
 from walbridge.config import MetricsSettings, SalesforceSinkSettings
-from walbridge.errors import WalbridgeError
 from walbridge.sinks.runner import SinkRunner, install_signal_handlers
 from walbridge.sinks.salesforce.sink import SalesforceSink
 from walbridge.web import OpsServer, start_ops
@@ -31,20 +35,17 @@ __all__ = ["salesforce"]
 log = logging.getLogger(__name__)
 
 
+@handle_errors
 def salesforce(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML or TOML settings file")],
-    name: Annotated[str | None, typer.Option("--name", help="which salesforce sink of the file")] = None,
+    config: ConfigOption = None,
+    name: SinkNameOption = None,
     metrics_port: MetricsPortOption = None,
 ) -> None:
     """Publish change events from Kafka to Salesforce Platform Events."""
-    try:
-        _run(config, name, metrics_port)
-    except WalbridgeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr, flush=True)
-        raise typer.Exit(2) from None
+    _run(config, name, metrics_port)
 
 
-def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
+def _run(config: Path | None, name: str | None, metrics_port: int | None) -> None:
     settings = settings_from(config, metrics_port, sink_uses("salesforce"))
     sink_settings = settings.sink("salesforce", name)
     assert isinstance(sink_settings, SalesforceSinkSettings)
