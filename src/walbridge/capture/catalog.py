@@ -79,7 +79,7 @@ def event_key_columns(
     columns (unique, not null) are the key instead, for every event of the table, so that all
     events of a row share one key (one partition, in order) and every delete can be applied.
     """
-    if identity == "i" and index_columns and not set(primary_key) <= set(index_columns):
+    if identity == "i" and index_columns and not (primary_key and set(primary_key) <= set(index_columns)):
         return tuple(index_columns)
     return tuple(primary_key)
 
