@@ -132,7 +132,7 @@ class Problem:
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relreplident, c.relkind,
-       CASE WHEN c.relispartition THEN pg_partition_root(c.oid) END
+       CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid END
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
