@@ -138,6 +138,13 @@ def other_users(conn: psycopg.Connection[Any], name: str, slot: str) -> set[str]
 
 
 def _set_users(conn: psycopg.Connection[Any], name: str, users: set[str]) -> None:
+    """Record the slots using the publication; skipped when this role does not own it (a DBA's own
+    publication: walbridge then never narrows nor drops it on behalf of another slot it cannot see)."""
+    owner = conn.execute(
+        "SELECT pg_has_role(pubowner, 'USAGE') FROM pg_publication WHERE pubname = %s", (name,)
+    ).fetchone()
+    if not (owner and owner[0]):
+        return
     comment = _USERS_PREFIX + ",".join(sorted(users))
     conn.execute(
         sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(sql.Identifier(name), sql.Literal(comment))
