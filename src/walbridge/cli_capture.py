@@ -69,7 +69,9 @@ def setup_logical(settings: Settings) -> list[str]:
             done += [
                 f"REPLICA IDENTITY FULL on {name}" for name in set_replica_identity_full(conn, relations)
             ]
-        if ensure_publication(conn, src.publication, relations):
+            relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
+        catalog.refuse_keyless(relations)
+        if ensure_publication(conn, src.publication, relations, src.slot):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
         if slot_info(conn, src.slot) is None:
             lsn = create_slot(conn, src.slot)
@@ -88,8 +90,9 @@ def teardown_logical(settings: Settings) -> list[str]:
     with connect_source(src.dsn) as conn:
         if drop_slot(conn, src.slot):
             done.append(f"dropped replication slot {src.slot}")
-        if drop_publication(conn, src.publication):
-            done.append(f"dropped publication {src.publication}")
+        dropped = drop_publication(conn, src.publication, src.slot)
+        if dropped:
+            done.append(dropped)
         CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").clear()
     return done
 
@@ -197,21 +200,30 @@ def register(app: typer.Typer) -> None:
         """Check the source server for the capture mode; list each problem with its fix."""
         from walbridge.capture import catalog
         from walbridge.capture.connection import connect_source
+        from walbridge.capture.slot import publication_problems
         from walbridge.capture.trigger import check_trigger_capture
 
         settings = settings_from(config, uses=CAPTURE_USES)
+        src = settings.source
         chosen = _mode(settings, mode)
-        with connect_source(settings.source.dsn) as conn:
-            relations = catalog.resolve_tables(conn, settings.source.tables, settings.source.exclude_tables)
+        with connect_source(src.dsn) as conn:
+            relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
             if chosen == "trigger":
                 problems = check_trigger_capture(conn, settings)
             else:
                 problems = catalog.check_logical_capture(conn, relations)
-        table = Table("table", "primary key", "replica identity")
+                if not src.replica_identity_full:
+                    problems += [p for p in map(catalog.identity_problem, relations) if p is not None]
+                if not catalog.in_recovery(conn):
+                    problems += publication_problems(conn, src.publication, src.slot, relations)
+        table = Table("table", "event key", "replica identity")
+        identities = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
         for rel in relations:
-            table.add_row(
-                f"{rel.schema}.{rel.table}", ", ".join(rel.key_columns) or "(none)", rel.replica_identity
-            )
+            name = f"{rel.qualified_name} (partitioned)" if rel.partitioned else rel.qualified_name
+            identity = identities.get(rel.replica_identity, rel.replica_identity)
+            if rel.replica_identity == "i":
+                identity += f" ({', '.join(rel.identity_columns)})"
+            table.add_row(name, ", ".join(rel.key_columns) or "(none)", identity)
         out.print(table)
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from walbridge.errors import ConfigError
@@ -51,7 +59,8 @@ class SourceSettings(_Model):
     exclude_tables: list[str] = Field(default_factory=list)
     exclude_columns: list[str] = Field(default_factory=list, description="schema.table.column names")
     slot: str = "walbridge"
-    publication: str = "walbridge"
+    publication: str = ""
+    """Default: the slot's name, so that captures with their own slots never share a publication."""
     snapshot: Literal["initial", "never", "when_needed", "initial_only"] = "initial"
     snapshot_fetch_rows: int = 10_000
     replica_identity_full: bool = False
@@ -68,10 +77,18 @@ class SourceSettings(_Model):
 
     @field_validator("slot", "publication")
     @classmethod
-    def _identifier(cls, value: str) -> str:
+    def _identifier(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "publication" and value == "":
+            return value
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
             raise ValueError(f"{value!r} must be a lower-case identifier of letters, digits and _")
         return value
+
+    @model_validator(mode="after")
+    def _publication_per_slot(self) -> SourceSettings:
+        if not self.publication:
+            self.publication = self.slot
+        return self
 
 
 class EventSettings(_Model):
