@@ -188,8 +188,9 @@ class SalesforceSinkSettings(_SinkBase):
     truncate_oversized: bool = False
     token_auth: Literal["body", "basic"] = "body"
     """Client credentials: client id/secret in the form body, or as HTTP Basic."""
-    event_key: Literal["offset", "source"] = "offset"
-    """Event_Key__c: ``topic-partition-offset``, or the source position (LSN / change id) + primary key."""
+    event_key: Literal["offset", "source"] = "source"
+    """Event_Key__c: the source position (LSN / change id) + primary key, stable across topic
+    re-creation and re-capture; or ``offset``: ``topic-partition-offset``."""
 
 
 SinkSettings = Annotated[PostgresSinkSettings | SalesforceSinkSettings, Field(discriminator="type")]

@@ -618,3 +618,21 @@ def test_renamed_field_in_metadata_is_rejected(tmp_path: Path) -> None:
             assert renamed.status_code == 201
     finally:
         emulator.stop()
+
+
+def test_describe_reports_checkbox_as_defaulted_on_create_not_nillable(tmp_path: Path) -> None:
+    """Salesforce's describe: a Checkbox is ``nillable: false`` and ``defaultedOnCreate: true``."""
+    from walbridge.emulator.describe import describe_event
+    from walbridge.emulator.metadata import EventDefinition, FieldDefinition
+
+    definition = EventDefinition(
+        "Flagged__e",
+        "Flagged",
+        "Flagged",
+        "HighVolume",
+        "PublishImmediately",
+        (FieldDefinition("Flag__c", "Flag", "Checkbox"), FieldDefinition("Name__c", "Name", "Text", True, 10)),
+    )
+    fields = {f["name"]: f for f in describe_event(definition)["fields"]}
+    assert fields["Flag__c"]["nillable"] is False and fields["Flag__c"]["defaultedOnCreate"] is True
+    assert fields["Name__c"]["nillable"] is False and fields["Name__c"]["defaultedOnCreate"] is False

@@ -3,7 +3,7 @@
 Contract: ``describe_event(definition)`` returns the subset of Salesforce's DescribeSObjectResult a client
 needs: object flags (createable only: events are insert-only, not queryable) and every field with ``name``,
 ``label``, ``type`` (string, textarea, double, boolean, date, datetime, id/reference for system fields),
-``length``, ``precision``, ``scale``, ``nillable``, ``createable``, ``custom``.
+``length``, ``precision``, ``scale``, ``nillable``, ``defaultedOnCreate``, ``createable``, ``custom``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def _field(fdef: FieldDefinition) -> dict[str, Any]:
         "length": fdef.length or 0,
         "precision": fdef.precision or 0,
         "scale": fdef.scale or 0,
-        "nillable": not fdef.required,
+        # As Salesforce reports them: a Checkbox is never null, and defaults (to false) on create.
+        "nillable": not fdef.required and fdef.type != "Checkbox",
+        "defaultedOnCreate": fdef.type == "Checkbox",
         "createable": True,
         "updateable": False,
         "custom": True,

@@ -173,3 +173,27 @@ def test_number_range_and_types() -> None:
         schema.check({**base, "Timestamp__c": "yesterday"})
     with pytest.raises(RecordRejected, match="INVALID_FIELD"):
         schema.check({**base, "Nope__c": 1})
+
+
+def test_truncation_never_cuts_a_key_field() -> None:
+    long_key = "k" * 300  # Record_Id__c holds 255
+    with pytest.raises(RecordRejected) as info:
+        _mapper(truncate=True).map(_record("c", after={"id": long_key}))
+    assert info.value.status_code == "STRING_TOO_LONG" and info.value.fields == ["Record_Id__c"]
+
+
+def test_a_field_defaulted_on_create_is_not_required() -> None:
+    checkbox = {"name": "Flag__c", "type": "boolean", "nillable": False, "defaultedOnCreate": True}
+    text = {"name": "Name__c", "type": "string", "length": 10, "nillable": False}
+    schema = EventSchema.from_describe({"name": "E__e", "fields": [checkbox, text]})
+    assert schema.check({"Name__c": "x"}) == {"Name__c": "x"}
+    with pytest.raises(RecordRejected, match="Required fields are missing: \\[Name__c\\]"):
+        schema.check({"Flag__c": True})
+
+
+def test_the_default_event_key_is_the_source_position_and_key() -> None:
+    from walbridge.config import SalesforceSinkSettings
+
+    assert SalesforceSinkSettings().event_key == "source"
+    mapped = _mapper(key_mode="source").map(_record("c", after={"id": 9}))
+    assert mapped is not None and mapped.values["Event_Key__c"] == "123456:9"

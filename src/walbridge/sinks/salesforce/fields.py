@@ -6,7 +6,7 @@ a test checks each exists in the SFDX metadata (``salesforce/force-app``) and in
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_EVENT", "DEFAULT_FIELDS"]
+__all__ = ["DEFAULT_EVENT", "DEFAULT_FIELDS", "KEY_FIELDS"]
 
 DEFAULT_EVENT = "PostgreSQL_Data__e"
 DEFAULT_FIELDS: tuple[str, ...] = (
@@ -20,3 +20,6 @@ DEFAULT_FIELDS: tuple[str, ...] = (
     "Kafka_Offset__c",
     "Event_Key__c",
 )
+
+KEY_FIELDS: frozenset[str] = frozenset({"Record_Id__c", "Event_Key__c"})
+"""Default fields that identify a row or an event: never truncated (an over-long one is refused)."""

@@ -45,7 +45,7 @@ import orjson
 from walbridge.errors import ConfigError, RecordRejected
 from walbridge.events import ChangeEvent
 from walbridge.sinks.base import SinkRecord
-from walbridge.sinks.salesforce.fields import DEFAULT_EVENT, DEFAULT_FIELDS
+from walbridge.sinks.salesforce.fields import DEFAULT_EVENT, DEFAULT_FIELDS, KEY_FIELDS
 
 __all__ = [
     "OPERATIONS",
@@ -80,6 +80,10 @@ class TableRule:
     static: Mapping[str, Any] = field(default_factory=dict)
     columns: Mapping[str, str] = field(default_factory=dict)
     ops: frozenset[str] | None = None
+
+    def key_fields(self) -> set[str]:
+        """The names this rule gives the key fields (``KEY_FIELDS`` after ``rename``)."""
+        return {self.rename.get(f, f) for f in KEY_FIELDS if f in self.fields}
 
     def target_fields(self) -> set[str]:
         """Every field name this rule may write (for the check against the describe result)."""
@@ -242,7 +246,10 @@ class FieldSpec:
             length=int(raw.get("length") or 0),
             precision=int(raw.get("precision") or 0),
             scale=int(raw.get("scale") or 0),
-            required=not raw.get("nillable", True) and bool(raw.get("createable", True)),
+            # A Checkbox is not nillable but defaulted on create: Salesforce does not require it.
+            required=not raw.get("nillable", True)
+            and bool(raw.get("createable", True))
+            and not raw.get("defaultedOnCreate", False),
         )
 
 
@@ -269,15 +276,35 @@ def _truncate(text: str, length: int) -> str:
 class EventSchema:
     """The custom fields of one event object, checking records before they are sent."""
 
-    def __init__(self, name: str, specs: list[FieldSpec], *, truncate_oversized: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        specs: list[FieldSpec],
+        *,
+        truncate_oversized: bool = False,
+        never_truncate: frozenset[str] = KEY_FIELDS,
+    ) -> None:
         self.name = name
         self.specs = {s.name.lower(): s for s in specs}
         self.truncate_oversized = truncate_oversized
+        self.never_truncate = frozenset(n.lower() for n in never_truncate)
+        """Key fields (as named in this event): an over-long one is refused, never cut."""
 
     @classmethod
-    def from_describe(cls, describe: Mapping[str, Any], *, truncate_oversized: bool = False) -> EventSchema:
+    def from_describe(
+        cls,
+        describe: Mapping[str, Any],
+        *,
+        truncate_oversized: bool = False,
+        never_truncate: frozenset[str] = KEY_FIELDS,
+    ) -> EventSchema:
         specs = [FieldSpec.from_describe(f) for f in describe.get("fields", []) if f.get("custom", True)]
-        return cls(str(describe.get("name", "")), specs, truncate_oversized=truncate_oversized)
+        return cls(
+            str(describe.get("name", "")),
+            specs,
+            truncate_oversized=truncate_oversized,
+            never_truncate=never_truncate,
+        )
 
     def unknown(self, names: set[str]) -> list[str]:
         return sorted(n for n in names if n.lower() not in self.specs)
@@ -318,7 +345,7 @@ class EventSchema:
             raise _parser_error(spec, "string", value)
         text = value if isinstance(value, str) else _key_text(value)
         if spec.length and sf_length(text) > spec.length:
-            if self.truncate_oversized:
+            if self.truncate_oversized and spec.name.lower() not in self.never_truncate:
                 return _truncate(text, spec.length)
             raise _rejected(
                 "STRING_TOO_LONG",

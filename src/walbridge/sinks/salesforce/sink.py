@@ -188,11 +188,16 @@ class SalesforceSink:
 
     def _read_definitions(self) -> tuple[dict[str, EventSchema], list[str]]:
         """Describe every event the mapping uses; the schemas and what the mapping lacks in them."""
+        events = sorted({rule.event for rule in self._rules})
         schemas = {
             event: EventSchema.from_describe(
-                self._describe(event), truncate_oversized=self.settings.truncate_oversized
+                self._describe(event),
+                truncate_oversized=self.settings.truncate_oversized,
+                never_truncate=frozenset(
+                    name for rule in self._rules if rule.event == event for name in rule.key_fields()
+                ),
             )
-            for event in sorted({rule.event for rule in self._rules})
+            for event in events
         }
         missing = []
         for rule in self._rules:
