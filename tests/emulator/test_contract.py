@@ -631,7 +631,10 @@ def test_describe_reports_checkbox_as_defaulted_on_create_not_nillable(tmp_path:
         "Flagged",
         "HighVolume",
         "PublishImmediately",
-        (FieldDefinition("Flag__c", "Flag", "Checkbox"), FieldDefinition("Name__c", "Name", "Text", True, 10)),
+        (
+            FieldDefinition("Flag__c", "Flag", "Checkbox"),
+            FieldDefinition("Name__c", "Name", "Text", True, 10),
+        ),
     )
     fields = {f["name"]: f for f in describe_event(definition)["fields"]}
     assert fields["Flag__c"]["nillable"] is False and fields["Flag__c"]["defaultedOnCreate"] is True
