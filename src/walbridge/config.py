@@ -188,6 +188,8 @@ class SalesforceSinkSettings(_SinkBase):
     truncate_oversized: bool = False
     token_auth: Literal["body", "basic"] = "body"
     """Client credentials: client id/secret in the form body, or as HTTP Basic."""
+    gzip_min_bytes: int | None = Field(default=32_768, ge=0)
+    """Request bodies of at least this size are sent gzip-compressed (None: never)."""
     event_key: Literal["offset", "source"] = "source"
     """Event_Key__c: the source position (LSN / change id) + primary key, stable across topic
     re-creation and re-capture; or ``offset``: ``topic-partition-offset``."""

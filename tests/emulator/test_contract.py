@@ -639,3 +639,15 @@ def test_describe_reports_checkbox_as_defaulted_on_create_not_nillable(tmp_path:
     fields = {f["name"]: f for f in describe_event(definition)["fields"]}
     assert fields["Flag__c"]["nillable"] is False and fields["Flag__c"]["defaultedOnCreate"] is True
     assert fields["Name__c"]["nillable"] is False and fields["Name__c"]["defaultedOnCreate"] is False
+
+
+def test_gzip_request_bodies_are_accepted(client: httpx.Client) -> None:
+    import gzip
+
+    import orjson
+
+    body = gzip.compress(orjson.dumps(collection([record(Record_Id__c=str(i)) for i in range(3)])))
+    headers = {**auth(client), "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    answer = client.post(f"{V}/composite/sobjects", content=body, headers=headers)
+    assert answer.status_code == 200 and all(r["success"] for r in answer.json())
+    assert sorted(e["fields"]["Record_Id__c"] for e in events(client)) == ["0", "1", "2"]

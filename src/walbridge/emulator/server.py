@@ -15,11 +15,13 @@ latency): ``GET /emulator/events?after=&limit=&type=``, ``POST /emulator/reset``
 from __future__ import annotations
 
 import collections
+import gzip
 import re
 import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -146,8 +148,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     def _read_body(self) -> bytes:
+        """The request body; a ``Content-Encoding: gzip`` or ``deflate`` body (as Salesforce accepts
+        them) decompressed. A body that does not decompress stays as sent, and so fails to parse."""
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.rfile.read(length) if length > 0 else b""
+        encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
+        try:
+            if encoding == "gzip":
+                return gzip.decompress(raw)
+            if encoding == "deflate":
+                return zlib.decompress(raw)
+        except (OSError, EOFError, zlib.error):
+            return raw
+        return raw
 
     def _send(self, reply: Reply) -> None:
         payload = orjson.dumps(reply.body)

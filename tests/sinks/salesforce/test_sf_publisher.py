@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from typing import Any
@@ -268,3 +269,24 @@ def test_a_request_refused_for_its_schema_is_not_bisected() -> None:
     with pytest.raises(SchemaRefused, match="INVALID_FIELD: No such column 'Gone__c'"):
         _publisher(org, in_flight=1).publish(_records(200))
     assert len(org.calls) == 1
+
+
+def test_large_bodies_are_gzip_compressed() -> None:
+    seen: list[tuple[str | None, int]] = []
+    org = Collections()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        encoding = request.headers.get("Content-Encoding")
+        seen.append((encoding, len(request.content)))
+        if encoding == "gzip":
+            request = httpx.Request(
+                request.method, request.url, headers=request.headers, content=gzip.decompress(request.content)
+            )
+        return org(request)
+
+    publisher = _publisher(handler, in_flight=1, gzip_min_bytes=10_000)
+    big = [EventRecord("E__e", {"N__c": i, "K__c": i, "P__c": "x" * 500}, i) for i in range(200)]
+    assert len(publisher.publish(big).accepted) == 200
+    assert len(publisher.publish(_records(3)).accepted) == 3
+    assert seen[0][0] == "gzip" and seen[0][1] < 10_000  # ~110 kB of JSON
+    assert seen[1][0] is None

@@ -32,6 +32,7 @@ gauge and the optional :class:`~walbridge.sinks.salesforce.allocation.Allocation
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from collections import Counter
@@ -264,6 +265,7 @@ class Publisher:
         budget: CallBudget | None = None,
         metrics: Any = None,
         chunk_size: int = MAX_RECORDS_PER_CALL,
+        gzip_min_bytes: int | None = 32_768,
     ) -> None:
         self.client = client
         self.url = f"{instance_url.rstrip('/')}/services/data/v{api_version}/composite/sobjects"
@@ -271,6 +273,7 @@ class Publisher:
         self.budget = budget
         self.metrics = metrics
         self.chunk_size = min(chunk_size, MAX_RECORDS_PER_CALL)
+        self.gzip_min_bytes = gzip_min_bytes
         self.stats = PublisherStats()
         self._usage_stamp = 0.0
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sf-publish")
@@ -347,10 +350,13 @@ class Publisher:
             "allOrNone": False,
             "records": [{"attributes": {"type": r.sobject}, **r.values} for r in chunk],
         }
+        content = orjson.dumps(body)
+        headers = {"Content-Type": "application/json"}
+        if self.gzip_min_bytes is not None and len(content) >= self.gzip_min_bytes:
+            content = gzip.compress(content, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
         with http_errors("publishing to Salesforce"):
-            response = self.client.post(
-                self.url, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
-            )
+            response = self.client.post(self.url, content=content, headers=headers)
         self.stats.count_call(response.status_code, len(chunk))
         self._observe_limits(response)
         if response.status_code != 200:

@@ -130,6 +130,7 @@ class SalesforceSink:
             max_in_flight=settings.max_in_flight,
             budget=budget,
             metrics=self.metrics,
+            gzip_min_bytes=settings.gzip_min_bytes,
         )
         log.info(
             "%s: publishing %s to %s (API v%s)",
