@@ -172,7 +172,12 @@ class PostgresSinkSettings(_SinkBase):
 class SalesforceSinkSettings(_SinkBase):
     type: Literal["salesforce"] = "salesforce"
     instance_url: str = "http://127.0.0.1:8300"
+    """Where to log in when ``login_url`` is unset; data calls go to the ``instance_url`` the token
+    response names (My Domain moves, sandbox refreshes)."""
     login_url: str | None = None
+    audience: str | None = None
+    """JWT bearer ``aud``: https://login.salesforce.com (default), https://test.salesforce.com for a
+    sandbox, or an Experience Cloud site URL."""
     auth: Literal["client_credentials", "jwt_bearer"] = "client_credentials"
     client_id: str = ""
     client_secret: str | None = None
@@ -191,6 +196,15 @@ class SalesforceSinkSettings(_SinkBase):
     gzip_min_bytes: int | None = Field(default=32_768, ge=0)
     """Request bodies of at least this size are sent gzip-compressed (None: never)."""
     event_key: Literal["offset", "source"] = "source"
+
+    @field_validator("instance_url", "login_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        from walbridge.sinks.salesforce.transport import insecure_url
+
+        if value is not None and insecure_url(value):
+            raise ValueError(f"{value!r} must be an https:// URL (plain http only to a loopback address)")
+        return value
     """Event_Key__c: the source position (LSN / change id) + primary key, stable across topic
     re-creation and re-capture; or ``offset``: ``topic-partition-offset``."""
 

@@ -216,3 +216,64 @@ def test_jwt_bad_key_is_config_error_without_key() -> None:
     with pytest.raises(ConfigError) as info:
         grant.assertion()
     assert "not-a-key" not in str(info.value)
+
+
+def test_data_calls_go_to_the_instance_the_token_names() -> None:
+    moved = "https://acme--moved.my.salesforce.com"
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url.host} {request.headers['Host']} {request.url.path}")
+        if request.url.path == "/services/oauth2/token":
+            return httpx.Response(200, json={**_token_body("t1"), "instance_url": moved})
+        return httpx.Response(200, json={"ok": True})
+
+    client, _ = _client(ClientCredentials("https://login.salesforce.com", "cid", SECRET), handler)
+    client.get(f"{BASE}/services/data/v62.0/limits")
+    assert seen == [
+        "login.salesforce.com login.salesforce.com /services/oauth2/token",
+        "acme--moved.my.salesforce.com acme--moved.my.salesforce.com /services/data/v62.0/limits",
+    ]
+
+
+def test_a_token_naming_a_plain_http_instance_is_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**_token_body("t1"), "instance_url": "http://acme.example.com"})
+
+    client, _ = _client(ClientCredentials(BASE, "cid", SECRET), handler)
+    with pytest.raises(LoginFailed, match=r"instance_url http://acme\.example\.com, which is not https"):
+        client.get(f"{BASE}/services/data/v62.0/limits")
+
+
+def test_instance_and_login_urls_must_be_https_unless_loopback() -> None:
+    from pydantic import ValidationError
+
+    from walbridge.config import SalesforceSinkSettings
+
+    assert SalesforceSinkSettings(instance_url="http://127.0.0.1:8300").instance_url
+    assert SalesforceSinkSettings(login_url="http://localhost:8300").login_url
+    for field in ("instance_url", "login_url"):
+        with pytest.raises(ValidationError, match="must be an https:// URL"):
+            SalesforceSinkSettings(**{field: "http://acme.my.salesforce.com"})
+
+
+def test_jwt_audience_is_its_own_setting() -> None:
+    from walbridge.config import SalesforceSinkSettings
+    from walbridge.sinks.salesforce.sink import build_grant
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    options = {"auth": "jwt_bearer", "client_id": "cid", "username": "u@x", "private_key": pem}
+    sandbox = build_grant(
+        SalesforceSinkSettings(
+            login_url="https://acme--uat.sandbox.my.salesforce.com",
+            audience="https://test.salesforce.com",
+            **options,
+        )
+    )
+    default = build_grant(SalesforceSinkSettings(login_url="https://acme.my.salesforce.com", **options))
+    for grant, audience in ((sandbox, "https://test.salesforce.com"), (default, "https://login.salesforce.com")):
+        assert isinstance(grant, JwtBearer)
+        assert jwt.decode(grant.assertion(), options={"verify_signature": False})["aud"] == audience

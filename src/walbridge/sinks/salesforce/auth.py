@@ -28,7 +28,7 @@ import httpx
 import jwt
 
 from walbridge.errors import ConfigError, ServerBusy
-from walbridge.sinks.salesforce.transport import salesforce_error
+from walbridge.sinks.salesforce.transport import insecure_url, salesforce_error
 
 __all__ = [
     "JWT_BEARER_GRANT",
@@ -166,9 +166,13 @@ def parse_token_response(grant: Grant, response: httpx.Response) -> AccessToken:
         except ValueError:
             body = None
         if isinstance(body, dict) and isinstance(body.get("access_token"), str):
-            return AccessToken(
-                body["access_token"], str(body.get("instance_url", "")), int(body.get("issued_at") or 0)
-            )
+            instance_url = str(body.get("instance_url") or "")
+            if instance_url and insecure_url(instance_url):
+                raise LoginFailed(
+                    f"the {grant.name} login answered instance_url {instance_url}, which is not https: "
+                    "refusing to send data there"
+                )
+            return AccessToken(body["access_token"], instance_url, int(body.get("issued_at") or 0))
     code, message = salesforce_error(response)
     if status == 400 and code != "HTTP_400":
         raise LoginFailed(f"Salesforce refused the {grant.name} login: {code}: {message}", error=code)
@@ -177,6 +181,18 @@ def parse_token_response(grant: Grant, response: httpx.Response) -> AccessToken:
         "check instance_url / login_url",
         error=code,
     )
+
+
+def _authorize(request: httpx.Request, token: AccessToken) -> None:
+    """The bearer header, and the request sent to the instance the token belongs to: the token
+    response's ``instance_url`` wins over the configured one (My Domain moves, sandbox refreshes)."""
+    request.headers["Authorization"] = f"Bearer {token.value}"
+    if token.instance_url:
+        instance = httpx.URL(token.instance_url)
+        target = request.url.copy_with(scheme=instance.scheme, host=instance.host, port=instance.port)
+        if target != request.url:
+            request.url = target
+            request.headers["Host"] = instance.netloc.decode("ascii")
 
 
 class SalesforceAuth(httpx.Auth):
@@ -203,14 +219,14 @@ class SalesforceAuth(httpx.Auth):
         token = self._token
         if token is None:
             token = yield from self._login()
-        request.headers["Authorization"] = f"Bearer {token.value}"
+        _authorize(request, token)
         response = yield request
         if not session_invalid(response):
             return
         token = self._replace(token)
         if token is None:
             token = yield from self._login()
-        request.headers["Authorization"] = f"Bearer {token.value}"
+        _authorize(request, token)
         yield request
 
     def _replace(self, refused: AccessToken) -> AccessToken | None:

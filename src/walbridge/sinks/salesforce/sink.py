@@ -69,7 +69,7 @@ def build_grant(settings: SalesforceSinkSettings) -> Grant:
         )
     if not settings.username:
         raise ConfigError("salesforce sink: auth jwt_bearer needs username")
-    audience = settings.login_url or _LOGIN_AUDIENCE
+    audience = settings.audience or _LOGIN_AUDIENCE
     return JwtBearer(
         settings.login_url or settings.instance_url,
         settings.client_id,
