@@ -193,6 +193,9 @@ class SalesforceSinkSettings(_SinkBase):
     truncate_oversized: bool = False
     token_auth: Literal["body", "basic"] = "body"
     """Client credentials: client id/secret in the form body, or as HTTP Basic."""
+    api_reserve: float = Field(default=0.10, ge=0.0, lt=1.0)
+    """Share of the org's daily API and hourly publishing allocations left free for other
+    integrations: publishing pauses (with a warning and a metric) before eating into it; 0 disables."""
     gzip_min_bytes: int | None = Field(default=32_768, ge=0)
     """Request bodies of at least this size are sent gzip-compressed (None: never)."""
     event_key: Literal["offset", "source"] = "source"

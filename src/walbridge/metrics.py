@@ -71,6 +71,12 @@ class _SinkMetrics:
         self.api_usage = Gauge(
             "walbridge_salesforce_api_usage", "Sforce-Limit-Info api-usage", ["kind"], registry=registry
         )
+        self.paused = Gauge(
+            "walbridge_salesforce_paused",
+            "1 while publishing waits for an org allocation to free",
+            ["allocation"],
+            registry=registry,
+        )
 
 
 capture = _CaptureMetrics(REGISTRY)

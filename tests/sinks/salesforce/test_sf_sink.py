@@ -113,7 +113,9 @@ def test_503_and_request_limit_faults_deliver_everything(
     assert stats.get("503", 0) > 0 and stats.get("403", 0) > 0
     publisher = sink.publisher
     assert publisher is not None
-    assert publisher.stats.by_status[503] == stats["503"] and publisher.stats.by_status[403] == stats["403"]
+    # The emulator also counts the faults drawn by the sink's describe and /limits calls at start.
+    for status in (503, 403):
+        assert 0 <= stats[str(status)] - publisher.stats.by_status[status] <= 2
     assert publisher.stats.calls == sum(publisher.stats.by_status.values()) >= 15
     retries = sum(
         metrics.sink.retries.labels(sink=sink.name, error=e)._value.get()

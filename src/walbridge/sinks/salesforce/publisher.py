@@ -52,6 +52,7 @@ from walbridge.errors import (
     ServerBusy,
     TransientError,
 )
+from walbridge.sinks.salesforce.allocation import DAILY_API, HOURLY_PUBLISH, Allocation
 from walbridge.sinks.salesforce.mapping import EventRecord
 from walbridge.sinks.salesforce.transport import http_errors, parse_limit_info, salesforce_error
 
@@ -266,6 +267,7 @@ class Publisher:
         metrics: Any = None,
         chunk_size: int = MAX_RECORDS_PER_CALL,
         gzip_min_bytes: int | None = 32_768,
+        allocation: Allocation | None = None,
     ) -> None:
         self.client = client
         self.url = f"{instance_url.rstrip('/')}/services/data/v{api_version}/composite/sobjects"
@@ -274,6 +276,7 @@ class Publisher:
         self.metrics = metrics
         self.chunk_size = min(chunk_size, MAX_RECORDS_PER_CALL)
         self.gzip_min_bytes = gzip_min_bytes
+        self.allocation = allocation
         self.stats = PublisherStats()
         self._usage_stamp = 0.0
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sf-publish")
@@ -335,15 +338,21 @@ class Publisher:
                 outcome.accepted.append(index)
                 continue
             code, message, fields = _record_error(result)
-            if code in RATE_LIMIT_CODES:
+            if code == "LIMIT_EXCEEDED" and self.allocation is not None:
+                outcome.transient = outcome.transient or self.allocation.exhausted(HOURLY_PUBLISH)
+            elif code in RATE_LIMIT_CODES:
                 outcome.transient = outcome.transient or RateLimited(f"record refused: {code}: {message}")
             elif code in BUSY_CODES:
                 outcome.transient = outcome.transient or ServerBusy(f"record refused: {code}: {message}")
             else:
                 outcome.rejected.append((index, _rejection(code, message, fields)))
+        if self.allocation is not None:
+            self.allocation.published(len(outcome.accepted))
         return outcome
 
     def _call(self, chunk: list[EventRecord]) -> list[dict[str, Any]]:
+        if self.allocation is not None:
+            self.allocation.before_call(len(chunk))
         if self.budget is not None:
             self.budget.take()
         body = {
@@ -358,9 +367,18 @@ class Publisher:
         with http_errors("publishing to Salesforce"):
             response = self.client.post(self.url, content=content, headers=headers)
         self.stats.count_call(response.status_code, len(chunk))
-        self._observe_limits(response)
+        usage = self._observe_limits(response)
         if response.status_code != 200:
-            raise classify(response, "composite/sobjects")
+            error = classify(response, "composite/sobjects")
+            daily = usage.get("api-usage")
+            if (
+                self.allocation is not None
+                and isinstance(error, RateLimited)
+                and daily is not None
+                and daily[0] >= daily[1]
+            ):
+                raise self.allocation.exhausted(DAILY_API) from error
+            raise error
         try:
             results = response.json()
         except ValueError as exc:
@@ -369,10 +387,12 @@ class Publisher:
             raise ServerBusy(f"composite/sobjects answered {type(results).__name__} for {len(chunk)} records")
         return results
 
-    def _observe_limits(self, response: httpx.Response) -> None:
+    def _observe_limits(self, response: httpx.Response) -> dict[str, tuple[int, int]]:
         usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
         if not usage:
-            return
+            return usage
+        if self.allocation is not None and "api-usage" in usage:
+            self.allocation.observe_api_usage(*usage["api-usage"])
         with self.stats._lock:
             now = time.monotonic()
             # Answers of concurrent calls arrive in any order: keep the highest count unless it is stale.
@@ -383,8 +403,8 @@ class Publisher:
             }
             self.stats.api_usage.update(fresh)
             self._usage_stamp = now
-        if self.metrics is None:
-            return
-        for kind, (used, limit) in fresh.items():
-            self.metrics.api_usage.labels(kind=f"{kind}.used").set(used)
-            self.metrics.api_usage.labels(kind=f"{kind}.limit").set(limit)
+        if self.metrics is not None:
+            for kind, (used, limit) in fresh.items():
+                self.metrics.api_usage.labels(kind=f"{kind}.used").set(used)
+                self.metrics.api_usage.labels(kind=f"{kind}.limit").set(limit)
+        return usage

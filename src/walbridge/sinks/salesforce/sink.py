@@ -29,6 +29,7 @@ import httpx
 from walbridge.config import SalesforceSinkSettings
 from walbridge.errors import ConfigError, TransientError, WalbridgeError
 from walbridge.sinks.base import RecordFailure, SinkRecord, TopicPartitionKey
+from walbridge.sinks.salesforce.allocation import Allocation
 from walbridge.sinks.salesforce.auth import ClientCredentials, Grant, JwtBearer, SalesforceAuth
 from walbridge.sinks.salesforce.mapping import EventRecord, EventSchema, Mapper, TableRule, parse_rules
 from walbridge.sinks.salesforce.publisher import CallBudget, Publisher, SchemaRefused
@@ -123,6 +124,9 @@ class SalesforceSink:
             raise ConfigError(f"salesforce sink: {'; '.join(missing)} (see the mapping settings)")
         self.mapper = Mapper(default, rules, schemas, settings.event_key)
         budget = CallBudget(settings.max_calls_per_hour) if settings.max_calls_per_hour else None
+        allocation = (
+            Allocation(self._limits, settings.api_reserve, self.metrics) if settings.api_reserve > 0 else None
+        )
         self.publisher = Publisher(
             self._client,
             settings.instance_url,
@@ -131,6 +135,7 @@ class SalesforceSink:
             budget=budget,
             metrics=self.metrics,
             gzip_min_bytes=settings.gzip_min_bytes,
+            allocation=allocation,
         )
         log.info(
             "%s: publishing %s to %s (API v%s)",
@@ -186,6 +191,25 @@ class SalesforceSink:
             self._client = None
 
     # ------------------------------------------------------------------ helpers
+
+    def _limits(self) -> Mapping[str, Any]:
+        """The org's ``/limits``; empty when it cannot be read (the allocation guard keeps what it knew)."""
+        assert self._client is not None
+        try:
+            with http_errors("salesforce sink: reading /limits"):
+                response = self._client.get(f"{self.data_url}/limits")
+        except TransientError as exc:
+            log.warning("%s: %s", self.name, exc)
+            return {}
+        if response.status_code != 200:
+            code, message = salesforce_error(response)
+            log.warning("%s: /limits answered HTTP %d %s: %s", self.name, response.status_code, code, message)
+            return {}
+        try:
+            body = response.json()
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
 
     def _read_definitions(self) -> tuple[dict[str, EventSchema], list[str]]:
         """Describe every event the mapping uses; the schemas and what the mapping lacks in them."""
