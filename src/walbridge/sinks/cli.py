@@ -24,7 +24,8 @@ from walbridge.cli_common import ConfigOption, console, handle_errors, settings_
 from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
 from walbridge.events import split_topic
-from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq, replay
+from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq
+from walbridge.sinks.replay import replay
 from walbridge.sinks.salesforce.cli import salesforce
 from walbridge.sinks.workers import run_sink_process, run_workers
 from walbridge.verify import TableDiff, verify_tables
@@ -136,8 +137,25 @@ def dlq_replay(
     topic: TopicOption = None,
     since: SinceOption = None,
     where: WhereOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="decide every outcome, write nothing")] = False,
 ) -> None:
-    """Re-publish DLQ records to their original topic; records replayed before are skipped."""
+    """Apply dead letters again, each through the sink that refused it, to that sink's destination only.
+
+    Nothing is re-published to Kafka, so no other consumer sees the records again. Each dead letter
+    ends as one of:
+
+    applied: written to the destination.
+    superseded: its topic partition holds a later change of the same row (or a truncate); the sink
+    applied that newer state or will, so the old one is not written over it.
+    pending: the sink's group has not read past the record yet; the sink will apply it itself.
+    failed: refused again; it stays in the DLQ and a later replay tries it again.
+    already replayed: applied or found superseded by an earlier replay (remembered in the topic
+    DLQ_TOPIC.replayed).
+    not this configuration's: written by a sink this configuration does not name.
+
+    A PostgreSQL sink may keep running: its members wait while the replay checks and writes. Stop a
+    Salesforce sink first (see docs/operations.md). Exit 1 when a dead letter failed again.
+    """
     settings = settings_from(config)
     entries = list(_entries(settings, topic, since, where))
     with Progress(
@@ -149,8 +167,16 @@ def dlq_replay(
         transient=True,
     ) as bar:
         task = bar.add_task("replay", total=len(entries))
-        report = replay(settings, entries, progress=lambda done: bar.update(task, completed=done))
-    typer.echo(f"replayed {len(report.replayed)}, skipped {len(report.skipped)} (already replayed)")
+        report = replay(
+            settings, entries, dry_run=dry_run, progress=lambda done: bar.update(task, completed=done)
+        )
+    for entry in report["failed"]:
+        where_from = f"{entry.original_topic}[{entry.original_partition}]@{entry.original_offset}"
+        error = report.errors.get((entry.dlq_topic, entry.dlq_partition, entry.dlq_offset), "")
+        typer.echo(f"failed {where_from} key {(entry.seed_json()['original_key'] or '')[:60]}: {error}")
+    typer.echo(("dry run: " if dry_run else "") + report.summary())
+    if report["failed"]:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- verify
