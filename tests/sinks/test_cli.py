@@ -31,13 +31,14 @@ def write_config(path: Path, settings: Settings) -> tuple[str, dict[str, str]]:
 
 
 def test_dlq_list_show_replay(pipeline: Pipeline, employees_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE employees ADD CONSTRAINT salary_cap CHECK (salary < 100000)")
     pipeline.start()
     pipeline.send_raw(KafkaRecord(pipeline.topic, b'{"emp_id": 7}', b"\x00\xffnot json"))
-    pipeline.send(change("c", None, employee(8)))
+    pipeline.send(change("c", None, employee(8)), change("c", None, employee(9, salary=500_000)))
     dlq_topic = pipeline.topic + ".dlq"
-    wait_until(lambda: read_dlq(pipeline.settings, [dlq_topic]), timeout_s=30)
+    wait_until(lambda: len(read_dlq(pipeline.settings, [dlq_topic])) == 2, timeout_s=30)
     wait_until(lambda: rows(employees_db, "SELECT emp_id FROM employees") == [(8,)])
-    pipeline.stop()  # a replayed record must not come back to the DLQ during the test
     config, env = write_config(tmp_path / "sink.yaml", pipeline.settings)
 
     code, out, err = run_cli("dlq", "list", "--config", config, "--topic", dlq_topic, env=env)
@@ -48,7 +49,9 @@ def test_dlq_list_show_replay(pipeline: Pipeline, employees_db: str, tmp_path: P
     )
     assert code == 0 and dlq_topic not in out
 
-    code, out, err = run_cli("dlq", "show", "--config", config, "--topic", dlq_topic, env=env)
+    code, out, err = run_cli(
+        "dlq", "show", "--config", config, "--topic", dlq_topic, "--where", "key~7", env=env
+    )
     assert code == 0, err
     (shown,) = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert shown["original_topic"] == pipeline.topic
@@ -56,12 +59,22 @@ def test_dlq_list_show_replay(pipeline: Pipeline, employees_db: str, tmp_path: P
     assert "not JSON" in shown["error"]
     assert {"original_value", "partition", "offset", "timestamp"} <= shown.keys()
 
+    code, out, err = run_cli("dlq", "replay", "--help", env=env)
+    assert code == 0 and "destination only" in out and "superseded" in out, err
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE employees DROP CONSTRAINT salary_cap")
+    code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, "--dry-run", env=env)
+    assert code == 1 and "dry run: applied 1, superseded 0" in out, (out, err)
+    assert rows(employees_db, "SELECT emp_id FROM employees ORDER BY 1") == [(8,)]
+    # The sink keeps running; the replay applies row 9 itself; the garbage record fails again (exit 1).
     code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, env=env)
-    assert code == 0, err
-    assert "replayed 1, skipped 0" in out
+    assert code == 1, err
+    assert "applied 1, superseded 0" in out and "failed 1" in out and "not JSON" in out, out
+    assert rows(employees_db, "SELECT emp_id, salary FROM employees ORDER BY 1") == [(8, 50_000), (9, 500_000)]
     code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, env=env)
-    assert code == 0, err
-    assert "replayed 0, skipped 1" in out
+    assert code == 1, err
+    assert "applied 0" in out and "failed 1" in out and "already replayed 1" in out, out
+    assert rows(employees_db, "SELECT emp_id, salary FROM employees ORDER BY 1") == [(8, 50_000), (9, 500_000)]
 
 
 def test_verify_names_missing_extra_and_different_keys(employees_db: str, tmp_path: Path) -> None:
