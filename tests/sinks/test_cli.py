@@ -15,6 +15,7 @@ from walbridge.config import PostgresSinkSettings, Settings, SourceSettings
 from walbridge.events import KafkaRecord
 from walbridge.sinks.dlq import read_dlq
 
+SALARIES = "SELECT emp_id, salary FROM employees ORDER BY emp_id"
 WIDE = {"COLUMNS": "250"}  # rich tables: room for every column in a captured stdout
 
 
@@ -70,11 +71,11 @@ def test_dlq_list_show_replay(pipeline: Pipeline, employees_db: str, tmp_path: P
     code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, env=env)
     assert code == 1, err
     assert "applied 1, superseded 0" in out and "failed 1" in out and "not JSON" in out, out
-    assert rows(employees_db, "SELECT emp_id, salary FROM employees ORDER BY 1") == [(8, 50_000), (9, 500_000)]
+    assert rows(employees_db, SALARIES) == [(8, 50_000), (9, 500_000)]
     code, out, err = run_cli("dlq", "replay", "--config", config, "--topic", dlq_topic, env=env)
     assert code == 1, err
     assert "applied 0" in out and "failed 1" in out and "already replayed 1" in out, out
-    assert rows(employees_db, "SELECT emp_id, salary FROM employees ORDER BY 1") == [(8, 50_000), (9, 500_000)]
+    assert rows(employees_db, SALARIES) == [(8, 50_000), (9, 500_000)]
 
 
 def test_verify_names_missing_extra_and_different_keys(employees_db: str, tmp_path: Path) -> None:
