@@ -44,11 +44,21 @@ def test_dlq_list_show_replay(pipeline: Pipeline, employees_db: str, tmp_path: P
 
     code, out, err = run_cli("dlq", "list", "--config", config, "--topic", dlq_topic, env=env)
     assert code == 0, err
-    assert dlq_topic in out and f"{pipeline.topic}[" in out and "not JSON" in out
+    *lines, total = out.splitlines()
+    assert total == "2 dead letter(s) in 1 DLQ topic(s)" and len(lines) == 2, out
+    garbage = next(line for line in lines if '{"emp_id": 7}' in line)
+    assert garbage.startswith(f"{dlq_topic}[0]@") and f"  {pipeline.topic}[" in garbage
+    assert "  postgres  " in garbage and "not JSON" in garbage
+    assert any("salary_cap" in line for line in lines)
+    code, out, err = run_cli("dlq", "list", "--config", config, "--topic", dlq_topic, "--json", env=env)
+    assert code == 0, err
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert sorted(json.loads(e["original_key"])["emp_id"] for e in listed) == [7, 9]
+    assert {e["sink"] for e in listed} == {"postgres"} and all(e["dlq_topic"] == dlq_topic for e in listed)
     code, out, _ = run_cli(
         "dlq", "list", "--config", config, "--topic", dlq_topic, "--where", "error~nomatch", env=env
     )
-    assert code == 0 and dlq_topic not in out
+    assert code == 0 and out.strip() == "0 dead letter(s) in 0 DLQ topic(s)"
 
     code, out, err = run_cli(
         "dlq", "show", "--config", config, "--topic", dlq_topic, "--where", "key~7", env=env

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -105,15 +106,46 @@ def dlq_list(
     topic: TopicOption = None,
     since: SinceOption = None,
     where: WhereOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per record instead (no total line)")
+    ] = False,
 ) -> None:
-    """One line per DLQ record: where it came from and why it failed."""
-    table = Table("dlq topic", "offset", "original", "key", "error")
-    for e in _entries(settings_from(config), topic, since, where):
-        origin = f"{e.original_topic}[{e.original_partition}]@{e.original_offset}"
-        table.add_row(
-            e.dlq_topic, str(e.dlq_offset), origin, (e.seed_json()["original_key"] or "")[:40], e.error[:80]
-        )
-    out.print(table)
+    """One line per DLQ record: where it is, where it came from, its key, which sink refused it and why.
+
+    Text: DLQ_TOPIC[PARTITION]@OFFSET  ORIGINAL_TOPIC[PARTITION]@OFFSET  time  sink  key  error, then
+    the total. The full record: dlq show.
+    """
+    entries = _entries(settings_from(config), topic, since, where)
+    for e in entries:
+        if as_json:
+            typer.echo(json.dumps(_list_json(e)))
+        else:
+            typer.echo(_list_line(e))
+    if not as_json:
+        topics = len({e.dlq_topic for e in entries})
+        typer.echo(f"{len(entries)} dead letter(s) in {topics} DLQ topic(s)")
+
+
+_ERROR_WIDTH = 160
+
+
+def _list_json(e: DlqEntry) -> dict[str, object]:
+    detail = e.detail_json()
+    detail.pop("original_value")
+    return detail
+
+
+def _list_line(e: DlqEntry) -> str:
+    when = datetime.fromtimestamp(e.timestamp_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = " ".join((e.seed_json()["original_key"] or "-").split())
+    error = " ".join(e.error.split())
+    if len(error) > _ERROR_WIDTH:
+        error = error[: _ERROR_WIDTH - 1] + "…"
+    return (
+        f"{e.dlq_topic}[{e.dlq_partition}]@{e.dlq_offset}  "
+        f"{e.original_topic}[{e.original_partition}]@{e.original_offset}  "
+        f"{when}  {e.sink or '-'}  {key}  {error}"
+    )
 
 
 @dlq_app.command("show")
