@@ -144,3 +144,23 @@ def test_replay_reaches_only_its_sink_and_never_writes_an_older_state(
     source.insert(employee(61, salary=61))
     expected = rows(source.dsn, ALL)
     wait_until(lambda: rows(dest_a, ALL) == expected and rows(dest_b, ALL) == expected, timeout_s=60)
+
+
+def test_running_sink_waits_while_a_replay_holds_its_offsets(pipeline: Pipeline, employees_db: str) -> None:
+    """The lock that keeps a running member from applying between a replay's check and its writes."""
+    pipeline.start()
+    pipeline.send(change("c", None, employee(1, salary=1)))
+    wait_until(lambda: rows(employees_db, "SELECT salary FROM employees") == [(1,)])
+    holder = PostgresSink(pipeline.sink_settings)
+    try:
+        held = holder.hold_offsets([(pipeline.topic, p) for p in range(3)])
+        assert sum(held.values()) == 1  # one record consumed, on one partition
+        pipeline.send(change("u", employee(1, salary=1), employee(1, salary=2)))
+        waiting = """SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+        wait_until(lambda: rows(employees_db, waiting) == [(1,)])  # the sink waits at its offset fence
+        assert rows(employees_db, "SELECT salary FROM employees") == [(1,)]
+        holder.rollback()
+        wait_until(lambda: rows(employees_db, "SELECT salary FROM employees") == [(2,)])
+    finally:
+        holder.close()
