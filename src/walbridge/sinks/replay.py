@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from walbridge.admin import describe_group
 from walbridge.config import PostgresSinkSettings, SalesforceSinkSettings, Settings
@@ -208,7 +208,8 @@ class _LaterRecords:
 
 
 class _Target(Protocol):
-    sink: Sink
+    @property
+    def sink(self) -> Sink: ...
 
     def hold(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         """The group's positions; held until commit/rollback where the destination can."""
