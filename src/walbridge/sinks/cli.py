@@ -185,8 +185,9 @@ def dlq_replay(
     DLQ_TOPIC.replayed).
     not this configuration's: written by a sink this configuration does not name.
 
-    A PostgreSQL sink may keep running: its members wait while the replay checks and writes. Stop a
-    Salesforce sink first (see docs/operations.md). Exit 1 when a dead letter failed again.
+    A PostgreSQL sink may keep running: its members wait while the replay checks and writes. A
+    Salesforce sink must be stopped: the replay refuses while its group has members. Exit 1 when a
+    dead letter failed again.
     """
     settings = settings_from(config)
     entries = list(_entries(settings, topic, since, where))

@@ -23,9 +23,9 @@ The sink's position: PostgreSQL — the group's rows of ``walbridge.offsets`` in
 last read of the partitions (catching up from the first, unlocked one) and the writes run in one
 destination transaction that holds those rows locked (:meth:`PostgresSink.hold_offsets`): a running
 member waits at its offset fence, so nothing it applies can slip between the check and the replay.
-Salesforce — the group's committed Kafka offsets. There is no lock to take there: a change of the same
-row that is produced *and* published by a running sink during the replay's last read and its publish
-could land before the replayed event. Stop the Salesforce sink while replaying for a guarantee.
+Salesforce — the group's committed Kafka offsets. There is no lock to take there (a change of the same
+row produced *and* published by a running sink between the replay's last read and its publish would
+land before the replayed event), so the replay refuses while the sink's group has members.
 
 Once: ``applied`` and ``superseded`` are recorded, after the writes, in the compacted topic
 ``<dlq topic>.replayed`` (key ``<partition>:<offset>`` of the DLQ record). A crash between the writes
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from walbridge.admin import describe_group
@@ -237,9 +237,20 @@ class _SalesforceTarget:
         from walbridge.sinks.salesforce.sink import SalesforceSink
 
         self.sink = SalesforceSink(sink_settings)
-        self.sink.open()
         self._kafka = settings.kafka
         self._group = sink_settings.group_id or f"walbridge-{self.sink.name}"
+        running = _group_active(settings, self._group)
+        if running:
+            raise WalbridgeError(
+                f"the Salesforce sink's group {self._group} has running members: stop `walbridge sink "
+                "salesforce` before replaying its dead letters (a running sink could publish a newer "
+                "change of a row just before the replayed one)"
+            )
+        if running is None:
+            log.warning(
+                "cannot tell whether group %s is running; the Salesforce sink must be stopped", self._group
+            )
+        self.sink.open()
 
     def hold(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         wanted = set(partitions)
@@ -252,6 +263,19 @@ class _SalesforceTarget:
 
     def write(self, records: list[SinkRecord]) -> list[RecordFailure]:
         return self.sink.write_batch(records)
+
+
+def _group_active(settings: Settings, group: str) -> bool | None:
+    """Whether the consumer group has members (None: the broker does not say)."""
+    admin = make_admin(settings.kafka)  # kept referenced until the answer arrives
+    try:
+        state = admin.describe_consumer_groups([group])[group].result(timeout=10).state
+    except (KafkaException, TimeoutError) as exc:
+        log.debug("describing group %s: %s", group, exc)
+        return None
+    if state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return False
+    return None if state == ConsumerGroupState.UNKNOWN else True
 
 
 def _configured(settings: Settings, name: str) -> PostgresSinkSettings | SalesforceSinkSettings | None:
@@ -322,11 +346,11 @@ def _replay_sink(
     partitions = sorted({(t, p) for t, p, _ in origins})
     start = {tp: min(o for t, p, o in origins if (t, p) == tp) + 1 for tp in partitions}
     wanted = {(t, p, group[0].key) for (t, p, _), group in origins.items()}
-    later = _LaterRecords(settings, wanted, timeout_s)
-    later.read(start)  # the long read, before anything is locked
     target = _target(settings, sink_settings)
     sink = target.sink
     try:
+        later = _LaterRecords(settings, wanted, timeout_s)
+        later.read(start)  # the long read, before anything is locked
         positions = target.hold(partitions)
         later.catch_up()  # what the sink applied (or was produced) since: short, under the lock
         records: list[SinkRecord] = []

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from conftest import SfPipeline, change, customer, stored_events
 from helpers import wait_until
+from walbridge.errors import WalbridgeError
 from walbridge.sinks.dlq import read_dlq
 from walbridge.sinks.replay import replay
 
@@ -33,6 +36,8 @@ def test_replay_publishes_what_is_not_superseded(
         later = customer(3, version=1, email="later@example.com")
         pipe.send(change("u", later, before=rows[3]))
         wait_until(lambda: len(stored_events(server)) == 9, timeout_s=60)
+        with pytest.raises(WalbridgeError, match="has running members: stop `walbridge sink salesforce`"):
+            replay(pipe.settings, read_dlq(pipe.settings, [dlq_topic]))
     finally:
         pipe.stop_all()  # the Salesforce sink is stopped for a replay (no lock exists there)
 
