@@ -180,6 +180,8 @@ def dlq_replay(
     superseded: its topic partition holds a later change of the same row (or a truncate); the sink
     applied that newer state or will, so the old one is not written over it.
     pending: the sink's group has not read past the record yet; the sink will apply it itself.
+    unknown: later records of its partition were deleted by retention, so whether the row changed
+    since cannot be told; not written (re-sync the row from the source).
     failed: refused again; it stays in the DLQ and a later replay tries it again.
     already replayed: applied or found superseded by an earlier replay (remembered in the topic
     DLQ_TOPIC.replayed).

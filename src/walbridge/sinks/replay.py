@@ -12,6 +12,8 @@ that sink's destination only. Each selected dead letter gets one outcome (:data:
   letter's offset to its end; tombstones do not count (they follow their delete).
 - ``pending``: the sink's group has not passed the record yet (no position, or one not past its
   offset): the sink will read it again itself.
+- ``unknown``: records after it were deleted from its partition (retention): whether the row changed
+  since cannot be told, so it is not written (re-sync the row from the source instead).
 - ``applied``: written to the destination; ``failed``: refused again, stays in the DLQ unmarked.
 - ``already``: applied or found superseded by an earlier run; ``elsewhere``: another sink's dead
   letter, a sink this configuration does not have, or a record without its origin headers.
@@ -41,14 +43,21 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from walbridge.admin import describe_group
 from walbridge.config import PostgresSinkSettings, SalesforceSinkSettings, Settings
 from walbridge.errors import DecodeError, WalbridgeError
 from walbridge.events import decode_record
-from walbridge.kafka import ensure_topics, make_admin, make_producer, map_kafka_error, produce_waiting
+from walbridge.kafka import (
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    map_kafka_error,
+    produce_waiting,
+)
 from walbridge.sinks.base import RecordFailure, Sink, SinkRecord, TopicPartitionKey
 from walbridge.sinks.dlq import DlqEntry, scan_topic
 
@@ -57,7 +66,7 @@ __all__ = ["MARKER_SUFFIX", "OUTCOMES", "ReplayReport", "replay", "replayed_mark
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".replayed"
-OUTCOMES = ("applied", "superseded", "pending", "failed", "already", "elsewhere")
+OUTCOMES = ("applied", "superseded", "pending", "unknown", "failed", "already", "elsewhere")
 _MARKED = ("applied", "superseded")
 Origin = tuple[str, int, int]
 """Original topic, partition, offset of a dead letter."""
@@ -88,7 +97,8 @@ class ReplayReport:
         n = {o: len(v) for o, v in self.outcomes.items()}
         return (
             f"applied {n['applied']}, superseded {n['superseded']} (a later change of the row exists), "
-            f"pending {n['pending']} (the sink has not passed them yet), failed {n['failed']}, "
+            f"pending {n['pending']} (the sink has not passed them yet), "
+            f"unknown {n['unknown']} (later records deleted by retention), failed {n['failed']}, "
             f"already replayed {n['already']}, not this configuration's {n['elsewhere']}"
         )
 
@@ -174,9 +184,12 @@ class _LaterRecords:
         self._truncated: dict[TopicPartitionKey, int] = {}
         self.next: dict[TopicPartitionKey, int] = {}
         """Where the next read of each partition starts."""
+        self.log_start: dict[TopicPartitionKey, int] = {}
+        """The first offset each partition still holds (its low watermark)."""
 
     def read(self, start: dict[TopicPartitionKey, int]) -> None:
         """Read each partition from ``start`` to its current end."""
+        self._note_log_start([tp for tp in start if tp not in self.log_start])
         for topic in sorted({t for t, _ in start}):
             parts = {p: o for (t, p), o in start.items() if t == topic}
             for message in scan_topic(self._settings, topic, self._timeout_s, parts):
@@ -191,6 +204,22 @@ class _LaterRecords:
                     self._last[(topic, partition, key)] = offset
             for partition, offset in parts.items():
                 self.next.setdefault((topic, partition), offset)
+
+    def _note_log_start(self, partitions: list[TopicPartitionKey]) -> None:
+        if not partitions:
+            return
+        consumer = make_consumer(self._settings.kafka, "walbridge-dlq-replay")
+        try:
+            for topic, partition in partitions:
+                low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                self.log_start[(topic, partition)] = low
+        finally:
+            consumer.close()
+
+    def complete(self, origin: Origin) -> bool:
+        """Whether every record after ``origin`` is still in its partition (none deleted by retention)."""
+        topic, partition, offset = origin
+        return self.log_start.get((topic, partition), 0) <= offset + 1
 
     def catch_up(self) -> None:
         """Read what arrived since the last read."""
@@ -363,6 +392,8 @@ def _replay_sink(
                 report.add("pending", group)
             elif later.newer(origin, group[0].key):
                 report.add("superseded", group)
+            elif not later.complete(origin):
+                report.add("unknown", group)
             else:
                 first = group[0]
                 try:
