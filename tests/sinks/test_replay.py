@@ -164,3 +164,42 @@ def test_running_sink_waits_while_a_replay_holds_its_offsets(pipeline: Pipeline,
         wait_until(lambda: rows(employees_db, "SELECT salary FROM employees") == [(2,)])
     finally:
         holder.close()
+
+
+def test_a_tombstone_does_not_supersede_its_dead_delete_and_a_truncate_supersedes(
+    pipeline: Pipeline, employees_db: str, pg_admin_dsn: str
+) -> None:
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE badges (emp_id integer REFERENCES employees)")
+        conn.execute("ALTER TABLE employees ADD CONSTRAINT salary_cap CHECK (salary < 100000)")
+    with scratch_database(pg_admin_dsn, "source") as source_dsn:
+        source = Source(source_dsn, pipeline)
+        pipeline.start()
+        for emp_id in (1, 2):
+            source.insert(employee(emp_id, salary=emp_id))
+        wait_until(lambda: rows(employees_db, ALL) == rows(source_dsn, ALL))
+        with psycopg.connect(employees_db, autocommit=True) as conn:
+            conn.execute("INSERT INTO badges VALUES (1)")
+        source.delete(1)  # refused by the foreign key: a dead letter, followed by its tombstone
+        dlq_topic = pipeline.topic + ".dlq"
+        entries = wait_until(lambda: read_dlq(pipeline.settings, [dlq_topic]), timeout_s=30)
+        with psycopg.connect(employees_db, autocommit=True) as conn:
+            conn.execute("DROP TABLE badges")
+        report = replay(pipeline.settings, entries)
+        assert len(report["applied"]) == 1 and entries[0].value is not None, report.summary()
+        assert rows(employees_db, ALL) == rows(source_dsn, ALL)
+
+        source.insert(employee(3, salary=300_000))  # refused by the CHECK
+        wait_until(lambda: len(read_dlq(pipeline.settings, [dlq_topic])) == 2, timeout_s=30)
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE employees")
+        (record,) = pipeline.encoder.encode(change("t", None, None))
+        for partition in range(3):  # capture writes a truncate to every partition
+            pipeline.producer.produce(record.topic, value=record.value, partition=partition)
+        pipeline.producer.flush(10)
+        wait_until(lambda: rows(employees_db, ALL) == [])
+        with psycopg.connect(employees_db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE employees DROP CONSTRAINT salary_cap")
+        report = replay(pipeline.settings, read_dlq(pipeline.settings, [dlq_topic]))
+        assert len(report["superseded"]) == 1 and len(report["already"]) == 1, report.summary()
+        assert rows(employees_db, ALL) == rows(source_dsn, ALL) == []
