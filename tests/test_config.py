@@ -45,6 +45,11 @@ def test_toml(tmp_path: Path) -> None:
     [
         ("source: {dsn: 'postgresql://u:hunter2@db/x'}", "source.dsn: the DSN holds a password"),
         ("source: {dsn: 'host=db password=hunter2'}", "source.dsn: the DSN holds a password"),
+        ("source: {dsn: 'postgresql://u@db/x?password=hunter2'}", "source.dsn: the DSN holds a password"),
+        (
+            "sinks: [{type: postgres, dsn: 'postgresql://db/x?sslmode=require&password=hunter2'}]",
+            "sinks[0].dsn: the DSN holds a password",
+        ),
         ("sinks: [{type: salesforce, client_secret: abc}]", "sinks[0].client_secret: secrets must come"),
         ("source: {dsn: 'env:NOPE_NOT_SET'}", "environment variable NOPE_NOT_SET is not set"),
         ("source: {snapshot: sometimes}", "source.snapshot"),
@@ -69,3 +74,27 @@ def test_debezium_unwrap_spelling() -> None:
         .events.encoding_options()
         .tombstones_on_delete
     )
+
+
+CAPTURE_AND_SINK = """
+source: {dsn: 'env:CFG_TEST_SOURCE_DSN', tables: [public.t]}
+sinks:
+  - {type: postgres, dsn: 'env:CFG_TEST_DEST_DSN', topics: [x.public.t]}
+  - {type: salesforce, client_id: id, client_secret: 'env:CFG_TEST_SF_SECRET', topics: [x.public.t]}
+"""
+
+
+def test_a_command_needs_only_the_variables_of_the_sections_it_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = write(tmp_path, CAPTURE_AND_SINK)
+    monkeypatch.setenv("CFG_TEST_SOURCE_DSN", "postgresql://capture@src/db")
+    capture = load_settings(cfg, uses=("source", "events", "kafka", "metrics"))
+    assert capture.source.dsn == "postgresql://capture@src/db"
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.dsn: environment variable CFG_TEST_DEST_DSN"):
+        load_settings(cfg, uses=("kafka", "sinks.postgres"))
+    monkeypatch.setenv("CFG_TEST_DEST_DSN", "postgresql://sink@dst/db")
+    sink = load_settings(cfg, uses=("kafka", "sinks.postgres"))
+    assert sink.sink("postgres").dsn == "postgresql://sink@dst/db"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="CFG_TEST_SF_SECRET is not set"):
+        load_settings(cfg)  # every section

@@ -6,6 +6,7 @@ and exits non-zero; anything else is a bug and shows its traceback.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import sys
 from typing import Annotated
@@ -13,10 +14,18 @@ from typing import Annotated
 import typer
 
 from walbridge import __version__
-from walbridge.cli_common import configure_logging, console
+from walbridge.cli_common import console
 from walbridge.errors import WalbridgeError
+from walbridge.logs import configure_logging
 
 __all__ = ["app", "main"]
+
+class LogFormatChoice(enum.StrEnum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    json = "json"
+
 
 app = typer.Typer(
     name="walbridge",
@@ -28,8 +37,21 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
-    configure_logging(verbose)
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    log_format: Annotated[
+        LogFormatChoice,
+        typer.Option(
+            "--log-format",
+            help="auto (rich on a terminal, plain lines otherwise), rich, plain, or json "
+            "(one object per line with stage, table, topic, offset, lsn where known)",
+        ),
+    ] = LogFormatChoice.auto,
+) -> None:
+    configure_logging(verbose, log_format.value)
+
+
+
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -12,7 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from walbridge.cli_common import ConfigOption, handle_errors, settings_from, stop_on_signals
+from walbridge.cli_common import (
+    CAPTURE_USES,
+    ConfigOption,
+    MetricsPortOption,
+    handle_errors,
+    settings_from,
+    stop_on_signals,
+)
 from walbridge.config import Settings
 from walbridge.errors import ConfigError
 
@@ -21,7 +29,19 @@ __all__ = ["register", "run_capture"]
 log = logging.getLogger(__name__)
 out = Console()
 
-Mode = Annotated[str | None, typer.Option("--mode", help="logical or trigger (default: source.mode)")]
+class CaptureMode(enum.StrEnum):
+    logical = "logical"
+    trigger = "trigger"
+
+
+class SnapshotMode(enum.StrEnum):
+    initial = "initial"
+    never = "never"
+    when_needed = "when_needed"
+    initial_only = "initial_only"
+
+
+Mode = Annotated[CaptureMode | None, typer.Option("--mode", help="capture mode (default: source.mode)")]
 
 
 def _mode(settings: Settings, mode: str | None) -> str:
@@ -49,7 +69,9 @@ def setup_logical(settings: Settings) -> list[str]:
             done += [
                 f"REPLICA IDENTITY FULL on {name}" for name in set_replica_identity_full(conn, relations)
             ]
-        if ensure_publication(conn, src.publication, relations):
+            relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
+        catalog.refuse_keyless(relations)
+        if ensure_publication(conn, src.publication, relations, src.slot):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
         if slot_info(conn, src.slot) is None:
             lsn = create_slot(conn, src.slot)
@@ -68,8 +90,9 @@ def teardown_logical(settings: Settings) -> list[str]:
     with connect_source(src.dsn) as conn:
         if drop_slot(conn, src.slot):
             done.append(f"dropped replication slot {src.slot}")
-        if drop_publication(conn, src.publication):
-            done.append(f"dropped publication {src.publication}")
+        dropped = drop_publication(conn, src.publication, src.slot)
+        if dropped:
+            done.append(dropped)
         CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").clear()
     return done
 
@@ -128,29 +151,20 @@ class SnapshotProgress:
 def run_capture(settings: Settings, stop: threading.Event, progress: Any = None) -> None:
     """Run the configured capture mode until ``stop`` is set, with the ops endpoint when enabled."""
     capture = _capture_for(settings, progress)
-    ops = None
-    if settings.metrics.enabled:
-        from walbridge.web import OpsServer
+    from walbridge.web import start_ops
 
-        started = time.time()
+    started = time.time()
 
-        def status() -> dict[str, Any]:
-            return {
-                "mode": settings.source.mode,
-                "uptime_s": round(time.time() - started, 1),
-                "streaming": capture.ready.is_set(),
-                "received": getattr(capture, "received", None),
-                "confirmed": getattr(capture, "confirmed", None),
-            }
+    def status() -> dict[str, Any]:
+        return {
+            "mode": settings.source.mode,
+            "uptime_s": round(time.time() - started, 1),
+            "streaming": capture.ready.is_set(),
+            "received": getattr(capture, "received", None),
+            "confirmed": getattr(capture, "confirmed", None),
+        }
 
-        try:
-            ops = OpsServer(settings.metrics.host, settings.metrics.port, status, lambda: True).start()
-            log.info("metrics and status on %s", ops.url)
-        except OSError as exc:
-            raise ConfigError(
-                f"metrics.port {settings.metrics.port} on {settings.metrics.host} is not available: "
-                f"{exc.strerror}"
-            ) from exc
+    ops = start_ops(settings.metrics, "capture", status)
     try:
         capture.run(stop)
     finally:
@@ -163,7 +177,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def setup(config: ConfigOption = None, mode: Mode = None) -> None:
         """Check the source and create what capture needs (publication + slot, or triggers). Idempotent."""
-        settings = settings_from(config)
+        settings = settings_from(config, uses=CAPTURE_USES)
         done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
             out.print(f"[green]✓[/] {line}")
@@ -172,7 +186,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def teardown(config: ConfigOption = None, mode: Mode = None) -> None:
         """Drop the slot and publication (or the triggers). An abandoned slot retains WAL until dropped."""
-        settings = settings_from(config)
+        settings = settings_from(config, uses=CAPTURE_USES)
         if _mode(settings, mode) == "trigger":
             done = teardown_trigger(settings)
         else:
@@ -186,21 +200,30 @@ def register(app: typer.Typer) -> None:
         """Check the source server for the capture mode; list each problem with its fix."""
         from walbridge.capture import catalog
         from walbridge.capture.connection import connect_source
+        from walbridge.capture.slot import publication_problems
         from walbridge.capture.trigger import check_trigger_capture
 
-        settings = settings_from(config)
+        settings = settings_from(config, uses=CAPTURE_USES)
+        src = settings.source
         chosen = _mode(settings, mode)
-        with connect_source(settings.source.dsn) as conn:
-            relations = catalog.resolve_tables(conn, settings.source.tables, settings.source.exclude_tables)
+        with connect_source(src.dsn) as conn:
+            relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
             if chosen == "trigger":
                 problems = check_trigger_capture(conn, settings)
             else:
                 problems = catalog.check_logical_capture(conn, relations)
-        table = Table("table", "primary key", "replica identity")
+                if not src.replica_identity_full:
+                    problems += [p for p in map(catalog.identity_problem, relations) if p is not None]
+                if not catalog.in_recovery(conn):
+                    problems += publication_problems(conn, src.publication, src.slot, relations)
+        table = Table("table", "event key", "replica identity")
+        identities = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
         for rel in relations:
-            table.add_row(
-                f"{rel.schema}.{rel.table}", ", ".join(rel.key_columns) or "(none)", rel.replica_identity
-            )
+            name = f"{rel.qualified_name} (partitioned)" if rel.partitioned else rel.qualified_name
+            identity = identities.get(rel.replica_identity, rel.replica_identity)
+            if rel.replica_identity == "i":
+                identity += f" ({', '.join(rel.identity_columns)})"
+            table.add_row(name, ", ".join(rel.key_columns) or "(none)", identity)
         out.print(table)
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))
@@ -210,11 +233,19 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def capture(
         config: ConfigOption = None,
-        snapshot: Annotated[str | None, typer.Option(help="override source.snapshot")] = None,
+        snapshot: Annotated[
+            SnapshotMode | None,
+            typer.Option(
+                help="initial or when_needed: snapshot the tables when the slot is new or a snapshot did "
+                "not finish, then stream; never: stream only; initial_only: snapshot, then stop "
+                "(default: source.snapshot)"
+            ),
+        ] = None,
+        metrics_port: MetricsPortOption = None,
     ) -> None:
         """Capture changes into Kafka (snapshot, then stream) until Ctrl-C."""
-        overrides = {"source": {"snapshot": snapshot}} if snapshot else {}
-        settings = settings_from(config, **overrides)
+        overrides: dict[str, Any] = {"source": {"snapshot": snapshot.value}} if snapshot else {}
+        settings = settings_from(config, metrics_port, CAPTURE_USES, **overrides)
         stop = stop_on_signals()
         progress = SnapshotProgress()
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -17,11 +16,14 @@ from walbridge.config import Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
 
 __all__ = [
+    "CAPTURE_USES",
     "ConfigOption",
-    "configure_logging",
+    "MetricsPortOption",
+    "SinkNameOption",
     "console",
     "handle_errors",
     "settings_from",
+    "sink_uses",
     "stop_on_signals",
 ]
 
@@ -30,6 +32,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML or TOML settings file (env WALBRIDGE_* overrides)")
+]
+SinkNameOption = Annotated[
+    str | None, typer.Option("--name", help="which configured sink of this type (default: the first)")
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="serve /metrics, /healthz and /status on this port (default: metrics.port, else the "
+        "role's own: capture 9187, sink postgres 9188, sink salesforce 9189)",
+    ),
 ]
 
 
@@ -50,23 +65,29 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def configure_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+CAPTURE_USES = ("source", "events", "kafka", "metrics")
+"""The sections capture-side commands (check, setup, teardown, capture) read."""
 
 
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
+def sink_uses(kind: str) -> tuple[str, ...]:
+    """The sections ``walbridge sink KIND`` reads."""
+    return ("events", "kafka", "dlq", "metrics", f"sinks.{kind}")
+
+
+def settings_from(
+    config: Path | None,
+    metrics_port: int | None = None,
+    uses: tuple[str, ...] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """The settings of ``config`` with ``overrides``; ``metrics_port`` (``--metrics-port``) sets
+    ``metrics.port`` and enables the endpoint; ``uses`` limits which sections' ``env:`` variables
+    must be set (see :func:`walbridge.config.load_settings`)."""
     if config is not None and not config.exists():
         raise ConfigError(f"configuration file {config} does not exist")
-    return load_settings(config, **overrides)
+    if metrics_port is not None:
+        overrides["metrics"] = {**overrides.get("metrics", {}), "port": metrics_port, "enabled": True}
+    return load_settings(config, uses, **overrides)
 
 
 def stop_on_signals() -> threading.Event:

@@ -11,17 +11,27 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from walbridge.errors import ConfigError
 from walbridge.events import EncodingOptions
 
 __all__ = [
+    "DEFAULT_METRICS_PORTS",
     "DlqSettings",
     "EventSettings",
     "KafkaSettings",
@@ -49,7 +59,8 @@ class SourceSettings(_Model):
     exclude_tables: list[str] = Field(default_factory=list)
     exclude_columns: list[str] = Field(default_factory=list, description="schema.table.column names")
     slot: str = "walbridge"
-    publication: str = "walbridge"
+    publication: str = ""
+    """Default: the slot's name, so that captures with their own slots never share a publication."""
     snapshot: Literal["initial", "never", "when_needed", "initial_only"] = "initial"
     snapshot_fetch_rows: int = 10_000
     replica_identity_full: bool = False
@@ -66,10 +77,18 @@ class SourceSettings(_Model):
 
     @field_validator("slot", "publication")
     @classmethod
-    def _identifier(cls, value: str) -> str:
+    def _identifier(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "publication" and value == "":
+            return value
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
             raise ValueError(f"{value!r} must be a lower-case identifier of letters, digits and _")
         return value
+
+    @model_validator(mode="after")
+    def _publication_per_slot(self) -> SourceSettings:
+        if not self.publication:
+            self.publication = self.slot
+        return self
 
 
 class EventSettings(_Model):
@@ -176,10 +195,19 @@ class SalesforceSinkSettings(_SinkBase):
 SinkSettings = Annotated[PostgresSinkSettings | SalesforceSinkSettings, Field(discriminator="type")]
 
 
+DEFAULT_METRICS_PORTS: dict[str, int] = {"capture": 9187, "sink-postgres": 9188, "sink-salesforce": 9189}
+"""Each long-running role's own default, so a capture and its sinks on one host never collide."""
+
+
 class MetricsSettings(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 9187
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Default: the role's own port (:data:`DEFAULT_METRICS_PORTS`)."""
+
+    def port_for(self, role: str) -> int:
+        """The port this role serves ``/metrics``, ``/healthz`` and ``/status`` on."""
+        return self.port if self.port is not None else DEFAULT_METRICS_PORTS[role]
 
 
 class Settings(BaseSettings):
@@ -243,11 +271,17 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _has_literal_password(dsn: str) -> bool:
     if re.match(r"^postgres(ql)?://[^/@:]*:[^/@]+@", dsn):
         return True
+    if re.search(r"[?&]password=", dsn):
+        return True
     return re.search(r"(^|\s)password\s*=", dsn) is not None
 
 
-def resolve_env_refs(data: Any, where: str = "") -> Any:
-    """Replace ``env:NAME`` values by the variable's value; refuse secrets written literally."""
+def resolve_env_refs(data: Any, where: str = "", lenient: bool = False) -> Any:
+    """Replace ``env:NAME`` values by the variable's value; refuse secrets written literally.
+
+    A variable that is not set is a :class:`ConfigError`, unless ``lenient`` (a section the command
+    does not use): then the reference stays as written.
+    """
     if isinstance(data, dict):
         out = {}
         for key, value in data.items():
@@ -262,18 +296,40 @@ def resolve_env_refs(data: Any, where: str = "") -> Any:
                         f"{path}: the DSN holds a password; keep it out of the file "
                         "(dsn: env:VARIABLE_NAME, or PGPASSWORD / ~/.pgpass)"
                     )
-            out[key] = resolve_env_refs(value, path)
+            out[key] = resolve_env_refs(value, path, lenient)
         return out
     if isinstance(data, list):
-        return [resolve_env_refs(item, f"{where}[{i}]") for i, item in enumerate(data)]
+        return [resolve_env_refs(item, f"{where}[{i}]", lenient) for i, item in enumerate(data)]
     if isinstance(data, str):
         match = _ENV_REF.match(data)
         if match:
             name = match.group(1)
-            if name not in os.environ:
+            if name in os.environ:
+                return os.environ[name]
+            if not lenient:
                 raise ConfigError(f"{where}: environment variable {name} is not set")
-            return os.environ[name]
     return data
+
+
+def _section(key: str, value: Any) -> str:
+    """The name a command uses for one top-level entry (a sink: ``sinks.<type>``)."""
+    if key == "sinks" and isinstance(value, dict):
+        return f"sinks.{value.get('type', '')}"
+    return key
+
+
+def _resolve_file(data: dict[str, Any], uses: Collection[str] | None) -> dict[str, Any]:
+    """Resolve ``env:`` references; strictly only in the sections ``uses`` names (None: all)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "sinks" and isinstance(value, list):
+            out[key] = [
+                resolve_env_refs(item, f"sinks[{i}]", uses is not None and _section(key, item) not in uses)
+                for i, item in enumerate(value)
+            ]
+        else:
+            out[key] = resolve_env_refs({key: value}, "", uses is not None and key not in uses)[key]
+    return out
 
 
 def _describe(exc: ValidationError, origin: str) -> str:
@@ -284,12 +340,18 @@ def _describe(exc: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read settings from ``path`` (YAML/TOML; optional) plus environment, then ``overrides``."""
+def load_settings(
+    path: str | Path | None = None, uses: Collection[str] | None = None, **overrides: Any
+) -> Settings:
+    """Read settings from ``path`` (YAML/TOML; optional) plus environment, then ``overrides``.
+
+    ``uses`` names the sections the command reads (``source``, ``kafka``, ``sinks.postgres``, ...):
+    an ``env:`` variable of another section need not be set. None: every section is checked.
+    """
     data: dict[str, Any] = {}
     origin = "settings"
     if path is not None:
-        data = resolve_env_refs(_read_file(Path(path)))
+        data = _resolve_file(_read_file(Path(path)), uses)
         origin = str(path)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -7,6 +7,7 @@ position is confirmed only when it and every earlier one are acknowledged by Kaf
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from walbridge.config import KafkaSettings
 from walbridge.errors import ConfigError, ConnectionLost, OperationTimeout, PermanentError, WalbridgeError
+from walbridge.logs import ThrottleRepeats
 
 __all__ = [
     "DeliveryTracker",
@@ -24,6 +26,7 @@ __all__ = [
     "check_broker",
     "client_config",
     "ensure_topics",
+    "librdkafka_logger",
     "make_admin",
     "make_consumer",
     "make_producer",
@@ -35,10 +38,38 @@ P = TypeVar("P")
 
 
 def client_config(settings: KafkaSettings) -> dict[str, Any]:
-    """The librdkafka properties common to every client."""
+    """The librdkafka properties common to every client; its log goes through walbridge's logging."""
     conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
     conf.update(settings.options)
+    conf.setdefault("logger", librdkafka_logger(settings.bootstrap_servers))
     return conf
+
+
+class _ExplainBroker(logging.Filter):
+    """Adds to librdkafka's connection failures the address it was given and what to check."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__()
+        self.hint = (
+            f" — cannot reach the Kafka broker at {bootstrap}: check kafka.bootstrap_servers, that the "
+            "broker runs and listens there, and the TLS/SASL options"
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if ("Connect to" in message or "all brokers down" in message.lower()) and self.hint not in message:
+            record.msg, record.args = message + self.hint, None
+        return True
+
+
+def librdkafka_logger(bootstrap: str) -> logging.Logger:
+    """The logger librdkafka writes to: one line per kind of message a minute, with a hint on
+    connection failures (instead of librdkafka printing every retry to stderr)."""
+    logger = logging.getLogger(f"walbridge.kafka.client[{bootstrap}]")
+    if not logger.filters:
+        logger.addFilter(ThrottleRepeats(60.0))
+        logger.addFilter(_ExplainBroker(bootstrap))
+    return logger
 
 
 def make_producer(settings: KafkaSettings, **extra: Any) -> Producer:

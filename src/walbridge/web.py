@@ -2,12 +2,19 @@
 
 A small threaded stdlib HTTP server: Prometheus text from the shared registry, a liveness
 answer from a health callback, and a JSON (or, for browsers, HTML) status document.
+
+:func:`start_ops` starts it for one role (capture, sink-postgres, sink-salesforce) on that role's port
+from ``settings.metrics``. A port already in use is a :class:`~walbridge.errors.ConfigError` (one clear
+line): a process that silently serves nothing is worse than one that refuses to start. Several processes
+of one role on one host need their own ports (``--metrics-port``; ``--workers N`` gives worker *i*
+``port + i``).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,9 +22,13 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from walbridge.config import MetricsSettings
+from walbridge.errors import ConfigError
 from walbridge.metrics import REGISTRY
 
-__all__ = ["OpsServer"]
+__all__ = ["OpsServer", "start_ops"]
+
+log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -88,3 +99,26 @@ def _status_html(doc: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif}th{text-align:left;padding-right:1em}</style></head>"
         f"<body><h1>walbridge</h1><table>{rows}</table></body></html>"
     )
+
+
+def start_ops(
+    metrics: MetricsSettings,
+    role: str,
+    status: StatusFn,
+    healthy: Callable[[], bool] = lambda: True,
+    port_offset: int = 0,
+) -> OpsServer | None:
+    """The running ops server of ``role`` on its port (+ ``port_offset``), or None when disabled."""
+    if not metrics.enabled:
+        return None
+    port = metrics.port_for(role) + port_offset
+    try:
+        ops = OpsServer(metrics.host, port, status, healthy).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics port {port} on {metrics.host} is not available ({exc.strerror}): another process "
+            "serves it; give this one its own with --metrics-port or metrics.port, or set "
+            "metrics.enabled: false"
+        ) from None
+    log.debug("metrics and status on %s", ops.url)
+    return ops

@@ -19,6 +19,7 @@ confirmed: the server may report them ahead of a transaction it is still sending
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import select
@@ -83,6 +84,9 @@ class LogicalCapture:
         self._publisher_factory = publisher_factory or (lambda: EventPublisher(settings))
         self._codecs: dict[int, RowCodec] = {}
         self._relations: dict[int, RelationInfo] = {}
+        self._captured: set[tuple[str, str]] = set()
+        self._ignored: set[int] = set()
+        """Relations a shared publication sends that this capture's tables do not name."""
         self._registry: Any = None
         self._dbname = ""
         self.confirmed: int = 0
@@ -100,22 +104,13 @@ class LogicalCapture:
             problems = catalog.check_logical_capture(conn, relations)
             if problems:
                 raise ConfigError("; ".join(str(problem) for problem in problems))
-            self._check_keys(relations)
-            ensure_publication(conn, self.source.publication, relations)
+            catalog.refuse_keyless(relations)
+            ensure_publication(conn, self.source.publication, relations, self.source.slot)
             self._registry = catalog.load_type_registry(conn)
         check_broker(self.settings.kafka)
         self._relations = {rel.oid: rel for rel in relations}
+        self._captured = {(rel.schema, rel.table) for rel in relations}
         return relations
-
-    def _check_keys(self, relations: list[RelationInfo]) -> None:
-        for rel in relations:
-            if not rel.key_columns and rel.replica_identity not in ("f", "i"):
-                raise ConfigError(
-                    f"table {rel.schema}.{rel.table} has no primary key: PostgreSQL would refuse its "
-                    "UPDATEs and "
-                    "DELETEs once published. Add a primary key, or set source.replica_identity_full: true "
-                    "(events of such a table have a null key)"
-                )
 
     # ------------------------------------------------------------------ main loop
 
@@ -182,7 +177,9 @@ class LogicalCapture:
 
     def _create_slot(self, cur: Any, export: bool) -> tuple[int, str | None]:
         server = cur.connection.server_version
-        if server >= 150000:
+        if server >= 170000:  # a failover slot: standbys that synchronise slots keep it
+            snap = "(SNAPSHOT 'export', FAILOVER true)" if export else "(SNAPSHOT 'nothing', FAILOVER true)"
+        elif server >= 150000:
             snap = "(SNAPSHOT 'export')" if export else "(SNAPSHOT 'nothing')"
         else:
             snap = "EXPORT_SNAPSHOT" if export else "NOEXPORT_SNAPSHOT"
@@ -242,6 +239,11 @@ class LogicalCapture:
         return codec
 
     def _on_relation(self, msg: pgoutput.Relation) -> None:
+        if (msg.namespace, msg.name) not in self._captured:
+            self._ignored.add(msg.oid)
+            self._codecs.pop(msg.oid, None)
+            return
+        self._ignored.discard(msg.oid)
         known = self._relations.get(msg.oid)
         names = tuple((col.name, col.type_oid) for col in msg.columns)
         if known is None or tuple((c.name, c.type_oid) for c in known.columns) != names:
@@ -252,26 +254,35 @@ class LogicalCapture:
         with connect_source(self.source.dsn) as conn:
             found = catalog.relation_by_oid(conn, msg.oid)
             self._registry = catalog.load_type_registry(conn)
-        not_null = {col.name: col.not_null for col in found.columns} if found else {}
+        known = {col.name: col for col in found.columns} if found else {}
         columns = tuple(
-            ColumnInfo(col.name, col.type_oid, col.typmod, not_null.get(col.name, False), index + 1)
+            ColumnInfo(
+                col.name,
+                col.type_oid,
+                col.typmod,
+                known[col.name].not_null if col.name in known else False,
+                index + 1,
+                known[col.name].generated if col.name in known else False,
+            )
             for index, col in enumerate(msg.columns)
         )
-        key = found.key_columns if found else tuple(col.name for col in msg.columns if col.flags & 1)
-        rel = RelationInfo(
-            msg.oid,
-            msg.namespace,
-            msg.name,
-            columns,
-            tuple(key),
-            chr(msg.replica_identity) if isinstance(msg.replica_identity, int) else str(msg.replica_identity),
+        identity = (
+            chr(msg.replica_identity) if isinstance(msg.replica_identity, int) else str(msg.replica_identity)
         )
+        if found is not None:
+            rel = dataclasses.replace(found, oid=msg.oid, columns=columns, replica_identity=identity)
+        else:
+            key = tuple(col.name for col in msg.columns if col.flags & 1)
+            rel = RelationInfo(msg.oid, msg.namespace, msg.name, columns, key, identity, (), key)
         self._relations[msg.oid] = rel
         return rel
 
-    def _codec(self, oid: int) -> RowCodec:
+    def _codec(self, oid: int) -> RowCodec | None:
+        """The relation's codec; None for a relation this capture does not capture."""
         codec = self._codecs.get(oid)
         if codec is None:
+            if oid in self._ignored:
+                return None
             raise DecodeError(f"change for relation {oid} arrived before its Relation message")
         return codec
 
@@ -513,6 +524,8 @@ class _Stream:
         """A row change from :func:`pgoutput.decode_row_change` (values already text)."""
         kind, oid, old, key, new = change
         codec = self.capture._codec(oid)
+        if codec is None:
+            return
         row = codec.convert_text_row
         if kind == _INSERT:
             self._on_insert(codec, lsn, row(new))
@@ -523,14 +536,20 @@ class _Stream:
 
     def _insert(self, msg: pgoutput.Insert, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
+        if codec is None:
+            return
         self._on_insert(codec, lsn, codec.row(msg.new))
 
     def _update(self, msg: pgoutput.Update, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
+        if codec is None:
+            return
         self._on_update(codec, lsn, codec.row(msg.new), msg.old, msg.key, codec.row)
 
     def _delete(self, msg: pgoutput.Delete, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
+        if codec is None:
+            return
         self._on_delete(codec, lsn, msg.old if msg.old is not None else msg.key, codec.row)
 
     def _on_insert(self, codec: RowCodec, lsn: int, after: dict[str, Any]) -> None:
@@ -544,7 +563,8 @@ class _Stream:
         # REPLICA IDENTITY FULL: the old key comes from `before`, converted once.
         key_row = before if before is not None else row(key) if key is not None else None
         old_key = codec.key(key_row) if key_row is not None else new_key
-        if old_key != new_key and key_row is not None:
+        # Key columns are NOT NULL: a null one was not in the old image (it is not the replica identity).
+        if old_key != new_key and key_row is not None and None not in old_key.values():
             # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
             self._emit("d", codec, lsn, old_key, key_row, None)
             self._emit("c", codec, lsn, new_key, None, after)

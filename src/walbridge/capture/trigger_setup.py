@@ -80,41 +80,58 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{OFFSET_TABLE} (
 """
 
 # {h} is the hstore extension's schema. Only the TG_ARGV "minus" is conditional: most tables exclude nothing.
+ROOT_MARK = "walbridge:partitioned-root"
+"""First trigger argument on a partitioned table: the next two name it. Its row trigger is cloned onto
+every partition (present and future), and a change is logged under the partitioned table's name."""
+
+# {h} is the hstore extension's schema; the trigger arguments are the excluded columns, after the
+# partitioned table's name when there is one. Most tables have no argument: that path tests one NULL.
 _FUNCTION_BODY = """
 DECLARE
     image jsonb;
+    rel_schema text := TG_TABLE_SCHEMA;
+    rel_name text := TG_TABLE_NAME;
+    excluded text[];
 BEGIN
+    IF TG_NARGS > 0 THEN
+        excluded := TG_ARGV;
+        IF TG_ARGV[0] = '{mark}' THEN
+            rel_schema := TG_ARGV[1];
+            rel_name := TG_ARGV[2];
+            excluded := CASE WHEN TG_NARGS > 3 THEN TG_ARGV[3:] END;
+        END IF;
+    END IF;
     IF TG_LEVEL = 'STATEMENT' THEN
-        INSERT INTO {s}.{log} (schema_name, table_name, op) VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 't');
+        INSERT INTO {s}.{log} (schema_name, table_name, op) VALUES (rel_schema, rel_name, 't');
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
-        IF TG_NARGS = 0 THEN
+        IF excluded IS NULL THEN
             image := {h}.hstore_to_jsonb({h}.hstore(NEW));
         ELSE
-            image := {h}.hstore_to_jsonb({h}.hstore(NEW) OPERATOR({h}.-) TG_ARGV);
+            image := {h}.hstore_to_jsonb({h}.hstore(NEW) OPERATOR({h}.-) excluded);
         END IF;
         INSERT INTO {s}.{log} (schema_name, table_name, op, after)
-        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'c', image);
+        VALUES (rel_schema, rel_name, 'c', image);
     ELSIF TG_OP = 'UPDATE' THEN
-        IF TG_NARGS = 0 THEN
+        IF excluded IS NULL THEN
             INSERT INTO {s}.{log} (schema_name, table_name, op, before, after)
-            VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'u',
+            VALUES (rel_schema, rel_name, 'u',
                     {h}.hstore_to_jsonb({h}.hstore(OLD)), {h}.hstore_to_jsonb({h}.hstore(NEW)));
         ELSE
             INSERT INTO {s}.{log} (schema_name, table_name, op, before, after)
-            VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'u',
-                    {h}.hstore_to_jsonb({h}.hstore(OLD) OPERATOR({h}.-) TG_ARGV),
-                    {h}.hstore_to_jsonb({h}.hstore(NEW) OPERATOR({h}.-) TG_ARGV));
+            VALUES (rel_schema, rel_name, 'u',
+                    {h}.hstore_to_jsonb({h}.hstore(OLD) OPERATOR({h}.-) excluded),
+                    {h}.hstore_to_jsonb({h}.hstore(NEW) OPERATOR({h}.-) excluded));
         END IF;
     ELSE
-        IF TG_NARGS = 0 THEN
+        IF excluded IS NULL THEN
             image := {h}.hstore_to_jsonb({h}.hstore(OLD));
         ELSE
-            image := {h}.hstore_to_jsonb({h}.hstore(OLD) OPERATOR({h}.-) TG_ARGV);
+            image := {h}.hstore_to_jsonb({h}.hstore(OLD) OPERATOR({h}.-) excluded);
         END IF;
         INSERT INTO {s}.{log} (schema_name, table_name, op, before)
-        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'd', image);
+        VALUES (rel_schema, rel_name, 'd', image);
     END IF;
     RETURN NULL;
 END
@@ -123,7 +140,7 @@ END
 
 def _function_ddl(hstore_schema: str) -> str:
     ident = _quote_ident
-    body = _FUNCTION_BODY.format(s=SCHEMA, log=CHANGE_LOG, h=ident(hstore_schema))
+    body = _FUNCTION_BODY.format(s=SCHEMA, log=CHANGE_LOG, h=ident(hstore_schema), mark=ROOT_MARK)
     settings = "".join(f"\n    SET {name} = '{value}'" for name, value in SESSION_SETTINGS.items())
     return (
         f"CREATE OR REPLACE FUNCTION {SCHEMA}.{FUNCTION}() RETURNS trigger\n"
@@ -181,7 +198,7 @@ def installed_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, bool
                count(*) FILTER (WHERE t.tgenabled <> 'D') = 2
         FROM pg_trigger t
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE t.tgname IN (%s, %s) AND NOT t.tgisinternal
+        WHERE t.tgname IN (%s, %s) AND NOT t.tgisinternal AND t.tgparentid = 0
         GROUP BY n.nspname, c.relname ORDER BY 1, 2
         """,
         (ROW_TRIGGER, TRUNCATE_TRIGGER),
@@ -386,8 +403,9 @@ def _install_triggers(conn: psycopg.Connection[Any], rel: RelationInfo, excluded
     table = sql.Identifier(rel.schema, rel.table)
     function = sql.Identifier(SCHEMA, FUNCTION)
     done = []
-    if existing.get(ROW_TRIGGER) != excluded:
-        args = sql.SQL(", ").join(sql.Literal(name) for name in excluded)
+    wanted = [ROOT_MARK, rel.schema, rel.table, *excluded] if rel.partitioned else excluded
+    if existing.get(ROW_TRIGGER) != wanted:
+        args = sql.SQL(", ").join(sql.Literal(name) for name in wanted)
         conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(ROW_TRIGGER), table))
         conn.execute(
             sql.SQL(

@@ -107,6 +107,10 @@ class DataApi:
     def definition(self, name: str) -> EventDefinition | None:
         return self._definitions.get(name.lower())
 
+    def replace_definitions(self, definitions: dict[str, EventDefinition]) -> None:
+        """A metadata deploy: later calls see the new event definitions (fields added or deleted)."""
+        self._definitions = {name.lower(): d for name, d in definitions.items()}
+
     def publish_one(self, definition: EventDefinition, raw: bytes, user_id: str) -> Reply:
         try:
             body = parse_json(raw)

@@ -9,7 +9,7 @@ blocks other requests; ``stop()`` shuts it down. Salesforce endpoints:
 Order of checks on a data call: version → session (401 INVALID_SESSION_ID) → injected fault → daily API
 allocation (403 REQUEST_LIMIT_EXCEEDED) → the call (counted once). Emulator-only endpoints (no auth, no
 latency): ``GET /emulator/events?after=&limit=&type=``, ``POST /emulator/reset``, ``GET /emulator/stats``,
-``POST /emulator/expire-sessions``.
+``POST /emulator/expire-sessions``, ``POST /emulator/reload-metadata`` (re-read the SFDX metadata: a deploy).
 """
 
 from __future__ import annotations
@@ -253,6 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/emulator/reset" and method == "POST":
             state.reset()
             return Reply(200, {"reset": True})
+        if path == "/emulator/reload-metadata" and method == "POST":
+            state.api.replace_definitions(load_definitions(state.config.metadata_dir))
+            return Reply(200, {"reloaded": True})
         if path == "/emulator/expire-sessions" and method == "POST":
             state.auth.expire_all()
             return Reply(200, {"expired": True})

@@ -21,7 +21,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from walbridge import admin
-from walbridge.cli_common import ConfigOption, console, handle_errors, settings_from, stop_on_signals
+from walbridge.cli_common import (
+    ConfigOption,
+    MetricsPortOption,
+    SinkNameOption,
+    console,
+    handle_errors,
+    settings_from,
+    sink_uses,
+    stop_on_signals,
+)
 from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
 from walbridge.events import split_topic
@@ -41,7 +50,6 @@ dlq_app = typer.Typer(no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(no_args_is_help=True, add_completion=False)
 groups_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
-NameOption = Annotated[str | None, typer.Option("--name", help="which configured sink (default: the first)")]
 
 
 def _postgres_settings(settings: Settings, name: str | None) -> PostgresSinkSettings:
@@ -54,14 +62,15 @@ def _postgres_settings(settings: Settings, name: str | None) -> PostgresSinkSett
 @handle_errors
 def sink_postgres(
     config: ConfigOption = None,
-    name: NameOption = None,
+    name: SinkNameOption = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", min=1, help="sink processes in the group (default: the sink's workers, 1)"),
     ] = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Apply change events from Kafka to a PostgreSQL database (exactly-once effect)."""
-    settings = settings_from(config)
+    settings = settings_from(config, metrics_port, sink_uses("postgres"))
     sink_settings = _postgres_settings(settings, name)
     stop = stop_on_signals()
     count = sink_settings.workers if workers is None else workers
@@ -233,7 +242,7 @@ def _table_pairs(
 
 def verify(
     config: ConfigOption = None,
-    name: NameOption = None,
+    name: SinkNameOption = None,
     table: Annotated[list[str] | None, typer.Option("--table", help="schema.table (repeatable)")] = None,
     chunk_rows: Annotated[int, typer.Option(help="rows fetched per round trip")] = 10_000,
 ) -> None:
@@ -248,7 +257,7 @@ def verify(
 def _run_verify(
     config: ConfigOption, name: str | None, table: list[str] | None, chunk_rows: int
 ) -> list[TableDiff]:
-    settings = settings_from(config)
+    settings = settings_from(config, uses=("source", "events", "sinks.postgres"))
     sink = _postgres_settings(settings, name)
     pairs = _table_pairs(settings, sink, table)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -391,12 +391,14 @@ class PostgresSink:
             info = self._missing_table(dest, record)
             if info is None:
                 return None
+        info = _keyed_by_event(conn, info, record.key)
         if not info.key:
             raise PermanentError(
                 f"destination table {info.qualified} has no primary key; walbridge upserts by key",
                 table=info.qualified,
             )
-        self._tables[dest] = info
+        if record.key is not None:  # keyless (truncate): the key columns are decided by a keyed event
+            self._tables[dest] = info
         self._converters[dest] = {name: converter(col) for name, col in info.columns.items()}
         exprs = {name: sql_expr(col, sql.Identifier("x", name)) for name, col in info.columns.items()}
         complete = all(e is not None for e in exprs.values())
@@ -817,3 +819,25 @@ def _key_names(key: bytes | None) -> list[str]:
     if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
         doc = doc["payload"]
     return list(doc) if isinstance(doc, dict) else []
+
+
+_UNIQUE_ON_SQL = """
+SELECT 1 FROM pg_index i
+WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+       WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = %s::text[]
+"""
+
+
+def _keyed_by_event(conn: psycopg.Connection[Any], info: TableInfo, key: bytes | None) -> TableInfo:
+    """The table keyed by the events' key columns when they are not its primary key but a unique index.
+
+    A source table whose replica identity is a unique index without the primary key has events keyed
+    by that index (a delete carries nothing else): rows are then matched, upserted and deleted by it.
+    """
+    names = tuple(_key_names(key))
+    if not names or set(names) == set(info.key) or not set(names) <= info.columns.keys():
+        return info
+    if conn.execute(_UNIQUE_ON_SQL, (info.ident.as_string(conn), sorted(names))).fetchone() is None:
+        return info
+    return replace(info, key=names)

@@ -54,12 +54,14 @@ from walbridge.config import DlqSettings, PostgresSinkSettings, SalesforceSinkSe
 from walbridge.errors import DecodeError, TransientError, WalbridgeError
 from walbridge.events import ChangeEvent, decode_record
 from walbridge.kafka import make_consumer, map_kafka_error
+from walbridge.logs import ThrottleRepeats
 from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
 from walbridge.sinks.dlq import DlqWriter
 
 __all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
+log.addFilter(ThrottleRepeats(60.0, logging.WARNING))  # a sink retrying for hours warns once a minute
 
 SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
 Decoder = Callable[[str, bytes | None, bytes | None], ChangeEvent | None]
@@ -389,7 +391,12 @@ class SinkRunner:
                 error = map_kafka_error(exc.args[0], "listing topics")
                 if not isinstance(error, TransientError):
                     raise error from exc
-                log.warning("%s: %s", self.sink.name, error)
+                log.warning(
+                    "%s: %s (kafka.bootstrap_servers is %s)",
+                    self.sink.name,
+                    error,
+                    self.settings.kafka.bootstrap_servers,
+                )
                 continue
             missing = [name for name in names if name not in existing]
             if not missing:

@@ -12,8 +12,8 @@ The parent supervises: a worker killed or crashed is restarted (with a growing d
 that stops on a walbridge error (a configuration problem, Kafka refusing the client) stops them
 all and the command exits 2, and SIGINT/SIGTERM stop every worker cleanly (the parent sends each
 a SIGTERM; it finishes its batch). A worker whose parent died stops too. The parent serves
-``/healthz`` and ``/status`` (the workers, their pids and restarts) on ``metrics.port``; worker
-*i* (1-based) serves its own ``/metrics`` and ``/status`` on ``metrics.port + i``.
+``/healthz`` and ``/status`` (the workers, their pids and restarts) on the sink's metrics port; worker
+*i* (1-based) serves its own ``/metrics`` and ``/status`` on that port + *i*.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from walbridge.config import PostgresSinkSettings, Settings
+from walbridge.logs import LogFormat
 
 __all__ = ["run_sink_process", "run_workers"]
 
@@ -64,13 +65,15 @@ def run_workers(
 
         raise ConfigError(f"--workers must be at least 1 (got {count})")
     context = multiprocessing.get_context("spawn")
-    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    from walbridge.logs import current_setup
+
+    log_setup = current_setup()
     workers = [_Worker(index) for index in range(1, count + 1)]
 
     def start(worker: _Worker) -> None:
         worker.process = context.Process(
             target=_worker_main,
-            args=(settings, sink_settings, worker.index, verbose),
+            args=(settings, sink_settings, worker.index, log_setup),
             name=f"walbridge-sink-worker-{worker.index}",
         )
         worker.process.start()
@@ -144,10 +147,10 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 def _start_parent_ops(settings: Settings, workers: list[_Worker]) -> Any:
-    from walbridge.sinks.ops import start_ops
+    from walbridge.web import start_ops
 
     def status() -> dict[str, Any]:
-        port = settings.metrics.port
+        port = settings.metrics.port_for("sink-postgres")
         return {
             "workers": [
                 {
@@ -161,18 +164,18 @@ def _start_parent_ops(settings: Settings, workers: list[_Worker]) -> Any:
             ]
         }
 
-    return start_ops(settings.metrics, status, lambda: all(w.alive for w in workers))
+    return start_ops(settings.metrics, "sink-postgres", status, lambda: all(w.alive for w in workers))
 
 
 def run_sink_process(
     settings: Settings, sink_settings: PostgresSinkSettings, stop: threading.Event, port_offset: int = 0
 ) -> None:
     """One PostgreSQL sink in this process until ``stop``: the command's single-process path and
-    each worker's body. Its ops endpoint (when ``metrics.enabled``) is ``metrics.port + port_offset``."""
+    each worker's body. Its ops endpoint (when ``metrics.enabled``) is the sink's port + ``port_offset``."""
     from walbridge import metrics
-    from walbridge.sinks.ops import start_ops
     from walbridge.sinks.postgres import PostgresSink
     from walbridge.sinks.runner import SinkRunner
+    from walbridge.web import start_ops
 
     sink = PostgresSink(sink_settings)
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
@@ -182,11 +185,7 @@ def run_sink_process(
         runner.group_id,
         sink_settings.topics or sink_settings.topic_pattern,
     )
-    ops = None
-    if settings.metrics.enabled:
-        ops = start_ops(
-            settings.metrics, runner.status, runner.healthy, port=settings.metrics.port + port_offset
-        )
+    ops = start_ops(settings.metrics, "sink-postgres", runner.status, runner.healthy, port_offset)
     try:
         runner.run(stop)
     finally:
@@ -194,12 +193,14 @@ def run_sink_process(
             ops.stop()
 
 
-def _worker_main(settings: Settings, sink_settings: PostgresSinkSettings, index: int, verbose: bool) -> None:
+def _worker_main(
+    settings: Settings, sink_settings: PostgresSinkSettings, index: int, log_setup: tuple[bool, LogFormat]
+) -> None:
     """One worker process: a sink until SIGTERM (sent by the parent) or the parent's death."""
-    from walbridge.cli_common import configure_logging
     from walbridge.errors import WalbridgeError
+    from walbridge.logs import configure_logging
 
-    configure_logging(verbose)
+    configure_logging(*log_setup)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops everyone
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())

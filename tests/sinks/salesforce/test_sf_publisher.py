@@ -13,7 +13,7 @@ import pytest
 from walbridge import metrics
 from walbridge.errors import AuthExpired, ConfigError, RateLimited, ServerBusy
 from walbridge.sinks.salesforce.mapping import EventRecord
-from walbridge.sinks.salesforce.publisher import CallBudget, Publisher
+from walbridge.sinks.salesforce.publisher import CallBudget, Publisher, SchemaRefused
 
 BASE = "https://acme.my.salesforce.com"
 OK = {
@@ -171,3 +171,100 @@ def test_call_budget_token_bucket() -> None:
     with pytest.raises(RateLimited) as info:
         slow.take()
     assert info.value.retry_after > 5
+
+
+class Unavailable(Collections):
+    """Answers 200, failing the records at ``positions`` of call ``call`` with a transient per-record code."""
+
+    def __init__(self, call: int, positions: set[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_call, self.positions = call, positions
+        self.in_flight: dict[Any, int] = {}
+        self.overlaps: list[Any] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        keys = [r["K__c"] for r in body["records"]]
+        assert len(keys) == len(set(keys)), f"two events of one row in one call: {keys}"
+        assert len({r["attributes"]["type"] for r in body["records"]}) == 1
+        with self.lock:
+            number = len(self.calls)
+            self.calls.append(body["records"])
+            busy = [k for k in keys if self.in_flight.get(k)]
+            self.overlaps += busy
+            for k in keys:
+                self.in_flight[k] = self.in_flight.get(k, 0) + 1
+        time.sleep(self.latency)
+        results = []
+        with self.lock:
+            for position, record in enumerate(body["records"]):
+                if number == self.fail_call and position in self.positions:
+                    error = {"statusCode": "PLATFORM_EVENT_PUBLISHING_UNAVAILABLE", "message": "retry"}
+                    results.append({"success": False, "errors": [error]})
+                else:
+                    self.stored.append(record)
+                    results.append(OK)
+            for k in keys:
+                self.in_flight[k] -= 1
+        return httpx.Response(200, json=results)
+
+
+def _keyed(n: int, keys: int, types: int = 1, run: int = 1) -> list[EventRecord]:
+    """``n`` records over ``keys`` rows, each row's changes in runs of ``run`` consecutive records."""
+    records = []
+    for i in range(n):
+        key = (i // run) % keys
+        records.append(EventRecord(f"E{key % types}__e", {"N__c": i, "K__c": key}, key))
+    return records
+
+
+def _per_key(stored: list[dict[str, Any]]) -> dict[Any, list[int]]:
+    order: dict[Any, list[int]] = {}
+    for record in stored:
+        order.setdefault(record["K__c"], []).append(record["N__c"])
+    return order
+
+
+@pytest.mark.parametrize("position", [0, 1, 57, 100, 198, 199])
+def test_transient_record_failure_anywhere_in_a_chunk_never_reorders_a_row(position: int) -> None:
+    """Six changes per row in one batch, two in a row each time; one record of the first call fails
+    transiently. What Salesforce accepted, over the first attempt and the retry of the rest, is in
+    order per row."""
+    records = _keyed(1200, keys=200, run=2)
+    org = Unavailable(call=0, positions={position}, latency=0.005)
+    publisher = _publisher(org, in_flight=4)
+    first = publisher.publish(records)
+    assert isinstance(first.transient, ServerBusy)
+    done = set(first.accepted)
+    rest = [i for i in range(len(records)) if i not in done]
+    second = publisher.publish([records[i] for i in rest])
+    assert second.transient is None and len(done) + len(second.accepted) == 1200
+    for key, numbers in _per_key(org.stored).items():
+        assert numbers == sorted(numbers), (key, numbers)
+        assert len(numbers) == 6
+    assert org.overlaps == []
+
+
+def test_a_row_is_never_in_two_calls_in_flight_and_calls_stay_full() -> None:
+    org = Unavailable(call=-1, positions=set(), latency=0.01)
+    outcome = _publisher(org, in_flight=4).publish(_keyed(2000, keys=400))
+    assert len(outcome.accepted) == 2000 and org.overlaps == []
+    assert [len(c) for c in org.calls] == [200] * 10
+    assert all(numbers == sorted(numbers) for numbers in _per_key(org.stored).values())
+
+
+def test_each_call_holds_one_event_type() -> None:
+    org = Unavailable(call=-1, positions=set())
+    outcome = _publisher(org, in_flight=2).publish(_keyed(600, keys=300, types=12))
+    assert len(outcome.accepted) == 600
+    assert all(len({r["attributes"]["type"] for r in call}) == 1 for call in org.calls)
+
+
+def test_a_request_refused_for_its_schema_is_not_bisected() -> None:
+    refused = httpx.Response(
+        400, json=[{"errorCode": "INVALID_FIELD", "message": "No such column 'Gone__c' on sobject"}]
+    )
+    org = Collections({0: refused})
+    with pytest.raises(SchemaRefused, match="INVALID_FIELD: No such column 'Gone__c'"):
+        _publisher(org, in_flight=1).publish(_records(200))
+    assert len(org.calls) == 1

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -256,3 +259,36 @@ def test_sigkill_mid_run_then_restart(
     )
     assert len(keys) == total
     assert duplicates <= batch_size
+
+
+def test_field_deleted_in_the_org_stops_the_sink_without_dead_letters(
+    kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Path
+) -> None:
+    """A field the mapping writes is deleted by a deploy: every call would be refused. The sink makes
+    one refused call, reads the definition again and stops with one line; no record is dead-lettered."""
+    from walbridge.emulator.metadata import default_metadata_dir
+
+    metadata = tmp_path / "metadata"
+    shutil.copytree(default_metadata_dir(), metadata)
+    server = emulator(metadata_dir=metadata)
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, linger_ms=200)
+    pipe.send(*(change("c", customer(i)) for i in range(50)))
+    pipe.start()
+    try:
+        wait_until(lambda: len(stored_events(server)) == 50, 60)
+        [payload_field] = metadata.rglob("PostgreSQL_Data__e/fields/Payload__c.field-meta.xml")
+        payload_field.unlink()
+        httpx.post(f"{server.url}/emulator/reload-metadata").raise_for_status()
+        calls_before = emulator_stats(server)["by_status"].get("400", 0)
+        pipe.send(*(change("c", customer(i)) for i in range(50, 450)))
+        wait_until(lambda: pipe.errors, 60)
+    finally:
+        with pytest.raises(ConfigError) as info:
+            pipe.stop_all()
+    message = str(info.value)
+    assert "Salesforce refused a whole call" in message and "INVALID_FIELD" in message
+    assert "PostgreSQL_Data__e has no field(s) ['Payload__c'] any more" in message
+    refused = emulator_stats(server)["by_status"].get("400", 0) - calls_before
+    assert 1 <= refused <= 2  # the two calls of the batch in flight together; bisecting would cost 399
+    assert len(stored_events(server)) == 50
+    assert consume_all(kafka_bootstrap, [pipe.topic + ".dlq"], idle_s=1.0, timeout_s=3) == []

@@ -11,53 +11,49 @@ runs the same command on its own.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from walbridge import metrics
-from walbridge.config import MetricsSettings, SalesforceSinkSettings, load_settings
-from walbridge.errors import ConfigError, WalbridgeError
-from walbridge.sinks.ops import start_ops
+from walbridge.cli_common import (
+    ConfigOption,
+    MetricsPortOption,
+    SinkNameOption,
+    handle_errors,
+    settings_from,
+    sink_uses,
+)
+from walbridge.config import MetricsSettings, SalesforceSinkSettings
 from walbridge.sinks.runner import SinkRunner, install_signal_handlers
 from walbridge.sinks.salesforce.sink import SalesforceSink
-from walbridge.web import OpsServer
+from walbridge.web import OpsServer, start_ops
 
 __all__ = ["salesforce"]
 
 log = logging.getLogger(__name__)
 
 
+@handle_errors
 def salesforce(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML or TOML settings file")],
-    name: Annotated[str | None, typer.Option("--name", help="which salesforce sink of the file")] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option("--metrics-port", help="serve /metrics, /healthz, /status here (default: metrics.port)"),
-    ] = None,
+    config: ConfigOption = None,
+    name: SinkNameOption = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Publish change events from Kafka to Salesforce Platform Events."""
-    try:
-        _run(config, name, metrics_port)
-    except WalbridgeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr, flush=True)
-        raise typer.Exit(2) from None
+    _run(config, name, metrics_port)
 
 
-def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
-    if not config.exists():
-        raise ConfigError(f"configuration file {config} does not exist")
-    settings = load_settings(config)
+def _run(config: Path | None, name: str | None, metrics_port: int | None) -> None:
+    settings = settings_from(config, metrics_port, sink_uses("salesforce"))
     sink_settings = settings.sink("salesforce", name)
     assert isinstance(sink_settings, SalesforceSinkSettings)
     sink = SalesforceSink(sink_settings, metrics=metrics.sink)
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
     stop = threading.Event()
     install_signal_handlers(stop)
-    ops = _start_ops(sink, runner, settings.metrics, metrics_port)
+    ops = _start_ops(sink, runner, settings.metrics)
     try:
         runner.run(stop)
     finally:
@@ -66,9 +62,7 @@ def _run(config: Path, name: str | None, metrics_port: int | None) -> None:
         _summary(sink)
 
 
-def _start_ops(
-    sink: SalesforceSink, runner: SinkRunner, settings: MetricsSettings, port: int | None
-) -> OpsServer | None:
+def _start_ops(sink: SalesforceSink, runner: SinkRunner, settings: MetricsSettings) -> OpsServer | None:
 
     def status() -> dict[str, object]:
         stats = sink.publisher.stats if sink.publisher is not None else None
@@ -80,7 +74,7 @@ def _start_ops(
             "api_usage": dict(stats.api_usage) if stats else {},
         }
 
-    return start_ops(settings, status, runner.healthy, port)
+    return start_ops(settings, "sink-salesforce", status, runner.healthy)
 
 
 def _summary(sink: SalesforceSink) -> None:

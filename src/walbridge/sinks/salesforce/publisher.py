@@ -1,4 +1,4 @@
-"""Publishing event records with sObject Collections: chunks of 200, calls in flight, in order per key.
+"""Publishing event records with sObject Collections: chunks of 200, calls in flight, in order per row.
 
 Contract: :meth:`Publisher.publish` takes :class:`~walbridge.sinks.salesforce.mapping.EventRecord`
 values in Kafka order and returns a :class:`Outcome`: the indexes Salesforce accepted, the
@@ -7,21 +7,27 @@ per-record rejections (:class:`~walbridge.errors.RecordRejected` with ``status_c
 that error (``RateLimited``, ``ServerBusy``, ``AuthExpired``, ``ConnectionLost``…). A record is
 in exactly one of: accepted, rejected, or not done (transient) — the caller retries only the last.
 
-Ordering: records are cut into chunks of at most 200 in input order (``allOrNone: false``). Up to
-``max_in_flight`` chunks are sent at once, except that a chunk holding a key of an earlier chunk
-waits for it, and is not sent at all if that chunk did not go through. So a key's events reach
-Salesforce in Kafka order, also across retries. After the first transient failure no new chunk
-starts. (A per-record ``LIMIT_EXCEEDED`` inside an accepted call is treated like a transient
-failure of that record; Salesforce grants allocation in record order, so it hits a suffix.)
+Ordering (:func:`plan_chunks`): Salesforce publishes the other records of a call whatever happens to
+one of them, so a failed event could be overtaken by a later event of its row in the same call, and
+no retry can undo that. Hence two events of one row (``order_key``) are never in flight together: a
+chunk holds at most one event per row, and the chunk with a row's next event waits for the chunk
+with its previous one, and is not sent at all if that one did not fully go through. Events of
+different rows fill each call to 200. Each call holds one event type (Salesforce splits a call into
+at most 10 type-chunks). Up to ``max_in_flight`` calls run at once; after the first transient
+failure no new call starts. (A per-record ``LIMIT_EXCEEDED`` or ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE``
+inside an accepted call is a transient failure of that record.)
 
 Errors: HTTP 200 → per-record SaveResults (``success: true`` is success even with an
 ``OPERATION_ENQUEUED`` entry); 429 and ``REQUEST_LIMIT_EXCEEDED``/``LIMIT_EXCEEDED`` → ``RateLimited``
 (``retry_after`` from the header); 5xx and ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE`` →
-``ServerBusy``; 401 after the auth flow's one re-login → ``AuthExpired``; another 400 (the whole
-request refused, e.g. ``JSON_PARSER_ERROR``) → the chunk is halved until the bad record is alone
-and rejected; 403/404/other 4xx → ``ConfigError``. ``Sforce-Limit-Info`` goes to the
-``walbridge_salesforce_api_usage`` gauge. With a :class:`CallBudget` every call takes a token
-first (see there).
+``ServerBusy``; 401 after the auth flow's one re-login → ``AuthExpired``. A 400 that refuses the
+whole request because of one record's value (``JSON_PARSER_ERROR`` and the per-value codes of
+:data:`RECORD_CODES`) → the chunk is halved until the bad record is alone and rejected; any other
+400 (``INVALID_FIELD``, ``INVALID_TYPE``, access errors: the org changed, every record would fail)
+and 403/404/other 4xx → ``SchemaRefused``/``ConfigError``, which stop the sink with one line and
+send nothing to the DLQ. ``Sforce-Limit-Info`` goes to the ``walbridge_salesforce_api_usage``
+gauge and the optional :class:`~walbridge.sinks.salesforce.allocation.Allocation` guard; with a
+:class:`CallBudget` every call takes a token first (see there).
 """
 
 from __future__ import annotations
@@ -48,11 +54,32 @@ from walbridge.errors import (
 from walbridge.sinks.salesforce.mapping import EventRecord
 from walbridge.sinks.salesforce.transport import http_errors, parse_limit_info, salesforce_error
 
-__all__ = ["MAX_RECORDS_PER_CALL", "CallBudget", "Outcome", "Publisher", "PublisherStats"]
+__all__ = [
+    "MAX_RECORDS_PER_CALL",
+    "RECORD_CODES",
+    "CallBudget",
+    "Outcome",
+    "Publisher",
+    "PublisherStats",
+    "SchemaRefused",
+    "plan_chunks",
+]
 
 MAX_RECORDS_PER_CALL = 200
 RATE_LIMIT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "LIMIT_EXCEEDED"})
 BUSY_CODES = frozenset({"PLATFORM_EVENT_PUBLISHING_UNAVAILABLE", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"})
+RECORD_CODES = frozenset(
+    {
+        "JSON_PARSER_ERROR",
+        "INVALID_TYPE_ON_FIELD_IN_RECORD",
+        "STRING_TOO_LONG",
+        "REQUIRED_FIELD_MISSING",
+        "NUMBER_OUTSIDE_VALID_RANGE",
+        "FIELD_INTEGRITY_EXCEPTION",
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+    }
+)
+"""Codes of a whole-request 400 caused by one record's value: worth halving the call to find it."""
 _BUDGET_MAX_SLEEP_S = 5.0
 
 
@@ -63,6 +90,11 @@ class _RequestRefused(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class SchemaRefused(ConfigError):
+    """A 400 that refused a whole call for a reason no record causes (a field deleted in the org,
+    a type change, access): every record would fail alike. The sink re-reads the event definition."""
 
 
 @dataclass(slots=True)
@@ -159,8 +191,10 @@ def classify(response: httpx.Response, what: str) -> Exception:
         return ServerBusy(text, status=status, error_code=code, retry_after=_retry_after(response))
     if status == 401:
         return AuthExpired(text, status=status, error_code=code)
-    if status == 400:
+    if status == 400 and code in RECORD_CODES:
         return _RequestRefused(code, message)
+    if status == 400:
+        return SchemaRefused(text, status=status, error_code=code)
     return ConfigError(text, status=status, error_code=code)
 
 
@@ -177,6 +211,44 @@ def _record_error(result: dict[str, Any]) -> tuple[str, str, list[str]]:
 def _rejection(code: str, message: str, fields: list[str]) -> RecordRejected:
     shown = f" {fields}" if fields else ""
     return RecordRejected(f"{code}: {message}{shown}", status_code=code, sf_message=message, fields=fields)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    sobject: str
+    indexes: list[int] = field(default_factory=list)
+    after: set[int] = field(default_factory=set)
+    """Chunks holding the previous event of one of this chunk's rows."""
+
+
+def plan_chunks(records: Sequence[EventRecord], size: int = MAX_RECORDS_PER_CALL) -> list[_Chunk]:
+    """Calls of at most ``size`` records of one event type and at most one event per row, each
+    after the calls holding its rows' previous events (see the module docstring)."""
+    chunks: list[_Chunk] = []
+    open_from: dict[str, int] = {}  # per type: chunks before this index are full or of another type
+    row_chunk: dict[Hashable, int] = {}
+    for index, record in enumerate(records):
+        previous = row_chunk.get(record.order_key)
+        start = max(open_from.get(record.sobject, 0), -1 if previous is None else previous + 1)
+        number = start
+        while number < len(chunks) and (
+            chunks[number].sobject != record.sobject or len(chunks[number].indexes) >= size
+        ):
+            number += 1
+        if number == len(chunks):
+            chunks.append(_Chunk(record.sobject))
+        chunk = chunks[number]
+        chunk.indexes.append(index)
+        if previous is not None:
+            chunk.after.add(previous)
+        row_chunk[record.order_key] = number
+        first_open = open_from.get(record.sobject, 0)
+        while first_open < len(chunks) and (
+            chunks[first_open].sobject != record.sobject or len(chunks[first_open].indexes) >= size
+        ):
+            first_open += 1
+        open_from[record.sobject] = first_open
+    return chunks
 
 
 class Publisher:
@@ -207,25 +279,16 @@ class Publisher:
         self._pool.shutdown(wait=True)
 
     def publish(self, records: Sequence[EventRecord]) -> Outcome:
-        chunks = self._chunks(records)
         halt = threading.Event()
         futures: list[Future[Outcome]] = []
-        last_for_key: dict[Hashable, int] = {}
-        for number, chunk in enumerate(chunks):
-            deps = {last_for_key[records[i].order_key] for i in chunk if records[i].order_key in last_for_key}
-            wait_for = [futures[d] for d in sorted(deps)]
-            futures.append(self._pool.submit(self._run_chunk, records, chunk, wait_for, halt))
-            for i in chunk:
-                last_for_key[records[i].order_key] = number
+        for chunk in plan_chunks(records, self.chunk_size):
+            wait_for = [futures[d] for d in sorted(chunk.after)]
+            futures.append(self._pool.submit(self._run_chunk, records, chunk.indexes, wait_for, halt))
         outcome = Outcome()
         for future in futures:
             outcome.merge(future.result())
         self.stats.count_results(outcome)
         return outcome
-
-    def _chunks(self, records: Sequence[EventRecord]) -> list[list[int]]:
-        size = self.chunk_size
-        return [list(range(start, min(start + size, len(records)))) for start in range(0, len(records), size)]
 
     def _run_chunk(
         self,

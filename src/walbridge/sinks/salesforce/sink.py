@@ -30,8 +30,8 @@ from walbridge.config import SalesforceSinkSettings
 from walbridge.errors import ConfigError, TransientError, WalbridgeError
 from walbridge.sinks.base import RecordFailure, SinkRecord, TopicPartitionKey
 from walbridge.sinks.salesforce.auth import ClientCredentials, Grant, JwtBearer, SalesforceAuth
-from walbridge.sinks.salesforce.mapping import EventRecord, EventSchema, Mapper, parse_rules
-from walbridge.sinks.salesforce.publisher import CallBudget, Publisher
+from walbridge.sinks.salesforce.mapping import EventRecord, EventSchema, Mapper, TableRule, parse_rules
+from walbridge.sinks.salesforce.publisher import CallBudget, Publisher, SchemaRefused
 from walbridge.sinks.salesforce.transport import http_errors, make_client, salesforce_error
 
 __all__ = ["SalesforceSink", "build_grant"]
@@ -98,6 +98,7 @@ class SalesforceSink:
         self._client: httpx.Client | None = None
         self.auth: SalesforceAuth | None = None
         self.mapper: Mapper | None = None
+        self._rules: list[TableRule] = []
         self.publisher: Publisher | None = None
         self._accepted: set[RecordKey] = set()
         self.skipped_resends = 0
@@ -116,18 +117,10 @@ class SalesforceSink:
         self._client = make_client(
             self.auth, transport=self._transport, connections=settings.max_in_flight + 1
         )
-        all_rules = [default, *rules.values()]
-        schemas = {}
-        for event in sorted({r.event for r in all_rules}):
-            schemas[event] = EventSchema.from_describe(
-                self._describe(event), truncate_oversized=settings.truncate_oversized
-            )
-        for rule in all_rules:
-            unknown = schemas[rule.event].unknown(rule.target_fields())
-            if unknown:
-                raise ConfigError(
-                    f"salesforce sink: {rule.event} has no field(s) {unknown} (see the mapping settings)"
-                )
+        self._rules = [default, *rules.values()]
+        schemas, missing = self._read_definitions()
+        if missing:
+            raise ConfigError(f"salesforce sink: {'; '.join(missing)} (see the mapping settings)")
         self.mapper = Mapper(default, rules, schemas, settings.event_key)
         budget = CallBudget(settings.max_calls_per_hour) if settings.max_calls_per_hour else None
         self.publisher = Publisher(
@@ -166,7 +159,10 @@ class SalesforceSink:
             if mapped is not None:
                 outgoing.append(mapped)
                 sources.append(record)
-        outcome = self.publisher.publish(outgoing)
+        try:
+            outcome = self.publisher.publish(outgoing)
+        except SchemaRefused as refused:
+            raise self._schema_drift(refused) from None
         self._accepted.update(_key(sources[i]) for i in outcome.accepted)
         failures += [
             RecordFailure(sources[i], _with_context(error, sources[i])) for i, error in outcome.rejected
@@ -189,6 +185,34 @@ class SalesforceSink:
             self._client = None
 
     # ------------------------------------------------------------------ helpers
+
+    def _read_definitions(self) -> tuple[dict[str, EventSchema], list[str]]:
+        """Describe every event the mapping uses; the schemas and what the mapping lacks in them."""
+        schemas = {
+            event: EventSchema.from_describe(
+                self._describe(event), truncate_oversized=self.settings.truncate_oversized
+            )
+            for event in sorted({rule.event for rule in self._rules})
+        }
+        missing = []
+        for rule in self._rules:
+            unknown = schemas[rule.event].unknown(rule.target_fields())
+            if unknown:
+                missing.append(f"{rule.event} has no field(s) {unknown}")
+        return schemas, missing
+
+    def _schema_drift(self, refused: SchemaRefused) -> ConfigError:
+        """The one line that stops the sink when Salesforce refuses whole calls: the event
+        definitions are read again to say which mapped fields are gone. Nothing goes to the DLQ:
+        every record would fail alike."""
+        schemas, missing = self._read_definitions()
+        cause = (
+            "; ".join(missing) + " any more: update the event definition or the mapping"
+            if missing
+            else "every mapped field still exists: check the integration user's access to "
+            + ", ".join(schemas)
+        )
+        return ConfigError(f"salesforce sink: Salesforce refused a whole call ({refused}); {cause}")
 
     def _describe(self, event: str) -> Mapping[str, Any]:
         assert self._client is not None
