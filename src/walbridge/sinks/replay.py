@@ -48,7 +48,7 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from walbridge.admin import describe_group
 from walbridge.config import PostgresSinkSettings, SalesforceSinkSettings, Settings
-from walbridge.errors import DecodeError, WalbridgeError
+from walbridge.errors import ConfigError, DecodeError, WalbridgeError
 from walbridge.events import decode_record
 from walbridge.kafka import (
     ensure_topics,
@@ -308,10 +308,11 @@ def _group_active(settings: Settings, group: str) -> bool | None:
 
 
 def _configured(settings: Settings, name: str) -> PostgresSinkSettings | SalesforceSinkSettings | None:
-    for sink in settings.sinks:
-        if (sink.name or sink.type) == name:
-            return sink
-    return None
+    """The configured sink a dead letter's ``walbridge.errors.sink`` names (its name, else its type)."""
+    found = [sink for sink in settings.sinks if (sink.name or sink.type) == name]
+    if len(found) > 1:
+        raise ConfigError(f"{len(found)} configured sinks are called {name!r}: give each sink its own name")
+    return found[0] if found else None
 
 
 def _target(settings: Settings, sink_settings: PostgresSinkSettings | SalesforceSinkSettings) -> _Target:
