@@ -54,6 +54,7 @@ __all__ = [
     "parse_since",
     "parse_where",
     "read_dlq",
+    "reader",
     "scan_topic",
 ]
 
@@ -277,18 +278,31 @@ def _entry(message: Any) -> DlqEntry:
     )
 
 
+def reader(settings: Settings) -> Any:
+    """A consumer for :func:`scan_topic` (no group membership; reports partition ends)."""
+    return make_consumer(
+        settings.kafka,
+        f"walbridge-dlq-reader-{uuid.uuid4().hex[:8]}",
+        # A short broker-side fetch wait: the end of a partition is seen without waiting 500 ms for data.
+        **{"enable.partition.eof": True, "partition.assignment.strategy": "range", "fetch.wait.max.ms": 20},
+    )
+
+
 def scan_topic(
-    settings: Settings, topic: str, timeout_s: float, start: dict[int, int] | None = None
+    settings: Settings,
+    topic: str,
+    timeout_s: float,
+    start: dict[int, int] | None = None,
+    consumer: Any = None,
 ) -> Iterable[Any]:
     """Every record of ``topic`` up to the current end of each partition.
 
     From the beginning, or with ``start`` (partition → offset) only those partitions from there.
+    With ``consumer`` (from :func:`reader`; the caller closes it) no new connection is made.
     """
-    consumer = make_consumer(
-        settings.kafka,
-        f"walbridge-dlq-reader-{uuid.uuid4().hex[:8]}",
-        **{"enable.partition.eof": True, "partition.assignment.strategy": "range"},
-    )
+    own = consumer is None
+    if own:
+        consumer = reader(settings)
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -302,17 +316,22 @@ def scan_topic(
         while open_parts:
             if time.monotonic() > deadline:
                 raise ConnectionLost(f"reading {topic}: no progress for {timeout_s:g}s before its end")
-            for message in consumer.consume(500, 0.5):
+            for message in consumer.consume(500, 0.1):
                 deadline = time.monotonic() + timeout_s
+                if message.topic() != topic:
+                    continue  # left over from a reused consumer's earlier assignment
                 err = message.error()
                 if err is not None and err.code() == KafkaError._PARTITION_EOF:
                     open_parts.discard(message.partition())
                 elif err is not None:
                     raise map_kafka_error(err, f"reading {topic}")
-                else:
+                elif message.partition() in open_parts:
                     yield message
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
+        else:
+            consumer.unassign()
 
 
 def list_dlq_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:

@@ -53,13 +53,12 @@ from walbridge.events import decode_record
 from walbridge.kafka import (
     ensure_topics,
     make_admin,
-    make_consumer,
     make_producer,
     map_kafka_error,
     produce_waiting,
 )
 from walbridge.sinks.base import RecordFailure, Sink, SinkRecord, TopicPartitionKey
-from walbridge.sinks.dlq import DlqEntry, scan_topic
+from walbridge.sinks.dlq import DlqEntry, reader, scan_topic
 
 __all__ = ["MARKER_SUFFIX", "OUTCOMES", "ReplayReport", "replay", "replayed_markers"]
 
@@ -186,13 +185,15 @@ class _LaterRecords:
         """Where the next read of each partition starts."""
         self.log_start: dict[TopicPartitionKey, int] = {}
         """The first offset each partition still holds (its low watermark)."""
+        self._reader: Any = None
+        """One consumer for every read: the catch-up read under the lock makes no new connection."""
 
     def read(self, start: dict[TopicPartitionKey, int]) -> None:
         """Read each partition from ``start`` to its current end."""
         self._note_log_start([tp for tp in start if tp not in self.log_start])
         for topic in sorted({t for t, _ in start}):
             parts = {p: o for (t, p), o in start.items() if t == topic}
-            for message in scan_topic(self._settings, topic, self._timeout_s, parts):
+            for message in scan_topic(self._settings, topic, self._timeout_s, parts, self._consumer()):
                 partition, offset, key = message.partition(), message.offset(), message.key()
                 tp = (topic, partition)
                 self.next[tp] = max(self.next.get(tp, 0), offset + 1)
@@ -205,16 +206,21 @@ class _LaterRecords:
             for partition, offset in parts.items():
                 self.next.setdefault((topic, partition), offset)
 
+    def _consumer(self) -> Any:
+        if self._reader is None:
+            self._reader = reader(self._settings)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def _note_log_start(self, partitions: list[TopicPartitionKey]) -> None:
-        if not partitions:
-            return
-        consumer = make_consumer(self._settings.kafka, "walbridge-dlq-replay")
-        try:
-            for topic, partition in partitions:
-                low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-                self.log_start[(topic, partition)] = low
-        finally:
-            consumer.close()
+        consumer = self._consumer()
+        for topic, partition in partitions:
+            low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            self.log_start[(topic, partition)] = low
 
     def complete(self, origin: Origin) -> bool:
         """Whether every record after ``origin`` is still in its partition (none deleted by retention)."""
@@ -378,8 +384,8 @@ def _replay_sink(
     wanted = {(t, p, group[0].key) for (t, p, _), group in origins.items()}
     target = _target(settings, sink_settings)
     sink = target.sink
+    later = _LaterRecords(settings, wanted, timeout_s)
     try:
-        later = _LaterRecords(settings, wanted, timeout_s)
         later.read(start)  # the long read, before anything is locked
         positions = target.hold(partitions)
         later.catch_up()  # what the sink applied (or was produced) since: short, under the lock
@@ -427,6 +433,7 @@ def _replay_sink(
         _quiet_rollback(sink)
         raise map_kafka_error(exc.args[0] if exc.args else None, "replaying") from exc
     finally:
+        later.close()
         sink.close()
 
 
