@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -33,7 +34,8 @@ from walbridge.cli_common import (
 from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
 from walbridge.events import split_topic
-from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq, replay
+from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq
+from walbridge.sinks.replay import replay
 from walbridge.sinks.salesforce.cli import salesforce
 from walbridge.sinks.workers import run_sink_process, run_workers
 from walbridge.verify import TableDiff, verify_tables
@@ -113,15 +115,46 @@ def dlq_list(
     topic: TopicOption = None,
     since: SinceOption = None,
     where: WhereOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per record instead (no total line)")
+    ] = False,
 ) -> None:
-    """One line per DLQ record: where it came from and why it failed."""
-    table = Table("dlq topic", "offset", "original", "key", "error")
-    for e in _entries(settings_from(config), topic, since, where):
-        origin = f"{e.original_topic}[{e.original_partition}]@{e.original_offset}"
-        table.add_row(
-            e.dlq_topic, str(e.dlq_offset), origin, (e.seed_json()["original_key"] or "")[:40], e.error[:80]
-        )
-    out.print(table)
+    """One line per DLQ record: where it is, where it came from, its key, which sink refused it and why.
+
+    Text: DLQ_TOPIC[PARTITION]@OFFSET  ORIGINAL_TOPIC[PARTITION]@OFFSET  time  sink  key  error, then
+    the total. The full record: dlq show.
+    """
+    entries = _entries(settings_from(config), topic, since, where)
+    for e in entries:
+        if as_json:
+            typer.echo(json.dumps(_list_json(e)))
+        else:
+            typer.echo(_list_line(e))
+    if not as_json:
+        topics = len({e.dlq_topic for e in entries})
+        typer.echo(f"{len(entries)} dead letter(s) in {topics} DLQ topic(s)")
+
+
+_ERROR_WIDTH = 160
+
+
+def _list_json(e: DlqEntry) -> dict[str, object]:
+    detail = e.detail_json()
+    detail.pop("original_value")
+    return detail
+
+
+def _list_line(e: DlqEntry) -> str:
+    when = datetime.fromtimestamp(e.timestamp_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = " ".join((e.seed_json()["original_key"] or "-").split())
+    error = " ".join(e.error.split())
+    if len(error) > _ERROR_WIDTH:
+        error = error[: _ERROR_WIDTH - 1] + "…"
+    return (
+        f"{e.dlq_topic}[{e.dlq_partition}]@{e.dlq_offset}  "
+        f"{e.original_topic}[{e.original_partition}]@{e.original_offset}  "
+        f"{when}  {e.sink or '-'}  {key}  {error}"
+    )
 
 
 @dlq_app.command("show")
@@ -145,8 +178,28 @@ def dlq_replay(
     topic: TopicOption = None,
     since: SinceOption = None,
     where: WhereOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="decide every outcome, write nothing")] = False,
 ) -> None:
-    """Re-publish DLQ records to their original topic; records replayed before are skipped."""
+    """Apply dead letters again, each through the sink that refused it, to that sink's destination only.
+
+    Nothing is re-published to Kafka, so no other consumer sees the records again. Each dead letter
+    ends as one of:
+
+    applied: written to the destination.
+    superseded: its topic partition holds a later change of the same row (or a truncate); the sink
+    applied that newer state or will, so the old one is not written over it.
+    pending: the sink's group has not read past the record yet; the sink will apply it itself.
+    unknown: later records of its partition were deleted by retention, so whether the row changed
+    since cannot be told; not written (re-sync the row from the source).
+    failed: refused again; it stays in the DLQ and a later replay tries it again.
+    already replayed: applied or found superseded by an earlier replay (remembered in the topic
+    DLQ_TOPIC.replayed).
+    not this configuration's: written by a sink this configuration does not name.
+
+    A PostgreSQL sink may keep running: its members wait while the replay checks and writes. A
+    Salesforce sink must be stopped: the replay refuses while its group has members. Exit 1 when a
+    dead letter failed again.
+    """
     settings = settings_from(config)
     entries = list(_entries(settings, topic, since, where))
     with Progress(
@@ -158,8 +211,16 @@ def dlq_replay(
         transient=True,
     ) as bar:
         task = bar.add_task("replay", total=len(entries))
-        report = replay(settings, entries, progress=lambda done: bar.update(task, completed=done))
-    typer.echo(f"replayed {len(report.replayed)}, skipped {len(report.skipped)} (already replayed)")
+        report = replay(
+            settings, entries, dry_run=dry_run, progress=lambda done: bar.update(task, completed=done)
+        )
+    for entry in report["failed"]:
+        where_from = f"{entry.original_topic}[{entry.original_partition}]@{entry.original_offset}"
+        error = report.errors.get((entry.dlq_topic, entry.dlq_partition, entry.dlq_offset), "")
+        typer.echo(f"failed {where_from} key {(entry.seed_json()['original_key'] or '')[:60]}: {error}")
+    typer.echo(("dry run: " if dry_run else "") + report.summary())
+    if report["failed"]:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- verify

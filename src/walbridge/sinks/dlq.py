@@ -13,17 +13,13 @@ Reading: :func:`read_dlq` scans DLQ topics to their end and returns :class:`DlqE
 :meth:`DlqEntry.seed_json` is the seed's JSON form (``original_topic, original_key,
 original_value, error, partition, offset, timestamp``).
 
-Replay: :func:`replay` re-publishes entries to their original topic with the header
-``walbridge.replayed.from = <dlq topic>:<partition>:<offset>``. Which DLQ records were replayed
-is recorded in a small compacted topic ``<dlq topic>.replayed`` (key ``<partition>:<offset>``),
-written in the same Kafka transaction as the replayed records: a replay either happens
-together with its marker or not at all, and a second replay skips marked records. The marker
-topic stays small (one compacted key per replayed record), unlike a scan of the original topic.
+Replay lives in :mod:`walbridge.sinks.replay` (the sink applies its own dead letters; nothing is
+re-published to the original topic). Records re-published by walbridge before that carry the header
+``walbridge.replayed.from`` (:attr:`DlqEntry.replayed_from`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import traceback
@@ -33,9 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from walbridge.config import DlqSettings, Settings
 from walbridge.errors import ConfigError, ConnectionLost
@@ -54,21 +48,20 @@ __all__ = [
     "REPLAYED_HEADER",
     "DlqEntry",
     "DlqWriter",
-    "ReplayReport",
     "dlq_topic_for",
     "error_headers",
     "list_dlq_topics",
     "parse_since",
     "parse_where",
     "read_dlq",
-    "replay",
+    "reader",
+    "scan_topic",
 ]
 
 CONNECT_HEADER_PREFIX = "__connect.errors."
 ATTEMPTS_HEADER = "walbridge.errors.attempts"
 SINK_HEADER = "walbridge.errors.sink"
 REPLAYED_HEADER = "walbridge.replayed.from"
-MARKER_SUFFIX = ".replayed"
 _STACKTRACE_LIMIT = 8_000
 
 
@@ -285,32 +278,60 @@ def _entry(message: Any) -> DlqEntry:
     )
 
 
-def _scan(settings: Settings, topic: str, timeout_s: float) -> Iterable[Any]:
-    """Every record of ``topic``, from the beginning to the current end of each partition."""
-    consumer = make_consumer(
+def reader(settings: Settings) -> Any:
+    """A consumer for :func:`scan_topic` (no group membership; reports partition ends)."""
+    return make_consumer(
         settings.kafka,
         f"walbridge-dlq-reader-{uuid.uuid4().hex[:8]}",
-        **{"enable.partition.eof": True, "partition.assignment.strategy": "range"},
+        # A short broker-side fetch wait: the end of a partition is seen without waiting 500 ms for data.
+        **{"enable.partition.eof": True, "partition.assignment.strategy": "range", "fetch.wait.max.ms": 20},
     )
+
+
+def scan_topic(
+    settings: Settings,
+    topic: str,
+    timeout_s: float,
+    start: dict[int, int] | None = None,
+    consumer: Any = None,
+) -> Iterable[Any]:
+    """Every record of ``topic`` up to the current end of each partition.
+
+    From the beginning, or with ``start`` (partition → offset) only those partitions from there.
+    With ``consumer`` (from :func:`reader`; the caller closes it) no new connection is made.
+    """
+    own = consumer is None
+    if own:
+        consumer = reader(settings)
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return
-        partitions = sorted(metadata.partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        partitions = sorted(metadata.partitions if start is None else set(start) & set(metadata.partitions))
+        if not partitions:
+            return
+        consumer.assign([TopicPartition(topic, p, 0 if start is None else start[p]) for p in partitions])
         open_parts = set(partitions)
         deadline = time.monotonic() + timeout_s
-        while open_parts and time.monotonic() < deadline:
-            for message in consumer.consume(500, 0.5):
+        while open_parts:
+            if time.monotonic() > deadline:
+                raise ConnectionLost(f"reading {topic}: no progress for {timeout_s:g}s before its end")
+            for message in consumer.consume(500, 0.1):
+                deadline = time.monotonic() + timeout_s
+                if message.topic() != topic:
+                    continue  # left over from a reused consumer's earlier assignment
                 err = message.error()
                 if err is not None and err.code() == KafkaError._PARTITION_EOF:
                     open_parts.discard(message.partition())
                 elif err is not None:
                     raise map_kafka_error(err, f"reading {topic}")
-                else:
+                elif message.partition() in open_parts:
                     yield message
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
+        else:
+            consumer.unassign()
 
 
 def list_dlq_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:
@@ -334,7 +355,7 @@ def read_dlq(
 ) -> list[DlqEntry]:
     entries = []
     for topic in topics:
-        for message in _scan(settings, topic, timeout_s):
+        for message in scan_topic(settings, topic, timeout_s):
             entry = _entry(message)
             if since_ms is not None and entry.timestamp_ms < since_ms:
                 continue
@@ -389,94 +410,3 @@ def parse_since(text: str, now: datetime | None = None) -> int:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
-
-
-# --------------------------------------------------------------------------- replay
-
-
-@dataclass(slots=True)
-class ReplayReport:
-    replayed: list[DlqEntry] = field(default_factory=list)
-    skipped: list[DlqEntry] = field(default_factory=list)
-    """Already replayed earlier (marked), or without an original topic."""
-
-
-def _marker_topic(dlq_topic: str) -> str:
-    return dlq_topic + MARKER_SUFFIX
-
-
-def _ensure_marker_topic(settings: Settings, topic: str) -> None:
-    admin = make_admin(settings.kafka)
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    new = NewTopic(
-        topic,
-        num_partitions=1,
-        replication_factor=settings.kafka.replication_factor,
-        config={"cleanup.policy": "compact"},
-    )
-    for future in admin.create_topics([new], operation_timeout=30).values():
-        try:
-            future.result(timeout=30)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            # Brokers that refuse topic configs (some test brokers) still get a plain topic.
-            ensure_topics(admin, [topic], 1, settings.kafka.replication_factor)
-
-
-def replayed_markers(settings: Settings, dlq_topic: str) -> set[str]:
-    return {m.key().decode() for m in _scan(settings, _marker_topic(dlq_topic), 30.0) if m.key() is not None}
-
-
-def replay(
-    settings: Settings,
-    entries: Sequence[DlqEntry],
-    timeout_s: float = 60.0,
-    progress: Callable[[int], None] | None = None,
-) -> ReplayReport:
-    """Re-publish entries to their original topics, once each (see the module docstring).
-
-    ``progress`` is called with the number of entries handled so far (replayed or skipped).
-    """
-    report = ReplayReport()
-    by_topic: dict[str, list[DlqEntry]] = {}
-    for entry in entries:
-        by_topic.setdefault(entry.dlq_topic, []).append(entry)
-    for dlq_topic, group in by_topic.items():
-        _ensure_marker_topic(settings, _marker_topic(dlq_topic))
-        done = replayed_markers(settings, dlq_topic)
-        todo = []
-        for entry in group:
-            (report.skipped if entry.marker in done or not entry.original_topic else todo).append(entry)
-        if todo:
-            _replay_transaction(settings, dlq_topic, todo, timeout_s)
-            report.replayed.extend(todo)
-        if progress is not None:
-            progress(len(report.replayed) + len(report.skipped))
-    return report
-
-
-def _replay_transaction(settings: Settings, dlq_topic: str, todo: list[DlqEntry], timeout_s: float) -> None:
-    producer = make_producer(settings.kafka, **{"transactional.id": f"walbridge-dlq-replay-{dlq_topic}"})
-    try:
-        producer.init_transactions(timeout_s)
-        producer.begin_transaction()
-        marker_topic = _marker_topic(dlq_topic)
-        for entry in todo:
-            origin = f"{entry.dlq_topic}:{entry.dlq_partition}:{entry.dlq_offset}".encode()
-            headers = [(k, v) for k, v in entry.extra_headers if k != REPLAYED_HEADER]
-            producer.produce(
-                entry.original_topic,
-                key=entry.key,
-                value=entry.value,
-                headers=[*headers, (REPLAYED_HEADER, origin)],
-            )
-            marker = orjson.dumps({"replayed_at_ms": int(time.time() * 1000), "to": entry.original_topic})
-            producer.produce(marker_topic, key=entry.marker.encode(), value=marker)
-        producer.commit_transaction(timeout_s)
-    except KafkaException as exc:
-        with contextlib.suppress(KafkaException):
-            producer.abort_transaction(timeout_s)
-        raise map_kafka_error(exc.args[0] if exc.args else None, f"replaying {dlq_topic}") from exc

@@ -204,12 +204,30 @@ class PostgresSink:
             raise map_pg_error(exc, "reading stored offsets") from exc
         return {(t, p): o for t, p, o in rows}
 
-    def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
+    def hold_offsets(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Stored offsets, locked in the batch transaction until commit or rollback.
+
+        For ``dlq replay`` (:mod:`walbridge.sinks.replay`): a running member waits at its offset
+        fence meanwhile, so what it applies cannot slip between the replay's check and its writes.
+        """
+        conn = self._connection()
+        try:
+            rows = conn.execute(
+                _STORED_SQL + ' ORDER BY topic COLLATE "C", "partition" FOR SHARE',
+                (self.group_id, [t for t, _ in partitions], [p for _, p in partitions]),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "locking stored offsets", sink=self.name) from exc
+        return {(t, p): o for t, p, o in rows}
+
+    def write_batch(self, records: list[SinkRecord], *, fence: bool = True) -> list[RecordFailure]:
+        """Apply records; ``fence=False`` (replayed dead letters) skips the offset fence."""
         if not records:
             return []
         conn = self._connection()
         try:
-            self._fence(conn, records)
+            if fence:
+                self._fence(conn, records)
             failures: list[RecordFailure] = []
             tables = self._collapse(conn, records, failures)
             for ops in tables.values():
