@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from walbridge.emulator import ConnectedApp, EmulatorConfig, EmulatorServer
 from walbridge.emulator.metadata import default_metadata_dir
+from walbridge.errors import ConfigError
 
 EVENT = "PostgreSQL_Data__e"
 V = "/services/data/v62.0"
@@ -651,3 +652,58 @@ def test_gzip_request_bodies_are_accepted(client: httpx.Client) -> None:
     answer = client.post(f"{V}/composite/sobjects", content=body, headers=headers)
     assert answer.status_code == 200 and all(r["success"] for r in answer.json())
     assert sorted(e["fields"]["Record_Id__c"] for e in events(client)) == ["0", "1", "2"]
+
+
+def _two_events(tmp_path: Path) -> Path:
+    """The project's metadata plus a second event, Other_Data__e, with the same fields."""
+    from walbridge.emulator.metadata import default_metadata_dir
+
+    root = tmp_path / "metadata"
+    shutil.copytree(default_metadata_dir(), root)
+    [source] = root.rglob(f"objects/{EVENT}")
+    other = source.parent / "Other_Data__e"
+    shutil.copytree(source, other)
+    (other / f"{EVENT}.object-meta.xml").rename(other / "Other_Data__e.object-meta.xml")
+    return root
+
+
+def test_a_collection_of_more_than_ten_type_chunks_is_refused(tmp_path: Path) -> None:
+    emulator = _start(metadata_dir=_two_events(tmp_path))
+    try:
+        with httpx.Client(base_url=emulator.url, timeout=10) as http:
+            headers = auth(http)
+            alternating = [
+                {"attributes": {"type": EVENT if i % 2 else "Other_Data__e"}, **record(Record_Id__c=str(i))}
+                for i in range(11)
+            ]
+            answer = http.post(f"{V}/composite/sobjects", json={"records": alternating}, headers=headers)
+            assert answer.status_code == 200
+            assert {r["errors"][0]["statusCode"] for r in answer.json()} == {"EXCEEDED_MAX_TYPES_LIMIT"}
+            assert events(http) == []
+            grouped = sorted(alternating, key=lambda r: r["attributes"]["type"])  # two chunks
+            answer = http.post(f"{V}/composite/sobjects", json={"records": grouped}, headers=headers)
+            assert all(r["success"] for r in answer.json()) and len(events(http)) == 11
+    finally:
+        emulator.stop()
+
+
+def test_record_faults_fail_chosen_positions_and_publish_the_rest(client: httpx.Client) -> None:
+    client.post("/emulator/record-faults", params={"positions": "1,3", "calls": 1}).raise_for_status()
+    body = collection([record(Record_Id__c=str(i)) for i in range(5)])
+    first = client.post(f"{V}/composite/sobjects", json=body, headers=auth(client)).json()
+    assert [r["success"] for r in first] == [True, False, True, False, True]
+    assert first[1]["errors"][0]["statusCode"] == "PLATFORM_EVENT_PUBLISHING_UNAVAILABLE"
+    second = client.post(f"{V}/composite/sobjects", json=body, headers=auth(client)).json()
+    assert all(r["success"] for r in second)  # only the next call was affected
+    assert len(events(client)) == 8
+
+
+def test_metadata_with_a_text_field_over_255_is_refused(tmp_path: Path) -> None:
+    from walbridge.emulator.metadata import default_metadata_dir, load_definitions
+
+    root = tmp_path / "metadata"
+    shutil.copytree(default_metadata_dir(), root)
+    [field] = root.rglob(f"objects/{EVENT}/fields/Record_Id__c.field-meta.xml")
+    field.write_text(field.read_text().replace("<length>255</length>", "<length>300</length>"))
+    with pytest.raises(ConfigError, match="a Text field's length must be 1 to 255 \\(found 300\\)"):
+        load_definitions(root)

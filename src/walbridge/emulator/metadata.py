@@ -29,6 +29,8 @@ __all__ = [
 METADATA_ENV = "WALBRIDGE_SF_METADATA"
 _NS = "{http://soap.sforce.com/2006/04/metadata}"
 _EVENT_FIELD_TYPES = frozenset({"Text", "LongTextArea", "Number", "Checkbox", "Date", "DateTime"})
+_LENGTH_BOUNDS = {"Text": (1, 255), "LongTextArea": (256, 131_072)}
+"""What the Metadata API accepts for a field's ``length``."""
 # Standard fields every event carries; set by the platform, never by the publisher.
 SYSTEM_FIELDS = ("ReplayId", "CreatedDate", "CreatedById", "EventUuid")
 
@@ -119,12 +121,19 @@ def _load_field(path: Path) -> FieldDefinition:
     ftype = _text(node, "type")
     if ftype not in _EVENT_FIELD_TYPES:
         raise ConfigError(f"{path}: field type {ftype!r} is not allowed on a platform event")
+    length = _int(node, "length")
+    bounds = _LENGTH_BOUNDS.get(ftype)
+    if bounds is not None and (length is None or not bounds[0] <= length <= bounds[1]):
+        raise ConfigError(
+            f"{path}: a {ftype} field's length must be {bounds[0]} to {bounds[1]:,} (found {length}); "
+            "a deploy to Salesforce would fail"
+        )
     return FieldDefinition(
         name=name,
         label=_text(node, "label") or name,
         type=ftype,
         required=_text(node, "required") == "true",
-        length=_int(node, "length"),
+        length=length,
         precision=_int(node, "precision"),
         scale=_int(node, "scale"),
     )

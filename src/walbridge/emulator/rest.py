@@ -10,6 +10,7 @@ allocation are per record. Events that pass are appended to the ``EventStore``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from walbridge.emulator.validation import RecordError, RequestError, check_recor
 __all__ = ["MAX_COLLECTION", "DataApi", "Reply", "not_found", "parse_json", "versions"]
 
 MAX_COLLECTION = 200
-MIN_VERSION, MAX_VERSION = 31, 65
+MIN_VERSION, MAX_VERSION = 31, 66
 _SEASONS = ("Winter", "Spring", "Summer")
 _ROLLED_BACK = RecordError(
     "ALL_OR_NONE_OPERATION_ROLLED_BACK",
@@ -31,6 +32,15 @@ _ROLLED_BACK = RecordError(
 )
 _HOURLY_LIMIT = RecordError(
     "LIMIT_EXCEEDED", "You have exceeded the hourly publishing limit for platform events. Try again later."
+)
+_TOO_MANY_CHUNKS = RecordError(
+    "EXCEEDED_MAX_TYPES_LIMIT",
+    "Cannot have more than 10 chunks in a single operation. Please rearrange the data to reduce chunking.",
+)
+_MAX_TYPE_CHUNKS = 10
+_UNAVAILABLE = RecordError(
+    "PLATFORM_EVENT_PUBLISHING_UNAVAILABLE",
+    "Publishing platform events is temporarily unavailable. Try again later.",
 )
 
 
@@ -103,9 +113,25 @@ class DataApi:
         self.api_usage = api_usage
         self.publish_allocation = publish_allocation
         self.enqueued_info = enqueued_info
+        self._record_faults: tuple[frozenset[int], int] = (frozenset(), 0)
+        self._faults_lock = threading.Lock()
 
     def definition(self, name: str) -> EventDefinition | None:
         return self._definitions.get(name.lower())
+
+    def fail_records(self, positions: frozenset[int], calls: int) -> None:
+        """The next ``calls`` collection calls fail the records at ``positions`` (0-based) with
+        ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE``; the call's other records are published."""
+        with self._faults_lock:
+            self._record_faults = (positions, calls)
+
+    def _draw_record_faults(self) -> frozenset[int]:
+        with self._faults_lock:
+            positions, calls = self._record_faults
+            if calls <= 0:
+                return frozenset()
+            self._record_faults = (positions, calls - 1)
+            return positions
 
     def replace_definitions(self, definitions: dict[str, EventDefinition]) -> None:
         """A metadata deploy: later calls see the new event definitions (fields added or deleted)."""
@@ -134,6 +160,11 @@ class DataApi:
         except RequestError as exc:
             return error_reply(exc)
         failures: list[list[RecordError]] = [errors for _, _, errors in checked]
+        if _type_chunks(checked) > _MAX_TYPE_CHUNKS:
+            return Reply(200, [_failed([_TOO_MANY_CHUNKS]) for _ in checked])
+        for position in self._draw_record_faults():
+            if position < len(failures) and not failures[position]:
+                failures[position] = [_UNAVAILABLE]
         if all_or_none and any(failures):
             return Reply(200, [_failed(errors or [_ROLLED_BACK]) for errors in failures])
         failures = self._take_allocation(failures, all_or_none)
@@ -221,6 +252,12 @@ class DataApi:
         if self.enqueued_info:
             errors.append({"statusCode": "OPERATION_ENQUEUED", "message": event["EventUuid"], "fields": []})
         return {"id": self.store.publish_id(), "success": True, "errors": errors}
+
+
+def _type_chunks(checked: list[tuple[EventDefinition, dict[str, Any], list[RecordError]]]) -> int:
+    """Salesforce processes a collection in runs of one type: {a, a, b, a} is three chunks."""
+    names = [definition.name for definition, _, _ in checked]
+    return sum(1 for i, name in enumerate(names) if i == 0 or name != names[i - 1])
 
 
 def _failed(errors: list[RecordError]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ blocks other requests; ``stop()`` shuts it down. Salesforce endpoints:
 Order of checks on a data call: version → session (401 INVALID_SESSION_ID) → injected fault → daily API
 allocation (403 REQUEST_LIMIT_EXCEEDED) → the call (counted once). Emulator-only endpoints (no auth, no
 latency): ``GET /emulator/events?after=&limit=&type=``, ``POST /emulator/reset``, ``GET /emulator/stats``,
-``POST /emulator/expire-sessions``, ``POST /emulator/reload-metadata`` (re-read the SFDX metadata: a deploy).
+``POST /emulator/expire-sessions``, ``POST /emulator/reload-metadata`` (re-read the SFDX metadata: a deploy),
+``POST /emulator/record-faults?positions=1,5&calls=N`` (the next N collection calls fail the records at those
+positions with ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE`` and publish the rest, as Salesforce may).
 """
 
 from __future__ import annotations
@@ -266,6 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/emulator/reset" and method == "POST":
             state.reset()
             return Reply(200, {"reset": True})
+        if path == "/emulator/record-faults" and method == "POST":
+            positions = frozenset(int(p) for p in query.get("positions", [""])[0].split(",") if p)
+            state.api.fail_records(positions, int(query.get("calls", ["1"])[0]))
+            return Reply(200, {"positions": sorted(positions)})
         if path == "/emulator/reload-metadata" and method == "POST":
             state.api.replace_definitions(load_definitions(state.config.metadata_dir))
             return Reply(200, {"reloaded": True})
