@@ -23,6 +23,8 @@ __all__ = [
     "ThrottleRepeats",
     "configure_logging",
     "current_setup",
+    "last_problem",
+    "record_problems",
     "redact",
 ]
 
@@ -137,6 +139,37 @@ def configure_logging(verbose: bool = False, fmt: LogFormat = "auto") -> None:
     handler.addFilter(RedactSecrets())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    record_problems()
+
+
+class _LastProblem(logging.Handler):
+    """Remembers the newest warning or error of this process, for ``/status`` and ``walbridge status``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.latest: tuple[float, str, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.latest = (time.time(), record.levelname.lower(), redact(record.getMessage()))
+
+
+_problems = _LastProblem()
+
+
+def record_problems() -> None:
+    """Keep the newest warning or error of this process (idempotent)."""
+    root = logging.getLogger()
+    if _problems not in root.handlers:
+        root.addHandler(_problems)
+
+
+def last_problem() -> dict[str, Any] | None:
+    """``{level, message, at, age_s}`` of the newest warning or error, or None."""
+    latest = _problems.latest
+    if latest is None:
+        return None
+    at, level, message = latest
+    return {"level": level, "message": message, "at": at, "age_s": round(time.time() - at, 1)}
 
 
 def current_setup() -> tuple[bool, LogFormat]:

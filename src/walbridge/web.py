@@ -12,18 +12,20 @@ of one role on one host need their own ports (``--metrics-port``; ``--workers N`
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from walbridge.config import MetricsSettings
 from walbridge.errors import ConfigError
+from walbridge.logs import last_problem, record_problems
 from walbridge.metrics import REGISTRY
 
 __all__ = ["OpsServer", "start_ops"]
@@ -37,7 +39,8 @@ class OpsServer:
     """Serves the operations endpoints in a daemon thread."""
 
     def __init__(self, host: str, port: int, status: StatusFn, healthy: Callable[[], bool]) -> None:
-        self._status = status
+        record_problems()
+        self._status = lambda: {**status(), "last_error": last_problem()}
         self._healthy = healthy
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
@@ -70,7 +73,7 @@ class OpsServer:
                 elif path == "/status":
                     doc = ops._status()
                     if "text/html" in (self.headers.get("Accept") or ""):
-                        self._send(200, "text/html; charset=utf-8", _status_html(doc).encode())
+                        self._send(200, "text/html; charset=utf-8", _status_page())
                     else:
                         self._send(200, "application/json", json.dumps(doc, default=str, indent=2).encode())
                 else:
@@ -89,16 +92,10 @@ class OpsServer:
         return Handler
 
 
-def _status_html(doc: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(json.dumps(value, default=str))}</td></tr>"
-        for key, value in doc.items()
-    )
-    return (
-        "<!doctype html><html><head><title>walbridge status</title>"
-        "<style>body{font-family:sans-serif}th{text-align:left;padding-right:1em}</style></head>"
-        f"<body><h1>walbridge</h1><table>{rows}</table></body></html>"
-    )
+@functools.cache
+def _status_page() -> bytes:
+    """The live page for browsers: it polls ``/status`` and ``/metrics`` itself (no build step)."""
+    return resources.files("walbridge").joinpath("status_page.html").read_bytes()
 
 
 def start_ops(
