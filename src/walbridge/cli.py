@@ -70,6 +70,7 @@ _SUB_APPS = (
 )
 _COMMANDS = (
     ("walbridge.sinks.cli", "verify", "verify"),
+    ("walbridge.cli_status", "status", "status"),
     ("walbridge.demo", "demo", "demo"),
 )
 

@@ -153,6 +153,16 @@ class _SinkBase(_Model):
     batch_size: int = 1_000
     linger_ms: int = 100
 
+    @property
+    def sink_name(self) -> str:
+        """``name``, or the sink's type: in logs, metrics labels and the default group id."""
+        return self.name or str(getattr(self, "type", "sink"))
+
+    @property
+    def consumer_group(self) -> str:
+        """The Kafka consumer group: ``group_id``, or ``walbridge-<sink name>``."""
+        return self.group_id or f"walbridge-{self.sink_name}"
+
 
 class PostgresSinkSettings(_SinkBase):
     type: Literal["postgres"] = "postgres"

@@ -337,7 +337,7 @@ def groups_describe(
     """Committed offset, end offset and lag per partition."""
     settings = settings_from(config)
     sink = settings.sinks[0] if settings.sinks else None
-    group_id = group or (sink and (sink.group_id or f"walbridge-{sink.name or sink.type}"))
+    group_id = group or (sink and sink.consumer_group)
     topics = topic or (sink.topics if sink else [])
     if not group_id or not topics:
         raise ConfigError("name the group and --topic (or configure a sink)")

@@ -166,8 +166,8 @@ class PostgresSink:
 
     def __init__(self, settings: PostgresSinkSettings, group_id: str | None = None) -> None:
         self.settings = settings
-        self.name = settings.name or "postgres"
-        self.group_id = group_id or settings.group_id or f"walbridge-{self.name}"
+        self.name = settings.sink_name
+        self.group_id = group_id or settings.consumer_group
         self._conn: psycopg.Connection[Any] | None = None
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._converters: dict[tuple[str, str], dict[str, Converter]] = {}

@@ -273,7 +273,7 @@ class _SalesforceTarget:
 
         self.sink = SalesforceSink(sink_settings)
         self._kafka = settings.kafka
-        self._group = sink_settings.group_id or f"walbridge-{self.sink.name}"
+        self._group = sink_settings.consumer_group
         running = _group_active(settings, self._group)
         if running:
             raise WalbridgeError(

@@ -130,7 +130,7 @@ class SinkRunner:
         self.sink = sink
         self.settings = settings
         self.sink_settings = sink_settings
-        self.group_id = sink_settings.group_id or f"walbridge-{sink.name}"
+        self.group_id = sink_settings.consumer_group
         self.metrics = metrics
         self.dlq = dlq or DlqWriter(settings, sink.name)
         self._consumer: Any = None

@@ -93,7 +93,7 @@ class SalesforceSink:
         metrics: Any = None,
     ) -> None:
         self.settings = settings
-        self.name = settings.name or "salesforce"
+        self.name = settings.sink_name
         self.metrics = metrics
         self._transport = transport
         self._client: httpx.Client | None = None
