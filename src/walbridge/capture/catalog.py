@@ -35,6 +35,8 @@ class ColumnInfo:
     typmod: int
     not_null: bool
     attnum: int
+    generated: bool = False
+    """A generated column (``attgenerated``): computed by the server, never captured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ ORDER BY n.nspname, c.relname
 """
 
 _COLUMNS_SQL = """
-SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attnum
+SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attnum, a.attgenerated <> ''
 FROM pg_attribute a
 WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
@@ -118,8 +120,8 @@ def resolve_tables(
     ]
     oids = [row[0] for row in chosen]
     columns: dict[int, list[ColumnInfo]] = {oid: [] for oid in oids}
-    for relid, name, type_oid, typmod, not_null, attnum in conn.execute(_COLUMNS_SQL, (oids,)):
-        columns[relid].append(ColumnInfo(name, type_oid, typmod, not_null, attnum))
+    for relid, name, type_oid, typmod, not_null, attnum, generated in conn.execute(_COLUMNS_SQL, (oids,)):
+        columns[relid].append(ColumnInfo(name, type_oid, typmod, not_null, attnum, generated))
     keys: dict[int, list[str]] = {oid: [] for oid in oids}
     for relid, name in conn.execute(_KEYS_SQL, (oids,)):
         keys[relid].append(name)

@@ -24,7 +24,7 @@ import random
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -36,6 +36,7 @@ from walbridge import metrics
 from walbridge.capture import catalog, pgoutput
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import connect_source, session_options
+from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
@@ -252,9 +253,16 @@ class LogicalCapture:
         with connect_source(self.source.dsn) as conn:
             found = catalog.relation_by_oid(conn, msg.oid)
             self._registry = catalog.load_type_registry(conn)
-        not_null = {col.name: col.not_null for col in found.columns} if found else {}
+        known = {col.name: col for col in found.columns} if found else {}
         columns = tuple(
-            ColumnInfo(col.name, col.type_oid, col.typmod, not_null.get(col.name, False), index + 1)
+            ColumnInfo(
+                col.name,
+                col.type_oid,
+                col.typmod,
+                col.name in known and known[col.name].not_null,
+                index + 1,
+                col.name in known and known[col.name].generated,
+            )
             for index, col in enumerate(msg.columns)
         )
         key = found.key_columns if found else tuple(col.name for col in msg.columns if col.flags & 1)
@@ -527,7 +535,7 @@ class _Stream:
 
     def _update(self, msg: pgoutput.Update, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
-        self._on_update(codec, lsn, codec.row(msg.new), msg.old, msg.key, codec.row)
+        self._on_update(codec, lsn, codec.row(_with_old_toast(msg)), msg.old, msg.key, codec.row)
 
     def _delete(self, msg: pgoutput.Delete, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
@@ -579,6 +587,18 @@ _HANDLERS: dict[type, Callable[[_Stream, Any, int], None]] = {
 
 
 _INSERT, _UPDATE = ord("I"), ord("U")
+
+
+def _with_old_toast(msg: pgoutput.Update) -> Sequence[Any]:
+    """The new row, its unchanged TOASTed values taken from the old row when it has them.
+
+    With ``REPLICA IDENTITY FULL`` the server sends the old row detoasted, while the new row still
+    marks unchanged TOASTed values as not sent; like Debezium, use the old row's value then.
+    """
+    new, old = msg.new, msg.old
+    if old is None or not any(value is UNCHANGED_TOAST for value in new):
+        return new
+    return [o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=False)]
 
 
 def _discard(publisher: EventPublisher[int]) -> None:

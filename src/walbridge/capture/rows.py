@@ -7,7 +7,6 @@ which is what makes them emit identical ``before``/``after``/``key``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,21 +21,17 @@ from walbridge.capture.values import (
 )
 from walbridge.errors import DecodeError
 from walbridge.events import TableSchema
+from walbridge.unavailable import placeholder_for
 
-__all__ = ["TOAST_PLACEHOLDER", "RowCodec"]
-
-TOAST_PLACEHOLDER = "__debezium_unavailable_value"
-"""Debezium's ``unavailable.value.placeholder`` for unchanged TOASTed values."""
-
-_BYTEA_OID = 17
+__all__ = ["RowCodec"]
 
 
-def _placeholder_for(type_oid: int, element_oid: int | None) -> Any:
-    if type_oid == _BYTEA_OID:
-        return base64.b64encode(TOAST_PLACEHOLDER.encode()).decode()
-    if element_oid:
-        return [TOAST_PLACEHOLDER]
-    return TOAST_PLACEHOLDER
+def _placeholder(registry: TypeRegistry, type_oid: int) -> Any:
+    """Debezium's unchanged-TOAST placeholder for a column of this type (domains resolved)."""
+    pg_type, _ = registry.resolve(type_oid, -1)
+    if pg_type is None:
+        return placeholder_for("", False)
+    return placeholder_for(pg_type.name, pg_type.is_array)
 
 
 class RowCodec:
@@ -72,14 +67,13 @@ class RowCodec:
         self._placeholders: dict[str, Any] = {}
         schemas = []
         for index, col in enumerate(relation.columns):
-            if col.name in excluded and col.name not in relation.key_columns:
+            # Generated columns are never sent: pgoutput leaves them out (before PostgreSQL 18, and
+            # by default since), so the snapshot and trigger mode leave them out too.
+            if col.generated or (col.name in excluded and col.name not in relation.key_columns):
                 continue
             convert = converter_for(col.type_oid, col.typmod, registry, options)
             self._columns.append((index, col.name, convert))
-            pg_type = registry.get(col.type_oid)
-            self._placeholders[col.name] = _placeholder_for(
-                col.type_oid, getattr(pg_type, "element_oid", None)
-            )
+            self._placeholders[col.name] = _placeholder(registry, col.type_oid)
             schemas.append(
                 column_schema(col.name, col.type_oid, col.typmod, not col.not_null, registry, options)
             )
