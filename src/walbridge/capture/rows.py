@@ -39,6 +39,7 @@ class RowCodec:
 
     __slots__ = (
         "_all_names",
+        "_column_set",
         "_columns",
         "_convert",
         "_converters",
@@ -84,6 +85,7 @@ class RowCodec:
         kept = tuple(index for index, _, _ in self._columns)
         self._picked = None if kept == tuple(range(self._width)) else kept
         self._all_names = tuple(col.name for col in relation.columns)
+        self._column_set = frozenset(self._all_names)
         self._excluded = tuple(name for name in self._all_names if name not in self._names)
         # Columns whose text needs converting; the others are kept as they are (row_text).
         self._typed = tuple(
@@ -131,6 +133,11 @@ class RowCodec:
     def column_names(self) -> tuple[str, ...]:
         """Every column of the relation, in its order (excluded ones too)."""
         return self._all_names
+
+    @property
+    def column_set(self) -> frozenset[str]:
+        """:attr:`column_names` as a set."""
+        return self._column_set
 
     def row_text(self, values: list[str | None]) -> dict[str, Any]:
         """Like :meth:`row` for values that are all ``str`` or ``None`` (COPY lines)."""
