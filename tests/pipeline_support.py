@@ -102,7 +102,7 @@ def running_sink(
 def table_rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
     """Every row of ``schema.table``, every column (generated ones too), as Python values; sorted."""
     schema, name = table.split(".")
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn, options="-c client_encoding=UTF8") as conn:  # psycopg reads json as UTF-8
         rows = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, name))).fetchall()
     return sorted(rows, key=repr)  # in Python: the databases' collations and encodings may differ
 
