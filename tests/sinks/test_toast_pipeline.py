@@ -198,3 +198,55 @@ def _dead(runner: Any, topic: str, count: int) -> list[tuple[int, str]] | None:
         event = orjson.loads(record.value) if getattr(record, "value", None) else None
         out.append(((event or {}).get("after", {}).get("id"), getattr(record, "error", "")))
     return out if len(out) >= count else None
+
+
+EMPLOYEES_TOAST_DDL = """
+CREATE TABLE public.employees (
+    emp_id int PRIMARY KEY, salary int, t text, b bytea, i int[], l bigint[], s text[], u uuid[], d date[],
+    j jsonb, n numeric, h text
+)
+"""
+
+
+@pytest.mark.parametrize("apply_method", ["copy", "executemany"])
+def test_sink_keeps_the_value_for_every_placeholder_form(
+    apply_method: str, kafka_bootstrap: str, topic_prefix: str, pg_dsn: str
+) -> None:
+    """Events as Debezium writes them (every form of the placeholder) update only the other columns."""
+    from pg_support import Pipeline, change
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(EMPLOYEES_TOAST_DDL)
+        conn.execute(
+            "INSERT INTO employees VALUES (1, 10, 'text', '\\xdead', '{1,2}', '{3}', '{a}',"
+            " '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}', '{2000-01-01}', '{\"k\": 1}', 1.5, 'h')"
+        )
+        before = conn.execute("SELECT * FROM employees").fetchall()
+    forms = {
+        "t": placeholder_for("text", False),
+        "b": placeholder_for("bytea", False),
+        "i": placeholder_for("_int4", True),
+        "l": placeholder_for("_int8", True),
+        "s": placeholder_for("_text", True),
+        "u": placeholder_for("_uuid", True),
+        "d": placeholder_for("_date", True),
+        "j": placeholder_for("jsonb", False),
+        "n": placeholder_for("numeric", False),
+        "h": '{"__debezium_unavailable_value":"__debezium_unavailable_value"}',  # hstore, json mode
+    }
+    pipe = Pipeline(kafka_bootstrap, topic_prefix, pg_dsn, apply_method=apply_method)
+    try:
+        pipe.start()
+        pipe.send(change("u", None, {"emp_id": 1, "salary": 11, **forms}))
+        pipe.send(change("u", None, {"emp_id": 1, "salary": 12, **forms}))
+
+        def salary() -> int:
+            with psycopg.connect(pg_dsn) as conn:
+                return conn.execute("SELECT salary FROM employees").fetchone()[0]  # type: ignore[index]
+
+        wait_until(lambda: salary() == 12, timeout_s=60)
+    finally:
+        pipe.stop()
+    with psycopg.connect(pg_dsn) as conn:
+        after = conn.execute("SELECT * FROM employees").fetchall()
+    assert after == [(1, 12, *before[0][2:])]
