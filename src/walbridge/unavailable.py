@@ -9,7 +9,8 @@ Debezium's PostgreSQL connector):
 ============================================  ===========================================
 column type                                   value in the event
 ============================================  ===========================================
-``bytea``                                     base64 of the placeholder's UTF-8 bytes
+``bytea``                                     base64 of the placeholder's UTF-8 bytes (the
+                                              placeholder itself with ``binary.handling.mode=hex``)
 ``text[]``, ``varchar[]``, ``char[]``,         ``[placeholder]``
 ``json[]``, ``jsonb[]``
 ``bytea[]``                                   ``[base64 of the placeholder]``
@@ -62,10 +63,10 @@ _MARKERS = (_RAW, _BASE64.encode(), orjson.dumps(_BYTE_LIST)[1:-1], _UUID.encode
 """Byte strings of which every form's JSON contains at least one."""
 
 
-def placeholder_for(type_name: str, is_array: bool) -> Any:
+def placeholder_for(type_name: str, is_array: bool, binary_handling_mode: str = "bytes") -> Any:
     """The value standing for an unchanged TOASTed column of this type (``_int4`` for ``int4[]``)."""
     if type_name == "bytea":
-        return _BASE64
+        return PLACEHOLDER if binary_handling_mode == "hex" else _BASE64
     if not is_array or type_name in _TEXT_ARRAYS:
         return [PLACEHOLDER] if is_array else PLACEHOLDER
     if type_name == "_bytea":

@@ -26,12 +26,12 @@ from walbridge.unavailable import placeholder_for
 __all__ = ["RowCodec"]
 
 
-def _placeholder(registry: TypeRegistry, type_oid: int) -> Any:
+def _placeholder(registry: TypeRegistry, type_oid: int, options: ValueOptions) -> Any:
     """Debezium's unchanged-TOAST placeholder for a column of this type (domains resolved)."""
     pg_type, _ = registry.resolve(type_oid, -1)
     if pg_type is None:
         return placeholder_for("", False)
-    return placeholder_for(pg_type.name, pg_type.is_array)
+    return placeholder_for(pg_type.name, pg_type.is_array, options.binary_handling_mode)
 
 
 class RowCodec:
@@ -74,7 +74,7 @@ class RowCodec:
                 continue
             convert = converter_for(col.type_oid, col.typmod, registry, options)
             self._columns.append((index, col.name, convert))
-            self._placeholders[col.name] = _placeholder(registry, col.type_oid)
+            self._placeholders[col.name] = _placeholder(registry, col.type_oid, options)
             schemas.append(
                 column_schema(col.name, col.type_oid, col.typmod, not col.not_null, registry, options)
             )
