@@ -8,6 +8,8 @@ With FULL, capture takes them from the old row; trigger mode always sees whole r
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +240,9 @@ def test_sink_keeps_the_value_for_every_placeholder_form(
     try:
         pipe.start()
         pipe.send(change("u", None, {"emp_id": 1, "salary": 11, **forms}))
-        pipe.send(change("u", None, {"emp_id": 1, "salary": 12, **forms}))
+        # typed values beside the placeholders: jsonb and date[] assigned from parameters
+        changed = {"j": '{"k": 2}', "d": [10957], "n": "2.5"}
+        pipe.send(change("u", None, {"emp_id": 1, "salary": 12, **forms, **changed}))
 
         def salary() -> int:
             with psycopg.connect(pg_dsn) as conn:
@@ -249,4 +253,7 @@ def test_sink_keeps_the_value_for_every_placeholder_form(
         pipe.stop()
     with psycopg.connect(pg_dsn) as conn:
         after = conn.execute("SELECT * FROM employees").fetchall()
-    assert after == [(1, 12, *before[0][2:])]
+    names = ["emp_id", "salary", *forms]
+    expected = dict(zip(names, before[0], strict=True))
+    expected.update(salary=12, j={"k": 2}, d=[date(2000, 1, 1)], n=Decimal("2.5"))
+    assert after == [tuple(expected.values())]

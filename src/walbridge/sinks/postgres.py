@@ -758,6 +758,14 @@ def _update_sql(info: TableInfo, columns: tuple[str, ...], source: sql.Composabl
     )
 
 
+def _update_row_sql(info: TableInfo, updates: list[str]) -> sql.Composed:
+    return sql.SQL("UPDATE {t} SET {sets} WHERE {cond}").format(
+        t=info.ident,
+        sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in updates),
+        cond=sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in info.key),
+    )
+
+
 def _write(
     cur: psycopg.Cursor[Any],
     info: TableInfo,
@@ -774,7 +782,14 @@ def _write(
     if not partial:
         cur.execute(_upsert_sql(info, columns, source), params)
         return
-    cur.execute(_update_sql(info, columns, source), params)
+    if params is None:
+        cur.execute(_update_sql(info, columns, source))
+    else:
+        # One row's parameters: SET col = %s assigns them like INSERT does (a VALUES list would type
+        # them as text, which a jsonb or date column refuses).
+        values = dict(zip(columns, params, strict=True))
+        updates = [c for c in columns if c not in info.key] or list(info.key[:1])
+        cur.execute(_update_row_sql(info, updates), [values[c] for c in (*updates, *info.key)])
     if cur.rowcount < expected:
         raise MissingRow(
             f"{expected - cur.rowcount} of {expected} partial updates of {info.qualified} found no row"
