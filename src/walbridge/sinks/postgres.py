@@ -847,11 +847,6 @@ def _raw_row(
 ) -> tuple[dict[str, Any], frozenset[str]]:
     """The event's row without unchanged (placeholder) values and generated columns; the former's names."""
     row = event.after or {}
-    unavailable = _NONE
-    if mentions_unavailable(record.value):
-        unavailable = frozenset(name for name, value in row.items() if is_unavailable(value))
-        if unavailable:
-            row = {name: value for name, value in row.items() if name not in unavailable}
     if info.generated and not info.generated.isdisjoint(row):
         row = {name: value for name, value in row.items() if name not in info.generated}
     if strict and not info.columns.keys() >= row.keys():
@@ -859,6 +854,12 @@ def _raw_row(
         raise UnknownColumn(
             f"destination table {info.qualified} has no column {name!r}", table=info.qualified, column=name
         )
+    unavailable = _NONE
+    if mentions_unavailable(record.value):
+        placeholders = [name for name, value in row.items() if is_unavailable(value)]
+        if placeholders:
+            row = {name: value for name, value in row.items() if name not in placeholders}
+            unavailable = frozenset(name for name in placeholders if name in info.columns)
     return row, unavailable
 
 
