@@ -114,7 +114,7 @@ def changes(dsn: str, key_change: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "identity_full"), [("logical", False), ("logical", True), ("trigger", False)]
+    ("mode", "identity_full"), [("logical", False), ("logical", True), ("trigger", False), ("trigger", True)]
 )
 def test_unchanged_toast_values_keep_the_destination_values(
     mode: str,
