@@ -23,6 +23,7 @@ import orjson
 
 from walbridge import __version__
 from walbridge.errors import DecodeError
+from walbridge.unavailable import is_unavailable
 
 __all__ = [
     "LSN_MARK",
@@ -147,7 +148,8 @@ class EnvelopeEncoder:
     def __init__(self, options: EncodingOptions) -> None:
         self.options = options
         self._topics: dict[tuple[str, str], str] = {}
-        self._schemas: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        self._schemas: dict[tuple[str, str], tuple[TableSchema, dict[str, Any], dict[str, Any] | None]] = {}
+        """Per table: the shape the schema blocks were made for, and the blocks."""
 
     def topic(self, schema: str, table: str) -> str:
         name = self._topics.get((schema, table))
@@ -171,7 +173,7 @@ class EnvelopeEncoder:
         if opts.schemas_enable:
             if relation is None:
                 return None
-            envelope, key = connect_schemas(relation, opts.topic_prefix)
+            envelope, key = self._connect_schemas(relation)
             value_schema = orjson.dumps(envelope)
             key_schema = orjson.dumps(key)
         return PreparedSource(
@@ -228,15 +230,21 @@ class EnvelopeEncoder:
         return orjson.dumps(row)
 
     def _schemas_for(self, event: ChangeEvent) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        ident = (event.source.schema, event.source.table)
+        if event.relation is None:
+            src = event.source
+            raise DecodeError(
+                f"schemas.enable needs column schemas for {src.schema}.{src.table}, which this source lacks"
+            )
+        return self._connect_schemas(event.relation)
+
+    def _connect_schemas(self, relation: TableSchema) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The table's schema blocks, made again whenever its shape changed (ALTER TABLE)."""
+        ident = (relation.schema, relation.table)
         cached = self._schemas.get(ident)
-        if cached is None:
-            if event.relation is None:
-                raise DecodeError(
-                    f"schemas.enable needs column schemas for {ident[0]}.{ident[1]}, which this source lacks"
-                )
-            cached = self._schemas[ident] = connect_schemas(event.relation, self.options.topic_prefix)
-        return cached
+        if cached is None or (cached[0] is not relation and cached[0] != relation):
+            envelope, key = connect_schemas(relation, self.options.topic_prefix)
+            cached = self._schemas[ident] = (relation, envelope, key)
+        return cached[1], cached[2]
 
 
 LSN_MARK = 7_777_777_777_777_777_777
@@ -558,7 +566,7 @@ def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Ro
     for fld in struct_schema.get("fields", ()):
         name = fld.get("field")
         value = row.get(name)
-        if value is None:
+        if value is None or is_unavailable(value):
             continue
         if fld.get("name") == _DECIMAL and isinstance(value, str):
             scale = int(fld.get("parameters", {}).get("scale", 0))

@@ -63,7 +63,10 @@ def _stream(
         sql.SQL('{} COLLATE "C"').format(sql.Identifier(k)) if k in text_keys else sql.Identifier(k)
         for k in key
     )
-    row_text = sql.SQL("md5(ROW({})::text)").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+    # Hashed as UTF-8 so that databases of different encodings hash equal text equally.
+    row_text = sql.SQL("md5(convert_to(ROW({})::text, 'UTF8'))").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
     query = sql.SQL("SELECT {k}, {h} FROM {t} ORDER BY {o}").format(
         k=sql.SQL(", ").join(sql.Identifier(k) for k in key), h=row_text, t=sql.Identifier(*table), o=order
     )

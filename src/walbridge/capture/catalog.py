@@ -43,7 +43,7 @@ class ColumnInfo:
     not_null: bool
     attnum: int
     generated: bool = False
-    """A generated column (``attgenerated``): computed by the destination's own definition, never written."""
+    """A generated column (``attgenerated``): computed by the server; never captured, never written."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,18 @@ from walbridge.capture.values import SESSION_SETTINGS
 from walbridge.errors import ConnectionLost
 from walbridge.pgerrors import one_line
 
-__all__ = ["connect_source", "session_options"]
+__all__ = ["CLIENT_ENCODING", "connect_source", "session_options"]
+
+
+CLIENT_ENCODING = "UTF8"
+"""Every source session speaks UTF-8, whatever the database's encoding: the server converts the text
+of COPY, queries and the pgoutput stream (which capture decodes as UTF-8) to it."""
 
 
 def session_options() -> str:
     """libpq ``options`` that set every session setting capture relies on."""
-    return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    settings = {**SESSION_SETTINGS, "client_encoding": CLIENT_ENCODING}
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
 
 
 def connect_source(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -25,7 +25,7 @@ import random
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -37,6 +37,7 @@ from walbridge import metrics
 from walbridge.capture import catalog, pgoutput
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import connect_source, session_options
+from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
@@ -544,7 +545,7 @@ class _Stream:
         codec = self.capture._codec(msg.relation_oid)
         if codec is None:
             return
-        self._on_update(codec, lsn, codec.row(msg.new), msg.old, msg.key, codec.row)
+        self._on_update(codec, lsn, codec.row(_with_old_toast(msg)), msg.old, msg.key, codec.row)
 
     def _delete(self, msg: pgoutput.Delete, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)
@@ -599,6 +600,18 @@ _HANDLERS: dict[type, Callable[[_Stream, Any, int], None]] = {
 
 
 _INSERT, _UPDATE = ord("I"), ord("U")
+
+
+def _with_old_toast(msg: pgoutput.Update) -> Sequence[Any]:
+    """The new row, its unchanged TOASTed values taken from the old row when it has them.
+
+    With ``REPLICA IDENTITY FULL`` the server sends the old row detoasted, while the new row still
+    marks unchanged TOASTed values as not sent; like Debezium, use the old row's value then.
+    """
+    new, old = msg.new, msg.old
+    if old is None or not any(value is UNCHANGED_TOAST for value in new):
+        return new
+    return [o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=False)]
 
 
 def _discard(publisher: EventPublisher[int]) -> None:

@@ -7,7 +7,6 @@ which is what makes them emit identical ``before``/``after``/``key``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,21 +21,17 @@ from walbridge.capture.values import (
 )
 from walbridge.errors import DecodeError
 from walbridge.events import TableSchema
+from walbridge.unavailable import placeholder_for
 
-__all__ = ["TOAST_PLACEHOLDER", "RowCodec"]
-
-TOAST_PLACEHOLDER = "__debezium_unavailable_value"
-"""Debezium's ``unavailable.value.placeholder`` for unchanged TOASTed values."""
-
-_BYTEA_OID = 17
+__all__ = ["RowCodec"]
 
 
-def _placeholder_for(type_oid: int, element_oid: int | None) -> Any:
-    if type_oid == _BYTEA_OID:
-        return base64.b64encode(TOAST_PLACEHOLDER.encode()).decode()
-    if element_oid:
-        return [TOAST_PLACEHOLDER]
-    return TOAST_PLACEHOLDER
+def _placeholder(registry: TypeRegistry, type_oid: int, options: ValueOptions) -> Any:
+    """Debezium's unchanged-TOAST placeholder for a column of this type (domains resolved)."""
+    pg_type, _ = registry.resolve(type_oid, -1)
+    if pg_type is None:
+        return placeholder_for("", False)
+    return placeholder_for(pg_type.name, pg_type.is_array, options.binary_handling_mode)
 
 
 class RowCodec:
@@ -44,6 +39,7 @@ class RowCodec:
 
     __slots__ = (
         "_all_names",
+        "_column_set",
         "_columns",
         "_convert",
         "_converters",
@@ -72,14 +68,13 @@ class RowCodec:
         self._placeholders: dict[str, Any] = {}
         schemas = []
         for index, col in enumerate(relation.columns):
-            if col.name in excluded and col.name not in relation.key_columns:
+            # Generated columns are never sent: pgoutput leaves them out (before PostgreSQL 18, and
+            # by default since), so the snapshot and trigger mode leave them out too.
+            if col.generated or (col.name in excluded and col.name not in relation.key_columns):
                 continue
             convert = converter_for(col.type_oid, col.typmod, registry, options)
             self._columns.append((index, col.name, convert))
-            pg_type = registry.get(col.type_oid)
-            self._placeholders[col.name] = _placeholder_for(
-                col.type_oid, getattr(pg_type, "element_oid", None)
-            )
+            self._placeholders[col.name] = _placeholder(registry, col.type_oid, options)
             schemas.append(
                 column_schema(col.name, col.type_oid, col.typmod, not col.not_null, registry, options)
             )
@@ -90,6 +85,7 @@ class RowCodec:
         kept = tuple(index for index, _, _ in self._columns)
         self._picked = None if kept == tuple(range(self._width)) else kept
         self._all_names = tuple(col.name for col in relation.columns)
+        self._column_set = frozenset(self._all_names)
         self._excluded = tuple(name for name in self._all_names if name not in self._names)
         # Columns whose text needs converting; the others are kept as they are (row_text).
         self._typed = tuple(
@@ -137,6 +133,11 @@ class RowCodec:
     def column_names(self) -> tuple[str, ...]:
         """Every column of the relation, in its order (excluded ones too)."""
         return self._all_names
+
+    @property
+    def column_set(self) -> frozenset[str]:
+        """:attr:`column_names` as a set."""
+        return self._column_set
 
     def row_text(self, values: list[str | None]) -> dict[str, Any]:
         """Like :meth:`row` for values that are all ``str`` or ``None`` (COPY lines)."""

@@ -442,6 +442,8 @@ class _Poller:
         self.checked_at = time.monotonic()
         self.progress_at = time.monotonic()
         self.progress_rows = 0
+        self.misfits: dict[tuple[str, str], frozenset[str]] = {}
+        """Per table, the last column set of a log row that did not fit its codec (re-read once)."""
 
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
@@ -484,6 +486,8 @@ class _Poller:
         try:
             if codec is None:
                 raise DecodeError(f"{row.schema}.{row.table} is not a captured table")
+            if not self._fits(row, codec):
+                raise DecodeError(f"{row.schema}.{row.table}: the change's columns are not the table's")
             return self._decode(row, codec)
         except DecodeError as first:
             codec = self.capture.reload_table(self.reader, row.schema, row.table)
@@ -503,6 +507,18 @@ class _Poller:
                     "changes were pending; drain the capture before such ALTER TABLEs",
                     change_id=row.id,
                 ) from exc
+
+    def _fits(self, row: ChangeRow, codec: RowCodec) -> bool:
+        """False when the log row's columns differ from the codec's for the first time (ALTER TABLE):
+        the caller re-reads the table, so that events and their schema follow its current shape."""
+        image = row.after if row.after is not None else row.before
+        if image is None or image.keys() == codec.column_set:
+            return True
+        shape = frozenset(image)
+        if self.misfits.get((row.schema, row.table)) == shape:
+            return True  # re-read already: changes logged before the ALTER TABLE
+        self.misfits[(row.schema, row.table)] = shape
+        return False
 
     def _decode(self, row: ChangeRow, codec: RowCodec) -> list[ChangeEvent]:
         source = Source(

@@ -34,7 +34,6 @@ from psycopg import sql
 from walbridge.events import decode_precise_decimal
 
 __all__ = [
-    "UNAVAILABLE",
     "Column",
     "TableInfo",
     "connect_type",
@@ -42,9 +41,6 @@ __all__ = [
     "read_table",
     "sql_expr",
 ]
-
-UNAVAILABLE = "__debezium_unavailable_value"
-"""Debezium's placeholder for an unchanged TOAST value: the column must be left as it is."""
 
 _EPOCH_DATE = date(1970, 1, 1)
 _EPOCH = datetime(1970, 1, 1)
@@ -73,6 +69,8 @@ class TableInfo:
     columns: dict[str, Column]
     """Writable columns (generated columns left out), by name, in table order."""
     key: tuple[str, ...]
+    generated: frozenset[str] = frozenset()
+    """Generated columns: computed by the destination, never written (their event values are ignored)."""
 
     @property
     def ident(self) -> sql.Identifier:
@@ -115,14 +113,16 @@ def read_table(conn: Any, schema: str, table: str) -> TableInfo | None:
             return None
         cur.execute(_COLUMNS_SQL, {"rel": rel})
         columns = {}
+        generated_columns = set()
         for name, typ, typmod, generated, element, _category, sql_type in cur.fetchall():
             if generated:
+                generated_columns.add(name)
                 continue
             precision = typmod if typ in _TEMPORAL and typmod >= 0 else None
             columns[name] = Column(name, typ, precision, element, sql_type)
         cur.execute(_KEY_SQL, {"rel": rel})
         key = tuple(r[0] for r in cur.fetchall())
-    return TableInfo(schema, table, columns, key)
+    return TableInfo(schema, table, columns, key, frozenset(generated_columns))
 
 
 # --------------------------------------------------------------------------- conversions

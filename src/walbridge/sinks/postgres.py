@@ -43,7 +43,6 @@ from walbridge.pgerrors import map_pg_error
 from walbridge.sinks.base import OffsetConflict, RecordFailure, SinkRecord, TopicPartitionKey
 from walbridge.sinks.lean import decode_lean
 from walbridge.sinks.pg_types import (
-    UNAVAILABLE,
     Converter,
     TableInfo,
     connect_type,
@@ -51,6 +50,7 @@ from walbridge.sinks.pg_types import (
     read_table,
     sql_expr,
 )
+from walbridge.unavailable import is_unavailable, mentions_unavailable
 
 __all__ = ["OFFSETS_TABLE", "PostgresSink", "map_pg_error"]  # map_pg_error: see walbridge.pgerrors
 
@@ -90,7 +90,19 @@ DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
 """
 
 Key = tuple[Any, ...]
-_UNAVAILABLE_BYTES = UNAVAILABLE.encode()
+Group = tuple[tuple[str, ...], bool]
+"""Rows applied by one statement: their column names, and whether they are partial."""
+_NONE: frozenset[str] = frozenset()
+
+
+class MissingRow(PermanentError):
+    """An update that leaves out unchanged TOASTed columns found no destination row to keep them in.
+
+    Inserting it would write NULL (or defaults) in place of values the event does not carry; so
+    the record fails, with this error, instead.
+    """
+
+    retryable = False
 
 
 def _json_default(value: Any) -> str:
@@ -108,6 +120,8 @@ class _Step:
     key: Key = ()
     row: dict[str, Any] = field(default_factory=dict)
     old_key: Key | None = None
+    unavailable: frozenset[str] = _NONE
+    """Columns the event left unchanged (Debezium's unavailable-value placeholder): not in ``row``."""
 
 
 @dataclass(slots=True)
@@ -122,39 +136,57 @@ class _TableOps:
     """Python path: the converted changes, in order (applied one by one when the batch fails)."""
     records: list[SinkRecord] = field(default_factory=list)
     """JSON path: the records, in order (converted only when the batch fails)."""
+    partial: dict[Key, frozenset[str]] = field(default_factory=dict)
+    """Upserts that leave out unchanged TOASTed columns, by key: they only update an existing row."""
 
     def add(self, step: _Step) -> None:
         self.steps.append(step)
-        self.change(step.op, step.key, step.row, step.old_key)
+        self.change(step.op, step.key, step.row, step.old_key, step.unavailable)
 
-    def change(self, op: str, key: Key, row: dict[str, Any], old_key: Key | None) -> None:
+    def change(
+        self, op: str, key: Key, row: dict[str, Any], old_key: Key | None, unavailable: frozenset[str] = _NONE
+    ) -> None:
         if op == "t":
             self.truncate = True
             self.upserts.clear()
             self.deletes.clear()
+            self.partial.clear()
             return
         if old_key is not None and old_key != key:
             self.upserts.pop(old_key, None)
+            self.partial.pop(old_key, None)
             self.deletes[old_key] = None
         if op == "d":
             self.upserts.pop(key, None)
+            self.partial.pop(key, None)
             self.deletes[key] = None
+            return
+        previous = self.upserts.get(key)
+        if unavailable and previous is not None:
+            # An earlier change of this batch may carry what this one leaves out.
+            row = {**previous, **row}
+            unavailable = (unavailable - previous.keys()) | (self.partial.get(key, _NONE) - row.keys())
+        if unavailable:
+            self.partial[key] = unavailable  # a delete before it stays: the update must then miss
         else:
             self.deletes.pop(key, None)
-            self.upserts[key] = row
+            self.partial.pop(key, None)
+        self.upserts[key] = row
 
-    def json_groups(self) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-        """Raw JSON rows grouped by their column set (the JSON path)."""
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in self.upserts.values():
-            groups.setdefault(tuple(row), []).append(row)
+    def json_groups(self) -> dict[Group, list[dict[str, Any]]]:
+        """Raw JSON rows grouped by their column set and partialness (the JSON path)."""
+        groups: dict[Group, list[dict[str, Any]]] = {}
+        partial = self.partial
+        for key, row in self.upserts.items():
+            groups.setdefault((tuple(row), key in partial), []).append(row)
         return groups
 
-    def upsert_groups(self) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
-        """Rows grouped by their column set (partial rows: unchanged TOAST values left out)."""
-        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        for row in self.upserts.values():
-            groups.setdefault(tuple(row), []).append(tuple(row.values()))
+    def upsert_groups(self) -> dict[Group, list[tuple[Any, ...]]]:
+        """Rows grouped by their column set and partialness (unchanged TOAST values left out)."""
+        groups: dict[Group, list[tuple[Any, ...]]] = {}
+        partial = self.partial
+        for key, row in self.upserts.items():
+            groups.setdefault((tuple(row), key in partial), []).append(tuple(row.values()))
         return groups
 
 
@@ -446,24 +478,26 @@ class PostgresSink:
         if event.op == "d":
             source = {**(event.key or {}), **(event.before or {})}
             return _Step(record, "d", self._key(info, source, record))
-        row = self._row(info, event.after or {}, record)
+        row, unavailable = self._row(info, event.after or {}, record)
         key = tuple(row[name] for name in info.key)
         old_key = None
         if event.op == "u" and event.before and all(event.before.get(k) is not None for k in info.key):
             old_key = self._key(info, event.before, record)
-        return _Step(record, "u", key, row, old_key)
+        return _Step(record, "u", key, row, old_key, unavailable)
 
     def _add_raw(self, ops: _TableOps, record: SinkRecord) -> None:
         """The JSON path: collapse by raw key, after the checks Python conversion would make first."""
-        op, key, row, old_key = self._raw_change(ops.info, record)
+        op, key, row, old_key, unavailable = self._raw_change(ops.info, record)
         ops.records.append(record)
-        ops.change(op, key, row, old_key)
+        ops.change(op, key, row, old_key, unavailable)
 
-    def _raw_change(self, info: TableInfo, record: SinkRecord) -> tuple[str, Key, dict[str, Any], Key | None]:
+    def _raw_change(
+        self, info: TableInfo, record: SinkRecord
+    ) -> tuple[str, Key, dict[str, Any], Key | None, frozenset[str]]:
         event = record.event
         assert event is not None
         if event.op == "t":
-            return "t", (), {}, None
+            return "t", (), {}, None, _NONE
         if event.op == "d":
             source = {**event.key, **(event.before or {})} if event.key else event.before or {}
             key = tuple(source.get(name) for name in info.key)
@@ -473,8 +507,8 @@ class PostgresSink:
                     table=info.qualified,
                     offset=record.offset,
                 )
-            return "d", key, {}, None
-        row = _raw_row(info, event, record, self.settings.strict)
+            return "d", key, {}, None, _NONE
+        row, unavailable = _raw_row(info, event, record, self.settings.strict)
         key = (row.get(info.key[0]),) if len(info.key) == 1 else tuple([row.get(name) for name in info.key])
         if None in key:
             missing = [name for name in info.key if row.get(name) is None]
@@ -485,7 +519,7 @@ class PostgresSink:
         if event.op == "u" and event.before:
             before_key = tuple(event.before.get(name) for name in info.key)
             old_key = None if None in before_key else before_key
-        return "u", key, row, old_key
+        return "u", key, row, old_key, unavailable
 
     def _key(self, info: TableInfo, values: dict[str, Any], record: SinkRecord) -> Key:
         convert = self._converters[(info.schema, info.name)]
@@ -500,20 +534,26 @@ class PostgresSink:
         except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
             raise PermanentError(f"{info.qualified} key: {exc}", table=info.qualified) from None
 
-    def _row(self, info: TableInfo, values: dict[str, Any], record: SinkRecord) -> dict[str, Any]:
+    def _row(
+        self, info: TableInfo, values: dict[str, Any], record: SinkRecord
+    ) -> tuple[dict[str, Any], frozenset[str]]:
+        """The converted row, and the columns it leaves unchanged (unavailable-value placeholders)."""
         convert = self._converters[(info.schema, info.name)]
         row: dict[str, Any] = {}
+        unavailable: list[str] = []
+        check = mentions_unavailable(record.value)
         for name, value in values.items():
             fn = convert.get(name)
             if fn is None:
-                if self.settings.strict:
+                if self.settings.strict and name not in info.generated:
                     raise UnknownColumn(
                         f"destination table {info.qualified} has no column {name!r}",
                         table=info.qualified,
                         column=name,
                     )
                 continue
-            if value == UNAVAILABLE:
+            if check and is_unavailable(value):
+                unavailable.append(name)
                 continue
             try:
                 row[name] = None if value is None else fn(value)
@@ -528,7 +568,7 @@ class PostgresSink:
             raise PermanentError(
                 f"event for {info.qualified} lacks key column(s) {missing}", table=info.qualified
             )
-        return row
+        return row, frozenset(unavailable)
 
     # ------------------------------------------------------------------ applying
 
@@ -540,6 +580,10 @@ class PostgresSink:
                 else:
                     self._apply_copy(conn, ops)
             return []
+        except MissingRow as exc:
+            self._stages.clear()  # the savepoint's rollback dropped the stages it created
+            log.info("%s: %s; one by one", self.name, exc)
+            return self._apply_one_by_one(conn, ops)
         except psycopg.Error as exc:
             self._stages.clear()
             error = map_pg_error(exc, f"applying to {ops.info.qualified}")
@@ -571,11 +615,11 @@ class PostgresSink:
                     )
                 )
                 slot += 1
-            for names, rows in ops.json_groups().items():
+            for (names, partial), rows in ops.json_groups().items():
                 columns = tuple(n for n in names if n in exprs)
                 stage = self._json_stage(cur, slot)
                 _copy_json(cur, stage, rows)
-                cur.execute(_upsert_sql(info, columns, _json_select(columns, exprs, stage)))
+                _write(cur, info, columns, _json_select(columns, exprs, stage), partial, len(rows))
                 slot += 1
 
     def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
@@ -610,16 +654,11 @@ class PostgresSink:
                         t=info.ident, s=sql.Identifier(stage), cond=_key_match(info.key, "d", "s")
                     )
                 )
-            for columns, rows in ops.upsert_groups().items():
+            for (columns, partial), rows in ops.upsert_groups().items():
                 stage = self._stage(cur, info, columns, "u")
                 _copy(cur, stage, columns, rows)
-                cur.execute(
-                    _upsert_sql(
-                        info,
-                        columns,
-                        sql.SQL("SELECT {} FROM {}").format(_idents(columns), sql.Identifier(stage)),
-                    )
-                )
+                source = sql.SQL("SELECT {} FROM {}").format(_idents(columns), sql.Identifier(stage))
+                _write(cur, info, columns, source, partial, len(rows))
 
     def _apply_executemany(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
         info = ops.info
@@ -628,8 +667,12 @@ class PostgresSink:
                 cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
             if ops.deletes:
                 cur.executemany(_delete_sql(info), list(ops.deletes))
-            for columns, rows in ops.upsert_groups().items():
-                cur.executemany(_upsert_sql(info, columns, _values(len(columns))), rows)
+            for (columns, partial), rows in ops.upsert_groups().items():
+                if not partial:
+                    cur.executemany(_upsert_sql(info, columns, _values(len(columns))), rows)
+                    continue
+                for row in rows:  # rare: rowcount per row is what tells a missing row
+                    _write(cur, info, columns, _values(len(columns)), True, 1, row)
 
     def _apply_one_by_one(self, conn: psycopg.Connection[Any], ops: _TableOps) -> list[RecordFailure]:
         failures: list[RecordFailure] = []
@@ -646,9 +689,10 @@ class PostgresSink:
                         cur.execute(_delete_sql(info), step.key)
                     else:
                         columns = tuple(step.row)
-                        cur.execute(
-                            _upsert_sql(info, columns, _values(len(columns))), tuple(step.row.values())
-                        )
+                        values = tuple(step.row.values())
+                        _write(cur, info, columns, _values(len(columns)), bool(step.unavailable), 1, values)
+            except MissingRow as exc:
+                failures.append(RecordFailure(step.record, _missing_row(info, step, exc)))
             except psycopg.Error as exc:
                 error = map_pg_error(exc, f"applying to {info.qualified}", table=info.qualified)
                 if isinstance(error, TransientError) or conn.broken:
@@ -722,6 +766,70 @@ def _upsert_sql(info: TableInfo, columns: tuple[str, ...], source: sql.Composabl
     )
 
 
+def _update_sql(info: TableInfo, columns: tuple[str, ...], source: sql.Composable) -> sql.Composed:
+    """UPDATE the rows of ``source`` (one per key) in place: a missing row is not inserted."""
+    updates = [c for c in columns if c not in info.key] or list(info.key[:1])
+    return sql.SQL("UPDATE {t} AS d SET {sets} FROM ({src}) AS s ({c}) WHERE {cond}").format(
+        t=info.ident,
+        sets=sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in updates),
+        src=source,
+        c=_idents(columns),
+        cond=_key_match(info.key, "d", "s"),
+    )
+
+
+def _update_row_sql(info: TableInfo, updates: list[str]) -> sql.Composed:
+    return sql.SQL("UPDATE {t} SET {sets} WHERE {cond}").format(
+        t=info.ident,
+        sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in updates),
+        cond=sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in info.key),
+    )
+
+
+def _write(
+    cur: psycopg.Cursor[Any],
+    info: TableInfo,
+    columns: tuple[str, ...],
+    source: sql.Composable,
+    partial: bool,
+    expected: int,
+    params: tuple[Any, ...] | None = None,
+) -> None:
+    """Upsert ``source``'s rows; partial rows (unchanged TOAST left out) only update existing rows.
+
+    Raises :class:`MissingRow` when fewer than ``expected`` partial rows found their row.
+    """
+    if not partial:
+        cur.execute(_upsert_sql(info, columns, source), params)
+        return
+    if params is None:
+        cur.execute(_update_sql(info, columns, source))
+    else:
+        # One row's parameters: SET col = %s assigns them like INSERT does (a VALUES list would type
+        # them as text, which a jsonb or date column refuses).
+        values = dict(zip(columns, params, strict=True))
+        updates = [c for c in columns if c not in info.key] or list(info.key[:1])
+        cur.execute(_update_row_sql(info, updates), [values[c] for c in (*updates, *info.key)])
+    if cur.rowcount < expected:
+        raise MissingRow(
+            f"{expected - cur.rowcount} of {expected} partial updates of {info.qualified} found no row"
+        )
+
+
+def _missing_row(info: TableInfo, step: _Step, cause: MissingRow) -> MissingRow:
+    """The error of one record whose partial update found no row."""
+    key = dict(zip(info.key, step.key, strict=True))
+    return MissingRow(
+        f"{info.qualified} {key}: the change leaves {', '.join(sorted(step.unavailable))} unchanged "
+        "(Debezium's unavailable-value placeholder for an unchanged TOASTed value) but the destination "
+        "has no such row to keep them from; writing it would lose those values. Give the source table "
+        "REPLICA IDENTITY FULL so that capture sends them, and re-snapshot or repair the row",
+        table=info.qualified,
+        key=key,
+        columns=sorted(step.unavailable),
+    )
+
+
 def _delete_sql(info: TableInfo) -> sql.Composed:
     return sql.SQL("DELETE FROM {t} WHERE {cond}").format(
         t=info.ident,
@@ -754,16 +862,25 @@ def _json_select(columns: tuple[str, ...], exprs: dict[str, sql.Composable], sta
     )
 
 
-def _raw_row(info: TableInfo, event: ChangeEvent, record: SinkRecord, strict: bool) -> dict[str, Any]:
+def _raw_row(
+    info: TableInfo, event: ChangeEvent, record: SinkRecord, strict: bool
+) -> tuple[dict[str, Any], frozenset[str]]:
+    """The event's row without unchanged (placeholder) values and generated columns; the former's names."""
     row = event.after or {}
-    if record.value is not None and _UNAVAILABLE_BYTES in record.value:
-        row = {name: value for name, value in row.items() if value != UNAVAILABLE}
+    if info.generated and not info.generated.isdisjoint(row):
+        row = {name: value for name, value in row.items() if name not in info.generated}
     if strict and not info.columns.keys() >= row.keys():
         name = next(name for name in row if name not in info.columns)
         raise UnknownColumn(
             f"destination table {info.qualified} has no column {name!r}", table=info.qualified, column=name
         )
-    return row
+    unavailable = _NONE
+    if mentions_unavailable(record.value):
+        placeholders = [name for name, value in row.items() if is_unavailable(value)]
+        if placeholders:
+            row = {name: value for name, value in row.items() if name not in placeholders}
+            unavailable = frozenset(name for name in placeholders if name in info.columns)
+    return row, unavailable
 
 
 def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed:
