@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from walbridge.config import DlqSettings, KafkaSettings, PostgresSinkSettings, Settings
+from walbridge.config import DlqSettings, KafkaSettings, MetricsSettings, PostgresSinkSettings, Settings
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, KafkaRecord, Source
 from walbridge.kafka import ensure_topics, make_admin, make_producer
 from walbridge.sinks.postgres import PostgresSink
@@ -59,6 +59,7 @@ class Pipeline:
         self.settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3, session_timeout_ms=6000),
             dlq=DlqSettings(max_attempts=3, backoff_initial_s=0.2, backoff_max_s=1.0),
+            metrics=MetricsSettings(enabled=False),  # processes of one test would share a port
             sinks=[
                 PostgresSinkSettings(
                     dsn=dsn, topics=[self.topic], group_id=f"{prefix}-g", linger_ms=50, **sink_options

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from walbridge.config import DlqSettings, KafkaSettings, SalesforceSinkSettings, Settings
+from walbridge.config import DlqSettings, KafkaSettings, MetricsSettings, SalesforceSinkSettings, Settings
 from walbridge.emulator import DEFAULT_APP, EmulatorConfig, EmulatorServer
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source
 from walbridge.kafka import ensure_topics, make_admin, make_producer
@@ -104,6 +104,7 @@ class SfPipeline:
         self.settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3, session_timeout_ms=6000),
             dlq=DlqSettings(max_attempts=max_attempts, backoff_initial_s=0.05, backoff_max_s=0.5),
+            metrics=MetricsSettings(enabled=False),  # processes of one test would share a port
             sinks=[self.sink_settings],
         )
         ensure_topics(make_admin(self.settings.kafka), [self.topic], 3, 1)
