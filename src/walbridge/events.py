@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from walbridge import __version__
+from walbridge.edge_values import NUMERIC_SPECIAL_VALUES
 from walbridge.errors import DecodeError
 
 __all__ = [
@@ -545,7 +546,13 @@ _VARIABLE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
 
 
 def decode_precise_decimal(encoded: str, scale: int) -> Decimal:
-    """Debezium ``decimal.handling.mode=precise``: base64 two's-complement unscaled integer."""
+    """Debezium ``decimal.handling.mode=precise``: base64 two's-complement unscaled integer.
+
+    Also walbridge's names of NaN and the infinities (:data:`walbridge.edge_values.NUMERIC_SPECIALS`).
+    """
+    special = NUMERIC_SPECIAL_VALUES.get(encoded)
+    if special is not None:
+        return special
     unscaled = int.from_bytes(base64.b64decode(encoded), "big", signed=True)
     return Decimal(unscaled).scaleb(-scale)
 
@@ -560,11 +567,35 @@ def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Ro
         value = row.get(name)
         if value is None:
             continue
-        if fld.get("name") == _DECIMAL and isinstance(value, str):
-            scale = int(fld.get("parameters", {}).get("scale", 0))
+        if fld.get("type") == "array" and isinstance(value, list):
+            items = fld.get("items") or {}
+            if items.get("name") in (_DECIMAL, _VARIABLE_DECIMAL):
+                out = out if out is not row else dict(row)
+                out[name] = _decode_precise_items(value, items)
+            continue
+        decoded = _decode_precise_value(value, fld)
+        if decoded is not value:
             out = out if out is not row else dict(row)
-            out[name] = decode_precise_decimal(value, scale)
-        elif fld.get("name") == _VARIABLE_DECIMAL and isinstance(value, dict):
-            out = out if out is not row else dict(row)
-            out[name] = decode_precise_decimal(value["value"], int(value["scale"]))
+            out[name] = decoded
     return out
+
+
+def _decode_precise_value(value: Any, fld: dict[str, Any]) -> Any:
+    if fld.get("name") == _DECIMAL and isinstance(value, str):
+        return decode_precise_decimal(value, int(fld.get("parameters", {}).get("scale", 0)))
+    if fld.get("name") == _VARIABLE_DECIMAL and isinstance(value, dict):
+        return decode_precise_decimal(value["value"], int(value["scale"]))
+    if fld.get("name") == _VARIABLE_DECIMAL and isinstance(value, str):
+        return decode_precise_decimal(value, 0)  # NaN or an infinity, by name
+    return value
+
+
+def _decode_precise_items(values: list[Any], items: dict[str, Any]) -> list[Any]:
+    return [
+        _decode_precise_items(v, items)
+        if isinstance(v, list)
+        else None
+        if v is None
+        else _decode_precise_value(v, items)
+        for v in values
+    ]

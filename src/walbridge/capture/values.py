@@ -23,10 +23,23 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
+import orjson
+
+from walbridge.edge_values import (
+    DATE_NEGATIVE_INFINITY,
+    DATE_POSITIVE_INFINITY,
+    NUMERIC_SPECIALS,
+    TIMESTAMP_NEGATIVE_INFINITY_US,
+    TIMESTAMP_POSITIVE_INFINITY_US,
+    US_PER_DAY,
+    civil_from_days,
+    iso_year,
+    parse_pg_datetime,
+)
 from walbridge.errors import DecodeError
 from walbridge.events import ColumnSchema
 
@@ -56,6 +69,7 @@ SESSION_SETTINGS: Mapping[str, str] = {
     "IntervalStyle": "postgres",
     "bytea_output": "hex",
     "extra_float_digits": "1",
+    "lc_monetary": "C",
 }
 """The session settings every connection whose text output is converted here must use."""
 
@@ -110,6 +124,15 @@ _BUILTIN_ROWS: tuple[tuple[int, str, int], ...] = (
     (3615, "tsquery", 3645), (3802, "jsonb", 3807), (3904, "int4range", 3905),
     (3906, "numrange", 3907), (3908, "tsrange", 3909), (3910, "tstzrange", 3911),
     (3912, "daterange", 3913), (3926, "int8range", 3927), (4072, "jsonpath", 4073),
+    # types whose text is their only sensible JSON form (PG 14+ multiranges included)
+    (24, "regproc", 1008), (27, "tid", 1010), (28, "xid", 1011), (29, "cid", 1012),
+    (1033, "aclitem", 1034), (1790, "refcursor", 2201), (2202, "regprocedure", 2207),
+    (2203, "regoper", 2208), (2204, "regoperator", 2209), (2205, "regclass", 2210),
+    (2206, "regtype", 2211), (2970, "txid_snapshot", 2949), (3734, "regconfig", 3735),
+    (3769, "regdictionary", 3770), (4089, "regnamespace", 4090), (4096, "regrole", 4097),
+    (4191, "regcollation", 4192), (4451, "int4multirange", 6150), (4532, "nummultirange", 6151),
+    (4533, "tsmultirange", 6152), (4534, "tstzmultirange", 6153), (4535, "datemultirange", 6155),
+    (4536, "int8multirange", 6157), (5038, "pg_snapshot", 5039), (5069, "xid8", 271),
 )
 # fmt: on
 
@@ -117,7 +140,7 @@ _BUILTIN_ROWS: tuple[tuple[int, str, int], ...] = (
 def _builtin_types() -> dict[int, PgType]:
     types: dict[int, PgType] = {}
     for oid, name, array_oid in _BUILTIN_ROWS:
-        typtype = "r" if name.endswith("range") else "b"
+        typtype = "m" if name.endswith("multirange") else "r" if name.endswith("range") else "b"
         types[oid] = PgType(oid, name, typtype)
         types[array_oid] = PgType(array_oid, "_" + name, "b", element_oid=oid)
     return types
@@ -158,10 +181,7 @@ class TypeRegistry(Mapping[int, PgType]):
 # --------------------------------------------------------------------------- scalar parsers
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_US_PER_DAY = 86_400_000_000
-# pgjdbc's PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY, read by Debezium as epoch microseconds.
-_TIMESTAMP_POS_INFINITY_US = 9_223_372_036_825_200_000
-_TIMESTAMP_NEG_INFINITY_US = -9_223_372_036_832_400_000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT_SPECIALS = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
@@ -176,7 +196,13 @@ def _bool(text: str) -> bool:
 
 
 def _days(text: str) -> int:
-    return date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
+    if len(text) == 10:  # 'YYYY-MM-DD': years 1-9999 AD
+        return date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
+    if text == "infinity":
+        return DATE_POSITIVE_INFINITY
+    if text == "-infinity":
+        return DATE_NEGATIVE_INFINITY
+    return parse_pg_datetime(text)[0]  # BC, years before 1000 or after 9999
 
 
 def _time_micros(text: str) -> int:
@@ -188,12 +214,16 @@ def _time_micros(text: str) -> int:
 
 
 def _timestamp_micros(text: str) -> int:
+    """Microseconds since 1970; beyond 64 bits (after 294247 AD) the exact, larger number."""
     if text == "infinity":
-        return _TIMESTAMP_POS_INFINITY_US
+        return TIMESTAMP_POSITIVE_INFINITY_US
     if text == "-infinity":
-        return _TIMESTAMP_NEG_INFINITY_US
+        return TIMESTAMP_NEGATIVE_INFINITY_US
+    if text[4:5] != "-" or text.endswith(" BC"):
+        days, micros = parse_pg_datetime(text)
+        return days * US_PER_DAY + micros
     moment = datetime.fromisoformat(text)
-    day_us = (moment.toordinal() - _EPOCH_ORDINAL) * _US_PER_DAY
+    day_us = (moment.toordinal() - _EPOCH_ORDINAL) * US_PER_DAY
     return day_us + ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000 + moment.microsecond
 
 
@@ -225,11 +255,17 @@ def _zoned_timestamp(fraction_digits: int) -> Converter:
             return f"{head}.{fraction.ljust(fraction_digits, '0')[:fraction_digits]}Z"
         if text in ("infinity", "-infinity"):
             return text
-        m = datetime.fromisoformat(text).astimezone(UTC)
-        head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        # Another offset, BC, or a year outside 1000-9999: calendar arithmetic, java.time's year format.
+        days, of_day = parse_pg_datetime(text)
+        year, month, day = civil_from_days(days)
+        seconds, micros = divmod(of_day, 1_000_000)
+        head = (
+            f"{iso_year(year)}-{month:02d}-{day:02d}"
+            f"T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        )
         if fraction_digits <= 0 or fraction_digits > 9:
-            return head + _trimmed_fraction(m.microsecond) + "Z"
-        return f"{head}.{f'{m.microsecond:06d}'.ljust(fraction_digits, '0')[:fraction_digits]}Z"
+            return head + _trimmed_fraction(micros) + "Z"
+        return f"{head}.{f'{micros:06d}'.ljust(fraction_digits, '0')[:fraction_digits]}Z"
 
     return convert
 
@@ -316,7 +352,8 @@ def _interval_micros(text: str) -> int:
     years, months, days, hours, minutes, seconds = _interval_parts(text)
     total_days = (years * 12 + months) * _DAYS_PER_MONTH + days
     total_seconds = ((total_days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return int(total_seconds * 1e6)
+    # Debezium computes in double and casts to long, which saturates: so do we.
+    return max(_INT64_MIN, min(_INT64_MAX, int(total_seconds * 1e6)))
 
 
 def _interval_iso(text: str) -> str:
@@ -338,6 +375,21 @@ _BINARY_ENCODERS: dict[str, Callable[[bytes], str]] = {
     "base64-url-safe": lambda raw: base64.urlsafe_b64encode(raw).decode(),
     "hex": lambda raw: raw.hex(),
 }
+
+
+_HSTORE_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"=>(?:NULL|"((?:[^"\\]|\\.)*)")')
+_BACKSLASHED = re.compile(r"\\(.)")
+
+
+def _hstore_json(text: str) -> str:
+    """hstore text → Debezium's ``hstore.handling.mode=json``: a JSON object (text) of text or null values."""
+    pairs = {}
+    for match in _HSTORE_PAIR.finditer(text):
+        key, value = match.group(1), match.group(2)
+        pairs[_BACKSLASHED.sub(r"\1", key)] = None if value is None else _BACKSLASHED.sub(r"\1", value)
+    if not pairs and text.strip():
+        raise ValueError(f"not an hstore value: {text[:40]!r}")
+    return orjson.dumps(pairs).decode()
 
 
 def _bits(text: str) -> str:
@@ -362,17 +414,11 @@ def _unscaled_b64(unscaled: int) -> str:
     return base64.b64encode(unscaled.to_bytes(size, "big", signed=True)).decode()
 
 
-def _decimal(text: str, column: str = "") -> Decimal:
+def _decimal(text: str) -> Decimal:
     try:
-        value = Decimal(text)
+        return Decimal(text)
     except InvalidOperation:
         raise DecodeError(f"not a numeric value: {text!r}") from None
-    if not value.is_finite():
-        # Debezium: special values can only be expressed with decimal.handling.mode string or double.
-        raise DecodeError(
-            f"numeric special value {text!r} needs decimal_handling_mode string or double", value=text
-        )
-    return value
 
 
 # numeric holds up to 147,455 digits; the default context (28 digits) would round them silently.
@@ -383,14 +429,20 @@ def _precise_fixed(scale: int) -> Converter:
     quantum = Decimal(1).scaleb(-scale)
 
     def convert(text: str) -> str:
+        special = NUMERIC_SPECIALS.get(text)
+        if special is not None:  # Debezium writes null; walbridge its string-mode name (edge_values)
+            return special
         value = _decimal(text).quantize(quantum, context=_EXACT)
         return _unscaled_b64(int(value.scaleb(scale, _EXACT)))
 
     return convert
 
 
-def _precise_variable(text: str) -> dict[str, Any]:
+def _precise_variable(text: str) -> dict[str, Any] | str:
     # io.debezium.data.VariableScaleDecimal: trailing zeros stripped, never a negative scale.
+    special = NUMERIC_SPECIALS.get(text)
+    if special is not None:  # Debezium writes null; walbridge its string-mode name (edge_values)
+        return special
     value = _decimal(text).normalize(_EXACT)
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
@@ -400,9 +452,12 @@ def _precise_variable(text: str) -> dict[str, Any]:
 
 
 def _decimal_double(text: str) -> Any:
-    if text == "NaN":
-        return "NaN"
-    return _float(text)
+    return _float(text)  # NaN and ±Infinity as Jackson's strings, like float8
+
+
+def _decimal_string(text: str) -> str:
+    # Debezium's SpecialValueDecimal names NaN and the infinities (NAN, POSITIVE_INFINITY, ...).
+    return NUMERIC_SPECIALS.get(text, text)
 
 
 def _money_decimal(text: str) -> Decimal:
@@ -433,7 +488,10 @@ _TEXT_TYPES = frozenset(
         "text", "varchar", "bpchar", "char", "name", "uuid", "json", "jsonb", "xml", "inet", "cidr",
         "macaddr", "macaddr8", "int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange",
         "tsvector", "tsquery", "pg_lsn", "jsonpath", "point", "lseg", "path", "box", "polygon", "line",
-        "circle",
+        "circle", "regproc", "tid", "xid", "cid", "aclitem", "refcursor", "regprocedure", "regoper",
+        "regoperator", "regclass", "regtype", "txid_snapshot", "regconfig", "regdictionary", "regnamespace",
+        "regrole", "regcollation", "int4multirange", "nummultirange", "tsmultirange", "tstzmultirange",
+        "datemultirange", "int8multirange", "pg_snapshot", "xid8",
     }
 )  # fmt: skip
 _STRING_SCHEMA_NAMES = {"uuid": "io.debezium.data.Uuid", "json": "io.debezium.data.Json",
@@ -467,6 +525,13 @@ class _Plan:
     element: _Plan | None = field(default=None)
 
 
+_EXTENSION_PLANS = {
+    "citext": _Plan({"type": "string"}, _identity),
+    "ltree": _Plan(_named("string", "io.debezium.data.Ltree"), _identity),
+    "hstore": _Plan(_named("string", "io.debezium.data.Json"), _hstore_json),
+}
+
+
 def _temporal_plan(name: str, typmod: int, opts: ValueOptions) -> _Plan:
     mode, precision = opts.time_precision_mode, _time_precision(typmod)
     if name == "date":
@@ -498,7 +563,7 @@ def _temporal_plan(name: str, typmod: int, opts: ValueOptions) -> _Plan:
 def _numeric_plan(typmod: int, opts: ValueOptions) -> _Plan:
     mode, constraint = opts.decimal_handling_mode, _numeric_typmod(typmod)
     if mode == "string":
-        return _Plan({"type": "string"}, _identity)
+        return _Plan({"type": "string"}, _decimal_string)
     if mode == "double":
         return _Plan({"type": "double"}, _decimal_double)
     if constraint is None:
@@ -554,6 +619,8 @@ def _base_plan(pg_type: PgType, typmod: int, opts: ValueOptions) -> _Plan | None
         return _Plan(_named("string", schema_name) if schema_name else {"type": "string"}, _identity)
     if name == "bool":
         return _Plan({"type": "boolean"}, _bool)
+    if name in _EXTENSION_PLANS:  # extension types Debezium knows (their OIDs differ per database)
+        return _EXTENSION_PLANS[name]
     if name in ("float4", "float8"):
         return _Plan({"type": "float" if name == "float4" else "double"}, _float)
     if name in ("date", "time", "timestamp", "timestamptz", "timetz", "interval"):

@@ -31,6 +31,17 @@ from typing import Any
 import orjson
 from psycopg import sql
 
+from walbridge.edge_values import (
+    DATE_NEGATIVE_INFINITY,
+    DATE_POSITIVE_INFINITY,
+    NUMERIC_SPECIAL_VALUES,
+    TIMESTAMP_NEGATIVE_INFINITY_US,
+    TIMESTAMP_POSITIVE_INFINITY_US,
+    US_PER_DAY,
+    date_text,
+    timestamp_text,
+    zoned_iso_to_pg,
+)
 from walbridge.events import decode_precise_decimal
 
 __all__ = [
@@ -49,6 +60,11 @@ UNAVAILABLE = "__debezium_unavailable_value"
 _EPOCH_DATE = date(1970, 1, 1)
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+# Python's date/datetime cover years 1-9999; values outside go to PostgreSQL as its own text.
+_PY_DAYS = range(
+    date.min.toordinal() - _EPOCH_DATE.toordinal(), date.max.toordinal() + 1 - _EPOCH_DATE.toordinal()
+)
+_PY_MICROS = range(_PY_DAYS.start * US_PER_DAY, _PY_DAYS.stop * US_PER_DAY)
 
 Converter = Callable[[Any], Any]
 
@@ -170,6 +186,9 @@ def _decimal(value: Any) -> Decimal:
     if isinstance(value, dict) and "scale" in value and "value" in value:
         return decode_precise_decimal(str(value["value"]), int(value["scale"]))
     if isinstance(value, str):
+        special = NUMERIC_SPECIAL_VALUES.get(value)
+        if special is not None:
+            return special
         try:
             return Decimal(value)
         except InvalidOperation:
@@ -181,11 +200,20 @@ def _decimal(value: Any) -> Decimal:
     raise ValueError(f"{value!r} is not a decimal number")
 
 
-def _date(value: Any) -> date:
+def _date(value: Any) -> date | str:
     if isinstance(value, int) and not isinstance(value, bool):
-        return _EPOCH_DATE + timedelta(days=value)
+        if value in _PY_DAYS:
+            return _EPOCH_DATE + timedelta(days=value)
+        if value == DATE_POSITIVE_INFINITY:
+            return "infinity"
+        if value == DATE_NEGATIVE_INFINITY:
+            return "-infinity"
+        return date_text(value)  # BC or after 9999
     if isinstance(value, str):
-        return date.fromisoformat(value[:10])
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return value  # 'infinity', '0044-03-15 BC', ...: PostgreSQL reads its own text
     if isinstance(value, date):
         return value
     raise ValueError(f"{value!r} is not a date (days since 1970-01-01)")
@@ -198,12 +226,33 @@ def _epoch_delta(value: int, precision: int | None) -> timedelta:
     return timedelta(microseconds=value)
 
 
+def _epoch_micros(value: int, precision: int | None) -> int | str:
+    """Epoch µs of a Debezium timestamp number, or ``infinity``/``-infinity``."""
+    if precision is not None and precision <= 3:
+        if value * 1000 == TIMESTAMP_POSITIVE_INFINITY_US:
+            return "infinity"
+        if value * 1000 == TIMESTAMP_NEGATIVE_INFINITY_US:
+            return "-infinity"
+        return value * 1000
+    if value == TIMESTAMP_POSITIVE_INFINITY_US:
+        return "infinity"
+    if value == TIMESTAMP_NEGATIVE_INFINITY_US:
+        return "-infinity"
+    return value
+
+
 def _timestamp(precision: int | None) -> Converter:
     def convert(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
-            return _EPOCH + _epoch_delta(value, precision)
+            micros = _epoch_micros(value, precision)
+            if isinstance(micros, str) or micros not in _PY_MICROS:
+                return micros if isinstance(micros, str) else timestamp_text(micros)
+            return _EPOCH + timedelta(microseconds=micros)
         if isinstance(value, str):
-            parsed = datetime.fromisoformat(value)
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return _pg_timestamp_text(value)
             if parsed.tzinfo is not None:
                 parsed = parsed.astimezone(UTC)
             return parsed.replace(tzinfo=None)
@@ -212,12 +261,23 @@ def _timestamp(precision: int | None) -> Converter:
     return convert
 
 
-def _timestamptz(value: Any) -> datetime:
+def _pg_timestamp_text(value: str) -> str:
+    """A timestamp string Python cannot read (``infinity``, BC, ``+10000-…``): PostgreSQL reads it."""
+    return zoned_iso_to_pg(value) or value
+
+
+def _timestamptz(value: Any) -> datetime | str:
     if isinstance(value, str):
-        parsed = datetime.fromisoformat(value)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return _pg_timestamp_text(value)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     if isinstance(value, int) and not isinstance(value, bool):
-        return _EPOCH_UTC + timedelta(microseconds=value)
+        micros = _epoch_micros(value, None)
+        if isinstance(micros, str) or micros not in _PY_MICROS:
+            return micros if isinstance(micros, str) else timestamp_text(micros, "+00")
+        return _EPOCH_UTC + timedelta(microseconds=micros)
     raise ValueError(f"{value!r} is not a timestamp with time zone")
 
 
@@ -229,7 +289,10 @@ def _time(precision: int | None) -> Converter:
                 return "24:00:00"
             return (datetime.min + delta).time()
         if isinstance(value, str):
-            return time.fromisoformat(value)
+            try:
+                return time.fromisoformat(value)
+            except ValueError:
+                return value  # '24:00:00': PostgreSQL reads it
         raise ValueError(f"{value!r} is not a time of day")
 
     return convert
@@ -261,6 +324,22 @@ def _json(value: Any) -> str:
     if isinstance(value, str):
         return value
     return orjson.dumps(value).decode()
+
+
+def _hstore(value: Any) -> str:
+    """Debezium's hstore JSON object (text or decoded) → hstore text; other text as it is."""
+    if isinstance(value, str) and value.startswith("{"):
+        value = orjson.loads(value)
+    if not isinstance(value, dict):
+        return _text(value)
+    return ", ".join(
+        f"{_hstore_quote(str(key))}=>{'NULL' if item is None else _hstore_quote(_text(item))}"
+        for key, item in value.items()
+    )
+
+
+def _hstore_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _text(value: Any) -> str:
@@ -296,6 +375,7 @@ _SIMPLE: dict[str, Converter] = {
     "bytea": _bytea,
     "json": _json,
     "jsonb": _json,
+    "hstore": _hstore,
 }
 
 
@@ -320,7 +400,7 @@ _INTEGER = "^-?[0-9]+$"
 _NUMBER = "^-?[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?$"
 _ZONED = "[T ][0-9:.]+(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 """An ISO date-time with an offset: Python's fromisoformat makes it aware."""
-_NO_SQL = {"money", "bit", "varbit"}
+_NO_SQL = {"money", "bit", "varbit", "hstore"}
 _CASTS = {
     "int2": "int2",
     "int4": "int4",
@@ -328,7 +408,6 @@ _CASTS = {
     "oid": "oid",
     "float4": "float4",
     "float8": "float8",
-    "numeric": "numeric",
     "bool": "bool",
     "json": "json",
     "jsonb": "jsonb",
@@ -339,26 +418,48 @@ def _epoch_unit(precision: int | None) -> str:
     return "1 millisecond" if precision is not None and precision <= 3 else "1 microsecond"
 
 
+def _epoch_sql(base: str, precision: int | None) -> str:
+    """SQL for ``base`` plus the epoch count ``{v}``: exact (whole days, then the rest of the day), with
+    Debezium's infinity numbers. A float product (``{v} * interval``) would round beyond 2**53 µs."""
+    unit = _epoch_unit(precision)
+    ms = unit == "1 millisecond"
+    per_day = US_PER_DAY // 1000 if ms else US_PER_DAY
+    pos, neg = TIMESTAMP_POSITIVE_INFINITY_US, TIMESTAMP_NEGATIVE_INFINITY_US
+    if ms:
+        pos, neg = pos // 1000, neg // 1000
+    days = f"floor({{v}}::numeric / {per_day})"
+    return (
+        f"CASE {{v}}::numeric WHEN {pos} THEN 'infinity' WHEN {neg} THEN '-infinity' ELSE"
+        f" {base} + {days}::int8 * interval '1 day'"
+        f" + ({{v}}::numeric - {days} * {per_day})::int8 * interval '{unit}' END"
+    )
+
+
 def _sql_templates(column: Column) -> str | None:
     """A template over ``{v}`` (the value's JSON text) converting it like :func:`converter`."""
     typ = column.type
     if typ in _CASTS:
         return "{v}::" + _CASTS[typ]
+    if typ == "numeric":
+        specials = " ".join(f"WHEN '{name}' THEN '{value}'" for name, value in NUMERIC_SPECIAL_VALUES.items())
+        return f"(CASE {{v}} {specials} ELSE {{v}} END)::numeric"
     if typ == "date":
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN date '1970-01-01' + {{v}}::int4"
-            " ELSE left({v}, 10)::date END"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN CASE {{v}}::int8"
+            f" WHEN {DATE_POSITIVE_INFINITY} THEN 'infinity' WHEN {DATE_NEGATIVE_INFINITY} THEN '-infinity'"
+            " ELSE date '1970-01-01' + {v}::int4 END"
+            " WHEN {v} ~ 'T' THEN left({v}, 10)::date ELSE {v}::date END"
         )
     if typ == "timestamp":
-        unit = _epoch_unit(column.precision)
+        epoch = _epoch_sql("timestamp '1970-01-01'", column.precision)
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN timestamp '1970-01-01' + {{v}}::int8 * interval '{unit}'"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {epoch}"
             f" WHEN {{v}} ~ '{_ZONED}' THEN {{v}}::timestamptz AT TIME ZONE 'UTC' ELSE {{v}}::timestamp END"
         )
     if typ == "timestamptz":
+        epoch = _epoch_sql("timestamptz 'epoch'", None)
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}'"
-            " THEN timestamptz 'epoch' + {v}::int8 * interval '1 microsecond'"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {epoch}"
             f" WHEN {{v}} ~ '{_ZONED}' THEN {{v}}::timestamptz ELSE {{v}}::timestamp AT TIME ZONE 'UTC' END"
         )
     if typ == "time":
@@ -369,8 +470,12 @@ def _sql_templates(column: Column) -> str | None:
             f" WHEN {{v}}::int8 >= 0 THEN time '00:00' + {{v}}::int8 * interval '{unit}' END"
         )
     if typ == "interval":
+        # Whole days, then the rest: exact, and the same interval as Python's timedelta.
+        days = f"floor({{v}}::numeric / {US_PER_DAY})"
         return (
-            f"CASE WHEN {{v}} ~ '{_NUMBER}' THEN justify_hours({{v}}::float8 * interval '1 microsecond')"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {days}::int8 * interval '1 day'"
+            f" + ({{v}}::numeric - {days} * {US_PER_DAY})::int8 * interval '1 microsecond'"
+            f" WHEN {{v}} ~ '{_NUMBER}' THEN justify_hours({{v}}::float8 * interval '1 microsecond')"
             " ELSE {v}::interval END"
         )
     if typ == "bytea":
