@@ -554,7 +554,7 @@ def decode_precise_decimal(encoded: str, scale: int) -> Decimal:
     if special is not None:
         return special
     unscaled = int.from_bytes(base64.b64decode(encoded), "big", signed=True)
-    return Decimal(unscaled).scaleb(-scale)
+    return Decimal(f"{unscaled}E{-scale}")  # exact: scaleb() would round to the context's 28 digits
 
 
 def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Row | None:

@@ -497,8 +497,8 @@ _TEXT_TYPES = frozenset(
 _STRING_SCHEMA_NAMES = {"uuid": "io.debezium.data.Uuid", "json": "io.debezium.data.Json",
                         "jsonb": "io.debezium.data.Json", "xml": "io.debezium.data.Xml"}  # fmt: skip
 _INT_SCHEMAS = {"int2": "int16", "int4": "int32", "int8": "int64", "oid": "int64"}
-# Array element types Debezium has no converter for; kept as lists of text here.
-_TEXT_ELEMENT_FALLBACK = frozenset({"money", "interval", "varbit", "point"})
+# Array element types Debezium has no converter for; kept as lists of text here (money: of decimals).
+_TEXT_ELEMENT_FALLBACK = frozenset({"interval", "varbit", "point"})
 
 
 def _identity(text: str) -> str:
@@ -659,7 +659,9 @@ def _plan(type_oid: int, typmod: int, registry: Mapping[int, PgType], opts: Valu
 
 def _array_plan(pg_type: PgType, typmod: int, registry: Mapping[int, PgType], opts: ValueOptions) -> _Plan:
     element_type = registry.get(pg_type.element_oid)
-    if element_type is not None and element_type.name in _TEXT_ELEMENT_FALLBACK:
+    if element_type is not None and element_type.name == "money":
+        element = _Plan({"type": "string"}, _money_string)  # plain decimals: any lc_monetary reads them
+    elif element_type is not None and element_type.name in _TEXT_ELEMENT_FALLBACK:
         element = _unknown_plan(pg_type.oid, pg_type.name)
     else:
         element = _plan(pg_type.element_oid, typmod, registry, opts)

@@ -75,7 +75,7 @@ class Column:
     type: str
     """Base type name (domains resolved), e.g. ``int4``, ``numeric``, ``timestamptz``, ``_int4``."""
     precision: int | None
-    """Fractional-second digits for temporal types (None: the default, 6)."""
+    """Fractional-second digits for temporal types (None: the default, 6); the length of ``bit(n)``."""
     element: str | None = None
     """Element type of an array column."""
     sql_type: str | None = None
@@ -134,7 +134,8 @@ def read_table(conn: Any, schema: str, table: str) -> TableInfo | None:
         for name, typ, typmod, generated, element, _category, sql_type in cur.fetchall():
             if generated:
                 continue
-            precision = typmod if typ in _TEMPORAL and typmod >= 0 else None
+            base = element or typ
+            precision = typmod if (base in _TEMPORAL or base == "bit") and typmod >= 0 else None
             columns[name] = Column(name, typ, precision, element, sql_type)
         cur.execute(_KEY_SQL, {"rel": rel})
         key = tuple(r[0] for r in cur.fetchall())
@@ -282,9 +283,12 @@ def _timestamptz(value: Any) -> datetime | str:
 
 
 def _time(precision: int | None) -> Converter:
+    """MicroTime (microseconds) whatever the precision: walbridge's and Debezium's
+    ``adaptive_time_microseconds`` mode. (Debezium's ``adaptive`` sends ``time(0-3)`` in milliseconds.)"""
+
     def convert(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
-            delta = _epoch_delta(value, precision)
+            delta = timedelta(microseconds=value)
             if delta >= timedelta(days=1):
                 return "24:00:00"
             return (datetime.min + delta).time()
@@ -350,13 +354,49 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _bit(length: int | None) -> Converter:
+    """io.debezium.data.Bits (little-endian bytes, base64) or a boolean for ``bit(1)`` → bit string text.
+
+    Debezium's encoding keeps no length: a ``varbit`` value's leading zeros are lost.
+    """
+
+    def convert(value: Any) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        raw = value if isinstance(value, bytes) else _bytea(value)
+        bits = format(int.from_bytes(raw, "little"), "b") if raw else ""
+        return bits.zfill(length or 0) if length else bits or "0"
+
+    return convert
+
+
 def _array(element: Converter) -> Converter:
     def convert(value: Any) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{value!r} is not an array")
-        return [None if item is None else element(item) for item in value]
+        items = [
+            None if item is None else convert(item) if isinstance(item, list) else element(item)
+            for item in value
+        ]
+        kinds = {item.__class__ for item in items if item is not None and not isinstance(item, list)}
+        if str in kinds and len(kinds) > 1:  # e.g. dates and 'infinity': one type per array for psycopg
+            return _as_text(items)
+        return items
 
     return convert
+
+
+def _as_text(items: list[Any]) -> list[Any]:
+    return [
+        None
+        if item is None
+        else _as_text(item)
+        if isinstance(item, list)
+        else item.isoformat()
+        if isinstance(item, date | time)
+        else str(item)
+        for item in items
+    ]
 
 
 _SIMPLE: dict[str, Converter] = {
@@ -384,11 +424,15 @@ def _scalar(typ: str, precision: int | None) -> Converter:
         return _timestamp(precision)
     if typ == "time":
         return _time(precision)
+    if typ in ("bit", "varbit"):
+        return _bit(precision if typ == "bit" else None)
     return _SIMPLE.get(typ, _text)
 
 
 def converter(column: Column) -> Converter:
     """The function turning a Debezium-encoded value into a value for ``column``."""
+    if column.element == "varbit":
+        return _array(_text)  # capture sends varbit[] as lists of text (Debezium has no encoding)
     if column.element is not None:
         return _array(_scalar(column.element, column.precision))
     return _scalar(column.type, column.precision)
@@ -463,8 +507,7 @@ def _sql_templates(column: Column) -> str | None:
             f" WHEN {{v}} ~ '{_ZONED}' THEN {{v}}::timestamptz ELSE {{v}}::timestamp AT TIME ZONE 'UTC' END"
         )
     if typ == "time":
-        unit = _epoch_unit(column.precision)
-        day = 86_400_000 if unit == "1 millisecond" else 86_400_000_000
+        unit, day = "1 microsecond", US_PER_DAY  # MicroTime, as in _time
         return (
             f"CASE WHEN {{v}} !~ '{_INTEGER}' THEN {{v}}::time WHEN {{v}}::int8 >= {day} THEN time '24:00'"
             f" WHEN {{v}}::int8 >= 0 THEN time '00:00' + {{v}}::int8 * interval '{unit}' END"
