@@ -105,9 +105,8 @@ def _run(capture: Any, settings: Settings, source: str, dest: str, version: int)
             wait_until(clean, timeout_s=90, interval_s=1)
         except AssertionError as exc:
             different = [key for diff in last[0] for key in diff.different] if last else []
-            raise AssertionError(
-                f"source and destination differ: {last}; columns: {_column_differences(source, dest, different)}"
-            ) from exc
+            columns = _column_differences(source, dest, different)
+            raise AssertionError(f"source and destination differ: {last}; columns: {columns}") from exc
     finally:
         stop.set()
         for thread in threads:
