@@ -462,6 +462,23 @@ def _epoch_unit(precision: int | None) -> str:
     return "1 millisecond" if precision is not None and precision <= 3 else "1 microsecond"
 
 
+_NON_POSITIVE_YEAR = (
+    "^(-[0-9]{4,}|0000)-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2}(?:[.][0-9]+)?)Z$"
+)
+_ISO_YEARS_SQL = (
+    # ZonedTimestamp years PostgreSQL does not read: '+294276-…' (sign) and astronomical years ≤ 0
+    # ('0000-…' is 1 BC, '-4712-…' 4713 BC; make_timestamptz counts -1 as 1 BC).
+    "WHEN {v} ~ '^[+][0-9]' THEN ltrim({v}, '+')::timestamptz"
+    f" WHEN {{v}} ~ '{_NON_POSITIVE_YEAR}' THEN (SELECT make_timestamptz(m[1]::int - 1, m[2]::int, m[3]::int,"
+    f" m[4]::int, m[5]::int, m[6]::float8, 'UTC') FROM regexp_match({{v}}, '{_NON_POSITIVE_YEAR}') AS m)"
+)
+
+
+def _floor_div_sql(divisor: int) -> str:
+    """``floor({v} / divisor)`` in exact integer arithmetic (numeric ``/`` rounds to a finite scale)."""
+    return f"(div({{v}}::numeric, {divisor}) - (mod({{v}}::numeric, {divisor}) < 0)::int)"
+
+
 def _epoch_sql(base: str, precision: int | None) -> str:
     """SQL for ``base`` plus the epoch count ``{v}``: exact (whole days, then the rest of the day), with
     Debezium's infinity numbers. A float product (``{v} * interval``) would round beyond 2**53 µs."""
@@ -471,7 +488,7 @@ def _epoch_sql(base: str, precision: int | None) -> str:
     pos, neg = TIMESTAMP_POSITIVE_INFINITY_US, TIMESTAMP_NEGATIVE_INFINITY_US
     if ms:
         pos, neg = pos // 1000, neg // 1000
-    days = f"floor({{v}}::numeric / {per_day})"
+    days = _floor_div_sql(per_day)
     return (
         f"CASE {{v}}::numeric WHEN {pos} THEN 'infinity' WHEN {neg} THEN '-infinity' ELSE"
         f" {base} + {days}::int8 * interval '1 day'"
@@ -503,7 +520,7 @@ def _sql_templates(column: Column) -> str | None:
     if typ == "timestamptz":
         epoch = _epoch_sql("timestamptz 'epoch'", None)
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {epoch}"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {epoch} {_ISO_YEARS_SQL}"
             f" WHEN {{v}} ~ '{_ZONED}' THEN {{v}}::timestamptz ELSE {{v}}::timestamp AT TIME ZONE 'UTC' END"
         )
     if typ == "time":
@@ -514,7 +531,7 @@ def _sql_templates(column: Column) -> str | None:
         )
     if typ == "interval":
         # Whole days, then the rest: exact, and the same interval as Python's timedelta.
-        days = f"floor({{v}}::numeric / {US_PER_DAY})"
+        days = _floor_div_sql(US_PER_DAY)
         return (
             f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {days}::int8 * interval '1 day'"
             f" + ({{v}}::numeric - {days} * {US_PER_DAY})::int8 * interval '1 microsecond'"
