@@ -7,13 +7,43 @@ JsonConverter writes. :func:`column_schema` returns the matching Kafka Connect f
 
 The text must come from a session with these settings, which the capture connections set:
 ``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=postgres`` (the server default and what
-Debezium's pgjdbc interval parser reads; ISO-8601 intervals are accepted too), ``bytea_output=hex``
-and ``extra_float_digits=1`` (shortest exact floats, the default since PostgreSQL 12).
+Debezium's pgjdbc interval parser reads; ISO-8601 intervals are accepted too), ``bytea_output=hex``,
+``extra_float_digits=1`` (shortest exact floats, the default since PostgreSQL 12) and
+``lc_monetary=C`` (``money`` text in one format, whatever the database's locale).
 
-Known differences from Debezium, by choice: types Debezium drops silently (unknown/extension types,
-``money[]``, ``name[]``, ``interval[]``, ``xml[]``, ``point[]`` with ``include.unknown.datatypes``
-off) are emitted as text (arrays as lists of text) with one warning per type; geometric types are
-text, not Debezium's Geometry structs. Dates, timestamps outside years 1-9999 and BC are not supported.
+Values at the edge of their type are encoded as Debezium 3.6's streaming path encodes them (checked
+with the real connector in tests/compat); the shared constants live in :mod:`walbridge.edge_values`:
+``date`` ±infinity as -2147472692/-2147472691, BC and years past 9999 as plain day counts of the
+proleptic calendar; ``timestamp`` ±infinity as pgjdbc's infinity instants; ``timestamptz`` as
+``infinity``/``-infinity`` and java.time years (``0000`` is 1 BC, ``-4712``, ``+10000``); ``time``
+``24:00:00`` as a full day; float and ``double``-mode numeric NaN/±Infinity as the strings ``NaN``,
+``Infinity``, ``-Infinity``; ``string``-mode numeric ones as ``NAN``, ``POSITIVE_INFINITY``,
+``NEGATIVE_INFINITY``; ``MicroDuration`` intervals saturated at the 64-bit bounds; ``hstore`` as a
+JSON object (``hstore.handling.mode=json``), ``ltree`` and ``citext`` as text.
+
+Known differences from Debezium, by choice (each keeps a value Debezium loses or garbles):
+- numeric NaN/±Infinity in ``precise`` mode: Debezium writes ``null``; walbridge the ``string``-mode
+  names (never valid padded base64, so no reader can take them for a number); a ``numeric[]``
+  holding one of them: Debezium writes ``null`` for the whole array (in every mode);
+- ``timestamp`` after 294247 AD: microseconds since 1970 exceed 64 bits; Debezium wraps around,
+  walbridge writes the exact (larger) number;
+- ``timetz`` ``24:00:00+00``: Debezium writes ``00:00:00Z``, walbridge ``24:00:00Z``;
+- elements of ``date[]``/``timestamp[]``: Debezium reads them through JDBC's java.sql types (Julian
+  calendar before 1582, BC dates read as AD, other numbers for infinite dates); walbridge encodes
+  them like the scalar type;
+- multi-dimensional arrays: Debezium writes one null per sub-array, walbridge the nested lists;
+- types Debezium drops silently (unknown/extension types, composites, ``name[]``, ``interval[]``,
+  ``xml[]``, ``point[]`` with ``include.unknown.datatypes`` off) are emitted as text (arrays as lists
+  of text, ``money[]`` as lists of decimal strings) with one warning per type; geometric types are
+  text, not Debezium's Geometry structs.
+A value that its converter cannot read (which PostgreSQL should never produce) goes out as its
+PostgreSQL text with one warning per column (:class:`~walbridge.capture.rows.RowCodec`): a row
+never stops capture.
+
+Lossy by Debezium's design, kept for compatibility: ``timetz`` carries the moment in UTC, not the
+source's offset; ``MicroDuration`` intervals count a month as 30.4375 days (``interval_handling_mode:
+string`` keeps every field); ``precise`` variable-scale numerics drop trailing fractional zeros;
+``varbit`` (Bits) keeps no length, so leading zeros are lost.
 """
 
 from __future__ import annotations

@@ -2,13 +2,21 @@
 
 Values arrive encoded the way Debezium's JsonConverter writes them (default modes): ``date`` as
 days since the epoch, ``timestamp`` as micro- (or, for precision ≤ 3, milli-) seconds since the
-epoch, ``timestamptz``/``timetz`` as ISO strings, ``time`` as microseconds since midnight,
+epoch, ``timestamptz``/``timetz`` as ISO strings, ``time`` as microseconds since midnight (MicroTime,
+whatever the precision: ``adaptive_time_microseconds``),
 ``interval`` as microseconds (or ISO-8601 text), ``numeric`` as a string, a double, or — in
 ``decimal.handling.mode=precise`` — a ``Decimal`` already decoded from the schema block (raw
 base64 without a schema is refused with an error naming the mode), ``json``/``jsonb`` as
 strings, ``bytea`` as base64. :func:`converter` picks the conversion from the *destination*
 column's type, read once per table by :func:`read_table`; a value that does not fit raises
 :class:`ValueError` with a message naming the column.
+
+Edge values (:mod:`walbridge.edge_values`) are written back exactly: Debezium's infinity numbers of
+``date``/``timestamp`` become ``infinity``/``-infinity``; days and instants outside Python's years
+1-9999 (BC, 10000 AD and later) and ZonedTimestamp years such as ``0000``/``-4712``/``+294276`` go to
+PostgreSQL as its own text; numeric ``NAN``/``POSITIVE_INFINITY``/``NEGATIVE_INFINITY`` (and
+``NaN``/``Infinity``/``-Infinity``) become the special numerics; ``hstore`` JSON objects become hstore
+text; Bits become bit strings (``bit(n)`` padded to its length).
 
 :func:`sql_expr` is the same conversion written in SQL, applied by PostgreSQL to the value's
 JSON text (``json_to_record`` with text columns), so that the sink's fast path can load rows as
