@@ -143,7 +143,8 @@ class RowCodec:
             elif value is UNCHANGED_TOAST:
                 out[name] = self._placeholders[name]
             else:
-                text = value.decode() if isinstance(value, bytes) else str(value)
+                # not valid UTF-8 (cannot happen with client_encoding=UTF8): escaped, not a stopped capture
+                text = value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
                 out[name] = self._convert_or_text(name, convert, text)
         return out
 
