@@ -18,7 +18,7 @@ import pytest
 
 import type_matrix
 from helpers import scratch_database, wait_until
-from type_matrix import SENTINEL_ID, TABLE
+from type_matrix import SENTINEL_ID, TABLE, TABLES
 from walbridge.capture.logical import LogicalCapture
 from walbridge.capture.trigger import TriggerCapture, install_trigger_capture
 from walbridge.config import Settings, load_settings
@@ -54,14 +54,14 @@ def _settings(
     if source_options.get("mode") != "trigger":
         events |= {"decimal_handling_mode": "precise", "schemas_enable": True}  # the sink needs the scales
     return load_settings(
-        source={"dsn": source, "tables": [TABLE], "slot": ident, "publication": ident, **source_options},
+        source={"dsn": source, "tables": list(TABLES), "slot": ident, "publication": ident, **source_options},
         events=events,
         kafka={"bootstrap_servers": bootstrap, "partitions": 3, "session_timeout_ms": 6000},
         sinks=[
             {
                 "type": "postgres",
                 "dsn": dest,
-                "topics": [f"{prefix}.{TABLE}"],
+                "topics": [f"{prefix}.{table}" for table in TABLES],
                 "group_id": f"g-{prefix}",
                 "linger_ms": 50,
             }
@@ -97,14 +97,14 @@ def _run(capture: Any, settings: Settings, source: str, dest: str, version: int)
 
         def clean() -> bool:
             assert not errors, errors
-            diffs = verify_tables(source, dest, [(TABLE, TABLE)])
+            diffs = verify_tables(source, dest, [(table, table) for table in TABLES])
             last[:] = [diffs, runner.status()]
             return all(diff.clean for diff in diffs)
 
         try:
             wait_until(clean, timeout_s=90, interval_s=1)
         except AssertionError as exc:
-            different = [key for diff in last[0] for key in diff.different] if last else []
+            different = [(diff.source, key) for diff in last[0] for key in diff.different] if last else []
             columns = _column_differences(source, dest, different)
             raise AssertionError(f"source and destination differ: {last}; columns: {columns}") from exc
     finally:
@@ -115,12 +115,12 @@ def _run(capture: Any, settings: Settings, source: str, dest: str, version: int)
         assert conn.execute(f"SELECT txt FROM {TABLE} WHERE id = {SENTINEL_ID}").fetchone() == ("the end",)
 
 
-def _column_differences(source: str, dest: str, keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """(id, column, source text, destination text) of each differing value, for the failure message."""
+def _column_differences(source: str, dest: str, keys: list[tuple[str, Any]]) -> list[tuple[Any, ...]]:
+    """(id, column, source value, destination value) of each differing value, for the failure message."""
     out: list[tuple[Any, ...]] = []
     with psycopg.connect(source) as src, psycopg.connect(dest) as dst:
-        for (key,) in keys:
-            query = f"SELECT to_jsonb(r) FROM (SELECT * FROM {TABLE} WHERE id = %s) r"
+        for table, (key,) in keys:
+            query = f"SELECT to_jsonb(r) FROM (SELECT * FROM {table} WHERE id = %s) r"
             left = src.execute(query, (key,)).fetchone()[0]  # type: ignore[index]
             right = dst.execute(query, (key,)).fetchone()[0]  # type: ignore[index]
             out += [
@@ -141,8 +141,10 @@ def test_type_matrix_round_trips_in_logical_mode(
     source, dest, version = databases
     settings = _settings(source, dest, kafka_bootstrap, topic_prefix, tmp_path)
     caplog.set_level(logging.WARNING, logger="walbridge")
+    caplog.set_level(logging.INFO, logger="walbridge.sinks")
     _run(LogicalCapture(settings), settings, source, dest, version)
     assert "cannot convert" not in caplog.text  # no value fell back to text
+    assert "matrix.scalars refused" not in caplog.text  # the sink's SQL fast path took every value
 
 
 def test_type_matrix_round_trips_in_trigger_mode(
@@ -159,5 +161,7 @@ def test_type_matrix_round_trips_in_trigger_mode(
     with psycopg.connect(source, autocommit=True) as conn:
         install_trigger_capture(conn, settings)
     caplog.set_level(logging.WARNING, logger="walbridge")
+    caplog.set_level(logging.INFO, logger="walbridge.sinks")
     _run(TriggerCapture(settings), settings, source, dest, version)
     assert "cannot convert" not in caplog.text
+    assert "matrix.scalars refused" not in caplog.text

@@ -232,7 +232,7 @@ def _days(text: str) -> int:
         return DATE_POSITIVE_INFINITY
     if text == "-infinity":
         return DATE_NEGATIVE_INFINITY
-    return parse_pg_datetime(text)[0]  # BC, years before 1000 or after 9999
+    return parse_pg_datetime(text)[0]  # BC or after 9999
 
 
 def _time_micros(text: str) -> int:
@@ -285,7 +285,7 @@ def _zoned_timestamp(fraction_digits: int) -> Converter:
             return f"{head}.{fraction.ljust(fraction_digits, '0')[:fraction_digits]}Z"
         if text in ("infinity", "-infinity"):
             return text
-        # Another offset, BC, or a year outside 1000-9999: calendar arithmetic, java.time's year format.
+        # Another offset, BC or a year after 9999: calendar arithmetic, java.time's year format.
         days, of_day = parse_pg_datetime(text)
         year, month, day = civil_from_days(days)
         seconds, micros = divmod(of_day, 1_000_000)

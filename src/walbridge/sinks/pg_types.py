@@ -483,8 +483,9 @@ _ISO_YEARS_SQL = (
 
 
 def _floor_div_sql(divisor: int) -> str:
-    """``floor({v} / divisor)`` in exact integer arithmetic (numeric ``/`` rounds to a finite scale)."""
-    return f"(div({{v}}::numeric, {divisor}) - (mod({{v}}::numeric, {divisor}) < 0)::int)"
+    """``floor({v} / divisor)`` in exact 64-bit integer arithmetic. (A count beyond 64 bits, a timestamp
+    after 294247 AD, fails the cast: the sink then converts that batch in Python.)"""
+    return f"({{v}}::int8 / {divisor} - (mod({{v}}::int8, {divisor}) < 0)::int)"
 
 
 def _epoch_sql(base: str, precision: int | None) -> str:
@@ -498,9 +499,8 @@ def _epoch_sql(base: str, precision: int | None) -> str:
         pos, neg = pos // 1000, neg // 1000
     days = _floor_div_sql(per_day)
     return (
-        f"CASE {{v}}::numeric WHEN {pos} THEN 'infinity' WHEN {neg} THEN '-infinity' ELSE"
-        f" {base} + {days}::int8 * interval '1 day'"
-        f" + ({{v}}::numeric - {days} * {per_day})::int8 * interval '{unit}' END"
+        f"CASE {{v}}::int8 WHEN {pos} THEN 'infinity' WHEN {neg} THEN '-infinity' ELSE"
+        f" {base} + {days} * interval '1 day' + ({{v}}::int8 - {days} * {per_day}) * interval '{unit}' END"
     )
 
 
@@ -541,14 +541,14 @@ def _sql_templates(column: Column) -> str | None:
         # Whole days, then the rest: exact, and the same interval as Python's timedelta.
         days = _floor_div_sql(US_PER_DAY)
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {days}::int8 * interval '1 day'"
-            f" + ({{v}}::numeric - {days} * {US_PER_DAY})::int8 * interval '1 microsecond'"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {days} * interval '1 day'"
+            f" + ({{v}}::int8 - {days} * {US_PER_DAY}) * interval '1 microsecond'"
             f" WHEN {{v}} ~ '{_NUMBER}' THEN justify_hours({{v}}::float8 * interval '1 microsecond')"
             " ELSE {v}::interval END"
         )
     if typ == "bytea":
         return "decode({v}, 'base64')"
-    if typ in ("text", "varchar"):
+    if typ in ("text", "varchar", "bpchar"):  # no CAST: format_type(bpchar, NULL) is char(1)
         return "{v}"
     if typ in _NO_SQL or column.sql_type is None:
         return None
