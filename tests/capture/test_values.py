@@ -305,6 +305,7 @@ def test_numeric_special_values_in_every_mode() -> None:
     ]
     # double: Jackson's strings, as for float8
     assert [conv(1700, t, -1, DOUBLE) for t in specials] == ["NaN", "Infinity", "-Infinity"]
+    assert conv(1700, "-1e400", -1, DOUBLE) == "-Infinity"  # beyond double: BigDecimal.doubleValue()
     big = "123456789012345678901234567890.123456789012345678901234567890"
     assert conv(1700, big, -1, PRECISE) == {"scale": 29, "value": "Afd+5uOsaXA1hlpdOME4xULa4ZgorjmBFQ=="}
     assert conv(1700, "-0.000000000000000000001", -1, PRECISE) == {"scale": 21, "value": "/w=="}

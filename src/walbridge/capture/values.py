@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -482,7 +483,12 @@ def _precise_variable(text: str) -> dict[str, Any] | str:
 
 
 def _decimal_double(text: str) -> Any:
-    return _float(text)  # NaN and ±Infinity as Jackson's strings, like float8
+    # NaN and ±Infinity as Jackson's strings, like float8; so is a numeric beyond the double range
+    # (1e400 → Infinity, as BigDecimal.doubleValue() gives), which orjson would write as null.
+    value = _float(text)
+    if isinstance(value, float) and math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
 
 
 def _decimal_string(text: str) -> str:
