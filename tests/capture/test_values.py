@@ -21,6 +21,7 @@ from walbridge.capture.values import (
     parse_copy_line,
     parse_record_literal,
 )
+from walbridge.metrics import REGISTRY
 
 REG = TypeRegistry()
 DEFAULT = ValueOptions()
@@ -361,6 +362,7 @@ def test_builtin_text_types_need_no_warning(caplog: pytest.LogCaptureFixture) ->
 
 
 def _codec(*columns: tuple[str, int]) -> Any:
+    """A codec of table ``public.t`` (metrics are per process: one test uses this table name)."""
     from walbridge.capture.catalog import ColumnInfo, RelationInfo
     from walbridge.capture.rows import RowCodec
 
@@ -383,4 +385,10 @@ def test_a_value_no_converter_expects_goes_out_as_text_with_one_warning(
         }
         assert codec.row_text(["4", "1970-01-01", None]) == {"id": 4, "d": 0, "n": None}
     assert codec.fallbacks == {"d": 2}
+    assert (
+        REGISTRY.get_sample_value(
+            "walbridge_capture_value_fallbacks_total", {"table": "public.t", "column": "d"}
+        )
+        == 2
+    )
     assert len([r for r in caplog.records if "public.t.d" in r.getMessage()]) == 1

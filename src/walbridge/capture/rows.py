@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from walbridge import metrics
 from walbridge.capture.catalog import RelationInfo
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.values import (
@@ -151,13 +152,15 @@ class RowCodec:
     def _convert_or_text(self, name: str, convert: Callable[[str], Any], text: str) -> Any:
         """A value that fails its converter goes out as its PostgreSQL text: a row never stops capture.
 
-        Counted per column (:attr:`fallbacks`); one warning per column and codec, never one per row.
+        Counted per column (:attr:`fallbacks`, metric ``walbridge_capture_value_fallbacks``); one warning
+        per column and codec, never one per row.
         """
         try:
             return convert(text)
         except Exception as exc:
             count = self._fallbacks.get(name, 0)
             self._fallbacks[name] = count + 1
+            metrics.capture.value_fallbacks.labels(self.relation.qualified_name, name).inc()
             if count == 0:
                 log.warning(
                     "%s.%s.%s: cannot convert %.60r (%s); such values of this column are sent as "
