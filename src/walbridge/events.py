@@ -13,6 +13,7 @@ Debezium encodes them (see ``capture/values.py``).
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -580,13 +581,21 @@ def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Ro
     return out
 
 
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def _decode_precise_value(value: Any, fld: dict[str, Any]) -> Any:
-    if fld.get("name") == _DECIMAL and isinstance(value, str):
-        return decode_precise_decimal(value, int(fld.get("parameters", {}).get("scale", 0)))
-    if fld.get("name") == _VARIABLE_DECIMAL and isinstance(value, dict):
+    name = fld.get("name")
+    if name == _VARIABLE_DECIMAL and isinstance(value, dict):
         return decode_precise_decimal(value["value"], int(value["scale"]))
-    if fld.get("name") == _VARIABLE_DECIMAL and isinstance(value, str):
-        return decode_precise_decimal(value, 0)  # NaN or an infinity, by name
+    if name in (_DECIMAL, _VARIABLE_DECIMAL) and isinstance(value, str):
+        special = NUMERIC_SPECIAL_VALUES.get(value)
+        if special is not None:  # NaN or an infinity, by name
+            return special
+        if name == _DECIMAL and _BASE64.fullmatch(value):
+            return decode_precise_decimal(value, int(fld.get("parameters", {}).get("scale", 0)))
+    # anything else (e.g. Debezium's unavailable-value placeholder) is left to the sink, never decoded
+    # leniently into a wrong number
     return value
 
 
