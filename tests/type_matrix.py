@@ -7,8 +7,8 @@ API (plain SQL strings, so any runner can execute them):
   type the PostgreSQL sink converts in SQL: no arrays, ``money``, bit strings or ``hstore``, so that
   table exercises the sink's JSON fast path); primary key ``id`` in both. ``TABLE`` is the first.
 - :func:`schema_statements` ``(server_version_num)``: DDL for the source and, the same, the destination
-  (extensions ``hstore``/``citext``/``ltree``, schema, enum/domain/composite types, the tables). Columns
-  whose type the server lacks (multiranges before PostgreSQL 14) are left out.
+  (extensions ``hstore``/``citext``/``ltree``/``cube``, schema, enum/domain/composite types, the
+  tables). Columns whose type the server lacks (multiranges before PostgreSQL 14) are left out.
 - :func:`snapshot_statements` ``(server_version_num)``: INSERTs of the rows present before capture starts.
 - :func:`change_statements` ``(server_version_num)``: INSERTs, UPDATEs (every value of a row changed:
   ordinary → edge, edge → ordinary, NULL → edge, edge → NULL), a DELETE: run while capture streams.
@@ -41,6 +41,7 @@ _TYPES = """
 CREATE EXTENSION IF NOT EXISTS hstore;
 CREATE EXTENSION IF NOT EXISTS citext;
 CREATE EXTENSION IF NOT EXISTS ltree;
+CREATE EXTENSION IF NOT EXISTS cube;
 CREATE SCHEMA IF NOT EXISTS matrix;
 CREATE TYPE matrix.mood AS ENUM ('sad', 'ok', 'happy', 'with space');
 CREATE DOMAIN matrix.price AS numeric(10, 2) CHECK (VALUE IS NULL OR VALUE = VALUE);
@@ -156,6 +157,7 @@ _COLUMNS: tuple[tuple[str, str, str | None, str | None, str | None], ...] = (
     ("hs", "hstore", "'a=>1, \"b c\"=>NULL'", "''", '\'"q\\"x"=>"back\\\\slash"\''),
     ("ci", "citext", "'AbC'", "''", None),
     ("lt", "ltree", "'a.b.c'", "''", None),
+    ("cb", "cube", "'(1, 2, 3)'", "'(0),(1e+300)'", None),  # a type walbridge does not know: its text
     ("xid8_", "xid8", "'12345'", "'0'", None),
     ("ia", "integer[]", "'{1,NULL,3}'", "'{}'", "'{{1,2},{3,4}}'"),
     ("i8a", "bigint[]", "'{-9223372036854775808,9223372036854775807}'", "'{}'", "'{NULL}'"),
