@@ -175,3 +175,29 @@ def test_precise_decimal_decoding_with_variable_scale() -> None:
     )
     decoded = decode_record("p.s.t", None, value)
     assert decoded is not None and str(decoded.after["total"]) == "-12.345"
+
+
+def test_precise_decimals_special_values_arrays_and_placeholders_decode() -> None:
+    """Special numerics by name, arrays of decimals, exact beyond 28 digits; a string that is not a precise
+    decimal (Debezium's unavailable-value placeholder) stays as it is, never decoded into a number."""
+    from decimal import Decimal
+
+    from walbridge.events import _decode_precise
+
+    decimal = {"name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "2"}}
+    schema = {
+        "fields": [
+            {"field": "a", **decimal},
+            {"field": "b", "name": "io.debezium.data.VariableScaleDecimal"},
+            {"field": "c", "type": "array", "items": decimal},
+        ]
+    }
+    placeholder = "__debezium_unavailable_value"
+    decoded = _decode_precise({"a": "NAN", "b": "NEGATIVE_INFINITY", "c": ["AJY=", None, "NAN"]}, schema)
+    assert decoded is not None
+    assert decoded["a"].is_nan() and decoded["b"] == Decimal("-Infinity")
+    assert decoded["c"][:2] == [Decimal("1.50"), None] and decoded["c"][2].is_nan()
+    big = _decode_precise({"b": {"scale": 29, "value": "Afd+5uOsaXA1hlpdOME4xULa4ZgorjmBFQ=="}}, schema)
+    assert big is not None and str(big["b"]) == "123456789012345678901234567890.12345678901234567890123456789"
+    kept = {"a": placeholder, "b": placeholder, "c": [placeholder]}
+    assert _decode_precise(kept, schema) == kept

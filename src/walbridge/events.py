@@ -13,6 +13,7 @@ Debezium encodes them (see ``capture/values.py``).
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from walbridge import __version__
+from walbridge.edge_values import NUMERIC_SPECIAL_VALUES
 from walbridge.errors import DecodeError
 from walbridge.unavailable import is_unavailable
 
@@ -553,9 +555,15 @@ _VARIABLE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
 
 
 def decode_precise_decimal(encoded: str, scale: int) -> Decimal:
-    """Debezium ``decimal.handling.mode=precise``: base64 two's-complement unscaled integer."""
+    """Debezium ``decimal.handling.mode=precise``: base64 two's-complement unscaled integer.
+
+    Also walbridge's names of NaN and the infinities (:data:`walbridge.edge_values.NUMERIC_SPECIALS`).
+    """
+    special = NUMERIC_SPECIAL_VALUES.get(encoded)
+    if special is not None:
+        return special
     unscaled = int.from_bytes(base64.b64decode(encoded), "big", signed=True)
-    return Decimal(unscaled).scaleb(-scale)
+    return Decimal(f"{unscaled}E{-scale}")  # exact: scaleb() would round to the context's 28 digits
 
 
 def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Row | None:
@@ -568,11 +576,43 @@ def _decode_precise(row: Row | None, struct_schema: dict[str, Any] | None) -> Ro
         value = row.get(name)
         if value is None or is_unavailable(value):
             continue
-        if fld.get("name") == _DECIMAL and isinstance(value, str):
-            scale = int(fld.get("parameters", {}).get("scale", 0))
+        if fld.get("type") == "array" and isinstance(value, list):
+            items = fld.get("items") or {}
+            if items.get("name") in (_DECIMAL, _VARIABLE_DECIMAL):
+                out = out if out is not row else dict(row)
+                out[name] = _decode_precise_items(value, items)
+            continue
+        decoded = _decode_precise_value(value, fld)
+        if decoded is not value:
             out = out if out is not row else dict(row)
-            out[name] = decode_precise_decimal(value, scale)
-        elif fld.get("name") == _VARIABLE_DECIMAL and isinstance(value, dict):
-            out = out if out is not row else dict(row)
-            out[name] = decode_precise_decimal(value["value"], int(value["scale"]))
+            out[name] = decoded
     return out
+
+
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def _decode_precise_value(value: Any, fld: dict[str, Any]) -> Any:
+    name = fld.get("name")
+    if name == _VARIABLE_DECIMAL and isinstance(value, dict):
+        return decode_precise_decimal(value["value"], int(value["scale"]))
+    if name in (_DECIMAL, _VARIABLE_DECIMAL) and isinstance(value, str):
+        special = NUMERIC_SPECIAL_VALUES.get(value)
+        if special is not None:  # NaN or an infinity, by name
+            return special
+        if name == _DECIMAL and _BASE64.fullmatch(value):
+            return decode_precise_decimal(value, int(fld.get("parameters", {}).get("scale", 0)))
+    # anything else (e.g. Debezium's unavailable-value placeholder) is left to the sink, never decoded
+    # leniently into a wrong number
+    return value
+
+
+def _decode_precise_items(values: list[Any], items: dict[str, Any]) -> list[Any]:
+    return [
+        _decode_precise_items(v, items)
+        if isinstance(v, list)
+        else None
+        if v is None
+        else _decode_precise_value(v, items)
+        for v in values
+    ]

@@ -45,6 +45,12 @@ class _CaptureMetrics:
         )
         self.heartbeats = Counter("walbridge_capture_heartbeats", "Heartbeats sent", registry=registry)
         self.errors = Counter("walbridge_capture_errors", "Errors by class", ["error"], registry=registry)
+        self.value_fallbacks = Counter(
+            "walbridge_capture_value_fallbacks",
+            "Values sent as their PostgreSQL text because their converter could not read them",
+            ["table", "column"],
+            registry=registry,
+        )
 
 
 class _SinkMetrics:

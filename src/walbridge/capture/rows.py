@@ -7,9 +7,11 @@ which is what makes them emit identical ``before``/``after``/``key``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from walbridge import metrics
 from walbridge.capture.catalog import RelationInfo
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.values import (
@@ -24,6 +26,8 @@ from walbridge.events import TableSchema
 from walbridge.unavailable import placeholder_for
 
 __all__ = ["RowCodec"]
+
+log = logging.getLogger(__name__)
 
 
 def _placeholder(registry: TypeRegistry, type_oid: int, options: ValueOptions) -> Any:
@@ -44,6 +48,7 @@ class RowCodec:
         "_convert",
         "_converters",
         "_excluded",
+        "_fallbacks",
         "_key_columns",
         "_names",
         "_picked",
@@ -66,6 +71,7 @@ class RowCodec:
         # (position in the incoming tuple, name, converter) for every column we keep
         self._columns: list[tuple[int, str, Callable[[str], Any]]] = []
         self._placeholders: dict[str, Any] = {}
+        self._fallbacks: dict[str, int] = {}
         schemas = []
         for index, col in enumerate(relation.columns):
             # Generated columns are never sent: pgoutput leaves them out (before PostgreSQL 18, and
@@ -108,7 +114,6 @@ class RowCodec:
         if self._picked is not None:
             values = [values[index] for index in self._picked]
         out: dict[str, Any] = {}
-        name, value = "", None
         # The hot path of capture: class checks instead of isinstance, no per-value function call.
         try:
             for name, convert, value in zip(self._names, self._convert, values, strict=False):
@@ -123,11 +128,51 @@ class RowCodec:
                     out[name] = self._placeholders[name]
                 else:
                     out[name] = convert(str(value))
-        except (ValueError, ArithmeticError) as exc:
-            raise DecodeError(
-                f"{self.relation.schema}.{self.relation.table}.{name}: cannot convert {value!r}: {exc}"
-            ) from exc
+        except Exception:  # a value no converter expected: never stop capture
+            return self._row_with_fallbacks(values)
         return out
+
+    def _row_with_fallbacks(self, values: Sequence[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, convert, value in zip(self._names, self._convert, values, strict=False):
+            if value is None:
+                out[name] = None
+            elif value is UNCHANGED_TOAST:
+                out[name] = self._placeholders[name]
+            else:
+                # not valid UTF-8 (cannot happen with client_encoding=UTF8): escaped, not a stopped capture
+                text = value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+                out[name] = self._convert_or_text(name, convert, text)
+        return out
+
+    def _convert_or_text(self, name: str, convert: Callable[[str], Any], text: str) -> Any:
+        """A value that fails its converter goes out as its PostgreSQL text: a row never stops capture.
+
+        Counted per column (:attr:`fallbacks`, metric ``walbridge_capture_value_fallbacks``); one warning
+        per column and codec, never one per row.
+        """
+        try:
+            return convert(text)
+        except Exception as exc:
+            count = self._fallbacks.get(name, 0)
+            self._fallbacks[name] = count + 1
+            metrics.capture.value_fallbacks.labels(self.relation.qualified_name, name).inc()
+            if count == 0:
+                log.warning(
+                    "%s.%s.%s: cannot convert %.60r (%s); such values of this column are sent as "
+                    "their PostgreSQL text",
+                    self.relation.schema,
+                    self.relation.table,
+                    name,
+                    text,
+                    exc,
+                )
+            return text
+
+    @property
+    def fallbacks(self) -> Mapping[str, int]:
+        """Per column: how many values went out as text because their converter failed."""
+        return self._fallbacks
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -149,17 +194,24 @@ class RowCodec:
         """``{column: text or None}`` for every column (in order) → the event row; converts in place."""
         for name in self._excluded:
             del row[name]
-        name, value = "", None
+        name = ""
         try:
             for name, convert in self._typed:
                 value = row[name]
                 if value is not None:
                     row[name] = convert(value)
-        except (ValueError, ArithmeticError) as exc:
-            raise DecodeError(
-                f"{self.relation.schema}.{self.relation.table}.{name}: cannot convert {value!r}: {exc}"
-            ) from exc
+        except Exception:  # a value no converter expected: never stop capture
+            self._finish_with_fallbacks(row, name)
         return row
+
+    def _finish_with_fallbacks(self, row: dict[str, Any], failed: str) -> None:
+        """Convert the columns from ``failed`` on (those before it are converted already)."""
+        typed = self._typed
+        start = next(index for index, (name, _) in enumerate(typed) if name == failed)
+        for name, convert in typed[start:]:
+            value = row[name]
+            if value is not None:
+                row[name] = self._convert_or_text(name, convert, value)
 
     def row_from_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
         """Values by column name (trigger change log); unknown names are an error, missing ones null."""

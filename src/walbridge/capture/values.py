@@ -7,26 +7,70 @@ JsonConverter writes. :func:`column_schema` returns the matching Kafka Connect f
 
 The text must come from a session with these settings, which the capture connections set:
 ``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=postgres`` (the server default and what
-Debezium's pgjdbc interval parser reads; ISO-8601 intervals are accepted too), ``bytea_output=hex``
-and ``extra_float_digits=1`` (shortest exact floats, the default since PostgreSQL 12).
+Debezium's pgjdbc interval parser reads; ISO-8601 intervals are accepted too), ``bytea_output=hex``,
+``extra_float_digits=1`` (shortest exact floats, the default since PostgreSQL 12) and
+``lc_monetary=C`` (``money`` text in one format, whatever the database's locale).
 
-Known differences from Debezium, by choice: types Debezium drops silently (unknown/extension types,
-``money[]``, ``name[]``, ``interval[]``, ``xml[]``, ``point[]`` with ``include.unknown.datatypes``
-off) are emitted as text (arrays as lists of text) with one warning per type; geometric types are
-text, not Debezium's Geometry structs. Dates, timestamps outside years 1-9999 and BC are not supported.
+Values at the edge of their type are encoded as Debezium 3.6's streaming path encodes them (checked
+with the real connector in tests/compat); the shared constants live in :mod:`walbridge.edge_values`:
+``date`` ±infinity as -2147472692/-2147472691, BC and years past 9999 as plain day counts of the
+proleptic calendar; ``timestamp`` ±infinity as pgjdbc's infinity instants; ``timestamptz`` as
+``infinity``/``-infinity`` and java.time years (``0000`` is 1 BC, ``-4712``, ``+10000``); ``time``
+``24:00:00`` as a full day; float and ``double``-mode numeric NaN/±Infinity as the strings ``NaN``,
+``Infinity``, ``-Infinity``; ``string``-mode numeric ones as ``NAN``, ``POSITIVE_INFINITY``,
+``NEGATIVE_INFINITY``; ``MicroDuration`` intervals saturated at the 64-bit bounds; ``hstore`` as a
+JSON object (``hstore.handling.mode=json``), ``ltree`` and ``citext`` as text.
+
+Known differences from Debezium, by choice (each keeps a value Debezium loses or garbles):
+- numeric NaN/±Infinity in ``precise`` mode: Debezium writes ``null``; walbridge the ``string``-mode
+  names (never valid padded base64, so no reader can take them for a number); a ``numeric[]``
+  holding one of them: Debezium writes ``null`` for the whole array (in every mode);
+- ``timestamp`` after 294247 AD: microseconds since 1970 exceed 64 bits; Debezium wraps around,
+  walbridge writes the exact (larger) number;
+- ``timetz`` ``24:00:00+00``: Debezium writes ``00:00:00Z``, walbridge ``24:00:00Z``;
+- elements of ``date[]``/``timestamp[]``: Debezium reads them through JDBC's java.sql types (Julian
+  calendar before 1582, BC dates read as AD, other numbers for infinite dates); walbridge encodes
+  them like the scalar type;
+- multi-dimensional arrays: Debezium writes one null per sub-array, walbridge the nested lists;
+- types Debezium drops silently (unknown/extension types, composites, ``name[]``, ``interval[]``,
+  ``xml[]``, ``point[]`` with ``include.unknown.datatypes`` off) are emitted as text (arrays as lists
+  of text, ``money[]`` as lists of decimal strings) with one warning per type; geometric types are
+  text, not Debezium's Geometry structs.
+A value that its converter cannot read (which PostgreSQL should never produce) goes out as its
+PostgreSQL text with one warning per column (:class:`~walbridge.capture.rows.RowCodec`): a row
+never stops capture.
+
+Lossy by Debezium's design, kept for compatibility: ``timetz`` carries the moment in UTC, not the
+source's offset; ``MicroDuration`` intervals count a month as 30.4375 days (``interval_handling_mode:
+string`` keeps every field); ``precise`` variable-scale numerics drop trailing fractional zeros;
+``varbit`` (Bits) keeps no length, so leading zeros are lost.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
+import orjson
+
+from walbridge.edge_values import (
+    DATE_NEGATIVE_INFINITY,
+    DATE_POSITIVE_INFINITY,
+    NUMERIC_SPECIALS,
+    TIMESTAMP_NEGATIVE_INFINITY_US,
+    TIMESTAMP_POSITIVE_INFINITY_US,
+    US_PER_DAY,
+    civil_from_days,
+    iso_year,
+    parse_pg_datetime,
+)
 from walbridge.errors import DecodeError
 from walbridge.events import ColumnSchema
 
@@ -56,6 +100,7 @@ SESSION_SETTINGS: Mapping[str, str] = {
     "IntervalStyle": "postgres",
     "bytea_output": "hex",
     "extra_float_digits": "1",
+    "lc_monetary": "C",
 }
 """The session settings every connection whose text output is converted here must use."""
 
@@ -110,6 +155,15 @@ _BUILTIN_ROWS: tuple[tuple[int, str, int], ...] = (
     (3615, "tsquery", 3645), (3802, "jsonb", 3807), (3904, "int4range", 3905),
     (3906, "numrange", 3907), (3908, "tsrange", 3909), (3910, "tstzrange", 3911),
     (3912, "daterange", 3913), (3926, "int8range", 3927), (4072, "jsonpath", 4073),
+    # types whose text is their only sensible JSON form (PG 14+ multiranges included)
+    (24, "regproc", 1008), (27, "tid", 1010), (28, "xid", 1011), (29, "cid", 1012),
+    (1033, "aclitem", 1034), (1790, "refcursor", 2201), (2202, "regprocedure", 2207),
+    (2203, "regoper", 2208), (2204, "regoperator", 2209), (2205, "regclass", 2210),
+    (2206, "regtype", 2211), (2970, "txid_snapshot", 2949), (3734, "regconfig", 3735),
+    (3769, "regdictionary", 3770), (4089, "regnamespace", 4090), (4096, "regrole", 4097),
+    (4191, "regcollation", 4192), (4451, "int4multirange", 6150), (4532, "nummultirange", 6151),
+    (4533, "tsmultirange", 6152), (4534, "tstzmultirange", 6153), (4535, "datemultirange", 6155),
+    (4536, "int8multirange", 6157), (5038, "pg_snapshot", 5039), (5069, "xid8", 271),
 )
 # fmt: on
 
@@ -117,7 +171,7 @@ _BUILTIN_ROWS: tuple[tuple[int, str, int], ...] = (
 def _builtin_types() -> dict[int, PgType]:
     types: dict[int, PgType] = {}
     for oid, name, array_oid in _BUILTIN_ROWS:
-        typtype = "r" if name.endswith("range") else "b"
+        typtype = "m" if name.endswith("multirange") else "r" if name.endswith("range") else "b"
         types[oid] = PgType(oid, name, typtype)
         types[array_oid] = PgType(array_oid, "_" + name, "b", element_oid=oid)
     return types
@@ -158,10 +212,7 @@ class TypeRegistry(Mapping[int, PgType]):
 # --------------------------------------------------------------------------- scalar parsers
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_US_PER_DAY = 86_400_000_000
-# pgjdbc's PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY, read by Debezium as epoch microseconds.
-_TIMESTAMP_POS_INFINITY_US = 9_223_372_036_825_200_000
-_TIMESTAMP_NEG_INFINITY_US = -9_223_372_036_832_400_000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT_SPECIALS = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
@@ -176,7 +227,13 @@ def _bool(text: str) -> bool:
 
 
 def _days(text: str) -> int:
-    return date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
+    if len(text) == 10:  # 'YYYY-MM-DD': years 1-9999 AD
+        return date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
+    if text == "infinity":
+        return DATE_POSITIVE_INFINITY
+    if text == "-infinity":
+        return DATE_NEGATIVE_INFINITY
+    return parse_pg_datetime(text)[0]  # BC or after 9999
 
 
 def _time_micros(text: str) -> int:
@@ -188,12 +245,16 @@ def _time_micros(text: str) -> int:
 
 
 def _timestamp_micros(text: str) -> int:
+    """Microseconds since 1970; beyond 64 bits (after 294247 AD) the exact, larger number."""
     if text == "infinity":
-        return _TIMESTAMP_POS_INFINITY_US
+        return TIMESTAMP_POSITIVE_INFINITY_US
     if text == "-infinity":
-        return _TIMESTAMP_NEG_INFINITY_US
+        return TIMESTAMP_NEGATIVE_INFINITY_US
+    if text[4:5] != "-" or text.endswith(" BC"):
+        days, micros = parse_pg_datetime(text)
+        return days * US_PER_DAY + micros
     moment = datetime.fromisoformat(text)
-    day_us = (moment.toordinal() - _EPOCH_ORDINAL) * _US_PER_DAY
+    day_us = (moment.toordinal() - _EPOCH_ORDINAL) * US_PER_DAY
     return day_us + ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000 + moment.microsecond
 
 
@@ -225,11 +286,17 @@ def _zoned_timestamp(fraction_digits: int) -> Converter:
             return f"{head}.{fraction.ljust(fraction_digits, '0')[:fraction_digits]}Z"
         if text in ("infinity", "-infinity"):
             return text
-        m = datetime.fromisoformat(text).astimezone(UTC)
-        head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        # Another offset, BC or a year after 9999: calendar arithmetic, java.time's year format.
+        days, of_day = parse_pg_datetime(text)
+        year, month, day = civil_from_days(days)
+        seconds, micros = divmod(of_day, 1_000_000)
+        head = (
+            f"{iso_year(year)}-{month:02d}-{day:02d}"
+            f"T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        )
         if fraction_digits <= 0 or fraction_digits > 9:
-            return head + _trimmed_fraction(m.microsecond) + "Z"
-        return f"{head}.{f'{m.microsecond:06d}'.ljust(fraction_digits, '0')[:fraction_digits]}Z"
+            return head + _trimmed_fraction(micros) + "Z"
+        return f"{head}.{f'{micros:06d}'.ljust(fraction_digits, '0')[:fraction_digits]}Z"
 
     return convert
 
@@ -316,7 +383,8 @@ def _interval_micros(text: str) -> int:
     years, months, days, hours, minutes, seconds = _interval_parts(text)
     total_days = (years * 12 + months) * _DAYS_PER_MONTH + days
     total_seconds = ((total_days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return int(total_seconds * 1e6)
+    # Debezium computes in double and casts to long, which saturates: so do we.
+    return max(_INT64_MIN, min(_INT64_MAX, int(total_seconds * 1e6)))
 
 
 def _interval_iso(text: str) -> str:
@@ -338,6 +406,21 @@ _BINARY_ENCODERS: dict[str, Callable[[bytes], str]] = {
     "base64-url-safe": lambda raw: base64.urlsafe_b64encode(raw).decode(),
     "hex": lambda raw: raw.hex(),
 }
+
+
+_HSTORE_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"=>(?:NULL|"((?:[^"\\]|\\.)*)")')
+_BACKSLASHED = re.compile(r"\\(.)")
+
+
+def _hstore_json(text: str) -> str:
+    """hstore text → Debezium's ``hstore.handling.mode=json``: a JSON object (text) of text or null values."""
+    pairs = {}
+    for match in _HSTORE_PAIR.finditer(text):
+        key, value = match.group(1), match.group(2)
+        pairs[_BACKSLASHED.sub(r"\1", key)] = None if value is None else _BACKSLASHED.sub(r"\1", value)
+    if not pairs and text.strip():
+        raise ValueError(f"not an hstore value: {text[:40]!r}")
+    return orjson.dumps(pairs).decode()
 
 
 def _bits(text: str) -> str:
@@ -362,17 +445,11 @@ def _unscaled_b64(unscaled: int) -> str:
     return base64.b64encode(unscaled.to_bytes(size, "big", signed=True)).decode()
 
 
-def _decimal(text: str, column: str = "") -> Decimal:
+def _decimal(text: str) -> Decimal:
     try:
-        value = Decimal(text)
+        return Decimal(text)
     except InvalidOperation:
         raise DecodeError(f"not a numeric value: {text!r}") from None
-    if not value.is_finite():
-        # Debezium: special values can only be expressed with decimal.handling.mode string or double.
-        raise DecodeError(
-            f"numeric special value {text!r} needs decimal_handling_mode string or double", value=text
-        )
-    return value
 
 
 # numeric holds up to 147,455 digits; the default context (28 digits) would round them silently.
@@ -383,14 +460,20 @@ def _precise_fixed(scale: int) -> Converter:
     quantum = Decimal(1).scaleb(-scale)
 
     def convert(text: str) -> str:
+        special = NUMERIC_SPECIALS.get(text)
+        if special is not None:  # Debezium writes null; walbridge its string-mode name (edge_values)
+            return special
         value = _decimal(text).quantize(quantum, context=_EXACT)
         return _unscaled_b64(int(value.scaleb(scale, _EXACT)))
 
     return convert
 
 
-def _precise_variable(text: str) -> dict[str, Any]:
+def _precise_variable(text: str) -> dict[str, Any] | str:
     # io.debezium.data.VariableScaleDecimal: trailing zeros stripped, never a negative scale.
+    special = NUMERIC_SPECIALS.get(text)
+    if special is not None:  # Debezium writes null; walbridge its string-mode name (edge_values)
+        return special
     value = _decimal(text).normalize(_EXACT)
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
@@ -400,9 +483,17 @@ def _precise_variable(text: str) -> dict[str, Any]:
 
 
 def _decimal_double(text: str) -> Any:
-    if text == "NaN":
-        return "NaN"
-    return _float(text)
+    # NaN and ±Infinity as Jackson's strings, like float8; so is a numeric beyond the double range
+    # (1e400 → Infinity, as BigDecimal.doubleValue() gives), which orjson would write as null.
+    value = _float(text)
+    if isinstance(value, float) and math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _decimal_string(text: str) -> str:
+    # Debezium's SpecialValueDecimal names NaN and the infinities (NAN, POSITIVE_INFINITY, ...).
+    return NUMERIC_SPECIALS.get(text, text)
 
 
 def _money_decimal(text: str) -> Decimal:
@@ -433,14 +524,17 @@ _TEXT_TYPES = frozenset(
         "text", "varchar", "bpchar", "char", "name", "uuid", "json", "jsonb", "xml", "inet", "cidr",
         "macaddr", "macaddr8", "int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange",
         "tsvector", "tsquery", "pg_lsn", "jsonpath", "point", "lseg", "path", "box", "polygon", "line",
-        "circle",
+        "circle", "regproc", "tid", "xid", "cid", "aclitem", "refcursor", "regprocedure", "regoper",
+        "regoperator", "regclass", "regtype", "txid_snapshot", "regconfig", "regdictionary", "regnamespace",
+        "regrole", "regcollation", "int4multirange", "nummultirange", "tsmultirange", "tstzmultirange",
+        "datemultirange", "int8multirange", "pg_snapshot", "xid8",
     }
 )  # fmt: skip
 _STRING_SCHEMA_NAMES = {"uuid": "io.debezium.data.Uuid", "json": "io.debezium.data.Json",
                         "jsonb": "io.debezium.data.Json", "xml": "io.debezium.data.Xml"}  # fmt: skip
 _INT_SCHEMAS = {"int2": "int16", "int4": "int32", "int8": "int64", "oid": "int64"}
-# Array element types Debezium has no converter for; kept as lists of text here.
-_TEXT_ELEMENT_FALLBACK = frozenset({"money", "interval", "varbit", "point"})
+# Array element types Debezium has no converter for; kept as lists of text here (money: of decimals).
+_TEXT_ELEMENT_FALLBACK = frozenset({"interval", "varbit", "point"})
 
 
 def _identity(text: str) -> str:
@@ -465,6 +559,13 @@ class _Plan:
     schema: Schema
     convert: Converter
     element: _Plan | None = field(default=None)
+
+
+_EXTENSION_PLANS = {
+    "citext": _Plan({"type": "string"}, _identity),
+    "ltree": _Plan(_named("string", "io.debezium.data.Ltree"), _identity),
+    "hstore": _Plan(_named("string", "io.debezium.data.Json"), _hstore_json),
+}
 
 
 def _temporal_plan(name: str, typmod: int, opts: ValueOptions) -> _Plan:
@@ -498,7 +599,7 @@ def _temporal_plan(name: str, typmod: int, opts: ValueOptions) -> _Plan:
 def _numeric_plan(typmod: int, opts: ValueOptions) -> _Plan:
     mode, constraint = opts.decimal_handling_mode, _numeric_typmod(typmod)
     if mode == "string":
-        return _Plan({"type": "string"}, _identity)
+        return _Plan({"type": "string"}, _decimal_string)
     if mode == "double":
         return _Plan({"type": "double"}, _decimal_double)
     if constraint is None:
@@ -554,6 +655,8 @@ def _base_plan(pg_type: PgType, typmod: int, opts: ValueOptions) -> _Plan | None
         return _Plan(_named("string", schema_name) if schema_name else {"type": "string"}, _identity)
     if name == "bool":
         return _Plan({"type": "boolean"}, _bool)
+    if name in _EXTENSION_PLANS:  # extension types Debezium knows (their OIDs differ per database)
+        return _EXTENSION_PLANS[name]
     if name in ("float4", "float8"):
         return _Plan({"type": "float" if name == "float4" else "double"}, _float)
     if name in ("date", "time", "timestamp", "timestamptz", "timetz", "interval"):
@@ -592,7 +695,9 @@ def _plan(type_oid: int, typmod: int, registry: Mapping[int, PgType], opts: Valu
 
 def _array_plan(pg_type: PgType, typmod: int, registry: Mapping[int, PgType], opts: ValueOptions) -> _Plan:
     element_type = registry.get(pg_type.element_oid)
-    if element_type is not None and element_type.name in _TEXT_ELEMENT_FALLBACK:
+    if element_type is not None and element_type.name == "money":
+        element = _Plan({"type": "string"}, _money_string)  # plain decimals: any lc_monetary reads them
+    elif element_type is not None and element_type.name in _TEXT_ELEMENT_FALLBACK:
         element = _unknown_plan(pg_type.oid, pg_type.name)
     else:
         element = _plan(pg_type.element_oid, typmod, registry, opts)

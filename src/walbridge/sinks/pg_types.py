@@ -2,13 +2,21 @@
 
 Values arrive encoded the way Debezium's JsonConverter writes them (default modes): ``date`` as
 days since the epoch, ``timestamp`` as micro- (or, for precision ≤ 3, milli-) seconds since the
-epoch, ``timestamptz``/``timetz`` as ISO strings, ``time`` as microseconds since midnight,
+epoch, ``timestamptz``/``timetz`` as ISO strings, ``time`` as microseconds since midnight (MicroTime,
+whatever the precision: ``adaptive_time_microseconds``),
 ``interval`` as microseconds (or ISO-8601 text), ``numeric`` as a string, a double, or — in
 ``decimal.handling.mode=precise`` — a ``Decimal`` already decoded from the schema block (raw
 base64 without a schema is refused with an error naming the mode), ``json``/``jsonb`` as
 strings, ``bytea`` as base64. :func:`converter` picks the conversion from the *destination*
 column's type, read once per table by :func:`read_table`; a value that does not fit raises
 :class:`ValueError` with a message naming the column.
+
+Edge values (:mod:`walbridge.edge_values`) are written back exactly: Debezium's infinity numbers of
+``date``/``timestamp`` become ``infinity``/``-infinity``; days and instants outside Python's years
+1-9999 (BC, 10000 AD and later) and ZonedTimestamp years such as ``0000``/``-4712``/``+294276`` go to
+PostgreSQL as its own text; numeric ``NAN``/``POSITIVE_INFINITY``/``NEGATIVE_INFINITY`` (and
+``NaN``/``Infinity``/``-Infinity``) become the special numerics; ``hstore`` JSON objects become hstore
+text; Bits become bit strings (``bit(n)`` padded to its length).
 
 :func:`sql_expr` is the same conversion written in SQL, applied by PostgreSQL to the value's
 JSON text (``json_to_record`` with text columns), so that the sink's fast path can load rows as
@@ -31,6 +39,17 @@ from typing import Any
 import orjson
 from psycopg import sql
 
+from walbridge.edge_values import (
+    DATE_NEGATIVE_INFINITY,
+    DATE_POSITIVE_INFINITY,
+    NUMERIC_SPECIAL_VALUES,
+    TIMESTAMP_NEGATIVE_INFINITY_US,
+    TIMESTAMP_POSITIVE_INFINITY_US,
+    US_PER_DAY,
+    date_text,
+    timestamp_text,
+    zoned_iso_to_pg,
+)
 from walbridge.events import decode_precise_decimal
 
 __all__ = [
@@ -45,6 +64,11 @@ __all__ = [
 _EPOCH_DATE = date(1970, 1, 1)
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+# Python's date/datetime cover years 1-9999; values outside go to PostgreSQL as its own text.
+_PY_DAYS = range(
+    date.min.toordinal() - _EPOCH_DATE.toordinal(), date.max.toordinal() + 1 - _EPOCH_DATE.toordinal()
+)
+_PY_MICROS = range(_PY_DAYS.start * US_PER_DAY, _PY_DAYS.stop * US_PER_DAY)
 
 Converter = Callable[[Any], Any]
 
@@ -55,7 +79,7 @@ class Column:
     type: str
     """Base type name (domains resolved), e.g. ``int4``, ``numeric``, ``timestamptz``, ``_int4``."""
     precision: int | None
-    """Fractional-second digits for temporal types (None: the default, 6)."""
+    """Fractional-second digits for temporal types (None: the default, 6); the length of ``bit(n)``."""
     element: str | None = None
     """Element type of an array column."""
     sql_type: str | None = None
@@ -118,7 +142,8 @@ def read_table(conn: Any, schema: str, table: str) -> TableInfo | None:
             if generated:
                 generated_columns.add(name)
                 continue
-            precision = typmod if typ in _TEMPORAL and typmod >= 0 else None
+            base = element or typ
+            precision = typmod if (base in _TEMPORAL or base == "bit") and typmod >= 0 else None
             columns[name] = Column(name, typ, precision, element, sql_type)
         cur.execute(_KEY_SQL, {"rel": rel})
         key = tuple(r[0] for r in cur.fetchall())
@@ -170,6 +195,9 @@ def _decimal(value: Any) -> Decimal:
     if isinstance(value, dict) and "scale" in value and "value" in value:
         return decode_precise_decimal(str(value["value"]), int(value["scale"]))
     if isinstance(value, str):
+        special = NUMERIC_SPECIAL_VALUES.get(value)
+        if special is not None:
+            return special
         try:
             return Decimal(value)
         except InvalidOperation:
@@ -181,11 +209,20 @@ def _decimal(value: Any) -> Decimal:
     raise ValueError(f"{value!r} is not a decimal number")
 
 
-def _date(value: Any) -> date:
+def _date(value: Any) -> date | str:
     if isinstance(value, int) and not isinstance(value, bool):
-        return _EPOCH_DATE + timedelta(days=value)
+        if value in _PY_DAYS:
+            return _EPOCH_DATE + timedelta(days=value)
+        if value == DATE_POSITIVE_INFINITY:
+            return "infinity"
+        if value == DATE_NEGATIVE_INFINITY:
+            return "-infinity"
+        return date_text(value)  # BC or after 9999
     if isinstance(value, str):
-        return date.fromisoformat(value[:10])
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return value  # 'infinity', '0044-03-15 BC', ...: PostgreSQL reads its own text
     if isinstance(value, date):
         return value
     raise ValueError(f"{value!r} is not a date (days since 1970-01-01)")
@@ -198,12 +235,33 @@ def _epoch_delta(value: int, precision: int | None) -> timedelta:
     return timedelta(microseconds=value)
 
 
+def _epoch_micros(value: int, precision: int | None) -> int | str:
+    """Epoch µs of a Debezium timestamp number, or ``infinity``/``-infinity``."""
+    if precision is not None and precision <= 3:
+        if value * 1000 == TIMESTAMP_POSITIVE_INFINITY_US:
+            return "infinity"
+        if value * 1000 == TIMESTAMP_NEGATIVE_INFINITY_US:
+            return "-infinity"
+        return value * 1000
+    if value == TIMESTAMP_POSITIVE_INFINITY_US:
+        return "infinity"
+    if value == TIMESTAMP_NEGATIVE_INFINITY_US:
+        return "-infinity"
+    return value
+
+
 def _timestamp(precision: int | None) -> Converter:
     def convert(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
-            return _EPOCH + _epoch_delta(value, precision)
+            micros = _epoch_micros(value, precision)
+            if isinstance(micros, str) or micros not in _PY_MICROS:
+                return micros if isinstance(micros, str) else timestamp_text(micros)
+            return _EPOCH + timedelta(microseconds=micros)
         if isinstance(value, str):
-            parsed = datetime.fromisoformat(value)
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return _pg_timestamp_text(value)
             if parsed.tzinfo is not None:
                 parsed = parsed.astimezone(UTC)
             return parsed.replace(tzinfo=None)
@@ -212,24 +270,41 @@ def _timestamp(precision: int | None) -> Converter:
     return convert
 
 
-def _timestamptz(value: Any) -> datetime:
+def _pg_timestamp_text(value: str) -> str:
+    """A timestamp string Python cannot read (``infinity``, BC, ``+10000-…``): PostgreSQL reads it."""
+    return zoned_iso_to_pg(value) or value
+
+
+def _timestamptz(value: Any) -> datetime | str:
     if isinstance(value, str):
-        parsed = datetime.fromisoformat(value)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return _pg_timestamp_text(value)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     if isinstance(value, int) and not isinstance(value, bool):
-        return _EPOCH_UTC + timedelta(microseconds=value)
+        micros = _epoch_micros(value, None)
+        if isinstance(micros, str) or micros not in _PY_MICROS:
+            return micros if isinstance(micros, str) else timestamp_text(micros, "+00")
+        return _EPOCH_UTC + timedelta(microseconds=micros)
     raise ValueError(f"{value!r} is not a timestamp with time zone")
 
 
 def _time(precision: int | None) -> Converter:
+    """MicroTime (microseconds) whatever the precision: walbridge's and Debezium's
+    ``adaptive_time_microseconds`` mode. (Debezium's ``adaptive`` sends ``time(0-3)`` in milliseconds.)"""
+
     def convert(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
-            delta = _epoch_delta(value, precision)
+            delta = timedelta(microseconds=value)
             if delta >= timedelta(days=1):
                 return "24:00:00"
             return (datetime.min + delta).time()
         if isinstance(value, str):
-            return time.fromisoformat(value)
+            try:
+                return time.fromisoformat(value)
+            except ValueError:
+                return value  # '24:00:00': PostgreSQL reads it
         raise ValueError(f"{value!r} is not a time of day")
 
     return convert
@@ -263,6 +338,22 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _hstore(value: Any) -> str:
+    """Debezium's hstore JSON object (text or decoded) → hstore text; other text as it is."""
+    if isinstance(value, str) and value.startswith("{"):
+        value = orjson.loads(value)
+    if not isinstance(value, dict):
+        return _text(value)
+    return ", ".join(
+        f"{_hstore_quote(str(key))}=>{'NULL' if item is None else _hstore_quote(_text(item))}"
+        for key, item in value.items()
+    )
+
+
+def _hstore_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -271,13 +362,49 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _bit(length: int | None) -> Converter:
+    """io.debezium.data.Bits (little-endian bytes, base64) or a boolean for ``bit(1)`` → bit string text.
+
+    Debezium's encoding keeps no length: a ``varbit`` value's leading zeros are lost.
+    """
+
+    def convert(value: Any) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        raw = value if isinstance(value, bytes) else _bytea(value)
+        bits = format(int.from_bytes(raw, "little"), "b") if raw else ""
+        return bits.zfill(length or 0) if length else bits or "0"
+
+    return convert
+
+
 def _array(element: Converter) -> Converter:
     def convert(value: Any) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{value!r} is not an array")
-        return [None if item is None else element(item) for item in value]
+        items = [
+            None if item is None else convert(item) if isinstance(item, list) else element(item)
+            for item in value
+        ]
+        kinds = {item.__class__ for item in items if item is not None and not isinstance(item, list)}
+        if str in kinds and len(kinds) > 1:  # e.g. dates and 'infinity': one type per array for psycopg
+            return _as_text(items)
+        return items
 
     return convert
+
+
+def _as_text(items: list[Any]) -> list[Any]:
+    return [
+        None
+        if item is None
+        else _as_text(item)
+        if isinstance(item, list)
+        else item.isoformat()
+        if isinstance(item, date | time)
+        else str(item)
+        for item in items
+    ]
 
 
 _SIMPLE: dict[str, Converter] = {
@@ -296,6 +423,7 @@ _SIMPLE: dict[str, Converter] = {
     "bytea": _bytea,
     "json": _json,
     "jsonb": _json,
+    "hstore": _hstore,
 }
 
 
@@ -304,11 +432,15 @@ def _scalar(typ: str, precision: int | None) -> Converter:
         return _timestamp(precision)
     if typ == "time":
         return _time(precision)
+    if typ in ("bit", "varbit"):
+        return _bit(precision if typ == "bit" else None)
     return _SIMPLE.get(typ, _text)
 
 
 def converter(column: Column) -> Converter:
     """The function turning a Debezium-encoded value into a value for ``column``."""
+    if column.element == "varbit":
+        return _array(_text)  # capture sends varbit[] as lists of text (Debezium has no encoding)
     if column.element is not None:
         return _array(_scalar(column.element, column.precision))
     return _scalar(column.type, column.precision)
@@ -320,7 +452,7 @@ _INTEGER = "^-?[0-9]+$"
 _NUMBER = "^-?[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?$"
 _ZONED = "[T ][0-9:.]+(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 """An ISO date-time with an offset: Python's fromisoformat makes it aware."""
-_NO_SQL = {"money", "bit", "varbit"}
+_NO_SQL = {"money", "bit", "varbit", "hstore"}
 _CASTS = {
     "int2": "int2",
     "int4": "int4",
@@ -328,7 +460,6 @@ _CASTS = {
     "oid": "oid",
     "float4": "float4",
     "float8": "float8",
-    "numeric": "numeric",
     "bool": "bool",
     "json": "json",
     "jsonb": "jsonb",
@@ -339,43 +470,85 @@ def _epoch_unit(precision: int | None) -> str:
     return "1 millisecond" if precision is not None and precision <= 3 else "1 microsecond"
 
 
+_NON_POSITIVE_YEAR = (
+    "^(-[0-9]{4,}|0000)-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2}(?:[.][0-9]+)?)Z$"
+)
+_ISO_YEARS_SQL = (
+    # ZonedTimestamp years PostgreSQL does not read: '+294276-…' (sign) and astronomical years ≤ 0
+    # ('0000-…' is 1 BC, '-4712-…' 4713 BC; make_timestamptz counts -1 as 1 BC).
+    "WHEN {v} ~ '^[+][0-9]' THEN ltrim({v}, '+')::timestamptz"
+    f" WHEN {{v}} ~ '{_NON_POSITIVE_YEAR}' THEN (SELECT make_timestamptz(m[1]::int - 1, m[2]::int, m[3]::int,"
+    f" m[4]::int, m[5]::int, m[6]::float8, 'UTC') FROM regexp_match({{v}}, '{_NON_POSITIVE_YEAR}') AS m)"
+)
+
+
+def _floor_div_sql(divisor: int) -> str:
+    """``floor({v} / divisor)`` in exact 64-bit integer arithmetic. (A count beyond 64 bits, a timestamp
+    after 294247 AD, fails the cast: the sink then converts that batch in Python.)"""
+    return f"({{v}}::int8 / {divisor} - (mod({{v}}::int8, {divisor}) < 0)::int)"
+
+
+def _epoch_sql(base: str, precision: int | None) -> str:
+    """SQL for ``base`` plus the epoch count ``{v}``: exact (whole days, then the rest of the day), with
+    Debezium's infinity numbers. A float product (``{v} * interval``) would round beyond 2**53 µs."""
+    unit = _epoch_unit(precision)
+    ms = unit == "1 millisecond"
+    per_day = US_PER_DAY // 1000 if ms else US_PER_DAY
+    pos, neg = TIMESTAMP_POSITIVE_INFINITY_US, TIMESTAMP_NEGATIVE_INFINITY_US
+    if ms:
+        pos, neg = pos // 1000, neg // 1000
+    days = _floor_div_sql(per_day)
+    return (
+        f"CASE {{v}}::int8 WHEN {pos} THEN 'infinity' WHEN {neg} THEN '-infinity' ELSE"
+        f" {base} + {days} * interval '1 day' + ({{v}}::int8 - {days} * {per_day}) * interval '{unit}' END"
+    )
+
+
 def _sql_templates(column: Column) -> str | None:
     """A template over ``{v}`` (the value's JSON text) converting it like :func:`converter`."""
     typ = column.type
     if typ in _CASTS:
         return "{v}::" + _CASTS[typ]
+    if typ == "numeric":
+        specials = " ".join(f"WHEN '{name}' THEN '{value}'" for name, value in NUMERIC_SPECIAL_VALUES.items())
+        return f"(CASE {{v}} {specials} ELSE {{v}} END)::numeric"
     if typ == "date":
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN date '1970-01-01' + {{v}}::int4"
-            " ELSE left({v}, 10)::date END"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN CASE {{v}}::int8"
+            f" WHEN {DATE_POSITIVE_INFINITY} THEN 'infinity' WHEN {DATE_NEGATIVE_INFINITY} THEN '-infinity'"
+            " ELSE date '1970-01-01' + {v}::int4 END"
+            " WHEN {v} ~ 'T' THEN left({v}, 10)::date ELSE {v}::date END"
         )
     if typ == "timestamp":
-        unit = _epoch_unit(column.precision)
+        epoch = _epoch_sql("timestamp '1970-01-01'", column.precision)
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN timestamp '1970-01-01' + {{v}}::int8 * interval '{unit}'"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {epoch}"
             f" WHEN {{v}} ~ '{_ZONED}' THEN {{v}}::timestamptz AT TIME ZONE 'UTC' ELSE {{v}}::timestamp END"
         )
     if typ == "timestamptz":
+        epoch = _epoch_sql("timestamptz 'epoch'", None)
         return (
-            f"CASE WHEN {{v}} ~ '{_INTEGER}'"
-            " THEN timestamptz 'epoch' + {v}::int8 * interval '1 microsecond'"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {epoch} {_ISO_YEARS_SQL}"
             f" WHEN {{v}} ~ '{_ZONED}' THEN {{v}}::timestamptz ELSE {{v}}::timestamp AT TIME ZONE 'UTC' END"
         )
     if typ == "time":
-        unit = _epoch_unit(column.precision)
-        day = 86_400_000 if unit == "1 millisecond" else 86_400_000_000
+        unit, day = "1 microsecond", US_PER_DAY  # MicroTime, as in _time
         return (
             f"CASE WHEN {{v}} !~ '{_INTEGER}' THEN {{v}}::time WHEN {{v}}::int8 >= {day} THEN time '24:00'"
             f" WHEN {{v}}::int8 >= 0 THEN time '00:00' + {{v}}::int8 * interval '{unit}' END"
         )
     if typ == "interval":
+        # Whole days, then the rest: exact, and the same interval as Python's timedelta.
+        days = _floor_div_sql(US_PER_DAY)
         return (
-            f"CASE WHEN {{v}} ~ '{_NUMBER}' THEN justify_hours({{v}}::float8 * interval '1 microsecond')"
+            f"CASE WHEN {{v}} ~ '{_INTEGER}' THEN {days} * interval '1 day'"
+            f" + ({{v}}::int8 - {days} * {US_PER_DAY}) * interval '1 microsecond'"
+            f" WHEN {{v}} ~ '{_NUMBER}' THEN justify_hours({{v}}::float8 * interval '1 microsecond')"
             " ELSE {v}::interval END"
         )
     if typ == "bytea":
         return "decode({v}, 'base64')"
-    if typ in ("text", "varchar"):
+    if typ in ("text", "varchar", "bpchar"):  # no CAST: format_type(bpchar, NULL) is char(1)
         return "{v}"
     if typ in _NO_SQL or column.sql_type is None:
         return None
