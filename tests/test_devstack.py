@@ -151,3 +151,16 @@ def test_devstack_writes_state_and_cleans_up(tmp_path: Path) -> None:
         assert all(row["running"] for row in stack.status())
     assert not any(pid_alive(p) for p in pids)
     assert not stack.state_path.exists()
+
+
+def test_devstack_up_prints_the_settings_for_its_stack(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    state_dir = str(tmp_path / "stack")
+    code, out, err = run_cli("devstack", "up", "--detach", "--state-dir", state_dir, env={"COLUMNS": "200"})
+    try:
+        assert code == 0, err
+        bootstrap = DevStack(Path(state_dir)).read_state()["services"]["kafka"]["bootstrap"]
+        assert f"kafka: {{bootstrap_servers: {bootstrap}, session_timeout_ms: 6000}}" in out + err
+    finally:
+        assert run_cli("devstack", "down", "--state-dir", state_dir)[0] == 0

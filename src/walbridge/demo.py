@@ -78,10 +78,12 @@ def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
 
 
 def _settings(source: str, dest: str, bootstrap: str, emulator_url: str, state_dir: Path) -> Settings:
+    from walbridge.devstack import EMBEDDED_BROKER_KAFKA
+
     return load_settings(
         source={"dsn": source, "tables": TABLES, "slot": "walbridge_demo", "publication": "walbridge_demo"},
         events={"topic_prefix": PREFIX},
-        kafka={"bootstrap_servers": bootstrap, "partitions": 3, "session_timeout_ms": 6000},
+        kafka={"bootstrap_servers": bootstrap, "partitions": 3, **EMBEDDED_BROKER_KAFKA},
         sinks=[
             {
                 "type": "postgres",

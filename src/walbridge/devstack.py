@@ -51,6 +51,7 @@ from walbridge.processes import (
 
 __all__ = [
     "DEFAULT_STATE_DIR",
+    "EMBEDDED_BROKER_KAFKA",
     "DevStack",
     "KafkaBroker",
     "PgBinaries",
@@ -68,6 +69,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path(".walbridge")
 BINARIES_ENV = "WALBRIDGE_PG_BINARIES"
+EMBEDDED_BROKER_KAFKA: dict[str, Any] = {"session_timeout_ms": 6000}
+"""``kafka`` settings for the embedded broker: with librdkafka's default session timeout (45 s) a sink
+waits ~23 s for its partitions there; 6 s makes the group join take about a second."""
 StopMode = Literal["smart", "fast", "immediate"]
 _STOP_SIGNALS: dict[str, signal.Signals] = {
     "smart": signal.SIGTERM,

@@ -18,8 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from walbridge.devstack import DEFAULT_STATE_DIR, DevStack
+from walbridge.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack
 from walbridge.errors import WalbridgeError
+from walbridge.logs import redact
 
 __all__ = ["devstack_app"]
 
@@ -55,7 +56,9 @@ def up(
     )
     try:
         stack.start()
-        _print_table(stack.status())
+        rows = stack.status()
+        _print_table(rows)
+        _print_settings(rows)
         if detach:
             stack.detach()
             console.print(f"left running; stop with: walbridge devstack down --state-dir {state_dir}")
@@ -92,6 +95,18 @@ def status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
         console.print(f"[red]devstack status failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     _print_table(rows)
+
+
+def _print_settings(rows: list[dict[str, Any]]) -> None:
+    """The settings a walbridge config needs for this stack (the embedded broker's included)."""
+    found = {row["name"]: row for row in rows}
+    kafka = {"bootstrap_servers": found.get("kafka", {}).get("bootstrap", "?"), **EMBEDDED_BROKER_KAFKA}
+    lines = ["# settings for this stack (the session timeout makes consumer groups join fast here):"]
+    lines.append("kafka: {" + ", ".join(f"{k}: {v}" for k, v in kafka.items()) + "}")
+    dsn = found.get("postgres", {}).get("dsn")
+    if dsn:
+        lines.append("# source.dsn / sinks[].dsn: env:VARIABLE holding " + redact(str(dsn)))
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
