@@ -69,9 +69,10 @@ def running_capture(settings: Settings) -> Iterator[Any]:
 
 @contextmanager
 def running_sink(
-    bootstrap: str, dest_dsn: str, topics: list[str], group: str, **sink: Any
+    bootstrap: str, dest_dsn: str, topics: list[str], group: str, source_dsn: str | None = None, **sink: Any
 ) -> Iterator[SinkRunner]:
-    """A PostgreSQL sink consuming ``topics`` into ``dest_dsn`` in a thread until the block ends."""
+    """A PostgreSQL sink consuming ``topics`` into ``dest_dsn`` in a thread until the block ends
+    (``source_dsn``: where ``auto_create`` reads table definitions)."""
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "partitions": 3, "session_timeout_ms": 6000},
         dlq={"max_attempts": 2, "backoff_initial_s": 0.1, "backoff_max_s": 0.5},
@@ -88,7 +89,7 @@ def running_sink(
         metrics={"enabled": False},
     )
     sink_settings = settings.sink("postgres")
-    runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)
+    runner = SinkRunner(PostgresSink(sink_settings, source_dsn=source_dsn), settings, sink_settings)
     stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()

@@ -80,6 +80,19 @@ def setup_logical(settings: Settings) -> list[str]:
     return done
 
 
+def setup_sink_tables(settings: Settings, name: str) -> list[str]:
+    """Create the named PostgreSQL sink's missing destination tables from the source; what was done."""
+    from walbridge.config import PostgresSinkSettings
+    from walbridge.sinks.pg_create import create_tables
+    from walbridge.sinks.table_pairs import table_pairs
+
+    sink = next((s for s in settings.sinks if s.type == "postgres" and s.sink_name == name), None)
+    if not isinstance(sink, PostgresSinkSettings):
+        raise ConfigError(f"no postgres sink named {name!r} in the configuration")
+    created = create_tables(settings.source.dsn, sink.dsn, table_pairs(settings, sink, None, "setup --sink"))
+    return [f"created destination table {table}" for table in created]
+
+
 def teardown_logical(settings: Settings) -> list[str]:
     from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import drop_publication, drop_slot
@@ -175,10 +188,27 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
 def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
-    def setup(config: ConfigOption = None, mode: Mode = None) -> None:
-        """Check the source and create what capture needs (publication + slot, or triggers). Idempotent."""
-        settings = settings_from(config, uses=CAPTURE_USES)
-        done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
+    def setup(
+        config: ConfigOption = None,
+        mode: Mode = None,
+        sink: Annotated[
+            str | None,
+            typer.Option(
+                "--sink",
+                help="instead: create the missing destination tables of this postgres sink (its name, or "
+                "'postgres' for an unnamed one) from the source's definitions",
+            ),
+        ] = None,
+    ) -> None:
+        """Check the source and create what capture needs (publication + slot, or triggers). Idempotent.
+
+        With --sink NAME: create that PostgreSQL sink's missing destination tables like the source's
+        (columns, types, NOT NULL, generated columns, primary key; not foreign keys or other indexes)."""
+        if sink is not None:
+            done = setup_sink_tables(settings_from(config, uses=("source", "sinks.postgres")), sink)
+        else:
+            settings = settings_from(config, uses=CAPTURE_USES)
+            done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
             out.print(f"[green]✓[/] {line}")
 

@@ -72,6 +72,7 @@ CAPTURE_USES = ("source", "events", "kafka", "metrics")
 def sink_uses(kind: str) -> tuple[str, ...]:
     """The sections ``walbridge sink KIND`` reads."""
     return ("events", "kafka", "dlq", "metrics", f"sinks.{kind}")
+    # ``source`` is read when it resolves (auto_create from the source catalog), not required.
 
 
 def settings_from(

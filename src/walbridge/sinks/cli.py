@@ -33,10 +33,10 @@ from walbridge.cli_common import (
 )
 from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.errors import ConfigError
-from walbridge.events import split_topic
 from walbridge.sinks.dlq import DlqEntry, list_dlq_topics, parse_since, parse_where, read_dlq
 from walbridge.sinks.replay import replay
 from walbridge.sinks.salesforce.cli import salesforce
+from walbridge.sinks.table_pairs import table_pairs
 from walbridge.sinks.workers import run_sink_process, run_workers
 from walbridge.verify import TableDiff, verify_tables
 
@@ -226,20 +226,6 @@ def dlq_replay(
 # --------------------------------------------------------------------------- verify
 
 
-def _table_pairs(
-    settings: Settings, sink: PostgresSinkSettings, tables: list[str] | None
-) -> list[tuple[str, str]]:
-    names = list(tables or settings.source.tables)
-    if not names:
-        names = [".".join(split_topic(t)) for t in sink.topics]
-    if not names or any("*" in n for n in names):
-        raise ConfigError(
-            "verify needs explicit tables: --table schema.table or source.tables without wildcards"
-        )
-    qualified = [n if "." in n else f"public.{n}" for n in names]
-    return [(n, sink.table_map.get(n, n)) for n in qualified]
-
-
 def verify(
     config: ConfigOption = None,
     name: SinkNameOption = None,
@@ -259,7 +245,7 @@ def _run_verify(
 ) -> list[TableDiff]:
     settings = settings_from(config, uses=("source", "events", "sinks.postgres"))
     sink = _postgres_settings(settings, name)
-    pairs = _table_pairs(settings, sink, table)
+    pairs = table_pairs(settings, sink, table, "verify")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("verifying")
         return verify_tables(

@@ -196,8 +196,12 @@ class PostgresSink:
     owns_offsets = True
     decode_event = staticmethod(decode_lean)
 
-    def __init__(self, settings: PostgresSinkSettings, group_id: str | None = None) -> None:
+    def __init__(
+        self, settings: PostgresSinkSettings, group_id: str | None = None, source_dsn: str | None = None
+    ) -> None:
         self.settings = settings
+        self.source_dsn = source_dsn
+        """With ``auto_create``: where to read a missing table's definition when events carry no schema."""
         self.name = settings.sink_name
         self.group_id = group_id or settings.consumer_group
         self._conn: psycopg.Connection[Any] | None = None
@@ -457,6 +461,17 @@ class PostgresSink:
 
     def _create_table(self, dest: tuple[str, str], record: SinkRecord) -> TableInfo:
         qualified = f"{dest[0]}.{dest[1]}"
+        if _row_fields(record.value) is None and self.source_dsn is not None and record.event is not None:
+            from walbridge.sinks.pg_create import create_tables
+
+            source_table = f"{record.event.schema}.{record.event.table}"
+            create_tables(self.source_dsn, self.settings.dsn, [(source_table, qualified)])
+            with self._connect(autocommit=True) as conn:
+                info = read_table(conn, *dest)
+            if info is None:
+                raise PermanentError(f"destination table {qualified} could not be created", table=qualified)
+            log.info("%s: created destination table %s like %s", self.name, qualified, source_table)
+            return info
         ddl = _create_table_sql(dest, record)
         try:
             with self._connect(autocommit=True) as conn:

@@ -177,7 +177,8 @@ def run_sink_process(
     from walbridge.sinks.runner import SinkRunner
     from walbridge.web import start_ops
 
-    sink = PostgresSink(sink_settings)
+    source_dsn = settings.source.dsn if not settings.source.dsn.startswith("env:") else None
+    sink = PostgresSink(sink_settings, source_dsn=source_dsn if sink_settings.auto_create else None)
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
     log.info(
         "sink %s: group %s, topics %s",

@@ -1,0 +1,110 @@
+"""Destination tables made from the source's own definitions (``walbridge setup --sink``, ``auto_create``).
+
+What is created: the schema if missing, and per table its columns with their exact types
+(``format_type``: typmods, arrays, domains and enums by name), ``NOT NULL``, generated columns with
+their expression (the destination computes them; the sink never writes them), and a primary key made of
+the columns that key the table's events (the primary key, or the replica identity index's columns).
+What is not: foreign keys (the sink applies rows in partition order, not in dependency order), other
+indexes and constraints, defaults, triggers, grants, partitioning (the destination table is a plain
+table). User types (enums, domains, extension types) must exist in the destination: a missing one is a
+:class:`~walbridge.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from walbridge.errors import ConfigError
+
+__all__ = ["create_tables", "table_ddl"]
+
+_COLUMNS_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated::text,
+       pg_get_expr(d.adbin, d.adrelid), t.typname, n.nspname
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_namespace n ON n.oid = t.typnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+
+def table_ddl(
+    source: psycopg.Connection[Any], source_table: str, dest: tuple[str, str], key_columns: Sequence[str]
+) -> tuple[sql.Composed, list[tuple[str, str]]]:
+    """CREATE TABLE for ``dest`` shaped like ``source_table``, and the non-built-in types it uses."""
+    schema, table = source_table.split(".", 1)
+    regclass = sql.Identifier(schema, table).as_string(source)
+    rows = source.execute(_COLUMNS_SQL, (regclass,)).fetchall()
+    columns = []
+    user_types = []
+    for name, type_text, not_null, generated, expression, type_name, type_schema in rows:
+        parts = [sql.Identifier(name), sql.SQL(type_text)]
+        if generated == "s":
+            parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(expression)))
+        elif not_null:
+            parts.append(sql.SQL("NOT NULL"))
+        columns.append(sql.SQL(" ").join(parts))
+        if type_schema not in ("pg_catalog", "information_schema"):
+            user_types.append((type_schema, type_name.lstrip("_")))
+    if not key_columns:
+        raise ConfigError(f"cannot create a destination for {source_table}: its events have no key")
+    body = [
+        *columns,
+        sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key_columns))),
+    ]
+    ddl = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        sql.Identifier(*dest), sql.SQL(", ").join(body)
+    )
+    return ddl, user_types
+
+
+def create_tables(source_dsn: str, dest_dsn: str, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Create each missing destination table of ``(source schema.table, dest schema.table)`` pairs from
+    the source's definition; the names of those created. Nothing is created unless all can be."""
+    from walbridge.capture import catalog
+    from walbridge.capture.connection import connect_source
+    from walbridge.pgerrors import map_pg_error
+
+    with connect_source(source_dsn) as source:
+        relations = {r.qualified_name: r for r in catalog.resolve_tables(source, [s for s, _ in pairs])}
+        try:
+            with psycopg.connect(dest_dsn, autocommit=True) as dest_conn:
+                planned = []
+                for source_table, dest_table in pairs:
+                    found = dest_conn.execute("SELECT to_regclass(%s)", (dest_table,)).fetchone()
+                    if found and found[0] is not None:
+                        continue
+                    schema, table = dest_table.split(".", 1)
+                    keys = relations[source_table].key_columns
+                    ddl, user_types = table_ddl(source, source_table, (schema, table), keys)
+                    _require_types(dest_conn, user_types, source_table)
+                    planned.append((dest_table, schema, ddl))
+                with dest_conn.transaction():
+                    for _, schema, ddl in planned:
+                        dest_conn.execute(
+                            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                        )
+                        dest_conn.execute(ddl)
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, "creating destination tables") from exc
+    return [dest_table for dest_table, _, _ in planned]
+
+
+def _require_types(conn: psycopg.Connection[Any], types: list[tuple[str, str]], source_table: str) -> None:
+    for schema, name in types:
+        found = conn.execute(
+            "SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname = %s AND t.typname = %s",
+            (schema, name),
+        ).fetchone()
+        if found is None:
+            raise ConfigError(
+                f"{source_table} uses type {schema}.{name}, which the destination does not have: create it "
+                "there first (CREATE TYPE / CREATE DOMAIN / CREATE EXTENSION)"
+            )
