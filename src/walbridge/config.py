@@ -107,7 +107,9 @@ class EventSettings(_Model):
         "adaptive_time_microseconds"
     )
     binary_handling_mode: Literal["bytes", "base64", "hex"] = "bytes"
-    interval_handling_mode: Literal["numeric", "string"] = "numeric"
+    interval_handling_mode: Literal["numeric", "string"] = "string"
+    """walbridge's default is ``string`` (ISO 8601, Debezium's ``string`` mode; Debezium's default
+    ``numeric`` counts a month as 30.4375 days, so months cannot be written back exactly)."""
 
     def encoding_options(self) -> EncodingOptions:
         unwrap = self.unwrap or self.delete_tombstone_handling_mode is not None

@@ -88,6 +88,11 @@ TABLES = (
 TABLES_COMPARED_APART = ("public.idx_t",)
 """Deliberately different keys (module docstring); see test_identity_index_without_the_primary_key."""
 MODES = ("string", "precise")
+_VALUE_MODES = {
+    "string": {"decimal_handling_mode": "string", "interval_handling_mode": "string"},  # walbridge's defaults
+    "precise": {"decimal_handling_mode": "precise", "interval_handling_mode": "numeric"},  # Debezium's
+}
+"""Each run's value encodings, the same on both sides: walbridge's defaults, then Debezium's."""
 
 ALL_TYPES_SCHEMA = """
 CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy');
@@ -262,7 +267,7 @@ class _Walbridge:
                 "slot": f"wb_{prefix}",
                 "publication": f"wb_{prefix}",
             },
-            events={"topic_prefix": prefix, "decimal_handling_mode": mode},
+            events={"topic_prefix": prefix, **_VALUE_MODES[mode]},
             kafka={"bootstrap_servers": bootstrap, "partitions": 3},
             metrics={"enabled": False},
             state_dir=str(state_dir),
@@ -297,7 +302,8 @@ def _debezium(dsn: str, prefix: str, mode: str, offsets: Path, run: Run) -> Embe
         tables=TABLES,
         offsets_file=offsets,
         publication_autocreate_mode="disabled",
-        decimal_handling_mode=mode,
+        decimal_handling_mode=_VALUE_MODES[mode]["decimal_handling_mode"],
+        interval_handling_mode=_VALUE_MODES[mode]["interval_handling_mode"],
         time_precision_mode="adaptive_time_microseconds",
     )
 
