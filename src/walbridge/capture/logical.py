@@ -20,7 +20,6 @@ confirmed: the server may report them ahead of a transaction it is still sending
 from __future__ import annotations
 
 import logging
-import random
 import select
 import threading
 import time
@@ -37,6 +36,7 @@ from walbridge.capture import catalog, pgoutput
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import connect_source, session_options
 from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
 from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
@@ -121,9 +121,10 @@ class LogicalCapture:
 
     def run(self, stop: threading.Event) -> None:
         relations = self.preflight()
-        delay = 1.0
+        reconnect = Reconnect()
         while not stop.is_set():
             publisher = self._publisher_factory()
+            confirmed_before = self.confirmed
             try:
                 publisher.ensure_topics((rel.schema, rel.table) for rel in relations)
                 self._run_once(stop, publisher, relations)
@@ -131,11 +132,12 @@ class LogicalCapture:
             except (TransientError, psycopg2.OperationalError, psycopg.OperationalError) as exc:
                 message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
                 metrics.capture.errors.labels(type(exc).__name__).inc()
+                healthy = self.ready.is_set() and self.confirmed > confirmed_before
+                delay = reconnect.next_delay(healthy)
                 log.warning(
                     "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
                 )
-                stop.wait(delay + random.uniform(0, delay / 2))
-                delay = min(delay * 2, 30.0)
+                stop.wait(delay)
             finally:
                 self.ready.clear()
                 _discard(publisher)

@@ -51,7 +51,6 @@ updates and deletes (as logical mode with ``REPLICA IDENTITY FULL``).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,6 +67,7 @@ from walbridge.capture import catalog
 from walbridge.capture.connection import connect_source
 from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
 from walbridge.capture.trigger_setup import (
@@ -255,21 +255,23 @@ class TriggerCapture:
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
-        delay = 1.0
+        reconnect = Reconnect()
         while not stop.is_set():
             publisher = self._publisher or EventPublisher[TriggerPosition](self.settings)
+            confirmed_before = self.confirmed
             try:
                 self._run_once(stop, publisher)
                 return
             except (TransientError, psycopg.OperationalError) as exc:
                 message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
                 metrics.capture.errors.labels(type(exc).__name__).inc()
+                healthy = self.ready.is_set() and self.confirmed != confirmed_before
+                delay = reconnect.next_delay(healthy)
                 log.warning(
                     "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
                 )
                 _discard(publisher)
-                stop.wait(delay + random.uniform(0, delay / 2))
-                delay = min(delay * 2, 30.0)
+                stop.wait(delay)
             finally:
                 self.ready.clear()
 

@@ -46,6 +46,7 @@ from walbridge.kafka import (
     make_producer,
     map_kafka_error,
     produce_waiting,
+    topic_config,
 )
 from walbridge.sinks.base import RecordFailure
 
@@ -163,7 +164,7 @@ class DlqWriter:
         missing = set(topics) - self._known_topics
         if missing:
             kafka = self._settings.kafka
-            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor)
+            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor, config=topic_config(kafka))
             self._known_topics |= missing
 
     def close(self) -> None:
