@@ -33,10 +33,9 @@ def _mode(settings: Settings, mode: str | None) -> str:
 
 def setup_logical(settings: Settings) -> list[str]:
     """Check the server, create the publication and the slot (idempotent); what was done."""
-    from walbridge.capture import catalog
+    from walbridge.capture import catalog, state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import create_slot, ensure_publication, set_replica_identity_full, slot_info
-    from walbridge.capture.state import CaptureState
 
     src = settings.source
     done: list[str] = []
@@ -51,17 +50,21 @@ def setup_logical(settings: Settings) -> list[str]:
             ]
         if ensure_publication(conn, src.publication, relations):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
+        if state.ensure_table(conn):
+            done.append(
+                f"table {state.SCHEMA}.{state.SNAPSHOT_TABLE} (whether each slot's snapshot finished)"
+            )
         if slot_info(conn, src.slot) is None:
+            state.forget(conn, src.slot)  # a new slot owes its snapshot, whatever an earlier one recorded
             lsn = create_slot(conn, src.slot)
-            CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").save(snapshot_pending=True)
-            done.append(f"replication slot {src.slot} at {lsn}")
+            done.append(f"replication slot {src.slot} at {lsn} (capture takes the initial snapshot)")
     return done
 
 
 def teardown_logical(settings: Settings) -> list[str]:
+    from walbridge.capture import state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import drop_publication, drop_slot
-    from walbridge.capture.state import CaptureState
 
     src = settings.source
     done = []
@@ -70,7 +73,9 @@ def teardown_logical(settings: Settings) -> list[str]:
             done.append(f"dropped replication slot {src.slot}")
         if drop_publication(conn, src.publication):
             done.append(f"dropped publication {src.publication}")
-        CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").clear()
+        if state.forget(conn, src.slot):
+            done.append(f"forgot the snapshot state of slot {src.slot}")
+        done += state.drop_if_unused(conn)
     return done
 
 

@@ -33,6 +33,7 @@ import psycopg2.extras
 
 from walbridge import metrics
 from walbridge.capture import catalog, pgoutput
+from walbridge.capture import state as snapshot_state
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import connect_source, session_options
 from walbridge.capture.publisher import EventPublisher
@@ -40,7 +41,6 @@ from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
 from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
-from walbridge.capture.state import CaptureState
 from walbridge.capture.values import ValueOptions
 from walbridge.config import Settings
 from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
@@ -145,32 +145,42 @@ class LogicalCapture:
     def _run_once(
         self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]
     ) -> None:
-        state = CaptureState(self.settings.state_dir, f"{self._dbname}-{self.source.slot}")
         if self.source.snapshot == "initial_only":
             self._snapshot_only(publisher, relations)
             return
+        slot = self.source.slot
         with connect_source(self.source.dsn) as conn:
-            info = slot_info(conn, self.source.slot)
-            snapshot = needs_snapshot(self.source.snapshot, info is not None, state.snapshot_pending)
-            if snapshot and info is not None:
-                log.info(
-                    "slot %s has no finished snapshot: recreating it for a consistent snapshot", info.name
-                )
-                drop_slot(conn, self.source.slot)
+            info = slot_info(conn, slot)
+            finished = snapshot_state.snapshot_finished(conn, slot)
+            snapshot = needs_snapshot(self.source.snapshot, info is not None, not finished)
+            if snapshot:
+                # Recorded before the slot exists: a process killed from here on leaves "pending".
+                snapshot_state.record(conn, slot, "pending")
+                if info is not None:
+                    log.info(
+                        "slot %s has no finished snapshot: recreating it for a consistent snapshot", slot
+                    )
+                    drop_slot(conn, slot)
             elif info is not None:
                 check_slot_usable(info, self._dbname)
         repl = self._replication_connection()
         try:
             cur = repl.cursor()
             if snapshot:
-                state.save(snapshot_pending=True)
-                self._create_slot_and_snapshot(cur, publisher, relations)
-                state.save(snapshot_pending=False)
-            elif info is None:
-                self._create_slot(cur, export=False)
+                consistent_point = self._create_slot_and_snapshot(cur, publisher, relations)
+                self._record_snapshot("done", consistent_point)
+            else:
+                if info is None:
+                    self._create_slot(cur, export=False)
+                if not finished:
+                    self._record_snapshot("skipped", None)  # snapshot: never
             self._stream(cur, publisher, stop)
         finally:
             repl.close()
+
+    def _record_snapshot(self, state: snapshot_state.State, lsn: int | None) -> None:
+        with connect_source(self.source.dsn) as conn:
+            snapshot_state.record(conn, self.source.slot, state, lsn)
 
     def _replication_connection(self) -> Any:
         try:
@@ -200,7 +210,8 @@ class LogicalCapture:
 
     def _create_slot_and_snapshot(
         self, cur: Any, publisher: EventPublisher[int], relations: list[RelationInfo]
-    ) -> None:
+    ) -> int:
+        """Create the slot with an exported snapshot, publish every row; the slot's consistent point."""
         consistent_point, snapshot_name = self._create_slot(cur, export=True)
         codecs = [self._codec_for(rel) for rel in relations]
         with connect_source(self.source.dsn, autocommit=False) as snap:
@@ -215,6 +226,7 @@ class LogicalCapture:
         while publisher.poll(0.1) != consistent_point:
             pass
         log.info("snapshot finished: %d rows", count)
+        return consistent_point
 
     def _snapshot_only(self, publisher: EventPublisher[int], relations: list[RelationInfo]) -> None:
         codecs = [self._codec_for(rel) for rel in relations]
