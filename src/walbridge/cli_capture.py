@@ -51,9 +51,7 @@ def setup_logical(settings: Settings) -> list[str]:
         if ensure_publication(conn, src.publication, relations):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
         if state.ensure_table(conn):
-            done.append(
-                f"table {state.SCHEMA}.{state.SNAPSHOT_TABLE} (whether each slot's snapshot finished)"
-            )
+            done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
         if slot_info(conn, src.slot) is None:
             state.forget(conn, src.slot)  # a new slot owes its snapshot, whatever an earlier one recorded
             lsn = create_slot(conn, src.slot)
@@ -80,19 +78,28 @@ def teardown_logical(settings: Settings) -> list[str]:
 
 
 def setup_trigger(settings: Settings) -> list[str]:
+    from walbridge.capture import state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.trigger import install_trigger_capture
 
     with connect_source(settings.source.dsn) as conn:
-        return install_trigger_capture(conn, settings)
+        done = install_trigger_capture(conn, settings)
+        if state.ensure_table(conn):
+            done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
+        return done
 
 
 def teardown_trigger(settings: Settings) -> list[str]:
+    from walbridge.capture import state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.trigger import uninstall_trigger_capture
 
     with connect_source(settings.source.dsn) as conn:
-        return uninstall_trigger_capture(conn, settings)
+        done = []
+        if state.forget(conn, settings.source.slot):
+            done.append(f"forgot the snapshot state of capture {settings.source.slot}")
+        done += state.drop_if_unused(conn)
+        return done + uninstall_trigger_capture(conn, settings)
 
 
 def _capture_for(settings: Settings, progress: Any) -> Any:

@@ -47,7 +47,7 @@ def pipeline_config(
         "dlq": {"max_attempts": 2, "backoff_initial_s": 0.2, "backoff_max_s": 1.0},
         "state_dir": str(path.parent / f"{path.stem}-state"),
     }
-    env = {"SRC_DSN": source_dsn}
+    env = {"SRC_DSN": source_dsn, "COLUMNS": "250"}
     if dest_dsn is not None:
         topics = [f"{prefix}.{name}" for name in tables]
         doc["sinks"] = [

@@ -151,9 +151,13 @@ class LogicalCapture:
         slot = self.source.slot
         with connect_source(self.source.dsn) as conn:
             info = slot_info(conn, slot)
-            finished = snapshot_state.snapshot_finished(conn, slot)
+            state = snapshot_state.load(conn, slot)
+            finished = state in ("done", "skipped")
             snapshot = needs_snapshot(self.source.snapshot, info is not None, not finished)
-            if snapshot:
+            # An interrupted snapshot may have published rows deleted since: keep its slot, so that the
+            # stream from the slot's start retracts them after the snapshot is taken again.
+            retake = snapshot and info is not None and state == "pending"
+            if snapshot and not retake:
                 # Recorded before the slot exists: a process killed from here on leaves "pending".
                 snapshot_state.record(conn, slot, "pending")
                 if info is not None:
@@ -166,7 +170,14 @@ class LogicalCapture:
         repl = self._replication_connection()
         try:
             cur = repl.cursor()
-            if snapshot:
+            if retake:
+                log.info(
+                    "the snapshot of slot %s was interrupted: taking it again, then streaming from the "
+                    "slot's start (changes made meanwhile are replayed after it)",
+                    slot,
+                )
+                self._record_snapshot("done", self._snapshot_only(publisher, relations))
+            elif snapshot:
                 consistent_point = self._create_slot_and_snapshot(cur, publisher, relations)
                 self._record_snapshot("done", consistent_point)
             else:
@@ -228,7 +239,8 @@ class LogicalCapture:
         log.info("snapshot finished: %d rows", count)
         return consistent_point
 
-    def _snapshot_only(self, publisher: EventPublisher[int], relations: list[RelationInfo]) -> None:
+    def _snapshot_only(self, publisher: EventPublisher[int], relations: list[RelationInfo]) -> int:
+        """A snapshot in a transaction of its own (no slot); its LSN once every row is acknowledged."""
         codecs = [self._codec_for(rel) for rel in relations]
         with connect_source(self.source.dsn, autocommit=False) as snap:
             snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -242,6 +254,7 @@ class LogicalCapture:
         publisher.seal(0)
         while publisher.poll(0.1) != 0:
             pass
+        return lsn
 
     # ------------------------------------------------------------------ relations
 

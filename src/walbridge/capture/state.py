@@ -1,16 +1,21 @@
-"""Whether a logical capture's initial snapshot finished, recorded in the source database.
+"""Whether a capture's initial snapshot finished, recorded in the source database.
 
-One row per replication slot in ``walbridge.capture_snapshot``: ``pending`` from just before the
-slot is created with its snapshot until every snapshot record is acknowledged by Kafka, then
-``done`` (with the slot's consistent point); ``skipped`` when capture streams without a snapshot
-(``snapshot: never``). No row counts as pending. The decision therefore travels with the source and
-its slot: every process on every host decides the same, and a snapshot interrupted at any point
-(even by SIGKILL) is taken again, never skipped. ``walbridge setup`` forgets the row when it creates
-the slot (the slot starts without a snapshot); ``walbridge teardown`` deletes it, and the table when
-no capture is left in it.
+One row per capture (its ``source.slot`` name) in ``walbridge.capture_snapshot``: ``pending`` from
+just before the snapshot starts until every snapshot record is acknowledged by Kafka, then ``done``
+(with the LSN it was read at, logical mode); ``skipped`` when capture streams without a snapshot
+(``snapshot: never``). No row counts as pending. The decision travels with the source: every process
+on every host decides the same, and a snapshot interrupted at any point (even by SIGKILL) is taken
+again, never skipped.
 
-Trigger mode needs no row here: its offset row (``walbridge.capture_offset``) is written only after
-the snapshot's records are acknowledged, so its absence means "snapshot owed".
+Taken again, not resumed: a consistent snapshot cannot outlive its transaction. The interrupted
+attempt may already have published rows that were deleted before the retry, so the retry keeps the
+stream's starting point of the first attempt (logical mode: the slot created with it; trigger mode:
+the position stored before its first row) and streams from there after the new snapshot: the
+changes made in between are replayed, and the destination converges to the source (a row changed in
+between may briefly show an older state while the replay passes).
+
+``walbridge setup`` forgets the row when it creates a slot (a new slot owes its snapshot);
+``walbridge teardown`` deletes it, and the table (and the schema) when nothing else is left.
 
 Privileges: creating the table needs CREATE on the database (for the ``walbridge`` schema) or on
 that schema; the capture role then needs USAGE on the schema and SELECT, INSERT, UPDATE, DELETE on
@@ -28,10 +33,19 @@ from walbridge.errors import ConfigError
 from walbridge.lsn import Lsn
 from walbridge.pgerrors import map_pg_error
 
-__all__ = ["SNAPSHOT_TABLE", "drop_if_unused", "ensure_table", "forget", "record", "snapshot_finished"]
+__all__ = [
+    "SNAPSHOT_TABLE",
+    "SNAPSHOT_TABLE_NAME",
+    "drop_if_unused",
+    "ensure_table",
+    "forget",
+    "load",
+    "record",
+]
 
 SNAPSHOT_TABLE = "capture_snapshot"
-_TABLE = f"{SCHEMA}.{SNAPSHOT_TABLE}"
+SNAPSHOT_TABLE_NAME = f"{SCHEMA}.{SNAPSHOT_TABLE}"
+_TABLE = SNAPSHOT_TABLE_NAME
 
 State = Literal["pending", "done", "skipped"]
 
@@ -70,11 +84,11 @@ def ensure_table(conn: psycopg.Connection[Any]) -> bool:
         raise map_pg_error(exc, f"creating {_TABLE}") from exc
 
 
-def snapshot_finished(conn: psycopg.Connection[Any], slot: str) -> bool:
-    """Whether the slot's snapshot is done (or deliberately skipped); creates the table if missing."""
+def load(conn: psycopg.Connection[Any], slot: str) -> State | None:
+    """The slot's snapshot state (``None``: no row, the snapshot is owed); creates the table if missing."""
     ensure_table(conn)
     row = _run(conn, f"SELECT state FROM {_TABLE} WHERE slot = %s", (slot,), "reading").fetchone()
-    return row is not None and row[0] in ("done", "skipped")
+    return row[0] if row is not None else None
 
 
 def record(conn: psycopg.Connection[Any], slot: str, state: State, lsn: int | None = None) -> None:
