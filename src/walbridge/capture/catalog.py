@@ -97,13 +97,13 @@ def resolve_tables(
 ) -> list[RelationInfo]:
     """The ordinary and partitioned tables matching ``include`` and not ``exclude``, by name.
 
-    An empty ``include`` means every user table outside the ``walbridge`` schema. A name without
-    wildcards that matches no table is a :class:`ConfigError` naming it.
+    An empty ``include`` means every user table. Tables of the ``walbridge`` schema (capture's own
+    bookkeeping) never match. A name without wildcards that matches no table is a
+    :class:`ConfigError` naming it.
     """
     rows = conn.execute(_TABLES_SQL).fetchall()
-    if not include:
-        include = ("*.*",)
-        exclude = (*exclude, "walbridge.*")
+    include = include or ("*.*",)
+    exclude = (*exclude, "walbridge.*")
     names = {f"{row[1]}.{row[2]}" for row in rows}
     missing = [name for name in include if not any(ch in name for ch in "*?[") and name not in names]
     if missing:
