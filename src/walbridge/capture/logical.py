@@ -152,6 +152,10 @@ class LogicalCapture:
         with connect_source(self.source.dsn) as conn:
             info = slot_info(conn, slot)
             state = snapshot_state.load(conn, slot)
+            legacy = snapshot_state.legacy_snapshot_done
+            if state is None and info is not None and legacy(self.settings.state_dir, self._dbname, slot):
+                state = "done"  # upgrading from a version that kept this in a local file
+                snapshot_state.record(conn, slot, state)
             finished = state in ("done", "skipped")
             snapshot = needs_snapshot(self.source.snapshot, info is not None, not finished)
             # An interrupted snapshot may have published rows deleted since: keep its slot, so that the

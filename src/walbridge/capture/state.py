@@ -24,6 +24,8 @@ the table (it owns both when it ran ``walbridge setup``).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -39,6 +41,7 @@ __all__ = [
     "drop_if_unused",
     "ensure_table",
     "forget",
+    "legacy_snapshot_done",
     "load",
     "record",
 ]
@@ -67,7 +70,7 @@ _GRANT_HINT = (
 def ensure_table(conn: psycopg.Connection[Any]) -> bool:
     """Create the schema and table when missing (``True`` if created); ConfigError naming the grant."""
     try:
-        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_TABLE,)).fetchone() == (True,):
+        if _exists(conn):
             return False
         with conn.transaction():
             if conn.execute("SELECT to_regnamespace(%s) IS NULL", (SCHEMA,)).fetchone() == (True,):
@@ -104,14 +107,14 @@ def record(conn: psycopg.Connection[Any], slot: str, state: State, lsn: int | No
 
 def forget(conn: psycopg.Connection[Any], slot: str) -> bool:
     """Delete the slot's row (its snapshot is owed again); ``True`` if there was one."""
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (_TABLE,)).fetchone() == (True,):
+    if not _exists(conn):
         return False
     return _run(conn, f"DELETE FROM {_TABLE} WHERE slot = %s", (slot,), "deleting").rowcount > 0
 
 
 def drop_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
     """Teardown: drop the table when no capture has a row in it, and the schema when it is then empty."""
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (_TABLE,)).fetchone() == (True,):
+    if not _exists(conn):
         return []
     if _run(conn, f"SELECT 1 FROM {_TABLE} LIMIT 1", (), "reading").fetchone() is not None:
         return []
@@ -123,6 +126,16 @@ def drop_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
         raise map_pg_error(exc, f"dropping {_TABLE}") from exc
 
 
+def _exists(conn: psycopg.Connection[Any]) -> bool:
+    """From the catalog: needs no privilege on the schema (``to_regclass`` does)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (SCHEMA, SNAPSHOT_TABLE),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _run(conn: psycopg.Connection[Any], query: str, params: Any, doing: str) -> Any:
     try:
         return conn.execute(query, params)
@@ -132,3 +145,17 @@ def _run(conn: psycopg.Connection[Any], query: str, params: Any, doing: str) -> 
         ) from exc
     except psycopg.Error as exc:
         raise map_pg_error(exc, f"{doing} the snapshot state in {_TABLE}") from exc
+
+
+def legacy_snapshot_done(state_dir: str, dbname: str, slot: str) -> bool:
+    """Whether an older walbridge's local state file says the slot's snapshot finished (upgrades).
+
+    Read only when the source has no row for an existing slot, so that upgrading does not snapshot
+    every table again; a missing or unreadable file means the snapshot is owed.
+    """
+    path = Path(state_dir) / "capture" / f"{dbname}-{slot}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("snapshot_pending") is False
