@@ -188,3 +188,42 @@ def test_snapshot_killed_half_way_is_taken_again(
         capture.stop()
         sink.stop()
     assert table_rows(items_dest, "SELECT count(*) FROM public.items") == [(rows + 1 - rows // 1000,)]
+
+
+def test_capture_role_needs_privileges_on_the_state_table(
+    tmp_path: Path, pg_dsn: str, items_dest: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Setup by the owner; capture as a REPLICATION role: one line naming the grant, then it works."""
+    _fill(pg_dsn, 500, width=1)
+    role = f"capt_{topic_prefix}"
+    cfg, env = pipeline_config(
+        tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, ["public.items"], pg_dsn, items_dest
+    )
+    code, _out, err = run_cli("setup", "--config", str(cfg), env=env)
+    assert code == 0, err
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'pw'")
+        conn.execute(f"GRANT SELECT ON public.items TO {role}")
+    _user, rest = pg_dsn.split("://", 1)[1].split("@", 1)
+    capture_env = {**env, "SRC_DSN": f"postgresql://{role}:pw@{rest}"}
+    try:
+        code, _out, err = run_cli("capture", "--config", str(cfg), env=capture_env, timeout=60)
+        assert code == 2 and "Traceback" not in err, err
+        text = " ".join(err.split())
+        assert "walbridge.capture_snapshot" in text and "GRANT USAGE ON SCHEMA walbridge" in text, err
+
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"GRANT USAGE ON SCHEMA walbridge TO {role}")
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON walbridge.capture_snapshot TO {role}")
+        capture = Proc(tmp_path / "capture.log", capture_env, "capture", "--config", str(cfg))
+        sink = Proc(tmp_path / "sink.log", env, "sink", "postgres", "--config", str(cfg))
+        try:
+            wait_until(lambda: _converged(pg_dsn, items_dest), timeout_s=90, interval_s=0.5)
+            assert _state(pg_dsn, topic_prefix.replace("-", "_")) == ("done", True)
+        finally:
+            capture.stop()
+            sink.stop()
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
