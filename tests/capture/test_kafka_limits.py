@@ -22,7 +22,7 @@ from helpers import run_cli, wait_until
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import Reconnect
 from walbridge.config import KafkaSettings
-from walbridge.errors import PermanentError, TransientError
+from walbridge.errors import PermanentError, RecordTooLarge, TransientError
 from walbridge.kafka import RECORD_OVERHEAD, make_admin
 
 DOCS = "CREATE TABLE public.docs (id bigint PRIMARY KEY, body text NOT NULL)"
@@ -210,3 +210,30 @@ def test_reconnect_backoff_resets_after_a_healthy_attempt() -> None:
     assert 1.0 <= delays[0] <= 1.5 and 30.0 <= delays[-1] <= 45.0
     assert 1.0 <= reconnect.next_delay(healthy=True) <= 1.5
     assert 2.0 <= reconnect.next_delay(healthy=False) <= 3.0
+
+
+def test_broker_refusal_names_the_row(
+    tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A record the broker refuses (a topic created elsewhere with a smaller limit; the test broker does not
+    enforce it, so the refusal is handed to the delivery report of a real record) stops with the row."""
+    from confluent_kafka import Producer
+
+    from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source
+
+    source = Source("postgresql", topic_prefix, "db", "public", "docs", 1, lsn=0x1_0000_0028)
+    event = ChangeEvent("c", source, {"id": 42}, None, {"id": 42, "body": "x" * 1000}, 1)
+    (record,) = EnvelopeEncoder(
+        EncodingOptions(topic_prefix=topic_prefix, tombstones_on_delete=False)
+    ).encode(event)
+    delivered = []
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(record.topic, record.value, record.key, on_delivery=lambda _e, m: delivered.append(m))
+    producer.flush(30)
+    publisher = _publisher(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path)
+    publisher.tracker.fail(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), delivered[0])
+    with pytest.raises(RecordTooLarge) as caught:
+        publisher.poll(0)
+    text = caught.value.message
+    assert "public.docs" in text and '{"id":42}' in text and "at LSN 1/28" in text, text
+    assert "max.message.bytes" in text and "broker refused" in text, text

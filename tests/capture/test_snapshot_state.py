@@ -227,3 +227,34 @@ def test_capture_role_needs_privileges_on_the_state_table(
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_upgrade_from_the_local_state_file_does_not_snapshot_again(
+    tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A slot whose snapshot an older walbridge recorded as finished in its local file keeps streaming."""
+    import json
+
+    from capture_support import RunningCapture, make_settings
+    from walbridge.capture.logical import LogicalCapture
+
+    _fill(pg_dsn, 10, width=1)
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"])
+    slot = settings.source.slot
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE PUBLICATION {slot} FOR TABLE public.items")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        dbname = conn.info.dbname
+    legacy = Path(settings.state_dir) / "capture" / f"{dbname}-{slot}.json"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"snapshot_pending": False}))
+    with RunningCapture(LogicalCapture(settings)) as running:
+        assert _state(pg_dsn, slot) == ("done", False)  # taken over from the file, no snapshot LSN
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE public.items SET qty = 100 WHERE id = 3")
+            end = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+        wait_until(lambda: running.capture.confirmed >= end, timeout_s=60)
+    from helpers import consume_all, json_or_none
+
+    messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=1)
+    assert [json_or_none(m.value())["op"] for m in messages] == ["u"]  # the stream, not a snapshot
