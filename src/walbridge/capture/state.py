@@ -109,7 +109,7 @@ def forget(conn: psycopg.Connection[Any], slot: str) -> bool:
     """Delete the slot's row (its snapshot is owed again); ``True`` if there was one."""
     if not _exists(conn):
         return False
-    return _run(conn, f"DELETE FROM {_TABLE} WHERE slot = %s", (slot,), "deleting").rowcount > 0
+    return bool(_run(conn, f"DELETE FROM {_TABLE} WHERE slot = %s", (slot,), "deleting").rowcount > 0)
 
 
 def drop_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
