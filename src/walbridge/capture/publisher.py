@@ -114,16 +114,17 @@ class EventPublisher(Generic[P]):
             self._check_size(key_bytes, value, _Where(prepared.label, lsn), key)
         callback = self.tracker.open()
         try:
-            # Positional: (topic, value, key, partition, callback); -1 lets the partitioner pick.
-            self._produce_fn(topic, value, key_bytes, -1 if key_bytes is not None else 0, callback)
-        except BufferError:
-            self._produce(topic, key_bytes, value, callback)
+            try:
+                # Positional: (topic, value, key, partition, callback); -1 lets the partitioner pick.
+                self._produce_fn(topic, value, key_bytes, -1 if key_bytes is not None else 0, callback)
+            except BufferError:
+                self._produce(topic, key_bytes, value, callback)
+            self.published += 1
+            if op == "d" and key_bytes is not None and prepared.tombstones:
+                self._produce(topic, key_bytes, None)
+                self.published += 1
         except KafkaException as exc:
             raise self._refused(exc, _Where(prepared.label, lsn), key, key_bytes, value) from exc
-        self.published += 1
-        if op == "d" and key_bytes is not None and prepared.tombstones:
-            self._produce(topic, key_bytes, None)
-            self.published += 1
         counts = self._unreported
         slot = (prepared.label, op)
         counts[slot] = counts.get(slot, 0) + 1

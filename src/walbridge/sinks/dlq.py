@@ -98,7 +98,8 @@ def error_headers(failure: RecordFailure, attempts: int, sink: str) -> list[tupl
         (CONNECT_HEADER_PREFIX + "partition", str(record.partition).encode()),
         (CONNECT_HEADER_PREFIX + "offset", str(record.offset).encode()),
         (CONNECT_HEADER_PREFIX + "exception.class.name", _class_name(error).encode()),
-        (CONNECT_HEADER_PREFIX + "exception.message", message.encode()),
+        # Capped like the stack trace: a driver's detail can quote the whole (large) row.
+        (CONNECT_HEADER_PREFIX + "exception.message", message[:_STACKTRACE_LIMIT].encode()),
         (CONNECT_HEADER_PREFIX + "exception.stacktrace", _stacktrace(error).encode()),
         (ATTEMPTS_HEADER, str(attempts).encode()),
         (SINK_HEADER, sink.encode()),
