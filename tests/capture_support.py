@@ -92,7 +92,7 @@ def read_history(dsn: str, slot: str, key_column: str) -> list[tuple[str, int, s
         ).fetchall()
     for lsn_text, data in rows:
         match = _CHANGE.match(data)
-        if not match:
+        if not match or match.group(1) == "walbridge":  # capture's own bookkeeping (snapshot state)
             continue
         key = key_pattern.search(match.group(4))
         assert key is not None, data

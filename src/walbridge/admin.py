@@ -14,7 +14,14 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from walbridge.config import KafkaSettings
 from walbridge.errors import WalbridgeError
-from walbridge.kafka import await_admin, ensure_topics, make_admin, make_consumer, map_kafka_error
+from walbridge.kafka import (
+    await_admin,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    map_kafka_error,
+    topic_config,
+)
 
 __all__ = [
     "PartitionLag",
@@ -67,7 +74,11 @@ def list_topics(settings: KafkaSettings, include_internal: bool = False) -> list
 def create_topics(settings: KafkaSettings, names: list[str], partitions: int | None = None) -> list[str]:
     """Create the missing topics; returns the ones created."""
     return ensure_topics(
-        make_admin(settings), names, partitions or settings.partitions, settings.replication_factor
+        make_admin(settings),
+        names,
+        partitions or settings.partitions,
+        settings.replication_factor,
+        config=topic_config(settings),
     )
 
 

@@ -53,10 +53,9 @@ def _mode(settings: Settings, mode: str | None) -> str:
 
 def setup_logical(settings: Settings) -> list[str]:
     """Check the server, create the publication and the slot (idempotent); what was done."""
-    from walbridge.capture import catalog
+    from walbridge.capture import catalog, state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import create_slot, ensure_publication, set_replica_identity_full, slot_info
-    from walbridge.capture.state import CaptureState
 
     src = settings.source
     done: list[str] = []
@@ -73,10 +72,12 @@ def setup_logical(settings: Settings) -> list[str]:
         catalog.refuse_keyless(relations)
         if ensure_publication(conn, src.publication, relations, src.slot):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
+        if state.ensure_table(conn):
+            done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
         if slot_info(conn, src.slot) is None:
+            state.forget(conn, src.slot)  # a new slot owes its snapshot, whatever an earlier one recorded
             lsn = create_slot(conn, src.slot)
-            CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").save(snapshot_pending=True)
-            done.append(f"replication slot {src.slot} at {lsn}")
+            done.append(f"replication slot {src.slot} at {lsn} (capture takes the initial snapshot)")
     return done
 
 
@@ -94,9 +95,9 @@ def setup_sink_tables(settings: Settings, name: str) -> list[str]:
 
 
 def teardown_logical(settings: Settings) -> list[str]:
+    from walbridge.capture import state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.slot import drop_publication, drop_slot
-    from walbridge.capture.state import CaptureState
 
     src = settings.source
     done = []
@@ -106,24 +107,35 @@ def teardown_logical(settings: Settings) -> list[str]:
         dropped = drop_publication(conn, src.publication, src.slot)
         if dropped:
             done.append(dropped)
-        CaptureState(settings.state_dir, f"{conn.info.dbname}-{src.slot}").clear()
+        if state.forget(conn, src.slot):
+            done.append(f"forgot the snapshot state of slot {src.slot}")
+        done += state.drop_if_unused(conn)
     return done
 
 
 def setup_trigger(settings: Settings) -> list[str]:
+    from walbridge.capture import state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.trigger import install_trigger_capture
 
     with connect_source(settings.source.dsn) as conn:
-        return install_trigger_capture(conn, settings)
+        done = install_trigger_capture(conn, settings)
+        if state.ensure_table(conn):
+            done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
+        return done
 
 
 def teardown_trigger(settings: Settings) -> list[str]:
+    from walbridge.capture import state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.trigger import uninstall_trigger_capture
 
     with connect_source(settings.source.dsn) as conn:
-        return uninstall_trigger_capture(conn, settings)
+        done = []
+        if state.forget(conn, settings.source.slot):
+            done.append(f"forgot the snapshot state of capture {settings.source.slot}")
+        done += state.drop_if_unused(conn)
+        return done + uninstall_trigger_capture(conn, settings)
 
 
 def _capture_for(settings: Settings, progress: Any) -> Any:

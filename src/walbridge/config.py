@@ -132,6 +132,8 @@ class KafkaSettings(_Model):
     replication_factor: int = 1
     session_timeout_ms: int | None = None
     """librdkafka's default when unset; the embedded broker wants ~6000 (slow group join)."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    """Largest record (key + value) walbridge produces; topics, producers and consumers are sized for it."""
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """Any librdkafka property (TLS, SASL, ...), passed through unchanged; secrets via env:NAME."""
 

@@ -14,7 +14,8 @@
         ├── DecodeError                  malformed message (fatal in capture)
         ├── ConstraintViolation
         ├── UnknownColumn
-        └── RecordRejected               Salesforce 400 field errors
+        ├── RecordRejected               Salesforce 400 field errors
+        └── RecordTooLarge               a record over the Kafka message limit (stops capture)
 
 Context travels in attributes (``topic``, ``partition``, ``offset``, ``sqlstate``, ...)
 so that the DLQ and the logs can show it without parsing messages. ``retryable`` (a class
@@ -36,6 +37,7 @@ __all__ = [
     "PermanentError",
     "RateLimited",
     "RecordRejected",
+    "RecordTooLarge",
     "ServerBusy",
     "TransientError",
     "UnknownColumn",
@@ -115,5 +117,11 @@ class UnknownColumn(PermanentError):
 
 class RecordRejected(PermanentError):
     """Salesforce rejected one record (field errors, too long, wrong type)."""
+
+    retryable = False
+
+
+class RecordTooLarge(PermanentError):
+    """A Kafka record over the message size limit: capture stops rather than skip the row."""
 
     retryable = False

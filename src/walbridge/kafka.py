@@ -1,5 +1,11 @@
 """Kafka clients built from settings, topic creation, and delivery tracking.
 
+Message size: ``KafkaSettings.max_message_bytes`` is the largest record (key + value) walbridge
+produces. Its topics are created with ``max.message.bytes``, its producers get ``message.max.bytes``
+and its consumers fetch sizes of that limit plus :data:`RECORD_OVERHEAD` (batch framing, headers,
+the DLQ's error headers), so a record that passes the capture's own size check is never refused by
+librdkafka or by a topic walbridge created.
+
 :class:`DeliveryTracker` owns the "confirmed position" of a capture: positions are
 registered in source order with the number of records produced for them, and a
 position is confirmed only when it and every earlier one are acknowledged by Kafka.
@@ -21,6 +27,7 @@ from walbridge.errors import ConfigError, ConnectionLost, OperationTimeout, Perm
 from walbridge.logs import ThrottleRepeats
 
 __all__ = [
+    "RECORD_OVERHEAD",
     "DeliveryTracker",
     "await_admin",
     "check_broker",
@@ -32,9 +39,25 @@ __all__ = [
     "make_producer",
     "map_kafka_error",
     "produce_waiting",
+    "topic_config",
 ]
 
 P = TypeVar("P")
+
+RECORD_OVERHEAD = 64 * 1024
+"""Room above ``max_message_bytes`` for record framing and headers (a DLQ record's error headers)."""
+
+_FETCH_MAX_DEFAULT = 52_428_800  # librdkafka's fetch.max.bytes
+_RECEIVE_MAX_DEFAULT = 100_000_000  # librdkafka's receive.message.max.bytes
+
+
+def _wire_limit(settings: KafkaSettings) -> int:
+    return settings.max_message_bytes + RECORD_OVERHEAD
+
+
+def topic_config(settings: KafkaSettings) -> dict[str, str]:
+    """Topic configs for the topics walbridge creates: large records allowed."""
+    return {"max.message.bytes": str(_wire_limit(settings))}
 
 
 def client_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -80,7 +103,10 @@ def make_producer(settings: KafkaSettings, **extra: Any) -> Producer:
     conf.setdefault("linger.ms", 20)  # larger batches: less CPU per record; latency stays far under 0.25 s
     conf.setdefault("batch.num.messages", 10_000)
     conf.setdefault("queue.buffering.max.messages", 500_000)
+    # Compressed by the producer and stored as sent (topics keep compression.type=producer): the broker
+    # checks the compressed batch, which stays under the limit checked on the uncompressed record.
     conf.setdefault("compression.type", "lz4")
+    conf.setdefault("message.max.bytes", _wire_limit(settings))
     conf.update(extra)
     producer: Producer = _build(Producer, conf)
     return producer
@@ -120,6 +146,13 @@ def make_consumer(settings: KafkaSettings, group_id: str, **extra: Any) -> Any:
     # A topic created while the group joins (a pattern subscription, a new table) is otherwise only
     # noticed at the next metadata refresh, 5 minutes later with librdkafka's default.
     conf.setdefault("topic.metadata.refresh.interval.ms", 10_000)
+    # One record up to the size limit fits in a fetch.
+    limit = _wire_limit(settings)
+    conf.setdefault("max.partition.fetch.bytes", limit)
+    conf.setdefault("fetch.max.bytes", max(_FETCH_MAX_DEFAULT, limit))
+    conf.setdefault(
+        "receive.message.max.bytes", max(_RECEIVE_MAX_DEFAULT, int(conf["fetch.max.bytes"]) + 512)
+    )
     if settings.session_timeout_ms is not None:
         conf["session.timeout.ms"] = settings.session_timeout_ms
         conf.setdefault("heartbeat.interval.ms", max(500, settings.session_timeout_ms // 6))
@@ -157,8 +190,9 @@ def ensure_topics(
     partitions: int,
     replication_factor: int,
     timeout_s: float = 30.0,
+    config: dict[str, str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+    """Create the topics that do not exist yet (with topic ``config``); returns the ones created."""
     wanted = sorted(set(topics))
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
@@ -169,7 +203,9 @@ def ensure_topics(
         return []
     futures = admin.create_topics(
         [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+            NewTopic(
+                name, num_partitions=partitions, replication_factor=replication_factor, config=config or {}
+            )
             for name in missing
         ],
         operation_timeout=timeout_s,
@@ -205,6 +241,8 @@ def map_kafka_error(err: Any, doing: str) -> WalbridgeError:
     return ConnectionLost(text, kafka_code=err.name())
 
 
+# Retriable whatever the error object says: delivery reports carry no retriable flag, and librdkafka
+# reports these only after its own retries gave up. Anything else in a delivery report is final.
 _TRANSIENT_CODES = {
     KafkaError._TRANSPORT,
     KafkaError._ALL_BROKERS_DOWN,
@@ -212,6 +250,9 @@ _TRANSIENT_CODES = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.NETWORK_EXCEPTION,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.KAFKA_STORAGE_ERROR,
 }
 
 
@@ -227,11 +268,11 @@ class _Checkpoint(Generic[P]):
         # One bound method per checkpoint, handed to every record of it (not one per record).
         self.callback = self.ack
 
-    def ack(self, err: KafkaError | None, _msg: Any) -> None:
+    def ack(self, err: KafkaError | None, msg: Any) -> None:
         """Delivery callback of every record produced for this checkpoint."""
         if err is not None:
             self.failed = err
-            self.tracker.failure = err
+            self.tracker.fail(err, msg)
         self.remaining -= 1
 
 
@@ -249,7 +290,15 @@ class DeliveryTracker(Generic[P]):
         self._current: _Checkpoint[P] | None = None
         self._confirmed: P | None = None
         self.failure: KafkaError | None = None
+        self.failed_message: Any = None
+        """The record of the first failure (``None`` for a client-wide error)."""
         self._lock = threading.Lock()
+
+    def fail(self, err: KafkaError, msg: Any = None) -> None:
+        """Record a delivery failure; the first one is kept (later ones are usually its consequence)."""
+        if self.failure is None:
+            self.failure = err
+            self.failed_message = msg
 
     def open(self) -> Any:
         """The delivery callback for the records of the position being built."""
@@ -290,3 +339,4 @@ class DeliveryTracker(Generic[P]):
         self._current = None
         self._confirmed = confirmed
         self.failure = None
+        self.failed_message = None

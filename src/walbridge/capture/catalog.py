@@ -173,13 +173,12 @@ def resolve_tables(
     A partition stands for its partitioned root (pgoutput publishes its changes under the root's
     name, ``publish_via_partition_root``): a name or pattern that matches a partition selects the
     root, and the partitions are never captured as tables of their own. An empty ``include`` means
-    every user table outside the ``walbridge`` schema. A name that matches no table, or a pattern
-    that matches none, is a :class:`ConfigError` naming it.
+    every user table. Tables of the ``walbridge`` schema (capture's own bookkeeping) never match. A
+    name that matches no table, or a pattern that matches none, is a :class:`ConfigError` naming it.
     """
     rows = conn.execute(_TABLES_SQL).fetchall()
-    if not include:
-        include = ("*.*",)
-        exclude = (*exclude, "walbridge.*")
+    include = include or ("*.*",)
+    exclude = (*exclude, "walbridge.*")
     by_oid = {row[0]: row for row in rows}
     names = {f"{row[1]}.{row[2]}" for row in rows}
     missing = [name for name in include if not _is_pattern(name) and name not in names]

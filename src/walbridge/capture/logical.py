@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import select
 import threading
 import time
@@ -35,14 +34,15 @@ import psycopg2.extras
 
 from walbridge import metrics
 from walbridge.capture import catalog, pgoutput
+from walbridge.capture import state as snapshot_state
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import connect_source, session_options
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
 from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
-from walbridge.capture.state import CaptureState
 from walbridge.capture.values import ValueOptions
 from walbridge.config import Settings
 from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
@@ -117,9 +117,10 @@ class LogicalCapture:
 
     def run(self, stop: threading.Event) -> None:
         relations = self.preflight()
-        delay = 1.0
+        reconnect = Reconnect()
         while not stop.is_set():
             publisher = self._publisher_factory()
+            confirmed_before = self.confirmed
             try:
                 publisher.ensure_topics((rel.schema, rel.table) for rel in relations)
                 self._run_once(stop, publisher, relations)
@@ -127,11 +128,12 @@ class LogicalCapture:
             except (TransientError, psycopg2.OperationalError, psycopg.OperationalError) as exc:
                 message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
                 metrics.capture.errors.labels(type(exc).__name__).inc()
+                healthy = self.ready.is_set() and self.confirmed > confirmed_before
+                delay = reconnect.next_delay(healthy)
                 log.warning(
                     "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
                 )
-                stop.wait(delay + random.uniform(0, delay / 2))
-                delay = min(delay * 2, 30.0)
+                stop.wait(delay)
             finally:
                 self.ready.clear()
                 _discard(publisher)
@@ -139,32 +141,57 @@ class LogicalCapture:
     def _run_once(
         self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]
     ) -> None:
-        state = CaptureState(self.settings.state_dir, f"{self._dbname}-{self.source.slot}")
         if self.source.snapshot == "initial_only":
             self._snapshot_only(publisher, relations)
             return
+        slot = self.source.slot
         with connect_source(self.source.dsn) as conn:
-            info = slot_info(conn, self.source.slot)
-            snapshot = needs_snapshot(self.source.snapshot, info is not None, state.snapshot_pending)
-            if snapshot and info is not None:
-                log.info(
-                    "slot %s has no finished snapshot: recreating it for a consistent snapshot", info.name
-                )
-                drop_slot(conn, self.source.slot)
+            info = slot_info(conn, slot)
+            state = snapshot_state.load(conn, slot)
+            legacy = snapshot_state.legacy_snapshot_done
+            if state is None and info is not None and legacy(self.settings.state_dir, self._dbname, slot):
+                state = "done"  # upgrading from a version that kept this in a local file
+                snapshot_state.record(conn, slot, state)
+            finished = state in ("done", "skipped")
+            snapshot = needs_snapshot(self.source.snapshot, info is not None, not finished)
+            # An interrupted snapshot may have published rows deleted since: keep its slot, so that the
+            # stream from the slot's start retracts them after the snapshot is taken again.
+            retake = snapshot and info is not None and state == "pending"
+            if snapshot and not retake:
+                # Recorded before the slot exists: a process killed from here on leaves "pending".
+                snapshot_state.record(conn, slot, "pending")
+                if info is not None:
+                    log.info(
+                        "slot %s has no finished snapshot: recreating it for a consistent snapshot", slot
+                    )
+                    drop_slot(conn, slot)
             elif info is not None:
                 check_slot_usable(info, self._dbname)
         repl = self._replication_connection()
         try:
             cur = repl.cursor()
-            if snapshot:
-                state.save(snapshot_pending=True)
-                self._create_slot_and_snapshot(cur, publisher, relations)
-                state.save(snapshot_pending=False)
-            elif info is None:
-                self._create_slot(cur, export=False)
+            if retake:
+                log.info(
+                    "the snapshot of slot %s was interrupted: taking it again, then streaming from the "
+                    "slot's start (changes made meanwhile are replayed after it)",
+                    slot,
+                )
+                self._record_snapshot("done", self._snapshot_only(publisher, relations))
+            elif snapshot:
+                consistent_point = self._create_slot_and_snapshot(cur, publisher, relations)
+                self._record_snapshot("done", consistent_point)
+            else:
+                if info is None:
+                    self._create_slot(cur, export=False)
+                if not finished:
+                    self._record_snapshot("skipped", None)  # snapshot: never
             self._stream(cur, publisher, stop)
         finally:
             repl.close()
+
+    def _record_snapshot(self, state: snapshot_state.State, lsn: int | None) -> None:
+        with connect_source(self.source.dsn) as conn:
+            snapshot_state.record(conn, self.source.slot, state, lsn)
 
     def _replication_connection(self) -> Any:
         try:
@@ -196,7 +223,8 @@ class LogicalCapture:
 
     def _create_slot_and_snapshot(
         self, cur: Any, publisher: EventPublisher[int], relations: list[RelationInfo]
-    ) -> None:
+    ) -> int:
+        """Create the slot with an exported snapshot, publish every row; the slot's consistent point."""
         consistent_point, snapshot_name = self._create_slot(cur, export=True)
         codecs = [self._codec_for(rel) for rel in relations]
         with connect_source(self.source.dsn, autocommit=False) as snap:
@@ -211,8 +239,10 @@ class LogicalCapture:
         while publisher.poll(0.1) != consistent_point:
             pass
         log.info("snapshot finished: %d rows", count)
+        return consistent_point
 
-    def _snapshot_only(self, publisher: EventPublisher[int], relations: list[RelationInfo]) -> None:
+    def _snapshot_only(self, publisher: EventPublisher[int], relations: list[RelationInfo]) -> int:
+        """A snapshot in a transaction of its own (no slot); its LSN once every row is acknowledged."""
         codecs = [self._codec_for(rel) for rel in relations]
         with connect_source(self.source.dsn, autocommit=False) as snap:
             snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -226,6 +256,7 @@ class LogicalCapture:
         publisher.seal(0)
         while publisher.poll(0.1) != 0:
             pass
+        return lsn
 
     # ------------------------------------------------------------------ relations
 

@@ -51,7 +51,6 @@ updates and deletes (as logical mode with ``REPLICA IDENTITY FULL``).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -65,9 +64,11 @@ from psycopg import IsolationLevel
 
 from walbridge import metrics
 from walbridge.capture import catalog
+from walbridge.capture import state as snapshot_state
 from walbridge.capture.connection import connect_source
 from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
+from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
 from walbridge.capture.trigger_setup import (
@@ -255,21 +256,23 @@ class TriggerCapture:
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
-        delay = 1.0
+        reconnect = Reconnect()
         while not stop.is_set():
             publisher = self._publisher or EventPublisher[TriggerPosition](self.settings)
+            confirmed_before = self.confirmed
             try:
                 self._run_once(stop, publisher)
                 return
             except (TransientError, psycopg.OperationalError) as exc:
                 message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
                 metrics.capture.errors.labels(type(exc).__name__).inc()
+                healthy = self.ready.is_set() and self.confirmed != confirmed_before
+                delay = reconnect.next_delay(healthy)
                 log.warning(
                     "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
                 )
                 _discard(publisher)
-                stop.wait(delay + random.uniform(0, delay / 2))
-                delay = min(delay * 2, 30.0)
+                stop.wait(delay)
             finally:
                 self.ready.clear()
 
@@ -278,14 +281,21 @@ class TriggerCapture:
             self._load_catalog(reader)
             publisher.ensure_topics(self._codecs)
             position = load_position(writer, self.name)
-            if position is None and self.source.snapshot != "never":
-                position = self._snapshot(publisher)
+            state = snapshot_state.load(writer, self.name)
+            # No state row beside a stored position: written by a version that stored the position only
+            # once the snapshot was acknowledged, so the snapshot is done.
+            owed = position is None or state == "pending"
+            if owed and self.source.snapshot != "never":
+                position = self._snapshot_and_record(
+                    publisher, writer, position if state == "pending" else None
+                )
                 if self.source.snapshot == "initial_only":
                     self._finish(publisher, writer)
                     return
             elif position is None:
                 position = TriggerPosition(NOTHING_PUBLISHED)
                 publisher.seal(position)
+                snapshot_state.record(writer, self.name, "skipped")
             else:
                 log.info("resuming trigger capture %s from %s", self.name, _describe(position))
             reader.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -359,8 +369,45 @@ class TriggerCapture:
 
     # ------------------------------------------------------------------ snapshot and offsets
 
-    def _snapshot(self, publisher: EventPublisher[TriggerPosition]) -> TriggerPosition:
-        """Publish every row as ``op: r``; the position is the snapshot's own PostgreSQL snapshot."""
+    def _snapshot_and_record(
+        self,
+        publisher: EventPublisher[TriggerPosition],
+        writer: psycopg.Connection[Any],
+        interrupted: TriggerPosition | None,
+    ) -> TriggerPosition:
+        """Take the snapshot; the position streaming starts from, once every snapshot row is acknowledged.
+
+        Before the first row goes out, the snapshot's own position is stored with the state "pending":
+        retention keeps every change after it, and a restart after an interruption (``interrupted``:
+        that stored position) takes the snapshot again and then streams from there, so the changes
+        made meanwhile (deletes of rows the first attempt already published) are replayed after it.
+        """
+
+        def started(position: TriggerPosition) -> None:
+            if interrupted is None:
+                self._store(writer, position)
+            snapshot_state.record(writer, self.name, "pending")
+
+        if interrupted is not None:
+            log.info("the snapshot of trigger capture %s was interrupted: taking it again", self.name)
+        position = self._snapshot(publisher, started)
+        while publisher.poll(0.1) != position:
+            pass
+        snapshot_state.record(writer, self.name, "done")
+        publisher.tracker.reset(None)  # streaming confirms its own positions from here
+        if interrupted is None:
+            return position
+        log.info("streaming from the interrupted attempt's position %s", _describe(interrupted))
+        return interrupted
+
+    def _snapshot(
+        self,
+        publisher: EventPublisher[TriggerPosition],
+        started: Callable[[TriggerPosition], None] | None = None,
+    ) -> TriggerPosition:
+        """Publish every row as ``op: r``; the position is the snapshot's own PostgreSQL snapshot.
+
+        ``started`` is called with that position before the first row is published."""
         codecs = list(self._codecs.values())
         with connect_source(self.source.dsn) as conn:
             try:
@@ -368,6 +415,8 @@ class TriggerCapture:
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
                     assert row is not None
+                    if started is not None:
+                        started(TriggerPosition(str(row[0])))
                     origin = SnapshotSource(
                         TRIGGER_CONNECTOR, self.settings.events.topic_prefix, self._dbname
                     )
@@ -382,11 +431,14 @@ class TriggerCapture:
         return position
 
     def _record(self, conn: psycopg.Connection[Any], pos: TriggerPosition) -> None:
+        self._store(conn, pos)
+        self.confirmed = pos
+
+    def _store(self, conn: psycopg.Connection[Any], pos: TriggerPosition) -> None:
         try:
             conn.execute(_RECORD_SQL, (self.name, pos.lo, pos.hi, pos.after_id))
         except psycopg.Error as exc:
             raise map_pg_error(exc, "recording the capture position") from exc
-        self.confirmed = pos
 
     def apply_retention(self, conn: psycopg.Connection[Any]) -> int:
         """Delete published rows in batches of 1,000 (bounded time per call); returns rows deleted.

@@ -42,6 +42,7 @@ __all__ = [
     "SCHEMA",
     "capture_relations",
     "check_trigger_capture",
+    "drop_schema_if_unused",
     "install_trigger_capture",
     "installed_tables",
     "uninstall_trigger_capture",
@@ -445,7 +446,7 @@ def uninstall_trigger_capture(conn: psycopg.Connection[Any], settings: Settings 
             conn.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{CHANGE_LOG}, {SCHEMA}.{OFFSET_TABLE}")
             conn.execute(f"DROP FUNCTION IF EXISTS {SCHEMA}.{FUNCTION}()")
             done.append(f"dropped {SCHEMA}.{CHANGE_LOG}, {SCHEMA}.{OFFSET_TABLE} and {SCHEMA}.{FUNCTION}()")
-            done += _drop_schema_if_unused(conn)
+            done += drop_schema_if_unused(conn)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigError(f"trigger capture teardown was refused: {exc.diag.message_primary}") from exc
     except psycopg.Error as exc:
@@ -453,7 +454,8 @@ def uninstall_trigger_capture(conn: psycopg.Connection[Any], settings: Settings 
     return done
 
 
-def _drop_schema_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
+def drop_schema_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
+    """Drop the ``walbridge`` schema (and hstore installed there) when nothing else is left in it."""
     hstore_schema, _ = _hstore_state(conn)
     others = conn.execute(
         """

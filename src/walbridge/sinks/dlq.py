@@ -40,6 +40,7 @@ from walbridge.kafka import (
     make_producer,
     map_kafka_error,
     produce_waiting,
+    topic_config,
 )
 from walbridge.sinks.base import RecordFailure
 
@@ -90,7 +91,8 @@ def error_headers(failure: RecordFailure, attempts: int, sink: str) -> list[tupl
         (CONNECT_HEADER_PREFIX + "partition", str(record.partition).encode()),
         (CONNECT_HEADER_PREFIX + "offset", str(record.offset).encode()),
         (CONNECT_HEADER_PREFIX + "exception.class.name", _class_name(error).encode()),
-        (CONNECT_HEADER_PREFIX + "exception.message", message.encode()),
+        # Capped like the stack trace: a driver's detail can quote the whole (large) row.
+        (CONNECT_HEADER_PREFIX + "exception.message", message[:_STACKTRACE_LIMIT].encode()),
         (CONNECT_HEADER_PREFIX + "exception.stacktrace", _stacktrace(error).encode()),
         (ATTEMPTS_HEADER, str(attempts).encode()),
         (SINK_HEADER, sink.encode()),
@@ -156,7 +158,7 @@ class DlqWriter:
         missing = set(topics) - self._known_topics
         if missing:
             kafka = self._settings.kafka
-            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor)
+            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor, config=topic_config(kafka))
             self._known_topics |= missing
 
     def close(self) -> None:
