@@ -33,6 +33,7 @@ if str(Path(__file__).parent) not in sys.path:
 
 from helpers import scratch_database
 from walbridge.devstack import KafkaBroker, PostgresServer, find_pg_binaries
+from walbridge.errors import WalbridgeError
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,7 +81,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> str:
     if os.environ.get(PG_DSN_ENV):
         return f"PostgreSQL: the running server of {PG_DSN_ENV}"
-    binaries = find_pg_binaries()
+    try:
+        binaries = find_pg_binaries()
+    except WalbridgeError as exc:
+        return f"PostgreSQL: {exc}"
     return f"PostgreSQL: {binaries.version()} ({binaries.source}, {binaries.bindir})"
 
 

