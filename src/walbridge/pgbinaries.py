@@ -132,7 +132,7 @@ def fetched_root() -> Path:
 
 def _fetched_bindir(major: int, root: Path) -> Path | None:
     found = [p / "bin" for p in root.glob(f"postgresql-{major}.*") if _has_server(p / "bin")]
-    return max(found, default=None)
+    return max(found, key=lambda b: [int(n) for n in re.findall(r"\d+", b.parent.name)[:3]], default=None)
 
 
 def _wheel_platform() -> str:
