@@ -9,8 +9,12 @@ Fixtures (names are stable; other tests rely on them):
 - ``kafka_bootstrap`` (session): ``host:port`` of a ``KafkaBroker``, or of ``WALBRIDGE_TEST_KAFKA``.
 - ``topic_prefix`` (function): a unique prefix per test, so tests never see each other's topics.
 
-Services start once per session. ``WALBRIDGE_PG_BINARIES=system|embedded`` picks the PostgreSQL
-binaries. Test modules import the helpers as ``from helpers import consume_all, wait_until, ...``.
+Services start once per session. ``WALBRIDGE_PG_BINARIES`` picks the PostgreSQL binaries: system, embedded,
+a major version (14 ... 18) or a directory (``walbridge.pgbinaries``). Test modules import the helpers as
+``from helpers import consume_all, wait_until, ...``.
+
+The ``pg_versions`` marker selects the focused round-trip suite that ``./dev test`` runs on every other tested
+PostgreSQL major after the full suite: the modules in ``PG_VERSIONS_SUITE``, plus any test marked by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import scratch_database
-from walbridge.devstack import KafkaBroker, PostgresServer
+from walbridge.devstack import KafkaBroker, PostgresServer, find_pg_binaries
+from walbridge.errors import WalbridgeError
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,6 +56,36 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 PG_DSN_ENV = "WALBRIDGE_TEST_PG_DSN"
 KAFKA_ENV = "WALBRIDGE_TEST_KAFKA"
+
+# Capture (logical and trigger), catalog and sink against a real server, each pipeline ending in an SQL
+# comparison; kept to about a minute per version. Paths relative to tests/.
+PG_VERSIONS_SUITE = (
+    "capture/test_catalog.py",
+    "capture/test_logical.py",
+    "capture/test_logical_events.py",
+    "capture/test_logical_ops.py",
+    "capture/test_trigger.py",
+    "capture/test_trigger_pipeline.py",
+    "sinks/test_ecommerce_pipeline.py",
+    "sinks/test_postgres_sink.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.path.relative_to(here).as_posix() in PG_VERSIONS_SUITE:
+            item.add_marker(pytest.mark.pg_versions)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get(PG_DSN_ENV):
+        return f"PostgreSQL: the running server of {PG_DSN_ENV}"
+    try:
+        binaries = find_pg_binaries()
+    except WalbridgeError as exc:
+        return f"PostgreSQL: {exc}"
+    return f"PostgreSQL: {binaries.version()} ({binaries.source}, {binaries.bindir})"
 
 
 @pytest.fixture(scope="session")

