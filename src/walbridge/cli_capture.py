@@ -149,24 +149,42 @@ def _capture_for(settings: Settings, progress: Any) -> Any:
 
 
 class SnapshotProgress:
-    """A rich progress bar per table, fed by the snapshot's ``progress(table, rows)`` callback."""
+    """Snapshot progress per table (rows read of the planner's estimate): a rich bar on a terminal, a
+    log line every few seconds otherwise, and :attr:`tables` for ``/status``."""
 
-    def __init__(self) -> None:
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, interactive: bool | None = None) -> None:
+        from walbridge.cli_common import console
+
+        self.interactive = console.is_terminal if interactive is None else interactive
         self.progress = Progress(
             TextColumn("snapshot {task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            console=console,
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self.tables: dict[str, dict[str, Any]] = {}
+        self._logged_at: dict[str, float] = {}
 
-    def __call__(self, table: str, rows: int) -> None:
-        if table not in self.tasks:
-            if not self.tasks:
-                self.progress.start()
-            self.tasks[table] = self.progress.add_task(table, total=None)
-        self.progress.update(self.tasks[table], completed=rows)
+    def __call__(self, table: str, rows: int, estimate: int | None, done: bool) -> None:
+        self.tables[table] = {"rows": rows, "estimate": estimate, "done": done}
+        if self.interactive:
+            if table not in self.tasks:
+                if not self.tasks:
+                    self.progress.start()
+                self.tasks[table] = self.progress.add_task(table, total=estimate)
+            self.progress.update(self.tasks[table], completed=rows, total=estimate)
+            return
+        now = time.monotonic()
+        if rows == 0 or done or now - self._logged_at.get(table, 0.0) >= self.LOG_EVERY_S:
+            self._logged_at[table] = now
+            of = f" of ~{estimate:,}" if estimate else ""
+            state = "done" if done else "started" if rows == 0 else "in progress"
+            log.info("snapshot %s: %s rows%s (%s)", table, f"{rows:,}", of, state)
 
     def close(self) -> None:
         if self.tasks:
@@ -187,6 +205,7 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "streaming": capture.ready.is_set(),
             "received": getattr(capture, "received", None),
             "confirmed": getattr(capture, "confirmed", None),
+            "snapshot": getattr(progress, "tables", None),
         }
 
     ops = start_ops(settings.metrics, "capture", status)

@@ -42,7 +42,7 @@ from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
-from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
+from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
 from walbridge.capture.values import ValueOptions
 from walbridge.config import Settings
 from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
@@ -55,7 +55,6 @@ __all__ = ["LogicalCapture", "value_options"]
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int], None]
 
 
 def value_options(settings: Settings) -> ValueOptions:

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from walbridge import metrics
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.values import parse_copy_line
@@ -36,7 +37,23 @@ class SnapshotSource:
     tx_id: int | None = None
 
 
-ProgressFn = Callable[[str, int], None]
+ProgressFn = Callable[[str, int, int | None, bool], None]
+"""``progress(schema.table, rows read so far, estimated total or None, done)`` during a snapshot."""
+
+_ESTIMATE_SQL = """
+SELECT sum(greatest(c.reltuples, 0))::bigint, bool_and(c.reltuples >= 0)
+FROM pg_class c
+WHERE (c.oid = %(oid)s AND c.relkind <> 'p')
+   OR c.oid IN (SELECT relid FROM pg_partition_tree(%(oid)s::oid::regclass) WHERE isleaf)
+"""
+
+
+def estimate_rows(conn: psycopg.Connection[Any], oid: int) -> int | None:
+    """The planner's row estimate of a table (partitions summed); None when never analyzed."""
+    row = conn.execute(_ESTIMATE_SQL, {"oid": oid}).fetchone()
+    if row is None or row[0] is None or not row[1]:
+        return None
+    return int(row[0])
 
 
 def iter_copy_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[list[str | None]]:
@@ -88,8 +105,14 @@ def snapshot_tables(
     """Publish every row of every table (in ``conn``'s current transaction); returns the row count."""
     total = 0
     ts_ms = time.time_ns() // 1_000_000
+    estimates = {codec.relation.oid: estimate_rows(conn, codec.relation.oid) for codec in codecs}
     for table_index, codec in enumerate(codecs):
         rel = codec.relation
+        name = f"{rel.schema}.{rel.table}"
+        rows_metric = metrics.capture.snapshot_rows.labels(table=name)
+        estimate = estimates[rel.oid]
+        if progress is not None:
+            progress(name, 0, estimate, False)
         last_table = table_index == len(codecs) - 1
         publish = _table_publisher(publisher, codec, origin, ts_ms)
         rows = iter_copy_rows(conn, codec)
@@ -110,11 +133,13 @@ def snapshot_tables(
             count += 1
             if count % 5_000 == 0:
                 publisher.poll(0)
+                rows_metric.inc(5_000)
                 if progress is not None:
-                    progress(f"{rel.schema}.{rel.table}", count)
+                    progress(name, count, estimate, False)
             current = upcoming
+        rows_metric.inc(count % 5_000)
         if progress is not None:
-            progress(f"{rel.schema}.{rel.table}", count)
+            progress(name, count, count, True)
     return total
 
 

@@ -70,7 +70,7 @@ from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
-from walbridge.capture.snapshot import SnapshotSource, snapshot_tables
+from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
 from walbridge.capture.trigger_setup import (
     CHANGE_LOG,
     OFFSET_TABLE,
@@ -111,7 +111,6 @@ _RECORD_IDLE_S = 5.0
 _CHECK_TABLES_S = 30.0
 _PROGRESS_S = 10.0
 
-ProgressFn = Callable[[str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
