@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
+import pytest
 from pg_support import Pipeline, change, employee, rows
 
 from helpers import consume_all, wait_until
@@ -85,3 +88,20 @@ def test_garbage_and_wrong_shape_go_to_dlq(pipeline: Pipeline, employees_db: str
     wait_until(lambda: names(employees_db) == [(4, "F", 50000)])
     entries = wait_until(lambda: len(e := read_dlq(pipeline.settings, [pipeline.topic + ".dlq"])) == 3 and e)
     assert {e.error_class for e in entries} == {"walbridge.errors.DecodeError"}
+
+
+def test_throughput_lines_and_a_summary_at_stop(
+    pipeline: Pipeline, employees_db: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from walbridge.sinks import runner
+
+    monkeypatch.setattr(runner, "THROUGHPUT_EVERY_S", 0.2)
+    caplog.set_level(logging.INFO, logger="walbridge.sinks.runner")
+    pipeline.start()
+    pipeline.send(*(change("c", None, employee(i)) for i in range(1, 301)))
+    wait_until(lambda: len(names(employees_db)) == 300)
+    wait_until(lambda: any("records applied (" in r.getMessage() for r in caplog.records))
+    pipeline.stop()
+    lines = [r.getMessage() for r in caplog.records if "records applied" in r.getMessage()]
+    assert lines[-1].startswith(f"{pipeline.sink_settings.sink_name}: stopped after 300 records applied")
+    assert "0 dead-lettered" in lines[-1]

@@ -61,6 +61,7 @@ from walbridge.sinks.dlq import DlqWriter
 __all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
+THROUGHPUT_EVERY_S = 30.0
 log.addFilter(ThrottleRepeats(60.0, logging.WARNING))  # a sink retrying for hours warns once a minute
 
 SinkSettings = PostgresSinkSettings | SalesforceSinkSettings
@@ -144,6 +145,8 @@ class SinkRunner:
         """The next batch, read while the current one was being applied."""
         self._started = time.time()
         self._totals = {"batches": 0, "applied": 0, "dead_lettered": 0, "retries": 0}
+        self._reported = (time.monotonic(), 0)
+        """When the last throughput line was logged, and the applied count then."""
         self._last_commit: float | None = None
         self._running = False
 
@@ -359,6 +362,29 @@ class SinkRunner:
         self._totals["dead_lettered"] += len(batch.dead)
         self._last_commit = time.time()
         self._observe(batch, started)
+        self._report_throughput()
+
+    def _report_throughput(self, final: bool = False) -> None:
+        """A throughput line every ``THROUGHPUT_EVERY_S`` while records flow, and a summary at stop."""
+        now = time.monotonic()
+        since, applied_then = self._reported
+        applied = self._totals["applied"]
+        if not final and (now - since < THROUGHPUT_EVERY_S or applied == applied_then):
+            return
+        self._reported = (now, applied)
+        rate = (applied - applied_then) / max(now - since, 1e-9)
+        totals = self._totals
+        log.info(
+            "%s: %s%s records applied (%s/s over the last %.0fs), %s dead-lettered, %s retries, %s batches",
+            self.sink.name,
+            "stopped after " if final else "",
+            f"{applied:,}",
+            f"{rate:,.0f}",
+            now - since,
+            f"{totals['dead_lettered']:,}",
+            f"{totals['retries']:,}",
+            f"{totals['batches']:,}",
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -549,6 +575,8 @@ class SinkRunner:
             log.debug("rollback failed: %s", exc)
 
     def _shutdown(self) -> None:
+        if self._consumer is not None:
+            self._report_throughput(final=True)
         if self._worker is not None:
             self._worker.shutdown(wait=True)
         try:
