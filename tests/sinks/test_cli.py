@@ -109,13 +109,14 @@ def test_verify_names_missing_extra_and_different_keys(employees_db: str, tmp_pa
     assert code == 1, (out, err)
     assert "src.employees" in out and "public.employees" in out
     assert "missing (3,)" in out and "extra (4,)" in out and "different (2,)" in out
+    assert "1 table(s), " in out and "source rows compared: 1 table(s) differ" in out
 
     with psycopg.connect(employees_db, autocommit=True) as conn:
         conn.execute("DELETE FROM public.employees")
         conn.execute("INSERT INTO public.employees SELECT * FROM src.employees")
     code, out, err = run_cli("verify", "--config", config, env=env)
     assert code == 0, (out, err)
-    assert "clean" in out
+    assert "clean" in out and "source rows compared: all agree" in out
 
 
 def test_sink_salesforce_is_mounted() -> None:

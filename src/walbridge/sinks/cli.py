@@ -235,7 +235,13 @@ def verify(
     """Compare source and destination tables; exit 1 when they differ."""
     diffs = _run_verify(config, name, table, chunk_rows)
     out.print(_diff_table(diffs))
-    if not all(d.clean for d in diffs):
+    differing = [d for d in diffs if not d.clean]
+    rows = sum(d.source_rows for d in diffs)
+    out.print(
+        f"{len(diffs)} table(s), {rows:,} source rows compared: "
+        + (f"{len(differing)} table(s) differ" if differing else "all agree")
+    )
+    if differing:
         raise typer.Exit(1)
 
 
