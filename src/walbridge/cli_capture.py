@@ -29,6 +29,7 @@ __all__ = ["register", "run_capture"]
 log = logging.getLogger(__name__)
 out = Console()
 
+
 class CaptureMode(enum.StrEnum):
     logical = "logical"
     trigger = "trigger"
@@ -55,13 +56,14 @@ def setup_logical(settings: Settings) -> list[str]:
     """Check the server, create the publication and the slot (idempotent); what was done."""
     from walbridge.capture import catalog, state
     from walbridge.capture.connection import connect_source
+    from walbridge.capture.privileges import setup_problems
     from walbridge.capture.slot import create_slot, ensure_publication, set_replica_identity_full, slot_info
 
     src = settings.source
     done: list[str] = []
     with connect_source(src.dsn) as conn:
         relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
-        problems = catalog.check_logical_capture(conn, relations)
+        problems = catalog.check_logical_capture(conn, relations) + setup_problems(conn, src, relations)
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))
         if src.replica_identity_full:
@@ -81,6 +83,17 @@ def setup_logical(settings: Settings) -> list[str]:
     return done
 
 
+def owner_setup_sql(settings: Settings) -> list[str]:
+    """The SQL an owner runs so that ``setup`` by the capture role needs no ownership."""
+    from walbridge.capture import catalog
+    from walbridge.capture.connection import connect_source
+    from walbridge.capture.privileges import owner_sql
+
+    src = settings.source
+    with connect_source(src.dsn) as conn:
+        return owner_sql(conn, src, catalog.resolve_tables(conn, src.tables, src.exclude_tables))
+
+
 def setup_sink_tables(settings: Settings, name: str) -> list[str]:
     """Create the named PostgreSQL sink's missing destination tables from the source; what was done."""
     from walbridge.config import PostgresSinkSettings
@@ -97,11 +110,15 @@ def setup_sink_tables(settings: Settings, name: str) -> list[str]:
 def teardown_logical(settings: Settings) -> list[str]:
     from walbridge.capture import state
     from walbridge.capture.connection import connect_source
+    from walbridge.capture.privileges import teardown_problems
     from walbridge.capture.slot import drop_publication, drop_slot
 
     src = settings.source
     done = []
     with connect_source(src.dsn) as conn:
+        problems = teardown_problems(conn, src)
+        if problems:
+            raise ConfigError("; ".join(str(p) for p in problems))
         if drop_slot(conn, src.slot):
             done.append(f"dropped replication slot {src.slot}")
         dropped = drop_publication(conn, src.publication, src.slot)
@@ -230,11 +247,24 @@ def register(app: typer.Typer) -> None:
                 "'postgres' for an unnamed one) from the source's definitions",
             ),
         ] = None,
+        print_sql: Annotated[
+            bool,
+            typer.Option(
+                "--print-sql",
+                help="print, without running it, the SQL a table owner runs so that setup by the capture "
+                "role needs no ownership (logical mode)",
+            ),
+        ] = False,
     ) -> None:
         """Check the source and create what capture needs (publication + slot, or triggers). Idempotent.
 
         With --sink NAME: create that PostgreSQL sink's missing destination tables like the source's
         (columns, types, NOT NULL, generated columns, primary key; not foreign keys or other indexes)."""
+        if print_sql:
+            typer.echo(
+                "\n".join(owner_setup_sql(settings_from(config, uses=CAPTURE_USES))) or "-- nothing to do"
+            )
+            return
         if sink is not None:
             done = setup_sink_tables(settings_from(config, uses=("source", "sinks.postgres")), sink)
         else:
@@ -261,6 +291,7 @@ def register(app: typer.Typer) -> None:
         """Check the source server for the capture mode; list each problem with its fix."""
         from walbridge.capture import catalog
         from walbridge.capture.connection import connect_source
+        from walbridge.capture.privileges import setup_problems
         from walbridge.capture.slot import publication_problems
         from walbridge.capture.trigger import check_trigger_capture
 
@@ -277,6 +308,7 @@ def register(app: typer.Typer) -> None:
                     problems += [p for p in map(catalog.identity_problem, relations) if p is not None]
                 if not catalog.in_recovery(conn):
                     problems += publication_problems(conn, src.publication, src.slot, relations)
+                    problems += setup_problems(conn, src, relations)
         table = Table("table", "event key", "replica identity")
         identities = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
         for rel in relations:

@@ -67,6 +67,23 @@ _GRANT_HINT = (
 )
 
 
+def ddl_statements() -> list[str]:
+    """What :func:`ensure_table` runs, for an owner to run instead (``walbridge setup --print-sql``)."""
+    return [f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}", _DDL.strip(), f"REVOKE ALL ON {_TABLE} FROM PUBLIC"]
+
+
+def grant_statements(role: str) -> list[str]:
+    """What a capture role that did not create the table needs on it."""
+    return [
+        f"GRANT USAGE ON SCHEMA {SCHEMA} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_TABLE} TO {role}",
+    ]
+
+
+def table_missing(conn: psycopg.Connection[Any]) -> bool:
+    return not _exists(conn)
+
+
 def ensure_table(conn: psycopg.Connection[Any]) -> bool:
     """Create the schema and table when missing (``True`` if created); ConfigError naming the grant."""
     try:
@@ -118,6 +135,12 @@ def drop_if_unused(conn: psycopg.Connection[Any]) -> list[str]:
         return []
     if _run(conn, f"SELECT 1 FROM {_TABLE} LIMIT 1", (), "reading").fetchone() is not None:
         return []
+    owner = conn.execute(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass(%s)",
+        (_TABLE,),
+    ).fetchone()
+    if owner is not None and not owner[0]:
+        return [f"kept {_TABLE} (empty; owned by another role, which may drop it)"]
     try:
         with conn.transaction():
             conn.execute(f"DROP TABLE {_TABLE}")
