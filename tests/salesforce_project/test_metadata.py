@@ -50,7 +50,10 @@ def test_metadata_xml_is_well_formed_and_complete(path: Path) -> None:
     kind = root.tag.removeprefix(NS)
     assert root.tag.startswith(NS), f"{path.name}: wrong namespace"
     assert kind in REQUIRED, f"{path.name}: unexpected root {kind}"
-    missing = [tag for tag in REQUIRED[kind] if not _text(root, tag)]
+    required = REQUIRED[kind]
+    if kind == "CustomObject" and _text(root, "customSettingsType"):
+        required = ("label", "visibility")  # a custom setting has no plural label or deployment status
+    missing = [tag for tag in required if not _text(root, tag)]
     assert not missing, f"{path.name}: missing {missing}"
     if kind == "CustomField":
         assert _text(root, "fullName") == path.name.removesuffix(".field-meta.xml")
@@ -61,7 +64,7 @@ def test_metadata_xml_is_well_formed_and_complete(path: Path) -> None:
             assert _text(root, "precision") and _text(root, "scale") is not None
         if ftype == "Picklist":
             assert root.find(f"{NS}valueSet/{NS}valueSetDefinition/{NS}value") is not None
-    if kind == "CustomObject" and path.parent.name.endswith("__c"):
+    if kind == "CustomObject" and path.parent.name.endswith("__c") and not _text(root, "customSettingsType"):
         assert _text(root, "sharingModel") and root.find(NS + "nameField") is not None
 
 
