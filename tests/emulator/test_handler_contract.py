@@ -122,7 +122,7 @@ def test_position_guard_and_messages() -> None:
         ("' with External_Id__c '", " with External_Id__c "),
         ("' not found after '", " not found after "),
         ("'duplicate event key '", '"duplicate event key '),
-        ("'TRUNCATE is not applied to Salesforce records'", '"TRUNCATE is not applied to Salesforce records"'),
+        ("'TRUNCATE is not applied to Salesforce records'", '"TRUNCATE is not applied to Salesforce'),
         ("'no mapping for table '", '"no mapping for table '),
         ("'superseded by event '", '"superseded by event '),
     ]:
