@@ -110,15 +110,19 @@ def test_log_fields() -> None:
 
 def test_position_guard_and_messages() -> None:
     guard = _apex_method("guard")
-    assert "change.position.compareTo(current) <= 0" in guard
-    assert "change.position <= current" in inspect.getsource(handler.HandlerEmulation._guard)
+    assert "change.position.compareTo(current) < 0" in guard
+    assert "change.position < current" in inspect.getsource(handler.HandlerEmulation._guard)
+    assert "return position != null && operation != 'READ';" in APEX
+    assert 'return self.position is not None and self.operation != "READ"' in PYTHON
+    for method in ("guard", "toAccount", "toContact"):
+        assert "change.storesPosition()" in _apex_method(method), method
     for keys in ("accountKeys", "contactKeys"):  # stored positions include deleted records (Recycle Bin)
         assert f"External_Id__c IN :{keys} ALL ROWS" in APEX
     assert "row.put('Source_Position__c', change.position)" in _apex_method("deleteRecords")
     assert "leftPad(POSITION_LENGTH, '0')" in APEX and ".zfill(POSITION_LENGTH)" in PYTHON
     for apex, python in [
         ("'stale: source position '", '"stale: source position '),
-        ("' is not after the applied '", " is not after the applied "),
+        ("' is before the applied '", " is before the applied "),
         ("' with External_Id__c '", " with External_Id__c "),
         ("' not found after '", " not found after "),
         ("'duplicate event key '", '"duplicate event key '),

@@ -10,8 +10,9 @@ Accounts, Contacts and ``Integration_Log__c`` rows the handler would write:
   ``TRUNCATE``, other tables and a repeated ``Event_Key__c`` in a slice are skipped; unknown operations and
   bad payloads fail;
 - the source-position guard: ``Source_Position__c`` (digits, left-padded to :data:`POSITION_LENGTH`) is stored
-  on the record; an event whose position is not after the stored one (live record or its deleted copy in the
-  Recycle Bin, which a delete stamps with its own position) is skipped; deleting a missing record is skipped;
+  on the record; an event whose position is before the stored one (live record or its deleted copy in the
+  Recycle Bin, which a delete stamps with its own position) is skipped, an equal one re-applies; snapshot
+  rows (READ) are guarded but do not store their position; deleting a missing record is skipped;
 - a Contact whose ``customer_id`` Account is neither stored nor upserted in its slice makes the run retry
   later (the whole batch again, after a growing delay) at most :data:`MAX_RETRIES` times, then it fails;
   a run that already committed a slice stops at its checkpoint instead, so the retry starts with that slice;
@@ -96,6 +97,11 @@ class _Change:
     @property
     def fields(self) -> dict[str, Any]:
         return self.event["fields"]
+
+    @property
+    def stores_position(self) -> bool:
+        """Snapshot rows (READ) are guarded but never raise the stored position (see the Apex class)."""
+        return self.position is not None and self.operation != "READ"
 
     def skip(self, reason: str) -> None:
         self.status, self.message = "Skipped", reason
@@ -265,10 +271,10 @@ class HandlerEmulation:
                 if position is not None:
                     stored[key] = position
             current = stored.get(key)
-            if change.position is not None and current is not None and change.position <= current:
-                change.skip(f"stale: source position {change.position} is not after the applied {current}")
+            if change.position is not None and current is not None and change.position < current:
+                change.skip(f"stale: source position {change.position} is before the applied {current}")
                 continue
-            if change.position is not None:
+            if change.stores_position:
                 stored[key] = change.position
             previous = last.get(key)
             if previous is not None:
@@ -294,7 +300,7 @@ class HandlerEmulation:
                 change.fail(f"parent Account {parent} not found after {MAX_RETRIES} retries")
 
     def _upsert(self, change: _Change, values: dict[str, Any]) -> None:
-        if change.position is not None:  # an event without a position keeps the stored one
+        if change.stores_position:  # otherwise the stored position is kept
             values["Source_Position__c"] = change.position
         table = self._records[change.target or ""]
         existing = table.get(change.external_id)
