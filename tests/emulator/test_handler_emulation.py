@@ -14,7 +14,7 @@ import pytest
 
 from helpers import wait_until
 from walbridge.emulator import EmulatorConfig, EmulatorServer
-from walbridge.emulator.handler import MAX_RETRIES, SLICE_SIZE, subscriber_batch_size
+from walbridge.emulator.handler import SLICE_SIZE, subscriber_batch_size
 from walbridge.emulator.metadata import default_metadata_dir
 
 EVENT = "PostgreSQL_Data__e"
@@ -23,7 +23,7 @@ V = "/services/data/v62.0"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmulatorServer]:
-    emulator = EmulatorServer(EmulatorConfig(handler=True, handler_retry_delay=0.05)).start()
+    emulator = EmulatorServer(EmulatorConfig(handler=True)).start()
     yield emulator
     emulator.stop()
 
@@ -171,29 +171,43 @@ def test_external_ids_are_case_sensitive(client: httpx.Client) -> None:
     assert (accounts["abc"]["Name"], accounts["ABC"]["Name"]) == ("Lower Doe", "Upper Doe")
 
 
-def test_contact_waits_for_its_account_in_a_later_batch(client: httpx.Client) -> None:
+def test_contact_before_its_account_is_linked_when_the_account_arrives(client: httpx.Client) -> None:
     publish(client, change("contacts", "INSERT", "50", {"id": 50, "customer_id": 9, "last_name": "Lee"}))
-    wait_until(lambda: client.get("/emulator/records").json()["handler"]["retries"] >= 1, timeout_s=10)
-    assert records(client, "Contact") == {}
+    status = settled(client)
+    waiting = records(client, "Contact")["50"]
+    assert (waiting["AccountId"], waiting["Pending_Account_Key__c"]) == (None, "9")
+    assert status["pending_links"] == 1
 
     publish(client, change("customers", "INSERT", "9", customer("9", "Parent")))
     settled(client)
 
     contact = records(client, "Contact")["50"]
     assert contact["AccountId"] == records(client, "Account")["9"]["Id"]
+    assert contact["Pending_Account_Key__c"] is None
     assert records(client, "Integration_Log__c") == {}
 
 
-def test_contact_without_account_fails_after_max_retries(client: httpx.Client) -> None:
-    orphan = change("contacts", "INSERT", "51", {"id": 51, "customer_id": 999, "last_name": "X"})
-    publish(client, orphan)
+def test_contact_and_its_account_in_one_slice_are_linked(client: httpx.Client) -> None:
+    publish(
+        client,
+        change("contacts", "INSERT", "52", {"id": 52, "customer_id": 61, "last_name": "Y"}),
+        change("customers", "INSERT", "61", customer("61", "Same")),
+    )
     status = settled(client)
 
-    assert status["retries"] == MAX_RETRIES
-    assert "51" not in records(client, "Contact")
-    log = records(client, "Integration_Log__c")[orphan["Event_Key__c"]]
-    assert log["Status__c"] == "Error"
-    assert log["Message__c"] == f"parent Account 999 not found after {MAX_RETRIES} retries"
+    assert records(client, "Contact")["52"]["AccountId"] == records(client, "Account")["61"]["Id"]
+    assert status["pending_links"] == 0
+
+
+def test_deleting_an_account_deletes_its_contacts(client: httpx.Client) -> None:
+    publish(client, change("customers", "INSERT", "62", customer("62", "Parent")))
+    publish(client, change("contacts", "INSERT", "53", {"id": 53, "customer_id": 62, "last_name": "Z"}))
+    publish(client, change("customers", "DELETE", "62"))
+    settled(client)
+
+    assert records(client, "Contact") == {}
+    deleted = client.get("/emulator/records", params={"sobject": "Contact", "deleted": "1"}).json()
+    assert [c["External_Id__c"] for c in deleted["records"]] == ["53"]
 
 
 def test_skips_failures_and_slices(client: httpx.Client) -> None:

@@ -13,20 +13,20 @@ Accounts, Contacts and ``Integration_Log__c`` rows the handler would write:
   on the record; an event whose position is before the stored one (live record or its deleted copy in the
   Recycle Bin, which a delete stamps with its own position) is skipped, an equal one re-applies; snapshot
   rows (READ) are guarded but do not store their position; deleting a missing record is skipped;
-- a Contact whose ``customer_id`` Account is neither stored nor upserted in its slice makes the run retry
-  later (the whole batch again, after a growing delay) at most :data:`MAX_RETRIES` times, then it fails;
-  a run that already committed a slice stops at its checkpoint instead, so the retry starts with that slice;
+- a Contact whose ``customer_id`` Account is neither stored nor upserted in its slice is upserted unlinked
+  with ``Pending_Account_Key__c``; upserting that Account later links it; deleting an Account deletes its
+  Contacts (as Salesforce does);
 - a log row for every Error and Skipped event; for Success only with ``log_successes``.
 
-It does not emulate governor limits or row locks. ``tests/emulator/test_handler_contract.py`` checks these
-names and rules against the Apex source. Thread-safe; deliveries run on one background thread.
+It does not emulate governor limits or row locks (so no retries).
+``tests/emulator/test_handler_contract.py`` checks these names and rules against the Apex source.
+Thread-safe; deliveries run on one background thread.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,6 @@ from walbridge.emulator.store import EventStore, salesforce_id
 
 __all__ = [
     "EVENT",
-    "MAX_RETRIES",
     "POSITION_LENGTH",
     "SLICE_SIZE",
     "HandlerEmulation",
@@ -48,7 +47,6 @@ __all__ = [
 
 EVENT = "PostgreSQL_Data__e"
 TRIGGER = "PostgreSQLDataEventTrigger"
-MAX_RETRIES = 9
 SLICE_SIZE = 25
 POSITION_LENGTH = 20
 DATA_SOURCE = "PostgreSQL"
@@ -76,10 +74,6 @@ def normalize_position(position: Any) -> str | None:
     if not text or not text.isdigit() or not text.isascii() or len(text) > POSITION_LENGTH:
         return None
     return text.zfill(POSITION_LENGTH)
-
-
-class _RetrySlice(Exception):
-    """A slice that must wait: a Contact's Account is missing."""
 
 
 @dataclass
@@ -118,22 +112,18 @@ class HandlerEmulation:
         store: EventStore,
         batch_size: int = DEFAULT_BATCH_SIZE,
         log_successes: bool = False,
-        retry_delay: float = 0.2,
     ) -> None:
         self._store = store
         self.batch_size = batch_size
         self.log_successes = log_successes
-        self.retry_delay = retry_delay
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._ids = itertools.count(1)
         self._records: dict[str, dict[str, dict[str, Any]]] = {"Account": {}, "Contact": {}}
         self._recycle_bin: dict[str, list[dict[str, Any]]] = {"Account": [], "Contact": []}
         self._logs: list[dict[str, Any]] = []
-        self.counts = {"applied": 0, "skipped": 0, "failed": 0, "runs": 0, "retries": 0}
+        self.counts = {"applied": 0, "skipped": 0, "failed": 0, "runs": 0, "pending_links": 0}
         self.checkpoint = store.latest_replay_id()
-        self._retries = 0
-        self._retry_at = 0.0
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="sf-emulator-handler", daemon=True)
         self._thread.start()
@@ -158,7 +148,7 @@ class HandlerEmulation:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {**self.counts, "checkpoint": self.checkpoint, "pending_retries": self._retries}
+            return {**self.counts, "checkpoint": self.checkpoint}
 
     def reset(self) -> None:
         with self._lock:
@@ -168,7 +158,6 @@ class HandlerEmulation:
             self._logs.clear()
             self.counts = dict.fromkeys(self.counts, 0)
             self.checkpoint = self._store.latest_replay_id()
-            self._retries = 0
 
     def stop(self) -> None:
         with self._wake:
@@ -181,10 +170,6 @@ class HandlerEmulation:
     def _loop(self) -> None:
         with self._wake:
             while not self._stopped:
-                wait = self._retry_at - time.monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
-                    continue
                 batch = self._store.after(self.checkpoint, self.batch_size, EVENT)
                 if not batch:
                     self._wake.wait(1.0)
@@ -192,24 +177,14 @@ class HandlerEmulation:
                 self._run(batch)
 
     def _run(self, batch: list[dict[str, Any]]) -> None:
-        """One trigger run: slices, a checkpoint after each, a retry or an early stop on a missing parent."""
+        """One trigger run: slices, the checkpoint after each."""
         self.counts["runs"] += 1
         for start in range(0, len(batch), SLICE_SIZE):
             chunk = batch[start : start + SLICE_SIZE]
-            try:
-                self._apply_slice(chunk, may_retry=self._retries < MAX_RETRIES)
-            except _RetrySlice:
-                if start > 0:
-                    self._retries = 0  # the next run starts with this slice, as a fresh batch
-                    return
-                self._retries += 1
-                self.counts["retries"] += 1
-                self._retry_at = time.monotonic() + self.retry_delay * self._retries
-                return
+            self._apply_slice(chunk)
             self.checkpoint = int(chunk[-1]["ReplayId"])
-        self._retries = 0
 
-    def _apply_slice(self, chunk: list[dict[str, Any]], may_retry: bool) -> None:
+    def _apply_slice(self, chunk: list[dict[str, Any]]) -> None:
         changes = [_Change(event) for event in chunk]
         seen_keys: set[str] = set()
         for change in changes:
@@ -229,12 +204,11 @@ class HandlerEmulation:
         for change in last.values():
             assert change.target is not None
             (deletes if change.operation == "DELETE" else upserts)[change.target].append(change)
-        self._check_parents(upserts["Contact"], upserts["Account"], may_retry)
         for change in upserts["Account"]:
             self._upsert(change, change.values)
+            self._link_pending_contacts(change.external_id)
         for change in upserts["Contact"]:
-            if change.status == "Success":
-                self._upsert(change, self._contact_fields(change))
+            self._upsert(change, self._contact_fields(change))
         for target in ("Contact", "Account"):
             for change in deletes[target]:
                 self._delete(change)
@@ -290,14 +264,11 @@ class HandlerEmulation:
         positions = [normalize_position(r.get("Source_Position__c")) for r in candidates if r]
         return max((p for p in positions if p is not None), default=None)
 
-    def _check_parents(self, contacts: list[_Change], accounts: list[_Change], may_retry: bool) -> None:
-        present = {c.external_id for c in accounts} | set(self._records["Account"])
-        for change in contacts:
-            parent = _parent_key(change.row)
-            if parent is not None and parent not in present:
-                if may_retry:
-                    raise _RetrySlice(parent)
-                change.fail(f"parent Account {parent} not found after {MAX_RETRIES} retries")
+    def _link_pending_contacts(self, account_key: str) -> None:
+        account_id = self._records["Account"][account_key]["Id"]
+        for contact in self._records["Contact"].values():
+            if contact.get("Pending_Account_Key__c") == account_key:
+                contact.update(AccountId=account_id, Pending_Account_Key__c=None)
 
     def _upsert(self, change: _Change, values: dict[str, Any]) -> None:
         if change.stores_position:  # otherwise the stored position is kept
@@ -318,6 +289,10 @@ class HandlerEmulation:
         if change.position is not None:
             record["Source_Position__c"] = change.position
         self._recycle_bin[change.target or ""].append(record)
+        if change.target == "Account":  # Salesforce deletes an Account's Contacts with it
+            contacts = self._records["Contact"]
+            for key in [k for k, c in contacts.items() if c.get("AccountId") == record["Id"]]:
+                self._recycle_bin["Contact"].append(contacts.pop(key))
 
     def _account_fields(self, change: _Change) -> dict[str, Any]:
         row = change.row
@@ -343,17 +318,23 @@ class HandlerEmulation:
     def _contact_fields(self, change: _Change) -> dict[str, Any]:
         row = change.row
         last_name = _text(row, "last_name", 80)
-        parent = _parent_key(row)
-        account = self._records["Account"].get(parent) if parent is not None else None
-        return {
+        values: dict[str, Any] = {
             "External_Id__c": change.external_id,
             "FirstName": _text(row, "first_name", 40),
             "LastName": last_name or f"Contact {change.external_id}",
             "Email": _text(row, "email", 80),
             "Phone": _text(row, "phone", 40),
-            "AccountId": account["Id"] if account else None,
-            "Account_External_Id": parent,
         }
+        parent = _parent_key(row)
+        if parent is not None:  # no customer_id: the link is left as it is
+            account = self._records["Account"].get(parent)
+            if account is not None:
+                values.update(AccountId=account["Id"], Pending_Account_Key__c=None)
+            else:
+                values.update(AccountId=None, Pending_Account_Key__c=parent)
+                change.message = f"Account {parent} not in Salesforce yet: linked when it arrives"
+                self.counts["pending_links"] += 1
+        return values
 
     def _write_logs(self, changes: list[_Change]) -> None:
         for change in changes:

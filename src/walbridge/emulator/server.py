@@ -64,7 +64,6 @@ class EmulatorConfig:
     enqueued_info: bool = True
     handler: bool = False
     handler_log_successes: bool = False
-    handler_retry_delay: float = 0.2
 
 
 class _State:
@@ -89,7 +88,6 @@ class _State:
                 self.store,
                 batch_size=subscriber_batch_size(metadata),
                 log_successes=config.handler_log_successes,
-                retry_delay=config.handler_retry_delay,
             )
             self.store.on_append(self.handler.notify)
         self.faults = FaultPlan(config.unavailable_rate, config.request_limit_rate, config.seed)
