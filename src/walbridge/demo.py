@@ -55,6 +55,7 @@ class _Board:
     recent: deque[tuple[str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
     emulator_events: int = 0
     emulator_calls: int = 0
+    emulated_accounts: int | None = None
     dest_rows: dict[str, int] = field(default_factory=dict)
     source_rows: dict[str, int] = field(default_factory=dict)
     step: str = "starting"
@@ -166,6 +167,8 @@ def _watch_state(source: str, dest: str, emulator_url: str, board: _Board, stop:
             stats = httpx.get(f"{emulator_url}/emulator/stats", timeout=3).json()
             board.emulator_events = int(stats.get("events", 0))
             board.emulator_calls = int(stats.get("calls", 0))
+            accounts = httpx.get(f"{emulator_url}/emulator/records", params={"sobject": "Account"}, timeout=3)
+            board.emulated_accounts = len(accounts.json()["records"])
         except (psycopg.Error, httpx.HTTPError, ValueError):
             pass
         stop.wait(0.5)
@@ -184,7 +187,9 @@ def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
         )
     flow.add_row(
         "[bold]Salesforce emulator[/]",
-        f"{board.emulator_events} PostgreSQL_Data__e events in {board.emulator_calls} API calls",
+        f"{board.emulator_events} PostgreSQL_Data__e events in {board.emulator_calls} API calls → "
+        f"{board.emulated_accounts if board.emulated_accounts is not None else '-'} Accounts "
+        "(the Apex handler's contract, emulated)",
     )
     recent = Table("op", "topic", "key", "row", title="latest events in Kafka", expand=True)
     for op, table, key, label in board.recent:
@@ -256,7 +261,7 @@ def demo(
     )
     # The broker keeps topics in memory only, so every demo run starts from a clean state.
     shutil.rmtree(state_dir, ignore_errors=True)
-    emulator = EmulatorServer(EmulatorConfig(latency_ms=20)).start()
+    emulator = EmulatorServer(EmulatorConfig(latency_ms=20, handler=True)).start()
     with DevStack(state_dir, durable=False) as stack:
         source, dest = _prepare_databases(stack.postgres.dsn(), stack)
         settings = _settings(source, dest, stack.kafka.bootstrap, emulator.url, state_dir)

@@ -50,7 +50,10 @@ def test_metadata_xml_is_well_formed_and_complete(path: Path) -> None:
     kind = root.tag.removeprefix(NS)
     assert root.tag.startswith(NS), f"{path.name}: wrong namespace"
     assert kind in REQUIRED, f"{path.name}: unexpected root {kind}"
-    missing = [tag for tag in REQUIRED[kind] if not _text(root, tag)]
+    required = REQUIRED[kind]
+    if kind == "CustomObject" and _text(root, "customSettingsType"):
+        required = ("label", "visibility")  # a custom setting has no plural label or deployment status
+    missing = [tag for tag in required if not _text(root, tag)]
     assert not missing, f"{path.name}: missing {missing}"
     if kind == "CustomField":
         assert _text(root, "fullName") == path.name.removesuffix(".field-meta.xml")
@@ -61,7 +64,7 @@ def test_metadata_xml_is_well_formed_and_complete(path: Path) -> None:
             assert _text(root, "precision") and _text(root, "scale") is not None
         if ftype == "Picklist":
             assert root.find(f"{NS}valueSet/{NS}valueSetDefinition/{NS}value") is not None
-    if kind == "CustomObject" and path.parent.name.endswith("__c"):
+    if kind == "CustomObject" and path.parent.name.endswith("__c") and not _text(root, "customSettingsType"):
         assert _text(root, "sharingModel") and root.find(NS + "nameField") is not None
 
 
@@ -93,7 +96,7 @@ def _object_fields(obj: str) -> set[str]:
     return {n.lower() for n in names}
 
 
-_OBJECTS = r"(Account|Contact|Integration_Log__c|PostgreSQL_Data__e)"
+_OBJECTS = r"(Account|Contact|Integration_Log__c|PostgreSQL_Data__e|Walbridge_Settings__c)"
 
 
 def _apex_field_refs() -> dict[str, set[str]]:
@@ -132,3 +135,38 @@ def test_default_mapping_fields_exist_in_metadata_and_emulator() -> None:
         assert definition.lookup(name) is not None and definition.lookup(name).name == name
     required = {f.name for f in definition.required_fields}
     assert required <= set(DEFAULT_FIELDS), "the default mapping must fill every required field"
+
+
+@pytest.mark.parametrize("obj", ["Account", "Contact"])
+def test_external_ids_are_case_sensitive_and_unique(obj: str) -> None:
+    field = _root(DEFAULT / "objects" / obj / "fields" / "External_Id__c.field-meta.xml")
+    assert (_text(field, "externalId"), _text(field, "unique"), _text(field, "caseSensitive")) == (
+        "true",
+        "true",
+        "true",
+    )
+
+
+@pytest.mark.parametrize("obj", [DEFAULT_EVENT, "Account", "Contact", "Integration_Log__c"])
+def test_source_position_is_fixed_width_text(obj: str) -> None:
+    field = _root(DEFAULT / "objects" / obj / "fields" / "Source_Position__c.field-meta.xml")
+    assert (_text(field, "type"), _text(field, "length")) == ("Text", "20")
+    assert _text(field, "required") == "false", "events from an older sink without a position still apply"
+
+
+def test_subscriber_config_names_a_user_and_a_batch_size_that_fits() -> None:
+    (path,) = DEFAULT.glob("platformEventSubscriberConfigs/*-meta.xml")
+    config = _root(path)
+    assert _text(config, "platformEventConsumer") == "PostgreSQLDataEventTrigger"
+    assert _text(config, "user")
+    payload = load_definitions(PROJECT / "force-app")[DEFAULT_EVENT].lookup("Payload__c")
+    assert payload is not None
+    # Worst case: every payload at its maximum length must fit the asynchronous heap (12 MB) with room.
+    assert int(_text(config, "batchSize") or 0) * payload.length <= 12_000_000 * 0.6
+
+
+def test_publisher_permission_set_grants_read_with_create() -> None:
+    root = _root(DEFAULT / "permissionsets" / "Walbridge_Event_Publisher.permissionset-meta.xml")
+    (event,) = [p for p in root.findall(NS + "objectPermissions") if _text(p, "object") == DEFAULT_EVENT]
+    assert (_text(event, "allowCreate"), _text(event, "allowRead")) == ("true", "true")
+    assert _text(event, "allowEdit") == _text(event, "allowDelete") == "false"

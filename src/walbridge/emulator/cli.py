@@ -50,6 +50,10 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
     hourly_publish_limit: Annotated[int, typer.Option(help="Events per rolling hour.")] = 250_000,
     daily_api_limit: Annotated[int, typer.Option(help="API calls per rolling 24 h.")] = 100_000,
+    emulate_handler: Annotated[
+        bool,
+        typer.Option(help="Apply events as the deployed Apex handler would (GET /emulator/records)."),
+    ] = False,
 ) -> None:
     """Serve the emulator in the foreground."""
     app = ConnectedApp(
@@ -68,6 +72,7 @@ def run(
         seed=seed,
         hourly_publish_limit=hourly_publish_limit,
         daily_api_limit=daily_api_limit,
+        handler=emulate_handler,
     )
     server = EmulatorServer(config, host=host, port=port)
     typer.echo(f"Salesforce emulator on {server.url} (client_id={client_id})")

@@ -12,6 +12,8 @@ latency): ``GET /emulator/events?after=&limit=&type=``, ``POST /emulator/reset``
 ``POST /emulator/expire-sessions``, ``POST /emulator/reload-metadata`` (re-read the SFDX metadata: a deploy),
 ``POST /emulator/record-faults?positions=1,5&calls=N`` (the next N collection calls fail the records at those
 positions with ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE`` and publish the rest, as Salesforce may).
+With ``EmulatorConfig(handler=True)`` the deployed Apex handler's contract is emulated (``handler.py``):
+``GET /emulator/records?sobject=Account|Contact|Integration_Log__c[&deleted=1]`` reads what it wrote.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import orjson
 
 from walbridge.emulator.auth import Authenticator, ConnectedApp, Session
 from walbridge.emulator.describe import describe_event, object_info
+from walbridge.emulator.handler import HandlerEmulation, subscriber_batch_size
 from walbridge.emulator.limits import FaultPlan, RollingCounter
-from walbridge.emulator.metadata import load_definitions
+from walbridge.emulator.metadata import default_metadata_dir, load_definitions
 from walbridge.emulator.rest import DataApi, Reply, not_found, supported_version, versions
 from walbridge.emulator.store import EventStore
 
@@ -63,6 +66,8 @@ class EmulatorConfig:
     hourly_publish_limit: int = 250_000
     daily_api_limit: int = 100_000
     enqueued_info: bool = True
+    handler: bool = False
+    handler_log_successes: bool = False
 
 
 class _State:
@@ -80,6 +85,15 @@ class _State:
             RollingCounter(config.hourly_publish_limit, 3600),
             config.enqueued_info,
         )
+        self.handler: HandlerEmulation | None = None
+        if config.handler:
+            metadata = Path(config.metadata_dir) if config.metadata_dir else default_metadata_dir()
+            self.handler = HandlerEmulation(
+                self.store,
+                batch_size=subscriber_batch_size(metadata),
+                log_successes=config.handler_log_successes,
+            )
+            self.store.on_append(self.handler.notify)
         self.faults = FaultPlan(config.unavailable_rate, config.request_limit_rate, config.seed)
         self.calls = 0
         self.by_status: collections.Counter[int] = collections.Counter()
@@ -106,6 +120,8 @@ class _State:
 
     def reset(self) -> None:
         self.store.reset()
+        if self.handler is not None:
+            self.handler.reset()
         self.api_usage.reset()
         self.api.publish_allocation.reset()
         with self.lock:
@@ -263,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
             limit = min(int(query.get("limit", ["1000"])[0]), 10_000)
             events = state.store.after(after, limit, query.get("type", [None])[0])
             return Reply(200, {"events": events, "latest_replay_id": state.store.latest_replay_id()})
+        if path == "/emulator/records" and method == "GET":
+            return _records(state.handler, query)
         if path == "/emulator/stats" and method == "GET":
             return Reply(200, state.stats())
         if path == "/emulator/reset" and method == "POST":
@@ -279,6 +297,17 @@ class _Handler(BaseHTTPRequestHandler):
             state.auth.expire_all()
             return Reply(200, {"expired": True})
         return not_found()
+
+
+def _records(handler: HandlerEmulation | None, query: dict[str, list[str]]) -> Reply:
+    if handler is None:
+        return Reply(404, [{"errorCode": "NOT_FOUND", "message": "start the emulator with handler=True"}])
+    sobject = query.get("sobject", ["Account"])[0]
+    try:
+        records = handler.records(sobject, deleted=query.get("deleted", ["0"])[0] in ("1", "true"))
+    except KeyError:
+        return Reply(404, [{"errorCode": "NOT_FOUND", "message": f"no emulated records of {sobject}"}])
+    return Reply(200, {"records": records, "handler": handler.status()})
 
 
 def _method_not_allowed(method: str, allowed: str) -> Reply:
@@ -336,6 +365,8 @@ class EmulatorServer:
         self._httpd.serve_forever()
 
     def stop(self) -> None:
+        if self.state.handler is not None:
+            self.state.handler.stop()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:

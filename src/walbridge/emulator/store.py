@@ -4,7 +4,8 @@ Contract: ``EventStore.append(type, values, user_id)`` stores one event and retu
 (strictly increasing, never reused, also across ``reset()``), ``EventUuid``, ``CreatedDate`` and
 ``CreatedById``; ``after(replay_id, limit)`` reads them back in publish order. ``publish_id()`` returns the
 18-character id the REST API answers with: like Salesforce's, it has an ``e0`` key prefix and is
-deliberately *not* unique (it cycles), so clients must not key on it. Thread-safe.
+deliberately *not* unique (it cycles), so clients must not key on it. ``on_append(callback)`` registers a
+subscriber woken after each append (the handler emulation). Thread-safe.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datetime as dt
 import itertools
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["EventStore", "salesforce_id"]
@@ -54,6 +56,11 @@ class EventStore:
         self._next_replay = itertools.count(1)
         self._next_id = itertools.count()
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_append(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (outside the store's lock) after every append."""
+        self._listeners.append(callback)
 
     def publish_id(self) -> str:
         return salesforce_id("e01", next(self._next_id) % _ID_CYCLE)
@@ -76,6 +83,8 @@ class EventStore:
                 self._events.append(event)
                 self._replay_ids.append(replay)
                 stored.append(event)
+        for callback in self._listeners:
+            callback()
         return stored
 
     def after(self, replay_id: int, limit: int, event_type: str | None = None) -> list[dict[str, Any]]:
