@@ -65,6 +65,7 @@ def test_default_mapping_of_an_update() -> None:
         "Kafka_Partition__c": 2,
         "Kafka_Offset__c": 7,
         "Event_Key__c": "shop.inventory.customers-2-7",
+        "Source_Position__c": "00000000000000123456",  # LSN 123456, 20 digits: text order = number order
     }
 
 

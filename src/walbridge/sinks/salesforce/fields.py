@@ -19,6 +19,7 @@ DEFAULT_FIELDS: tuple[str, ...] = (
     "Kafka_Partition__c",
     "Kafka_Offset__c",
     "Event_Key__c",
+    "Source_Position__c",
 )
 
 KEY_FIELDS: frozenset[str] = frozenset({"Record_Id__c", "Event_Key__c"})

@@ -12,6 +12,8 @@ Default mapping (event ``PostgreSQL_Data__e``, fields ``fields.DEFAULT_FIELDS``)
 ``Timestamp__c``       the source commit time (``source.ts_ms``) as ISO 8601 UTC with milliseconds
 ``Schema_Version__c``  :data:`PAYLOAD_SCHEMA_VERSION`
 ``Kafka_Partition__c`` / ``Kafka_Offset__c``  where the record was read
+``Source_Position__c`` the change's source position (LSN, or the trigger change id) as 20 zero-padded
+                       digits: the handler skips an event older than what a record already holds
 ``Event_Key__c``       de-duplication key on the Salesforce side. ``offset`` mode (default):
                        ``<topic>-<partition>-<offset>``, identical for every re-delivery of the same Kafka
                        record (the sink's own duplicates). ``source`` mode: ``<lsn or change id>:<Record_Id>``
@@ -60,6 +62,7 @@ __all__ = [
     "parse_rules",
     "record_id",
     "sf_length",
+    "source_position",
 ]
 
 OPERATIONS = {"c": "INSERT", "u": "UPDATE", "d": "DELETE", "r": "READ", "t": "TRUNCATE"}
@@ -188,6 +191,13 @@ def event_key(record: SinkRecord, mode: str = "offset") -> str:
     return _bounded(f"{record.topic}-{record.partition}-{record.offset}")
 
 
+def source_position(event: ChangeEvent) -> str | None:
+    """``Source_Position__c``: the LSN (logical) or change id (trigger) as 20 zero-padded digits, so that
+    text order is numeric order (the Apex handler's guard compares it); None without a position."""
+    position = event.source.lsn if event.source.lsn is not None else event.source.change_id
+    return None if position is None else f"{position:020d}"
+
+
 def _iso_ms(ts_ms: int) -> str:
     moment = dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
@@ -214,6 +224,7 @@ def default_values(record: SinkRecord, key_mode: str = "offset") -> dict[str, An
         "Kafka_Partition__c": record.partition,
         "Kafka_Offset__c": record.offset,
         "Event_Key__c": event_key(record, key_mode),
+        "Source_Position__c": source_position(event),
     }
 
 
