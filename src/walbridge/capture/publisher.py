@@ -24,6 +24,7 @@ from walbridge.kafka import (
     map_kafka_error,
     produce_waiting,
 )
+from walbridge.truncates import Barrier, barrier_headers, barrier_id
 
 __all__ = ["EventPublisher"]
 
@@ -63,6 +64,11 @@ class EventPublisher(Generic[P]):
     def publish(self, event: ChangeEvent) -> None:
         """Encode and hand to the producer; blocks (serving deliveries) while its queue is full."""
         records = self.encoder.encode(event)
+        if event.op == "t":
+            for record in records:
+                self.published += self._produce_truncate(record.topic, record.value, barrier_id(event.source))
+            self._count(f"{event.source.schema}.{event.source.table}", event.op)
+            return
         for record in records:
             self._produce(record.topic, record.key, record.value)
         self.published += len(records)
@@ -106,6 +112,28 @@ class EventPublisher(Generic[P]):
         # No primary key: keep the table's order by using one partition.
         partition = -1 if key is not None else 0
         produce_waiting(self.producer, topic, value, key, partition, callback, on_wait=self.raise_if_failed)
+
+    def _produce_truncate(self, topic: str, value: bytes | None, ident: str) -> int:
+        """One copy of a truncate in every partition of the topic (see :mod:`walbridge.truncates`)."""
+        try:
+            count = len(self.producer.list_topics(topic, timeout=10).topics[topic].partitions)
+        except (KafkaException, KeyError) as exc:
+            raise ConnectionLost(f"cannot read the partitions of topic {topic}: {exc}") from exc
+        if count < 1:
+            raise ConnectionLost(f"the broker reports no partitions for topic {topic}")
+        headers = barrier_headers(Barrier(ident, count))
+        for partition in range(count):
+            produce_waiting(
+                self.producer,
+                topic,
+                value,
+                None,
+                partition,
+                self.tracker.open(),
+                headers=headers,
+                on_wait=self.raise_if_failed,
+            )
+        return count
 
     def _count(self, label: str, op: str, amount: int = 1) -> None:
         counter = self._counters.get((label, op))

@@ -37,11 +37,12 @@ import psycopg
 from psycopg import sql
 
 from walbridge.config import PostgresSinkSettings
-from walbridge.errors import PermanentError, TransientError, UnknownColumn
+from walbridge.errors import FatalError, PermanentError, TransientError, UnknownColumn
 from walbridge.events import ChangeEvent
 from walbridge.pgerrors import map_pg_error
 from walbridge.sinks.base import OffsetConflict, RecordFailure, SinkRecord, TopicPartitionKey
 from walbridge.sinks.lean import decode_lean
+from walbridge.sinks.pg_barrier import BarrierLog, ensure_table, is_barrier
 from walbridge.sinks.pg_types import (
     UNAVAILABLE,
     Converter,
@@ -163,6 +164,7 @@ class PostgresSink:
 
     owns_offsets = True
     decode_event = staticmethod(decode_lean)
+    barrier_of = staticmethod(is_barrier)
 
     def __init__(self, settings: PostgresSinkSettings, group_id: str | None = None) -> None:
         self.settings = settings
@@ -176,16 +178,19 @@ class PostgresSink:
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._skipped: set[str] = set()
+        self._barriers = BarrierLog(settings.dsn, self.group_id, f"walbridge-{self.name}")
 
     # ------------------------------------------------------------------ Sink
 
     def open(self) -> None:
-        try:
-            self._connection()
-        except TransientError as exc:
-            log.warning("%s: destination not reachable yet (%s); will retry", self.name, exc)
+        """Nothing: :meth:`probe` connects (the runner waits for it before joining the group)."""
+
+    def probe(self) -> None:
+        """Connect to the destination; TransientError while it does not answer."""
+        self._connection()
 
     def close(self) -> None:
+        self._barriers.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -210,6 +215,7 @@ class PostgresSink:
         conn = self._connection()
         try:
             self._fence(conn, records)
+            records = self._barriers.arrive(conn, records)
             failures: list[RecordFailure] = []
             tables = self._collapse(conn, records, failures)
             for ops in tables.values():
@@ -217,6 +223,13 @@ class PostgresSink:
             return failures
         except psycopg.Error as exc:
             raise map_pg_error(exc, "applying a batch", sink=self.name) from exc
+
+    def barriers_waiting(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, str]:
+        """Partitions stopped at a truncate not applied yet (see :mod:`walbridge.sinks.pg_barrier`)."""
+        return self._barriers.waiting(partitions)
+
+    def barriers_applied(self, barriers: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self._barriers.applied(barriers)
 
     def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
         conn = self._connection()
@@ -272,6 +285,7 @@ class PostgresSink:
         conn = self._connect()
         try:
             self._ensure_offsets_table(conn)
+            ensure_table(conn)
             conn.commit()
         except psycopg.Error as exc:
             conn.close()
@@ -374,8 +388,8 @@ class PostgresSink:
             if info is None:
                 return None
         if not info.key:
-            raise PermanentError(
-                f"destination table {info.qualified} has no primary key; walbridge upserts by key",
+            raise FatalError(
+                f"destination table {info.qualified} has no primary key; walbridge upserts by key: add one",
                 table=info.qualified,
             )
         self._tables[dest] = info
@@ -397,7 +411,7 @@ class PostgresSink:
                 self._skipped.add(qualified)
                 log.warning("%s: no destination table %s; skipping its events", self.name, qualified)
             return None
-        raise PermanentError(
+        raise FatalError(
             f"destination table {qualified} does not exist: create it, map the source table to another one "
             "with table_map, or set auto_create: true",
             table=qualified,
@@ -522,8 +536,8 @@ class PostgresSink:
             return []
         except psycopg.Error as exc:
             self._stages.clear()
-            error = map_pg_error(exc, f"applying to {ops.info.qualified}")
-            if isinstance(error, TransientError) or conn.broken:
+            error = map_pg_error(exc, f"applying to {ops.info.qualified}", table=ops.info.qualified)
+            if isinstance(error, TransientError | FatalError) or conn.broken:
                 raise error from exc
             self._forget_table_if_changed(ops.info, exc)
             log.info("%s: %s refused the batch (%s); one by one", self.name, ops.info.qualified, error)
@@ -631,8 +645,11 @@ class PostgresSink:
                         )
             except psycopg.Error as exc:
                 error = map_pg_error(exc, f"applying to {info.qualified}", table=info.qualified)
-                if isinstance(error, TransientError) or conn.broken:
+                if isinstance(error, TransientError | FatalError) or conn.broken:
                     raise error from exc
+                if step.op == "t":
+                    message = f"cannot apply a TRUNCATE: {error.message}"
+                    raise FatalError(message, table=info.qualified) from exc
                 failures.append(RecordFailure(step.record, error))
         return failures
 

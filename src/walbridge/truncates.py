@@ -1,0 +1,68 @@
+"""How a TRUNCATE travels through Kafka: one copy in every partition of the table's topic.
+
+A truncate has no key. Written to one partition it would be applied out of order with the rows
+of the other partitions (rows inserted before it survive, rows inserted after it are lost). So
+capture writes the same truncate record to *every* partition of the topic (both capture modes),
+with two headers: :data:`BARRIER_HEADER`, an identifier of this truncate (its LSN, or ``c`` and its
+change-log id in trigger mode), and :data:`PARTITIONS_HEADER`, how many partitions received a
+copy. In each partition the copy sits exactly between the rows changed before the truncate and
+those changed after it, so a sink that stops every partition at its copy and applies the truncate
+once all ``partitions`` copies arrived (a barrier; see :mod:`walbridge.sinks.pg_barrier`) applies
+the truncate in source order, whatever the number of partitions and sink processes.
+
+A truncate without these headers (real Debezium writes one copy, to one partition) is applied where
+it is read, as before: exact only with one partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from walbridge.events import Source
+
+__all__ = ["BARRIER_HEADER", "PARTITIONS_HEADER", "Barrier", "barrier_headers", "barrier_id", "barrier_of"]
+
+BARRIER_HEADER = "walbridge.truncate"
+PARTITIONS_HEADER = "walbridge.truncate.partitions"
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """One truncate's identity within its topic, and how many partitions carry a copy."""
+
+    id: str
+    partitions: int
+
+
+def barrier_id(source: Source) -> str:
+    """The truncate's identifier: its LSN (logical mode) or ``c<change-log id>`` (trigger mode).
+
+    Stable across a capture restart, so a truncate sent twice (at-least-once) is recognised.
+    """
+    if source.lsn is not None:
+        return str(source.lsn)
+    if source.change_id is not None:
+        return f"c{source.change_id}"
+    return f"t{source.ts_ms}"
+
+
+def barrier_headers(barrier: Barrier) -> list[tuple[str, bytes]]:
+    return [(BARRIER_HEADER, barrier.id.encode()), (PARTITIONS_HEADER, str(barrier.partitions).encode())]
+
+
+def barrier_of(headers: list[tuple[str, bytes | None]] | None) -> Barrier | None:
+    """The barrier a record's headers describe, or None (not a walbridge truncate copy)."""
+    if not headers:
+        return None
+    ident = count = None
+    for name, value in headers:
+        if name == BARRIER_HEADER and value:
+            ident = value.decode("utf-8", "replace")
+        elif name == PARTITIONS_HEADER and value:
+            try:
+                count = int(value)
+            except ValueError:
+                return None
+    if ident is None or count is None or count < 1:
+        return None
+    return Barrier(ident, count)
