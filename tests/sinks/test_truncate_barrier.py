@@ -1,0 +1,206 @@
+"""TRUNCATE through capture → Kafka (3 partitions) → PostgreSQL sink: the destination equals the source
+after any interleaving of truncates and row changes, in both capture modes, with one sink and with
+two sink processes (``--workers 2``). Capture writes each truncate to every partition; the sink
+applies it once every partition reached it (:mod:`walbridge.sinks.pg_barrier`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from capture_support import RunningCapture, make_settings
+from helpers import consume_all, scratch_database, wait_until
+from walbridge.capture.logical import LogicalCapture
+from walbridge.capture.trigger import TriggerCapture, install_trigger_capture
+from walbridge.config import Settings, load_settings
+from walbridge.sinks.postgres import PostgresSink
+from walbridge.sinks.runner import SinkRunner
+from walbridge.truncates import BARRIER_HEADER, PARTITIONS_HEADER
+
+TABLES = ["public.t", "public.u"]
+DDL = """
+CREATE TABLE public.t (id integer PRIMARY KEY, v text NOT NULL);
+CREATE TABLE public.u (id integer PRIMARY KEY, v text NOT NULL);
+"""
+
+# The issue's case first (300 inserts, TRUNCATE, 150 inserts), then: single-row changes around
+# truncates, one statement truncating two tables, two truncates in a row, a truncate inside a
+# transaction with changes before and after it, and updates/deletes after a truncate.
+WORKLOAD = [
+    "INSERT INTO t SELECT g, 'a' || g FROM generate_series(1, 300) g",
+    "INSERT INTO u SELECT g, 'a' || g FROM generate_series(1, 50) g",
+    "TRUNCATE t",
+    "INSERT INTO t SELECT g, 'b' || g FROM generate_series(1, 150) g",
+    "UPDATE t SET v = 'c' || id WHERE id % 3 = 0",
+    "DELETE FROM t WHERE id % 7 = 0",
+    *[f"INSERT INTO t VALUES ({1000 + i}, 'single{i}')" for i in range(30)],
+    "TRUNCATE t, u",
+    "INSERT INTO u SELECT g, 'd' || g FROM generate_series(1, 40) g",
+    *[f"INSERT INTO t VALUES ({2000 + i}, 'e{i}')" for i in range(20)],
+    "TRUNCATE t",
+    "TRUNCATE t",
+    "INSERT INTO t SELECT g, 'f' || g FROM generate_series(1, 60) g",
+    "BEGIN; INSERT INTO t SELECT g, 'g' || g FROM generate_series(100, 160) g; TRUNCATE t; "
+    "INSERT INTO t SELECT g, 'h' || g FROM generate_series(1, 90) g; "
+    "UPDATE t SET v = 'i' WHERE id < 10; COMMIT",
+    "INSERT INTO u SELECT g, 'j' || g FROM generate_series(41, 80) g",
+    "DELETE FROM u WHERE id % 5 = 0",
+]
+TRUNCATES = {"public.t": 5, "public.u": 1}
+"""How many truncates each table saw (one barrier each)."""
+
+
+def table_rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT id, v FROM {table} ORDER BY id").fetchall()
+
+
+def run_workload(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in WORKLOAD:
+            conn.execute(statement)
+
+
+@contextmanager
+def capturing(mode: str, dsn: str, bootstrap: str, prefix: str, tmp_path: Path) -> Iterator[Settings]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(DDL)
+    if mode == "logical":
+        settings = make_settings(dsn, bootstrap, prefix, tmp_path, TABLES)
+        capture: Any = LogicalCapture(settings)
+    else:
+        settings = load_settings(
+            source={"mode": "trigger", "dsn": dsn, "tables": TABLES, "poll_interval_ms": 50},
+            kafka={"bootstrap_servers": bootstrap, "partitions": 3},
+            events={"topic_prefix": prefix},
+            metrics={"enabled": False},
+        )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            install_trigger_capture(conn, settings)
+        capture = TriggerCapture(settings)
+    with RunningCapture(capture):
+        yield settings
+
+
+def sink_config(bootstrap: str, prefix: str, dest: str) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000},
+        "dlq": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0},
+        "sinks": [
+            {
+                "type": "postgres",
+                "dsn": dest,
+                "topics": [f"{prefix}.{t}" for t in TABLES],
+                "group_id": f"g-{prefix}",
+                "linger_ms": 50,
+                "batch_size": 40,
+            }
+        ],
+        "metrics": {"enabled": False},
+    }
+
+
+def converged(src: str, dest: str) -> bool:
+    return all(table_rows(src, t) == table_rows(dest, t) for t in TABLES)
+
+
+def assert_barriers_applied(dest: str, prefix: str) -> None:
+    with psycopg.connect(dest) as conn:
+        found = dict(
+            conn.execute(
+                "SELECT topic, count(*) FROM walbridge.truncate_barriers WHERE applied_at IS NOT NULL "
+                "GROUP BY topic"
+            ).fetchall()
+        )
+        pending = conn.execute("SELECT count(*) FROM walbridge.truncate_barriers WHERE applied_at IS NULL")
+        assert pending.fetchone() == (0,)
+    assert found == {f"{prefix}.{table}": n for table, n in TRUNCATES.items()}
+
+
+@pytest.mark.parametrize("mode", ["logical", "trigger"])
+def test_truncates_interleaved_with_changes_one_sink(
+    mode: str, tmp_path: Path, pg_admin_dsn: str, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    with scratch_database(pg_admin_dsn, "dest") as dest:
+        with psycopg.connect(dest, autocommit=True) as conn:
+            conn.execute(DDL)
+        settings = load_settings(**sink_config(kafka_bootstrap, topic_prefix, dest))
+        sink_settings = settings.sink("postgres")
+        stop = threading.Event()
+        runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)  # type: ignore[arg-type]
+        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+        with capturing(mode, pg_dsn, kafka_bootstrap, topic_prefix, tmp_path):
+            thread.start()
+            try:
+                run_workload(pg_dsn)
+                wait_until(lambda: converged(pg_dsn, dest), timeout_s=90, interval_s=0.5)
+            finally:
+                stop.set()
+                thread.join(30)
+        assert table_rows(dest, "public.t") == table_rows(pg_dsn, "public.t")
+        assert table_rows(dest, "public.u") == table_rows(pg_dsn, "public.u")
+        assert_barriers_applied(dest, topic_prefix)
+    # Every partition of the topic holds one copy of each truncate, marked for the sink.
+    copies = [
+        m
+        for m in consume_all(kafka_bootstrap, [f"{topic_prefix}.public.u"])
+        if m.value() is not None and b'"op":"t"' in m.value()
+    ]
+    assert sorted(m.partition() for m in copies) == [0, 1, 2]
+    headers = dict(copies[0].headers() or [])
+    assert headers[PARTITIONS_HEADER] == b"3" and headers[BARRIER_HEADER]
+
+
+def test_truncates_with_two_sink_processes(
+    tmp_path: Path, pg_admin_dsn: str, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    with scratch_database(pg_admin_dsn, "dest") as dest:
+        with psycopg.connect(dest, autocommit=True) as conn:
+            conn.execute(DDL)
+        doc = sink_config(kafka_bootstrap, topic_prefix, "env:WALBRIDGE_TEST_DEST_DSN")
+        config = tmp_path / "sink.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        log = tmp_path / "sink.log"
+        with capturing("logical", pg_dsn, kafka_bootstrap, topic_prefix, tmp_path):
+            sink = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "walbridge.cli",
+                    "sink",
+                    "postgres",
+                    "--config",
+                    str(config),
+                    "--workers",
+                    "2",
+                ],
+                env={**os.environ, "WALBRIDGE_TEST_DEST_DSN": dest},
+                stdout=subprocess.DEVNULL,
+                stderr=log.open("w"),
+            )
+            try:
+                # both workers in the group before the workload, so that partitions are shared
+                wait_until(lambda: log.read_text().count("assigned [") >= 2, timeout_s=60)
+                run_workload(pg_dsn)
+                try:
+                    wait_until(lambda: converged(pg_dsn, dest), timeout_s=90, interval_s=0.5)
+                except AssertionError as exc:
+                    raise AssertionError(log.read_text()[-4000:]) from exc
+            finally:
+                sink.terminate()
+                sink.wait(60)
+        assert table_rows(dest, "public.t") == table_rows(pg_dsn, "public.t")
+        assert table_rows(dest, "public.u") == table_rows(pg_dsn, "public.u")
+        assert_barriers_applied(dest, topic_prefix)
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
