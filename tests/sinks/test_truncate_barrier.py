@@ -23,9 +23,11 @@ from helpers import consume_all, scratch_database, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.capture.trigger import TriggerCapture, install_trigger_capture
 from walbridge.config import Settings, load_settings
+from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source
+from walbridge.kafka import ensure_topics, make_admin, make_producer
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
-from walbridge.truncates import BARRIER_HEADER, PARTITIONS_HEADER
+from walbridge.truncates import BARRIER_HEADER, PARTITIONS_HEADER, Barrier, barrier_headers, barrier_id
 
 TABLES = ["public.t", "public.u"]
 DDL = """
@@ -204,3 +206,74 @@ def test_truncates_with_two_sink_processes(
         assert_barriers_applied(dest, topic_prefix)
         text = log.read_text()
         assert "Traceback" not in text, text[-3000:]
+
+
+def test_partitions_waiting_at_a_truncate_survive_a_restart(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Two partitions reach the truncate, the sink stops, the third arrives later: the new sink starts
+    the two paused (the state is in the destination) and applies the truncate once the third arrives;
+    rows after the truncate in the paused partitions survive it, rows before it do not."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(DDL)
+    settings = load_settings(**sink_config(kafka_bootstrap, topic_prefix, pg_dsn))
+    sink_settings = settings.sink("postgres")
+    topic = f"{topic_prefix}.public.t"
+    ensure_topics(make_admin(settings.kafka), [f"{topic_prefix}.{t}" for t in TABLES], 3, 1)
+    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=topic_prefix))
+    producer = make_producer(settings.kafka)
+    source = Source("postgresql", topic_prefix, "db", "public", "t", 1, lsn=4242)
+    truncate = encoder.encode(ChangeEvent("t", source, None, None, None, 1))[0]
+
+    def row(partition: int, ident: int, value: str) -> None:
+        event = ChangeEvent("c", source, {"id": ident}, None, {"id": ident, "v": value}, 1)
+        record = encoder.encode(event)[0]
+        producer.produce(topic, record.value, record.key, partition=partition)
+
+    def copy(partition: int) -> None:
+        headers = barrier_headers(Barrier(barrier_id(source), 3))
+        producer.produce(topic, truncate.value, None, partition=partition, headers=headers)
+
+    for partition in range(3):
+        row(partition, 10 + partition, "before")
+    copy(0)
+    copy(1)
+    row(0, 20, "after")  # behind the copy in a paused partition: must wait for the truncate
+    row(2, 12, "before again")
+    producer.flush(10)
+
+    def run_sink() -> tuple[threading.Thread, threading.Event, SinkRunner]:
+        stop = threading.Event()
+        runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)  # type: ignore[arg-type]
+        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+        thread.start()
+        return thread, stop, runner
+
+    def arrived() -> list[int] | None:
+        with psycopg.connect(pg_dsn) as conn:
+            if conn.execute("SELECT to_regclass('walbridge.truncate_barriers')").fetchone() == (None,):
+                return None
+            found = conn.execute("SELECT arrived FROM walbridge.truncate_barriers").fetchone()
+        return None if found is None else found[0]
+
+    thread, stop, _ = run_sink()
+    try:
+        wait_until(lambda: arrived() == [0, 1], timeout_s=60)
+        wait_until(
+            lambda: table_rows(pg_dsn, "public.t") == [(10, "before"), (11, "before"), (12, "before again")]
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    copy(2)
+    row(1, 21, "after")
+    row(2, 22, "after")
+    producer.flush(10)
+    thread, stop, _runner = run_sink()
+    try:
+        expected = [(20, "after"), (21, "after"), (22, "after")]
+        wait_until(lambda: table_rows(pg_dsn, "public.t") == expected, timeout_s=60)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert arrived() == [0, 1, 2]
