@@ -586,7 +586,9 @@ class SinkRunner:
             except TransientError as exc:
                 attempt += 1
                 self._warn(
-                    "%s: destination unreachable (%s); not consuming until it answers", self.sink.name, exc
+                    "%s: destination unavailable (%s); staying out of the consumer group until it answers",
+                    self.sink.name,
+                    exc,
                 )
                 stop_event.wait(min(10.0, backoff_delay(attempt, self.settings.dlq, self._rng)))
         return False
@@ -602,7 +604,7 @@ class SinkRunner:
         except TransientError:
             pass
         self._warn(
-            "%s: destination unreachable (%s); leaving the consumer group until it answers",
+            "%s: destination unavailable (%s); leaving the consumer group until it answers",
             self.sink.name,
             exc,
         )
