@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -17,7 +18,10 @@ import yaml
 from pg_support import EMPLOYEES_DDL, Pipeline, change, employee, rows
 
 from helpers import consume_all, scratch_database, wait_until, with_dbname
+from tcp_proxy import TcpProxy
 from walbridge.kafka import make_admin
+from walbridge.sinks.postgres import PostgresSink
+from walbridge.sinks.runner import SinkRunner
 
 
 @pytest.fixture
@@ -186,3 +190,45 @@ def test_unreachable_destination_keeps_no_partitions(
         process.wait(30)
         pipeline.stop()
     assert "assigned" not in log.read_text()
+
+
+def test_member_whose_destination_goes_down_leaves_the_group(
+    kafka_bootstrap: str, topic_prefix: str, dest: str
+) -> None:
+    """Two members; one loses its destination mid-run: it leaves the group, the other applies every
+    partition; once its destination answers again it rejoins."""
+    with psycopg.connect(dest, autocommit=True) as conn:
+        conn.execute(EMPLOYEES_DDL)
+    pipeline = Pipeline(kafka_bootstrap, topic_prefix, dest)
+    proxy = TcpProxy(int(psycopg.conninfo.conninfo_to_dict(dest)["port"]))
+    proxied = dest.replace(f":{psycopg.conninfo.conninfo_to_dict(dest)['port']}/", f":{proxy.port}/")
+    settings = pipeline.sink_settings.model_copy(update={"dsn": proxied})
+    stop = threading.Event()
+    runner = SinkRunner(PostgresSink(settings), pipeline.settings, settings)
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: runner.status()["assigned"], timeout_s=60)
+        healthy = SinkRunner(PostgresSink(pipeline.sink_settings), pipeline.settings, pipeline.sink_settings)
+        other = threading.Thread(target=healthy.run, args=(stop,), daemon=True)
+        other.start()
+        # both members hold partitions before the cut (this broker stalls a join a member leaves during)
+        wait_until(lambda: healthy.status()["assigned"] and runner.status()["assigned"], timeout_s=60)
+        send_employees(pipeline, 1, 60)
+        wait_until(lambda: len(rows(dest)) == 60, timeout_s=60)
+        proxy.cut()
+        send_employees(pipeline, 61, 240)
+        wait_until(lambda: len(rows(dest)) == 300, timeout_s=90)
+        assert len(healthy.status()["assigned"]) == 3
+        assert runner.status()["assigned"] == [] and thread.is_alive()
+        proxy.restore()
+        wait_until(lambda: runner.status()["assigned"], timeout_s=60)
+        send_employees(pipeline, 301, 60)
+        wait_until(lambda: len(rows(dest)) == 360, timeout_s=60)
+    finally:
+        stop.set()
+        thread.join(30)
+        other.join(30)
+        proxy.close()
+    assert [row[0] for row in rows(dest)] == list(range(1, 361))
+    assert dead_letters(kafka_bootstrap, pipeline.topic) == 0

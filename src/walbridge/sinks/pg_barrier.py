@@ -180,14 +180,19 @@ class BarrierLog:
             self._poll_conn = None
 
     def _query(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        try:
+        """Run on the polling connection; a connection that broke while idle is replaced once."""
+        for attempt in (1, 2):
             conn = self._poll_conn
-            if conn is None or conn.closed or conn.broken:
-                conn = self._poll_conn = psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=5, application_name=self.application_name
-                )
-                ensure_table(conn)
-            return conn.execute(query, params).fetchall()
-        except psycopg.Error as exc:
-            self.close()
-            raise map_pg_error(exc, "reading truncate barriers") from exc
+            reused = conn is not None and not conn.closed and not conn.broken
+            try:
+                if conn is None or not reused:
+                    conn = self._poll_conn = psycopg.connect(
+                        self.dsn, autocommit=True, connect_timeout=5, application_name=self.application_name
+                    )
+                    ensure_table(conn)
+                return conn.execute(query, params).fetchall()
+            except psycopg.Error as exc:
+                self.close()
+                if not (reused and attempt == 1 and isinstance(exc, psycopg.OperationalError)):
+                    raise map_pg_error(exc, "reading truncate barriers") from exc
+        raise AssertionError("unreachable")

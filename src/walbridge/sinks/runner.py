@@ -40,7 +40,7 @@ Destination down: with a sink that has ``probe()`` (raises :class:`TransientErro
 destination does not answer), the consumer joins the group only once the destination answers, and
 leaves it (dropping the uncommitted batch) when a batch fails on a lost connection and the probe
 fails too, so that a healthy member takes the partitions. Transient failures are logged as one
-warning a minute; the retries in between at info level. A non-transient error that is not a
+warning a minute; the retries in between at debug level. A non-transient error that is not a
 record's (:class:`~walbridge.errors.FatalError`, :class:`~walbridge.errors.ConfigError`) raised by
 the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
 
@@ -609,22 +609,23 @@ class SinkRunner:
             exc,
         )
         self._ahead = _Batch()
-        self._consumer.unsubscribe()
-        self._on_revoke(self._consumer, [TopicPartition(t, p) for t, p in self._assigned])
-        self._consumer.poll(0)
+        consumer, self._consumer = self._consumer, None
+        consumer.close()  # leaves the group at once: the other members take its partitions
+        self._on_revoke(consumer, [TopicPartition(t, p) for t, p in self._assigned])
+        self.sink.close()  # its connections are broken; the probe opens new ones
         if self._await_destination(stop_event):
-            self._join(self._consumer)
             log.info("%s: destination answers again; rejoining the consumer group", self.sink.name)
+            self._consumer = self._subscribe(stop_event)
         return True
 
     def _warn(self, message: str, *args: Any) -> None:
-        """A warning at most once a minute while a condition lasts; info in between."""
+        """A warning at most once a minute while a condition lasts; debug in between."""
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_S:
             self._warned_at = now
             log.warning(message, *args)
         else:
-            log.info(message, *args)
+            log.debug(message, *args)
 
     def _drop_stale(self, batch: _Batch) -> None:
         """Forget records of partitions revoked (or re-assigned) since they were read."""
