@@ -5,7 +5,9 @@ of the other partitions (rows inserted before it survive, rows inserted after it
 capture writes the same truncate record to *every* partition of the topic (both capture modes),
 with two headers: :data:`BARRIER_HEADER`, an identifier of this truncate (its LSN, or ``c`` and its
 change-log id in trigger mode), and :data:`PARTITIONS_HEADER`, how many partitions received a
-copy. In each partition the copy sits exactly between the rows changed before the truncate and
+copy, and :data:`SENT_HEADER`, when this copy set was sent (ns): a capture that restarts sends a truncate
+again, perhaps after some copies of the first set were lost, and the newer set supersedes it. In each
+partition the copy sits exactly between the rows changed before the truncate and
 those changed after it, so a sink that stops every partition at its copy and applies the truncate
 once all ``partitions`` copies arrived (a barrier; see :mod:`walbridge.sinks.pg_barrier`) applies
 the truncate in source order, whatever the number of partitions and sink processes.
@@ -20,18 +22,35 @@ from dataclasses import dataclass
 
 from walbridge.events import Source
 
-__all__ = ["BARRIER_HEADER", "PARTITIONS_HEADER", "Barrier", "barrier_headers", "barrier_id", "barrier_of"]
+__all__ = [
+    "BARRIER_HEADER",
+    "PARTITIONS_HEADER",
+    "SENT_HEADER",
+    "Barrier",
+    "barrier_headers",
+    "barrier_id",
+    "barrier_of",
+]
 
 BARRIER_HEADER = "walbridge.truncate"
 PARTITIONS_HEADER = "walbridge.truncate.partitions"
+SENT_HEADER = "walbridge.truncate.sent"
 
 
 @dataclass(frozen=True, slots=True)
 class Barrier:
-    """One truncate's identity within its topic, and how many partitions carry a copy."""
+    """One truncate's identity within its topic, how many partitions carry a copy, and when sent."""
 
     id: str
     partitions: int
+    sent: int = 0
+    """When this set of copies was produced (ns since the epoch): a later set of the same truncate
+    (capture sent it again after a restart) supersedes an earlier one."""
+
+    @property
+    def key(self) -> str:
+        """This set of copies: ``<id>@<sent>``."""
+        return f"{self.id}@{self.sent}"
 
 
 def barrier_id(source: Source) -> str:
@@ -47,7 +66,11 @@ def barrier_id(source: Source) -> str:
 
 
 def barrier_headers(barrier: Barrier) -> list[tuple[str, bytes]]:
-    return [(BARRIER_HEADER, barrier.id.encode()), (PARTITIONS_HEADER, str(barrier.partitions).encode())]
+    return [
+        (BARRIER_HEADER, barrier.id.encode()),
+        (PARTITIONS_HEADER, str(barrier.partitions).encode()),
+        (SENT_HEADER, str(barrier.sent).encode()),
+    ]
 
 
 def barrier_of(headers: list[tuple[str, bytes | None]] | None) -> Barrier | None:
@@ -55,14 +78,19 @@ def barrier_of(headers: list[tuple[str, bytes | None]] | None) -> Barrier | None
     if not headers:
         return None
     ident = count = None
+    sent = 0
     for name, value in headers:
         if name == BARRIER_HEADER and value:
             ident = value.decode("utf-8", "replace")
-        elif name == PARTITIONS_HEADER and value:
+        elif name in (PARTITIONS_HEADER, SENT_HEADER) and value:
             try:
-                count = int(value)
+                number = int(value)
             except ValueError:
                 return None
+            if name == SENT_HEADER:
+                sent = number
+            else:
+                count = number
     if ident is None or count is None or count < 1:
         return None
-    return Barrier(ident, count)
+    return Barrier(ident, count, sent)

@@ -277,3 +277,58 @@ def test_partitions_waiting_at_a_truncate_survive_a_restart(
         stop.set()
         thread.join(30)
     assert arrived() == [0, 1, 2]
+
+
+def test_a_truncate_sent_again_after_a_partial_send(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """At-least-once capture: the first set of copies reached two partitions only, then capture sent the
+    truncate again with the rows around it. The first set is abandoned, the second applied: the rows
+    sent again before the truncate are removed, those after it stay, and no partition waits forever."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(DDL)
+    settings = load_settings(**sink_config(kafka_bootstrap, topic_prefix, pg_dsn))
+    sink_settings = settings.sink("postgres")
+    topic = f"{topic_prefix}.public.t"
+    ensure_topics(make_admin(settings.kafka), [f"{topic_prefix}.{t}" for t in TABLES], 3, 1)
+    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=topic_prefix))
+    producer = make_producer(settings.kafka)
+    source = Source("postgresql", topic_prefix, "db", "public", "t", 1, lsn=777)
+    truncate = encoder.encode(ChangeEvent("t", source, None, None, None, 1))[0]
+
+    def row(partition: int, ident: int, value: str) -> None:
+        event = ChangeEvent("c", source, {"id": ident}, None, {"id": ident, "v": value}, 1)
+        record = encoder.encode(event)[0]
+        producer.produce(topic, record.value, record.key, partition=partition)
+
+    def copies(sent: int, partitions: list[int]) -> None:
+        headers = barrier_headers(Barrier(barrier_id(source), 3, sent))
+        for partition in partitions:
+            producer.produce(topic, truncate.value, None, partition=partition, headers=headers)
+
+    for partition in range(3):  # first send: the copy for partition 2 was lost
+        row(partition, partition, "before")
+    copies(1, [0, 1])
+    row(0, 10, "after")
+    for partition in range(3):  # sent again from the confirmed position
+        row(partition, partition, "before")
+    copies(2, [0, 1, 2])
+    for partition in range(3):
+        row(partition, 10 + partition, "after")
+    producer.flush(10)
+
+    stop = threading.Event()
+    runner = SinkRunner(PostgresSink(sink_settings), settings, sink_settings)  # type: ignore[arg-type]
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        expected = [(10, "after"), (11, "after"), (12, "after")]
+        wait_until(lambda: table_rows(pg_dsn, "public.t") == expected, timeout_s=60)
+    finally:
+        stop.set()
+        thread.join(30)
+    with psycopg.connect(pg_dsn) as conn:
+        states = conn.execute(
+            "SELECT sent, superseded, applied_at IS NOT NULL FROM walbridge.truncate_barriers ORDER BY sent"
+        ).fetchall()
+    assert states == [(1, True, True), (2, False, True)]

@@ -7,6 +7,7 @@ after the events of one transaction, and confirms to its source only what
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
@@ -121,7 +122,7 @@ class EventPublisher(Generic[P]):
             raise ConnectionLost(f"cannot read the partitions of topic {topic}: {exc}") from exc
         if count < 1:
             raise ConnectionLost(f"the broker reports no partitions for topic {topic}")
-        headers = barrier_headers(Barrier(ident, count))
+        headers = barrier_headers(Barrier(ident, count, time.time_ns()))
         for partition in range(count):
             produce_waiting(
                 self.producer,

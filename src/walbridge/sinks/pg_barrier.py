@@ -21,8 +21,13 @@ processes**. How:
   rebalance) is paused when :meth:`BarrierLog.waiting` says it arrived at a truncate not yet
   applied.
 
-A copy of a truncate already applied (capture sends it again after a restart: at-least-once) is
-passed over. Arrivals lock barrier rows in (topic, id) order, before the tables, so two processes
+Capture is at-least-once: after a restart it may send a truncate again, with the row changes around
+it, and some copies of the first set may be missing (lost with the producer's queue). Each set of
+copies is its own barrier (``<truncate id>@<sent>``, :class:`walbridge.truncates.Barrier`): the newer
+set is applied again (the rows sent again before it are removed again, those after it follow), and
+an older set still incomplete when a newer one arrives is abandoned (its waiting partitions resume
+and meet the newer set further on); a copy of an older set read after a newer one exists is passed
+over. Arrivals lock barrier rows in (topic, id) order, before the tables, so two processes
 cannot deadlock on them. A truncate of several tables in one statement is one barrier per table's
 topic. A truncate without the headers (real Debezium: one copy in one partition) is not a barrier:
 the sink applies it where it reads it, exact only with one partition.
@@ -52,17 +57,33 @@ CREATE TABLE IF NOT EXISTS walbridge.truncate_barriers (
     group_id text NOT NULL,
     topic text NOT NULL,
     barrier text NOT NULL,
+    truncate_id text NOT NULL,
+    sent bigint NOT NULL,
     partitions integer NOT NULL,
     arrived integer[] NOT NULL,
     applied_at timestamptz,
+    superseded boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, topic, barrier)
 )
 """
 
+_SUPERSEDE_SQL = """
+UPDATE walbridge.truncate_barriers SET applied_at = now(), superseded = true
+WHERE group_id = %s AND topic = %s AND truncate_id = %s AND sent < %s AND applied_at IS NULL
+"""
+
+_NEWER_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM walbridge.truncate_barriers
+    WHERE group_id = %s AND topic = %s AND truncate_id = %s AND sent > %s
+)
+"""
+
 _ARRIVE_SQL = """
-INSERT INTO walbridge.truncate_barriers AS b (group_id, topic, barrier, partitions, arrived)
-VALUES (%s, %s, %s, %s, %s::int[])
+INSERT INTO walbridge.truncate_barriers AS b
+    (group_id, topic, barrier, truncate_id, sent, partitions, arrived)
+VALUES (%s, %s, %s, %s, %s, %s, %s::int[])
 ON CONFLICT (group_id, topic, barrier) DO UPDATE
 SET arrived = ARRAY(SELECT DISTINCT x FROM unnest(b.arrived || EXCLUDED.arrived) AS u(x) ORDER BY x)
 RETURNING cardinality(arrived), partitions, applied_at IS NOT NULL
@@ -79,10 +100,14 @@ WHERE group_id = %s AND applied_at IS NULL AND topic = ANY(%s)
 """
 
 _APPLIED_SQL = """
-SELECT topic, barrier FROM walbridge.truncate_barriers
-WHERE group_id = %s AND applied_at IS NOT NULL
-  AND (topic, barrier) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+SELECT x.t, x.b FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) AS x(t, b, tid, s)
+WHERE EXISTS (
+    SELECT 1 FROM walbridge.truncate_barriers r
+    WHERE r.group_id = %s AND r.topic = x.t AND r.truncate_id = x.tid
+      AND ((r.sent = x.s AND r.applied_at IS NOT NULL) OR r.sent > x.s)
+)
 """
+"""Applied, abandoned, or superseded by a newer set of copies of the same truncate."""
 
 
 def _barrier(record: SinkRecord) -> Barrier | None:
@@ -91,9 +116,9 @@ def _barrier(record: SinkRecord) -> Barrier | None:
 
 
 def is_barrier(record: SinkRecord) -> str | None:
-    """The barrier id when ``record`` is a copy of a truncate written to every partition."""
+    """The barrier (``<truncate id>@<sent>``) when ``record`` is a copy of a truncate in every partition."""
     barrier = _barrier(record)
-    return None if barrier is None else barrier.id
+    return None if barrier is None else barrier.key
 
 
 def ensure_table(conn: psycopg.Connection[Any]) -> None:
@@ -119,39 +144,53 @@ class BarrierLog:
 
     def arrive(self, conn: psycopg.Connection[Any], records: list[SinkRecord]) -> list[SinkRecord]:
         """Record the batch's arrivals; the records to apply (a truncate only where it completes)."""
-        arrivals: dict[tuple[str, str], tuple[int, set[int], SinkRecord]] = {}
+        arrivals: dict[tuple[str, str, int], tuple[Barrier, set[int], SinkRecord]] = {}
         rest: list[SinkRecord] = []
         for record in records:
             barrier = _barrier(record)
             if barrier is None:
                 rest.append(record)
                 continue
-            ident = (record.topic, barrier.id)
-            _count, partitions, _last = arrivals.get(ident, (barrier.partitions, set(), record))
+            ident = (record.topic, barrier.id, barrier.sent)
+            partitions = arrivals[ident][1] if ident in arrivals else set()
             partitions.add(record.partition)
-            arrivals[ident] = (barrier.partitions, partitions, record)
+            arrivals[ident] = (barrier, partitions, record)
         if not arrivals:
             return records
-        for (topic, ident), (count, partitions, record) in sorted(arrivals.items(), key=lambda kv: kv[0]):
-            arrived, expected, applied = conn.execute(
-                _ARRIVE_SQL, (self.group_id, topic, ident, count, sorted(partitions))
-            ).fetchone() or (0, count, False)
-            if applied:
-                log.info("truncate %s of %s was applied already; this copy is a duplicate", ident, topic)
-            elif arrived >= expected:
-                conn.execute(_APPLY_SQL, (self.group_id, topic, ident))
-                log.info("truncate %s of %s: every partition arrived; applying it", ident, topic)
+        for (topic, _, _), (barrier, partitions, record) in sorted(arrivals.items(), key=lambda kv: kv[0]):
+            if self._arrive(conn, topic, barrier, partitions):
                 rest.append(record)  # after every row of the batch: they all precede the truncate
-            else:
-                log.info(
-                    "truncate %s of %s: partition(s) %s arrived (%d of %d); waiting for the others",
-                    ident,
-                    topic,
-                    sorted(partitions),
-                    arrived,
-                    expected,
-                )
         return rest
+
+    def _arrive(
+        self, conn: psycopg.Connection[Any], topic: str, barrier: Barrier, partitions: set[int]
+    ) -> bool:
+        """Record one arrival; True when it completes the barrier (apply the truncate now)."""
+        group, key = self.group_id, barrier.key
+        conn.execute(_SUPERSEDE_SQL, (group, topic, barrier.id, barrier.sent))
+        newer = conn.execute(_NEWER_SQL, (group, topic, barrier.id, barrier.sent)).fetchone()
+        if newer and newer[0]:
+            log.info("truncate %s of %s: a copy of an earlier send; passed over", key, topic)
+            return False
+        arrived, expected, applied = conn.execute(
+            _ARRIVE_SQL, (group, topic, key, barrier.id, barrier.sent, barrier.partitions, sorted(partitions))
+        ).fetchone() or (0, barrier.partitions, False)
+        if applied:
+            log.info("truncate %s of %s was applied already; this copy is a duplicate", key, topic)
+            return False
+        if arrived < expected:
+            log.info(
+                "truncate %s of %s: partition(s) %s arrived (%d of %d); waiting for the others",
+                key,
+                topic,
+                sorted(partitions),
+                arrived,
+                expected,
+            )
+            return False
+        conn.execute(_APPLY_SQL, (group, topic, key))
+        log.info("truncate %s of %s: every partition arrived; applying it", key, topic)
+        return True
 
     def waiting(self, partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, str]:
         """Partitions that arrived at a truncate not applied yet → that truncate's id."""
@@ -167,11 +206,21 @@ class BarrierLog:
         return found
 
     def applied(self, barriers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (topic, truncate id) are applied."""
+        """Which of these (topic, barrier) are applied, abandoned or superseded (their partitions resume)."""
         items = sorted(set(barriers))
         if not items:
             return set()
-        rows = self._query(_APPLIED_SQL, (self.group_id, [t for t, _ in items], [b for _, b in items]))
+        parts = [key.rpartition("@") for _, key in items]
+        rows = self._query(
+            _APPLIED_SQL,
+            (
+                [t for t, _ in items],
+                [b for _, b in items],
+                [ident for ident, _, _ in parts],
+                [int(sent or 0) for _, _, sent in parts],
+                self.group_id,
+            ),
+        )
         return {(t, b) for t, b in rows}
 
     def close(self) -> None:
