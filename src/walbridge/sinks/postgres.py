@@ -428,7 +428,7 @@ class PostgresSink:
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"creating table {qualified}", table=qualified) from exc
         if info is None:
-            raise PermanentError(f"destination table {qualified} could not be created", table=qualified)
+            raise FatalError(f"destination table {qualified} could not be created", table=qualified)
         log.info("%s: created destination table %s", self.name, qualified)
         return info
 
@@ -768,7 +768,7 @@ def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed
     qualified = f"{dest[0]}.{dest[1]}"
     fields = _row_fields(record.value)
     if fields is None:
-        raise PermanentError(
+        raise FatalError(
             f"destination table {qualified} does not exist and cannot be created: auto_create needs the "
             "events' schema block (value.converter.schemas.enable=true / events.schemas_enable)",
             table=qualified,
@@ -779,14 +779,14 @@ def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed
         pg_type = connect_type(fld)
         if pg_type is None:
             what = fld.get("name") or fld.get("type")
-            raise PermanentError(
+            raise FatalError(
                 f"cannot create {qualified}: no type mapping for column {fld.get('field')!r} ({what})",
                 table=qualified,
             )
         not_null = sql.SQL(" NOT NULL") if fld.get("optional") is False else sql.SQL("")
         columns.append(sql.SQL("{} {}{}").format(sql.Identifier(fld["field"]), sql.SQL(pg_type), not_null))
     if not key_names:
-        raise PermanentError(
+        raise FatalError(
             f"cannot create {qualified}: the records have no key to make a primary key", table=qualified
         )
     return sql.SQL("CREATE TABLE IF NOT EXISTS {t} ({cols}, PRIMARY KEY ({k}))").format(
