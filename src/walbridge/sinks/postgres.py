@@ -5,6 +5,8 @@ Per batch, inside one destination transaction:
 1. *offset fence*: the rows of ``walbridge.offsets(group_id, topic, partition, next_offset)`` for
    the batch's partitions are locked; if one already points past the batch's first record there,
    another group member applied it and :class:`OffsetConflict` is raised (nothing is applied);
+   then the batch's truncate copies record their arrival at their barrier, and only a truncate whose
+   barrier completes here is applied, after the batch's rows (:mod:`~walbridge.sinks.pg_barrier`);
 2. per destination table, the events collapse to the last change per primary key (create, read
    and update → upsert; delete → delete; truncate drops what came before it; an update that
    changes the key also deletes the old key) and are applied in one go: ``COPY`` into a
