@@ -232,3 +232,15 @@ def test_member_whose_destination_goes_down_leaves_the_group(
         proxy.close()
     assert [row[0] for row in rows(dest)] == list(range(1, 361))
     assert dead_letters(kafka_bootstrap, pipeline.topic) == 0
+
+
+def test_wrong_password_stops_before_joining_the_group(
+    kafka_bootstrap: str, topic_prefix: str, dest: str, tmp_path: Path
+) -> None:
+    pipeline = Pipeline(kafka_bootstrap, topic_prefix, dest)
+    process, log = start_sink(pipeline, tmp_path, dest.replace("postgres:postgres@", "postgres:wrong@"))
+    assert exit_code(process, log) == 2
+    lines = error_lines(log)
+    assert len(lines) == 1 and "password authentication failed" in lines[0], log.read_text()
+    assert "wrong" not in log.read_text()  # the DSN's password is never printed
+    assert "assigned" not in log.read_text()
