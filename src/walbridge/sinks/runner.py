@@ -176,6 +176,7 @@ class SinkRunner:
             "running": self._running,
             "uptime_s": round(time.time() - self._started, 1),
             "assigned": sorted(f"{t}[{p}]" for t, p in self._assigned),
+            "waiting_for_truncate": sorted(f"{t}[{p}]" for t, p in self._held),
             **self._totals,
             "last_commit_s_ago": None if last is None else round(time.time() - last, 1),
         }
