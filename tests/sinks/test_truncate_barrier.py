@@ -256,9 +256,11 @@ def test_partitions_waiting_at_a_truncate_survive_a_restart(
             found = conn.execute("SELECT arrived FROM walbridge.truncate_barriers").fetchone()
         return None if found is None else found[0]
 
-    thread, stop, _ = run_sink()
+    thread, stop, first = run_sink()
     try:
         wait_until(lambda: arrived() == [0, 1], timeout_s=60)
+        waiting = [f"{topic}[0]", f"{topic}[1]"]
+        wait_until(lambda: first.status()["waiting_for_truncate"] == waiting, timeout_s=10)
         wait_until(
             lambda: table_rows(pg_dsn, "public.t") == [(10, "before"), (11, "before"), (12, "before again")]
         )
