@@ -13,6 +13,7 @@ from walbridge.errors import (
     ConfigError,
     ConnectionLost,
     ConstraintViolation,
+    FatalError,
     OperationTimeout,
     PermanentError,
     ServerBusy,
@@ -34,6 +35,8 @@ def _psycopg_classes() -> list[type[psycopg.Error]]:
 CLASSES = _psycopg_classes()
 TRANSIENT = [c for c in CLASSES if str(c.sqlstate)[:2] in {"08", "40", "53", "57"}]
 PERMANENT = [c for c in CLASSES if str(c.sqlstate)[:2] in {"22", "23", "42"}]
+FATAL_STATES = {"42P01", "42501"}
+"""No record causes them and every record meets them: stop, never the DLQ."""
 
 
 def test_psycopg_registry_covers_the_classes() -> None:
@@ -49,7 +52,9 @@ def test_transient_classes(cls: type[psycopg.Error]) -> None:
     assert error.sqlstate == cls.sqlstate
 
 
-@pytest.mark.parametrize("cls", PERMANENT, ids=lambda c: str(c.sqlstate))
+@pytest.mark.parametrize(
+    "cls", [c for c in PERMANENT if c.sqlstate not in FATAL_STATES], ids=lambda c: str(c.sqlstate)
+)
 def test_permanent_classes(cls: type[psycopg.Error]) -> None:
     error = map_pg_error(cls("boom"), "testing")
     assert isinstance(error, PermanentError), (cls, type(error))
@@ -70,6 +75,11 @@ def test_permanent_classes(cls: type[psycopg.Error]) -> None:
         (psycopg.errors.InvalidPassword, ConfigError),  # 28P01
         (psycopg.errors.InvalidCatalogName, ConfigError),  # 3D000
         (psycopg.errors.FeatureNotSupported, PermanentError),  # 0A000: not listed, permanent
+        (psycopg.errors.UndefinedTable, FatalError),  # 42P01
+        (psycopg.errors.InsufficientPrivilege, FatalError),  # 42501
+        (psycopg.errors.InvalidSchemaName, FatalError),  # 3F000
+        (psycopg.errors.DiskFull, ServerBusy),  # 53100: waits
+        (psycopg.errors.ReadOnlySqlTransaction, ServerBusy),  # 25006: a standby; waits
     ],
 )
 def test_single_states(cls: type[psycopg.Error], expected: type[Exception]) -> None:
@@ -84,6 +94,16 @@ def test_without_sqlstate() -> None:
     # client-side: a Python value psycopg cannot send as the column's type; retrying cannot help
     assert type(map_pg_error(psycopg.DataError("int too large"), "x")) is PermanentError
     assert type(map_pg_error(psycopg.ProgrammingError("wrong placeholders"), "x")) is PermanentError
+    # a refused login cannot heal by retrying: one line, like a wrong password with a SQLSTATE
+    refused = 'connection failed: FATAL:  password authentication failed for user "sink"'
+    assert type(map_pg_error(psycopg.OperationalError(refused), "x")) is ConfigError
+    missing_role = 'connection failed: FATAL:  role "nobody" does not exist'
+    assert type(map_pg_error(psycopg.OperationalError(missing_role), "x")) is ConfigError
+
+
+def test_fatal_errors_say_what_to_fix() -> None:
+    error = map_pg_error(psycopg.errors.UndefinedTable('relation "public.t" does not exist'), "applying")
+    assert "create the table" in error.message
 
 
 class _Psycopg2Style(Exception):

@@ -176,7 +176,7 @@ class PostgresSinkSettings(_SinkBase):
     """source ``schema.table`` → destination ``schema.table``; default: the same name."""
     auto_create: bool = False
     strict: bool = True
-    """An event for a table that does not exist (and is not auto-created) goes to the DLQ."""
+    """An event for a table that does not exist (and is not auto-created) stops the sink; False: skipped."""
     apply_method: Literal["copy", "executemany"] = "copy"
     """How a batch reaches a table: COPY into a stage table + one INSERT/DELETE, or executemany."""
     workers: int = Field(default=1, ge=1)

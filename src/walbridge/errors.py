@@ -4,6 +4,7 @@
 
     WalbridgeError
     ├── ConfigError                      bad settings; fail at startup
+    ├── FatalError                       affects every record (missing table, privilege): stop
     ├── TransientError                   retry with backoff; never skip ahead
     │   ├── ConnectionLost
     │   ├── OperationTimeout
@@ -33,6 +34,7 @@ __all__ = [
     "ConnectionLost",
     "ConstraintViolation",
     "DecodeError",
+    "FatalError",
     "OperationTimeout",
     "PermanentError",
     "RateLimited",
@@ -68,6 +70,13 @@ class WalbridgeError(Exception):
 
 class ConfigError(WalbridgeError):
     """Settings are missing, malformed or contradictory; raised at startup."""
+
+
+class FatalError(WalbridgeError):
+    """A condition that affects every record, not one record's data: a missing table or schema, a
+    missing privilege. Stop with one clear line saying what to fix; never the DLQ."""
+
+    retryable = False
 
 
 class TransientError(WalbridgeError):

@@ -10,7 +10,7 @@ import pytest
 from pg_support import change, employee, rows
 
 from walbridge.config import PostgresSinkSettings
-from walbridge.errors import ConstraintViolation, UnknownColumn
+from walbridge.errors import ConstraintViolation, FatalError, UnknownColumn
 from walbridge.events import EncodingOptions, EnvelopeEncoder, decode_record
 from walbridge.sinks.base import OffsetConflict, SinkRecord
 from walbridge.sinks.postgres import PostgresSink
@@ -112,10 +112,12 @@ def test_unknown_column_and_bad_value(sink: PostgresSink, employees_db: str) -> 
     assert [r[0] for r in rows(employees_db)] == [3]
 
 
-def test_missing_table_is_a_failure_naming_it(sink: PostgresSink) -> None:
+def test_missing_table_stops_the_sink_naming_it(sink: PostgresSink) -> None:
+    """Not one record's problem: every record of the table meets it; never the DLQ."""
     batch = records(change("c", None, employee(1), table="nowhere"))
-    failures = sink.write_batch(batch)
-    assert "public.nowhere" in str(failures[0].error)
+    with pytest.raises(FatalError, match=r"public\.nowhere does not exist"):
+        sink.write_batch(batch)
+    sink.rollback()
 
 
 def test_offset_fence_detects_a_second_apply(sink: PostgresSink, employees_db: str) -> None:

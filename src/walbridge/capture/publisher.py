@@ -14,6 +14,7 @@ key and position: capture stops and never confirms past that row. Only what Kafk
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
@@ -22,7 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from walbridge import metrics
 from walbridge.config import Settings
-from walbridge.errors import PermanentError, RecordTooLarge, TransientError, WalbridgeError
+from walbridge.errors import ConnectionLost, PermanentError, RecordTooLarge, TransientError, WalbridgeError
 from walbridge.events import ChangeEvent, EnvelopeEncoder, PreparedSource, Source, TableSchema
 from walbridge.kafka import (
     DeliveryTracker,
@@ -34,6 +35,7 @@ from walbridge.kafka import (
     topic_config,
 )
 from walbridge.lsn import Lsn
+from walbridge.truncates import Barrier, barrier_headers, barrier_id
 
 __all__ = ["EventPublisher"]
 
@@ -82,6 +84,11 @@ class EventPublisher(Generic[P]):
     def publish(self, event: ChangeEvent) -> None:
         """Encode and hand to the producer; blocks (serving deliveries) while its queue is full."""
         records = self.encoder.encode(event)
+        if event.op == "t":
+            for record in records:
+                self.published += self._produce_truncate(record.topic, record.value, barrier_id(event.source))
+            self._count(f"{event.source.schema}.{event.source.table}", event.op)
+            return
         for record in records:
             self._check_size(record.key, record.value, event.source, event.key)
             try:
@@ -136,6 +143,28 @@ class EventPublisher(Generic[P]):
         # No primary key: keep the table's order by using one partition.
         partition = -1 if key is not None else 0
         produce_waiting(self.producer, topic, value, key, partition, callback, on_wait=self.raise_if_failed)
+
+    def _produce_truncate(self, topic: str, value: bytes | None, ident: str) -> int:
+        """One copy of a truncate in every partition of the topic (see :mod:`walbridge.truncates`)."""
+        try:
+            count = len(self.producer.list_topics(topic, timeout=10).topics[topic].partitions)
+        except (KafkaException, KeyError) as exc:
+            raise ConnectionLost(f"cannot read the partitions of topic {topic}: {exc}") from exc
+        if count < 1:
+            raise ConnectionLost(f"the broker reports no partitions for topic {topic}")
+        headers = barrier_headers(Barrier(ident, count, time.time_ns()))
+        for partition in range(count):
+            produce_waiting(
+                self.producer,
+                topic,
+                value,
+                None,
+                partition,
+                self.tracker.open(),
+                headers=headers,
+                on_wait=self.raise_if_failed,
+            )
+        return count
 
     def _count(self, label: str, op: str, amount: int = 1) -> None:
         counter = self._counters.get((label, op))

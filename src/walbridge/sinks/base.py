@@ -23,6 +23,15 @@ assignment), which must therefore not use the connection the batch is applied on
 A sink may define ``decode_event(topic, key, value) -> ChangeEvent | None`` to replace
 :func:`walbridge.events.decode_record` (same results and errors; e.g. the PostgreSQL sink's lean
 decoder, :func:`walbridge.sinks.lean.decode_lean`).
+
+Optional, used by the runner when present (the PostgreSQL sink has them all): ``probe()`` connects to
+the destination and raises :class:`TransientError` while it does not answer (the runner joins the
+group only after it succeeds, and leaves the group while it fails); ``barrier_of(record) -> str |
+None`` names the truncate a record is a copy of, with ``barriers_waiting(partitions) -> {partition:
+truncate id}`` and ``barriers_applied({(topic, truncate id)}) -> set`` (runner thread; not on the
+batch's connection) for the truncate barriers of :mod:`walbridge.sinks.pg_barrier`. An error that is
+neither transient nor a record's (:class:`~walbridge.errors.FatalError`, ``ConfigError``) raised by
+:meth:`Sink.write_batch` stops the runner without committing the batch.
 """
 
 from __future__ import annotations

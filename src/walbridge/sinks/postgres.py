@@ -5,6 +5,8 @@ Per batch, inside one destination transaction:
 1. *offset fence*: the rows of ``walbridge.offsets(group_id, topic, partition, next_offset)`` for
    the batch's partitions are locked; if one already points past the batch's first record there,
    another group member applied it and :class:`OffsetConflict` is raised (nothing is applied);
+   then the batch's truncate copies record their arrival at their barrier, and only a truncate whose
+   barrier completes here is applied, after the batch's rows (:mod:`~walbridge.sinks.pg_barrier`);
 2. per destination table, the events collapse to the last change per primary key (create, read
    and update → upsert; delete → delete; truncate drops what came before it; an update that
    changes the key also deletes the old key) and are applied in one go: ``COPY`` into a
@@ -37,11 +39,12 @@ import psycopg
 from psycopg import sql
 
 from walbridge.config import PostgresSinkSettings
-from walbridge.errors import PermanentError, TransientError, UnknownColumn
+from walbridge.errors import FatalError, PermanentError, TransientError, UnknownColumn
 from walbridge.events import ChangeEvent
 from walbridge.pgerrors import map_pg_error
 from walbridge.sinks.base import OffsetConflict, RecordFailure, SinkRecord, TopicPartitionKey
 from walbridge.sinks.lean import decode_lean
+from walbridge.sinks.pg_barrier import BarrierLog, ensure_table, is_barrier
 from walbridge.sinks.pg_types import (
     Converter,
     TableInfo,
@@ -195,6 +198,7 @@ class PostgresSink:
 
     owns_offsets = True
     decode_event = staticmethod(decode_lean)
+    barrier_of = staticmethod(is_barrier)
 
     def __init__(
         self, settings: PostgresSinkSettings, group_id: str | None = None, source_dsn: str | None = None
@@ -212,16 +216,19 @@ class PostgresSink:
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._skipped: set[str] = set()
+        self._barriers = BarrierLog(settings.dsn, self.group_id, f"walbridge-{self.name}")
 
     # ------------------------------------------------------------------ Sink
 
     def open(self) -> None:
-        try:
-            self._connection()
-        except TransientError as exc:
-            log.warning("%s: destination not reachable yet (%s); will retry", self.name, exc)
+        """Nothing: :meth:`probe` connects (the runner waits for it before joining the group)."""
+
+    def probe(self) -> None:
+        """Connect to the destination; TransientError while it does not answer."""
+        self._connection()
 
     def close(self) -> None:
+        self._barriers.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -264,6 +271,7 @@ class PostgresSink:
         try:
             if fence:
                 self._fence(conn, records)
+            records = self._barriers.arrive(conn, records)
             failures: list[RecordFailure] = []
             tables = self._collapse(conn, records, failures)
             for ops in tables.values():
@@ -271,6 +279,13 @@ class PostgresSink:
             return failures
         except psycopg.Error as exc:
             raise map_pg_error(exc, "applying a batch", sink=self.name) from exc
+
+    def barriers_waiting(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, str]:
+        """Partitions stopped at a truncate not applied yet (see :mod:`walbridge.sinks.pg_barrier`)."""
+        return self._barriers.waiting(partitions)
+
+    def barriers_applied(self, barriers: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self._barriers.applied(barriers)
 
     def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
         conn = self._connection()
@@ -326,6 +341,7 @@ class PostgresSink:
         conn = self._connect()
         try:
             self._ensure_offsets_table(conn)
+            ensure_table(conn)
             conn.commit()
         except psycopg.Error as exc:
             conn.close()
@@ -429,8 +445,8 @@ class PostgresSink:
                 return None
         info = _keyed_by_event(conn, info, record.key)
         if not info.key:
-            raise PermanentError(
-                f"destination table {info.qualified} has no primary key; walbridge upserts by key",
+            raise FatalError(
+                f"destination table {info.qualified} has no primary key; walbridge upserts by key: add one",
                 table=info.qualified,
             )
         if record.key is not None:  # keyless (truncate): the key columns are decided by a keyed event
@@ -453,7 +469,7 @@ class PostgresSink:
                 self._skipped.add(qualified)
                 log.warning("%s: no destination table %s; skipping its events", self.name, qualified)
             return None
-        raise PermanentError(
+        raise FatalError(
             f"destination table {qualified} does not exist: create it, map the source table to another one "
             "with table_map, or set auto_create: true",
             table=qualified,
@@ -481,7 +497,7 @@ class PostgresSink:
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"creating table {qualified}", table=qualified) from exc
         if info is None:
-            raise PermanentError(f"destination table {qualified} could not be created", table=qualified)
+            raise FatalError(f"destination table {qualified} could not be created", table=qualified)
         log.info("%s: created destination table %s", self.name, qualified)
         return info
 
@@ -601,8 +617,8 @@ class PostgresSink:
             return self._apply_one_by_one(conn, ops)
         except psycopg.Error as exc:
             self._stages.clear()
-            error = map_pg_error(exc, f"applying to {ops.info.qualified}")
-            if isinstance(error, TransientError) or conn.broken:
+            error = map_pg_error(exc, f"applying to {ops.info.qualified}", table=ops.info.qualified)
+            if isinstance(error, TransientError | FatalError) or conn.broken:
                 raise error from exc
             self._forget_table_if_changed(ops.info, exc)
             log.info("%s: %s refused the batch (%s); one by one", self.name, ops.info.qualified, error)
@@ -710,8 +726,11 @@ class PostgresSink:
                 failures.append(RecordFailure(step.record, _missing_row(info, step, exc)))
             except psycopg.Error as exc:
                 error = map_pg_error(exc, f"applying to {info.qualified}", table=info.qualified)
-                if isinstance(error, TransientError) or conn.broken:
+                if isinstance(error, TransientError | FatalError) or conn.broken:
                     raise error from exc
+                if step.op == "t":
+                    message = f"cannot apply a TRUNCATE: {error.message}"
+                    raise FatalError(message, table=info.qualified) from exc
                 failures.append(RecordFailure(step.record, error))
         return failures
 
@@ -903,7 +922,7 @@ def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed
     qualified = f"{dest[0]}.{dest[1]}"
     fields = _row_fields(record.value)
     if fields is None:
-        raise PermanentError(
+        raise FatalError(
             f"destination table {qualified} does not exist and cannot be created: auto_create needs the "
             "events' schema block (value.converter.schemas.enable=true / events.schemas_enable)",
             table=qualified,
@@ -914,14 +933,14 @@ def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed
         pg_type = connect_type(fld)
         if pg_type is None:
             what = fld.get("name") or fld.get("type")
-            raise PermanentError(
+            raise FatalError(
                 f"cannot create {qualified}: no type mapping for column {fld.get('field')!r} ({what})",
                 table=qualified,
             )
         not_null = sql.SQL(" NOT NULL") if fld.get("optional") is False else sql.SQL("")
         columns.append(sql.SQL("{} {}{}").format(sql.Identifier(fld["field"]), sql.SQL(pg_type), not_null))
     if not key_names:
-        raise PermanentError(
+        raise FatalError(
             f"cannot create {qualified}: the records have no key to make a primary key", table=qualified
         )
     return sql.SQL("CREATE TABLE IF NOT EXISTS {t} ({cols}, PRIMARY KEY ({k}))").format(

@@ -29,6 +29,21 @@ partition revoked while a batch is held are dropped from it (the new owner reads
 that detects that another member already applied the batch raises :class:`OffsetConflict`;
 the runner drops the batch and seeks to the stored offsets.
 
+Truncate barriers: with a sink that has ``barrier_of(record)`` (the PostgreSQL sink), a record that
+is a copy of a truncate written to every partition (:mod:`walbridge.truncates`) ends its partition's
+part of the batch: the partition is paused there and resumed once ``sink.barriers_applied`` says the
+truncate is applied (asked about twice a second); a partition assigned while
+``sink.barriers_waiting`` says it arrived at a pending truncate starts paused. See
+:mod:`walbridge.sinks.pg_barrier` for the guarantee.
+
+Destination down: with a sink that has ``probe()`` (raises :class:`TransientError` while its
+destination does not answer), the consumer joins the group only once the destination answers, and
+leaves it (dropping the uncommitted batch) when a batch fails on a lost connection and the probe
+fails too, so that a healthy member takes the partitions. Transient failures are logged as one
+warning a minute; the retries in between at debug level. A non-transient error that is not a
+record's (:class:`~walbridge.errors.FatalError`, :class:`~walbridge.errors.ConfigError`) raised by
+the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
+
 Start: the consumer subscribes once every named topic exists (a sink may start before the capture
 that creates them); topics matching ``topic_pattern`` are picked up at the next metadata refresh.
 
@@ -51,7 +66,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from walbridge.config import DlqSettings, PostgresSinkSettings, SalesforceSinkSettings, Settings
-from walbridge.errors import DecodeError, TransientError, WalbridgeError
+from walbridge.errors import ConnectionLost, DecodeError, TransientError, WalbridgeError
 from walbridge.events import ChangeEvent, decode_record
 from walbridge.kafka import make_consumer, map_kafka_error
 from walbridge.logs import ThrottleRepeats
@@ -71,6 +86,8 @@ _TOPIC_WAIT_S = 0.5
 _TOPIC_REMIND_S = 60.0
 _PREFETCH_POLL_S = 0.02
 _PREFETCH_STEP = 250
+_BARRIER_CHECK_S = 0.5
+_WARN_EVERY_S = 60.0
 
 
 def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = None) -> float:
@@ -149,6 +166,11 @@ class SinkRunner:
         """When the last throughput line was logged, and the applied count then."""
         self._last_commit: float | None = None
         self._running = False
+        self._barrier_of: Callable[[SinkRecord], str | None] | None = getattr(sink, "barrier_of", None)
+        self._held: dict[TopicPartitionKey, tuple[int | None, str | None]] = {}
+        """Partitions paused at a truncate: (offset to resume at, truncate id; None: not known yet)."""
+        self._held_checked = 0.0
+        self._warned_at: float | None = None
 
     def status(self) -> dict[str, Any]:
         """What ``/status`` shows: position, totals, and how long ago the last batch committed."""
@@ -159,6 +181,7 @@ class SinkRunner:
             "running": self._running,
             "uptime_s": round(time.time() - self._started, 1),
             "assigned": sorted(f"{t}[{p}]" for t, p in self._assigned),
+            "waiting_for_truncate": sorted(f"{t}[{p}]" for t, p in self._held),
             **self._totals,
             "last_commit_s_ago": None if last is None else round(time.time() - last, 1),
         }
@@ -171,10 +194,14 @@ class SinkRunner:
 
     def run(self, stop_event: threading.Event) -> None:
         self.sink.open()
+        if not self._await_destination(stop_event):
+            self.sink.close()
+            return
         self._consumer = self._subscribe(stop_event)
         self._running = True
         try:
             while not stop_event.is_set():
+                self._release_barriers()
                 batch, self._ahead = self._ahead, _Batch()
                 self._drop_stale(batch)
                 if not len(batch):
@@ -217,6 +244,8 @@ class SinkRunner:
             except TransientError as exc:
                 first = False
                 self._safe_rollback()
+                if isinstance(exc, ConnectionLost) and self._leave_while_down(exc, stop_event):
+                    return
                 transient_attempt += 1
                 self._totals["retries"] += 1
                 self._count("retries", error=type(exc).__name__)
@@ -226,7 +255,7 @@ class SinkRunner:
                 retry_after = exc.context.get("retry_after")
                 if isinstance(retry_after, int | float) and retry_after > delay:
                     delay = float(retry_after)
-                log.warning(
+                self._warn(
                     "%s: batch failed (%s); retry %d in %.1fs", self.sink.name, exc, transient_attempt, delay
                 )
                 self._wait(delay, stop_event)
@@ -357,6 +386,7 @@ class SinkRunner:
         if self._attempts:
             for record in [*batch.records, *(f.record for f, _ in batch.dead)]:
                 self._attempts.pop(_record_key(record), None)
+        self._warned_at = None
         self._totals["batches"] += 1
         self._totals["applied"] += len(batch.records)
         self._totals["dead_lettered"] += len(batch.dead)
@@ -390,18 +420,24 @@ class SinkRunner:
 
     def _subscribe(self, stop_event: threading.Event) -> Any:
         consumer = make_consumer(self.settings.kafka, self.group_id)
+        if not self._topics():
+            raise WalbridgeError(f"sink {self.sink.name!r} has no topics or topic_pattern to consume")
+        self._await_topics(consumer, self.sink_settings.topics, stop_event)
+        self._join(consumer)
+        return consumer
+
+    def _topics(self) -> list[str]:
         settings = self.sink_settings
         topics = list(settings.topics)
         if settings.topic_pattern:
             pattern = settings.topic_pattern
             topics.append(pattern if pattern.startswith("^") else "^" + pattern)
-        if not topics:
-            raise WalbridgeError(f"sink {self.sink.name!r} has no topics or topic_pattern to consume")
-        self._await_topics(consumer, settings.topics, stop_event)
+        return topics
+
+    def _join(self, consumer: Any) -> None:
         consumer.subscribe(
-            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            self._topics(), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        return consumer
 
     def _await_topics(self, consumer: Any, names: list[str], stop_event: threading.Event) -> None:
         """Wait until every named topic exists (a sink started before its capture).
@@ -452,6 +488,26 @@ class SinkRunner:
                     tp.offset = stored[(tp.topic, tp.partition)]
         log.info("%s: assigned %s", self.sink.name, [f"{t}[{p}]" for t, p in keys])
         consumer.incremental_assign(partitions)
+        if self._barrier_of is not None and partitions:
+            self._hold_waiting(consumer, partitions)
+
+    def _hold_waiting(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Pause the assigned partitions that arrived at a truncate not applied yet."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        try:
+            waiting: dict[TopicPartitionKey, str | None] = dict(self.sink.barriers_waiting(keys))
+        except TransientError as exc:
+            log.warning("%s: truncate barriers unavailable (%s); partitions wait", self.sink.name, exc)
+            waiting = dict.fromkeys(keys)
+        held = [tp for tp in partitions if (tp.topic, tp.partition) in waiting]
+        for tp in held:
+            key = (tp.topic, tp.partition)
+            self._held[key] = (tp.offset if tp.offset >= 0 else None, waiting[key])
+        if held:
+            consumer.pause(held)
+            log.info(
+                "%s: %s wait for a truncate", self.sink.name, [f"{tp.topic}[{tp.partition}]" for tp in held]
+            )
 
     def _stored_offsets_in_callback(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         # A few tries only: blocking here blocks the group. If the destination stays down, the
@@ -471,6 +527,7 @@ class SinkRunner:
             key = (tp.topic, tp.partition)
             self._generation[key] = self._generation.get(key, 0) + 1
             self._assigned.discard(key)
+            self._held.pop(key, None)
         log.info("%s: revoked %s", self.sink.name, [f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
     def _add(self, batch: _Batch, message: Any) -> None:
@@ -483,13 +540,126 @@ class SinkRunner:
                 log.warning("%s: %s", self.sink.name, mapped)
             return
         key = (message.topic(), message.partition())
+        held = self._held.get(key)
+        if held is not None:
+            # Read past a truncate before the pause took effect: read again once it is applied.
+            if held[0] is None:
+                self._held[key] = (message.offset(), held[1])
+            if held[0] is None or message.offset() >= held[0]:
+                return
         batch.generations.setdefault(key, self._generation.get(key, 0))
         batch.next_offsets[key] = message.offset() + 1
         decoded = self.decode(message)
         if isinstance(decoded, RecordFailure):
             batch.dead.append((decoded, 1))
+            return
+        batch.records.append(decoded)
+        if self._barrier_of is not None:
+            barrier = self._barrier_of(decoded)
+            if barrier is not None:
+                self._hold(key, message.offset() + 1, barrier)
+
+    # ------------------------------------------------------------------ truncate barriers
+
+    def _hold(self, key: TopicPartitionKey, resume_at: int, barrier: str) -> None:
+        """Stop reading a partition at a truncate copy until the truncate is applied."""
+        self._held[key] = (resume_at, barrier)
+        tp = TopicPartition(key[0], key[1], resume_at)
+        self._consumer.pause([tp])
+        try:
+            self._consumer.seek(tp)  # forget what was fetched past the copy
+        except KafkaException as exc:
+            log.debug("seek %s[%d] to %d failed: %s", key[0], key[1], resume_at, exc)
+
+    def _release(self, key: TopicPartitionKey, seek: bool = True) -> None:
+        resume_at, _barrier = self._held.pop(key)
+        if key not in self._assigned:
+            return
+        if seek and resume_at is not None:
+            self._seek(*key, resume_at)
+        self._consumer.resume([TopicPartition(*key)])
+
+    def _release_barriers(self) -> None:
+        """Resume the partitions whose truncate is applied (checked about twice a second)."""
+        now = time.monotonic()
+        if not self._held or now - self._held_checked < _BARRIER_CHECK_S:
+            return
+        self._held_checked = now
+        try:
+            unknown = [key for key, (_, barrier) in self._held.items() if barrier is None]
+            if unknown:
+                waiting = self.sink.barriers_waiting(unknown)
+                for key in unknown:
+                    if key in waiting:
+                        self._held[key] = (self._held[key][0], waiting[key])
+                    else:
+                        self._release(key)
+            pending = {(key[0], barrier) for key, (_, barrier) in self._held.items() if barrier is not None}
+            applied = self.sink.barriers_applied(pending)
+        except TransientError as exc:
+            log.debug("%s: truncate barriers unavailable: %s", self.sink.name, exc)
+            return
+        for key, (_, barrier) in list(self._held.items()):
+            if (key[0], barrier) in applied:
+                log.info("%s: truncate %s applied; %s[%d] resumes", self.sink.name, barrier, *key)
+                self._release(key)
+
+    # ------------------------------------------------------------------ destination down
+
+    def _await_destination(self, stop_event: threading.Event) -> bool:
+        """Wait until the sink's destination answers (one warning a minute); False when stopped."""
+        probe = getattr(self.sink, "probe", None)
+        if probe is None:
+            return True
+        attempt = 0
+        while not stop_event.is_set():
+            try:
+                probe()
+                self._warned_at = None
+                return True
+            except TransientError as exc:
+                attempt += 1
+                self._warn(
+                    "%s: destination unavailable (%s); staying out of the consumer group until it answers",
+                    self.sink.name,
+                    exc,
+                )
+                stop_event.wait(min(10.0, backoff_delay(attempt, self.settings.dlq, self._rng)))
+        return False
+
+    def _leave_while_down(self, exc: TransientError, stop_event: threading.Event) -> bool:
+        """Leave the group while the destination is down (its partitions go to healthy members)."""
+        probe = getattr(self.sink, "probe", None)
+        if probe is None or not self.sink.owns_offsets:
+            return False
+        try:
+            probe()
+            return False  # it answers again: retry the batch as usual
+        except TransientError:
+            pass
+        self._warn(
+            "%s: destination unavailable (%s); leaving the consumer group until it answers",
+            self.sink.name,
+            exc,
+        )
+        self._ahead = _Batch()
+        consumer, self._consumer = self._consumer, None
+        consumer.close()  # leaves the group at once: the other members take its partitions
+        self._on_revoke(consumer, [TopicPartition(t, p) for t, p in self._assigned])
+        self.sink.close()  # its connections are broken; the probe opens new ones
+        if self._await_destination(stop_event):
+            log.info("%s: destination answers again; rejoining the consumer group", self.sink.name)
+            self._consumer = self._subscribe(stop_event)
+        return True
+
+    def _warn(self, message: str, *args: Any) -> None:
+        """A warning at most once a minute while a condition lasts; debug in between."""
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(message, *args)
         else:
-            batch.records.append(decoded)
+            log.debug(message, *args)
 
     def _drop_stale(self, batch: _Batch) -> None:
         """Forget records of partitions revoked (or re-assigned) since they were read."""
@@ -546,7 +716,9 @@ class SinkRunner:
                     key = (message.topic(), message.partition())
                     rewind[key] = min(rewind.get(key, message.offset()), message.offset())
         finally:
-            consumer.resume(consumer.assignment())
+            consumer.resume(
+                [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self._held]
+            )
         for (topic, partition), offset in rewind.items():
             self._seek(topic, partition, offset)
 
@@ -563,6 +735,9 @@ class SinkRunner:
                 self._seek(topic, partition, offset)
 
     def _seek(self, topic: str, partition: int, offset: int) -> None:
+        held = self._held.get((topic, partition))
+        if held is not None and held[0] is not None and offset < held[0]:
+            self._release((topic, partition), seek=False)  # the truncate copy is read again
         try:
             self._consumer.seek(TopicPartition(topic, partition, offset))
         except KafkaException as exc:

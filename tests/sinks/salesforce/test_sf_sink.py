@@ -315,7 +315,37 @@ def test_transient_record_failures_never_reorder_a_row_end_to_end(
         pipe.stop_all()
     versions: dict[str, list[int]] = defaultdict(list)
     for event in stored:  # in replay-id order: the order Salesforce accepted them
-        versions[event["fields"]["Record_Id__c"]].append(orjson.loads(event["fields"]["Payload__c"])["version"])
+        versions[event["fields"]["Record_Id__c"]].append(
+            orjson.loads(event["fields"]["Payload__c"])["version"]
+        )
     assert len(versions) == 200
     assert all(v == [0, 1, 2, 3, 4, 5] for v in versions.values()), versions
     assert emulator_stats(server)["calls"] > 6
+
+
+def test_a_truncate_is_published_once(kafka_bootstrap: str, topic_prefix: str, emulator: Any) -> None:
+    """Capture writes a truncate to every partition (for the PostgreSQL sink's barrier); Salesforce
+    receives it once, from partition 0's copy, among the row events."""
+    from walbridge.capture.publisher import EventPublisher
+    from walbridge.config import load_settings
+
+    server = emulator()
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server)
+    publisher: EventPublisher[int] = EventPublisher(
+        load_settings(kafka={"bootstrap_servers": kafka_bootstrap}, events={"topic_prefix": topic_prefix})
+    )
+    events = [change("c", customer(cid)) for cid in range(1, 11)]
+    events.append(change("t", None, lsn=99))
+    events += [change("c", customer(cid)) for cid in range(11, 16)]
+    for event in events:
+        publisher.publish(event)
+    publisher.close()
+    copies = [m for m in consume_all(kafka_bootstrap, [pipe.topic], min_count=18) if m.key() is None]
+    assert sorted(m.partition() for m in copies) == [0, 1, 2]
+    pipe.start()
+    try:
+        stored = _wait_stored(server, len(events), 60)
+    finally:
+        pipe.stop_all()
+    ops = Counter(e["fields"]["Operation__c"] for e in stored)
+    assert ops == {"INSERT": 15, "TRUNCATE": 1}

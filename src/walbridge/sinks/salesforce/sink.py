@@ -34,6 +34,7 @@ from walbridge.sinks.salesforce.auth import ClientCredentials, Grant, JwtBearer,
 from walbridge.sinks.salesforce.mapping import EventRecord, EventSchema, Mapper, TableRule, parse_rules
 from walbridge.sinks.salesforce.publisher import CallBudget, Publisher, SchemaRefused
 from walbridge.sinks.salesforce.transport import http_errors, make_client, salesforce_error
+from walbridge.truncates import barrier_of
 
 __all__ = ["SalesforceSink", "build_grant"]
 
@@ -154,6 +155,8 @@ class SalesforceSink:
         outgoing: list[EventRecord] = []
         sources: list[SinkRecord] = []
         for record in records:
+            if record.partition and barrier_of(record.headers) is not None:
+                continue  # a truncate is written to every partition: publish it once, from partition 0
             if _key(record) in self._accepted:
                 self.skipped_resends += 1
                 continue
