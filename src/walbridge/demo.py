@@ -201,6 +201,16 @@ def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
     return Group(*parts)
 
 
+def _follow_steps(board: _Board, stop: threading.Event, deadline: float | None) -> None:
+    """Print each step of the demo once, as a line, until stopped (the non-terminal view)."""
+    shown = None
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        if board.step != shown:
+            shown = board.step
+            out.print(f"demo: {shown}", soft_wrap=True, highlight=False)
+        stop.wait(0.25)
+
+
 def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
     with psycopg.connect(source, autocommit=True) as conn:
         done = conn.execute(
@@ -257,7 +267,9 @@ def demo(
     stop = stop_on_signals()
     board = _Board()
     out.print(
-        "[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker and the Salesforce emulator…"
+        "[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker "
+        "and the Salesforce emulator…",
+        soft_wrap=True,
     )
     # The broker keeps topics in memory only, so every demo run starts from a clean state.
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -272,11 +284,16 @@ def demo(
             _thread("changes", lambda s: _run_changes(source, board, s), stop, board),
         ]
         deadline = time.monotonic() + duration if duration else None
-        with Live(_view(board, settings, source), console=out, refresh_per_second=4) as live:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        if out.is_terminal:
+            with Live(_view(board, settings, source), console=out, refresh_per_second=4) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    live.update(_view(board, settings, source))
+                    stop.wait(0.25)
                 live.update(_view(board, settings, source))
-                stop.wait(0.25)
-            live.update(_view(board, settings, source))
+        else:  # a log or a pipe: one line per step, the full view once at the end
+            _follow_steps(board, stop, deadline)
+            out.print(_view(board, settings, source), soft_wrap=True)
+            out.print()
         stop.set()
         for thread in threads + watchers:
             thread.join(20)
