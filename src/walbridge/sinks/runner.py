@@ -162,7 +162,8 @@ class SinkRunner:
         """The next batch, read while the current one was being applied."""
         self._started = time.time()
         self._totals = {"batches": 0, "applied": 0, "dead_lettered": 0, "retries": 0}
-        self._reported = (time.monotonic(), 0)
+        self._began = time.monotonic()
+        self._reported = (self._began, 0)
         """When the last throughput line was logged, and the applied count then."""
         self._last_commit: float | None = None
         self._running = False
@@ -398,18 +399,20 @@ class SinkRunner:
         """A throughput line every ``THROUGHPUT_EVERY_S`` while records flow, and a summary at stop."""
         now = time.monotonic()
         since, applied_then = self._reported
-        applied = self._totals["applied"]
+        totals = self._totals
+        applied = totals["applied"]
         if not final and (now - since < THROUGHPUT_EVERY_S or applied == applied_then):
             return
         self._reported = (now, applied)
+        if final:
+            since, applied_then = self._began, 0
         rate = (applied - applied_then) / max(now - since, 1e-9)
-        totals = self._totals
         log.info(
-            "%s: %s%s records applied (%s/s over the last %.0fs), %s dead-lettered, %s retries, %s batches",
+            "%s: %s%s records applied (%s/s over %.0fs), %s dead-lettered, %s retries, %s batches",
             self.sink.name,
             "stopped after " if final else "",
             f"{applied:,}",
-            f"{rate:,.0f}",
+            f"{rate:,.1f}" if rate < 100 else f"{rate:,.0f}",
             now - since,
             f"{totals['dead_lettered']:,}",
             f"{totals['retries']:,}",
