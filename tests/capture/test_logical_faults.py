@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -110,7 +111,8 @@ def test_slot_held_by_another_process(
             tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, ["public.items"], tmp_path / "s"
         )
         code, _out, err = run_cli("capture", "--config", str(cfg), env=_cli_env(items_db), timeout=60)
-    _assert_one_line_error(code, err, "in use")
+    # The holder is named as walbridge knows it (host and pid of the capture), not the server's pid.
+    _assert_one_line_error(code, err, f"in use by walbridge capture {socket.gethostname()}:{os.getpid()}")
 
 
 # ---------------------------------------------------------------------------------------- faults

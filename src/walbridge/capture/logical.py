@@ -36,7 +36,7 @@ from walbridge import metrics
 from walbridge.capture import catalog, pgoutput
 from walbridge.capture import state as snapshot_state
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
-from walbridge.capture.connection import connect_source, session_options
+from walbridge.capture.connection import application_name, connect_source, session_options, slot_holder
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import Reconnect
@@ -165,7 +165,7 @@ class LogicalCapture:
                     )
                     drop_slot(conn, slot)
             elif info is not None:
-                check_slot_usable(info, self._dbname)
+                check_slot_usable(info, self._dbname, slot_holder(conn, info.active_pid))
         repl = self._replication_connection()
         try:
             cur = repl.cursor()
@@ -198,6 +198,7 @@ class LogicalCapture:
                 self.source.dsn,
                 connection_factory=psycopg2.extras.LogicalReplicationConnection,
                 options=session_options(),
+                application_name=application_name(),
             )
         except psycopg2.OperationalError as exc:
             raise map_pg_error(exc, "opening the replication connection") from exc
@@ -336,8 +337,12 @@ class LogicalCapture:
                 status_interval=max(1, self.source.status_interval_ms // 1000),
             )
         except psycopg2.errors.ObjectInUse as exc:
+            with connect_source(self.source.dsn) as conn:
+                info = slot_info(conn, self.source.slot)
+                holder = slot_holder(conn, info.active_pid if info else None)
             raise ConfigError(
-                f"replication slot {self.source.slot} is in use by another process: {one_line(exc)}"
+                f"replication slot {self.source.slot} is in use by {holder}; "
+                "stop that process or choose another source.slot"
             ) from exc
         except psycopg2.OperationalError as exc:
             raise map_pg_error(exc, "starting replication") from exc

@@ -55,8 +55,8 @@ def slot_info(conn: psycopg.Connection[Any], slot: str) -> SlotInfo | None:
     return SlotInfo(*row) if row else None
 
 
-def check_slot_usable(info: SlotInfo, dbname: str) -> None:
-    """Raise ConfigError when the slot exists but cannot serve this capture."""
+def check_slot_usable(info: SlotInfo, dbname: str, holder: str = "another process") -> None:
+    """Raise ConfigError when the slot exists but cannot serve this capture (``holder``: who holds it)."""
     if info.plugin != "pgoutput":
         raise ConfigError(
             f"replication slot {info.name} uses plugin {info.plugin}, not pgoutput; "
@@ -69,7 +69,7 @@ def check_slot_usable(info: SlotInfo, dbname: str) -> None:
         )
     if info.active:
         raise ConfigError(
-            f"replication slot {info.name} is in use by another process (pid {info.active_pid}); "
+            f"replication slot {info.name} is in use by {holder}; "
             "stop that process or choose another source.slot"
         )
     if info.wal_status == "lost":
@@ -293,9 +293,10 @@ def drop_slot(conn: psycopg.Connection[Any], slot: str) -> bool:
     if info is None:
         return False
     if info.active and info.active_pid:
-        raise ConfigError(
-            f"replication slot {slot} is in use by pid {info.active_pid}; stop that capture first"
-        )
+        from walbridge.capture.connection import slot_holder
+
+        holder = slot_holder(conn, info.active_pid)
+        raise ConfigError(f"replication slot {slot} is in use by {holder}; stop that capture first")
     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
     return True
 
