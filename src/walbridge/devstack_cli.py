@@ -77,7 +77,7 @@ def up(
 
 @devstack_app.command("down")
 def down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Stop services started with ``up --detach``."""
+    """Stop services started with up --detach."""
     try:
         DevStack(state_dir).stop()
     except WalbridgeError as exc:

@@ -1,0 +1,43 @@
+"""Every command's --help reads as plain text: no reStructuredText markup, and allowed values listed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer.main
+
+from helpers import run_cli
+from walbridge.cli import app
+
+
+def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    command = typer.main.get_command(group)
+    for name, sub in getattr(command, "commands", {}).items():
+        path = (*prefix, name)
+        found.append(path)
+        for sub_name in getattr(sub, "commands", {}) or {}:
+            found.append((*path, sub_name))
+    return found
+
+
+COMMANDS = _commands(app)
+
+
+def test_every_command_is_listed() -> None:
+    assert ("capture",) in COMMANDS and ("dlq", "replay") in COMMANDS and ("sink", "postgres") in COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_is_plain_text(command: tuple[str, ...]) -> None:
+    code, out, err = run_cli(*command, "--help", env={"COLUMNS": "200"})
+    assert code == 0, err
+    assert not re.search(r"``|:(func|class|mod|meth|attr):", out), out
+
+
+def test_choices_are_listed() -> None:
+    _, out, _ = run_cli("capture", "--help", env={"COLUMNS": "200"})
+    assert "initial|never|when_needed|initial_only" in out
+    _, out, _ = run_cli("setup", "--help", env={"COLUMNS": "200"})
+    assert "logical|trigger" in out
