@@ -7,6 +7,7 @@ the services running and records their pids in ``<state-dir>/state.json`` for ``
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 import time
@@ -49,6 +50,14 @@ def up(
     kafka_port: Annotated[int | None, typer.Option(help="Kafka port (default: free).")] = None,
     pg_password: Annotated[str, typer.Option(envvar="WALBRIDGE_DEVSTACK_PG_PASSWORD")] = "postgres",
     fast: Annotated[bool, typer.Option(help="fsync=off etc.: faster, unsafe on a machine crash.")] = False,
+    sample: Annotated[
+        bool,
+        typer.Option(
+            "--sample",
+            help=f"Also create database {SAMPLE_SOURCE_DB} (the e-commerce sample: inventory.customers and "
+            f"inventory.orders with rows) and an empty {SAMPLE_DEST_DB}, to try a pipeline on.",
+        ),
+    ] = False,
 ) -> None:
     """Start the services; in the foreground until Ctrl-C unless --detach."""
     stack = DevStack(
@@ -56,6 +65,8 @@ def up(
     )
     try:
         stack.start()
+        if sample:
+            _load_sample(stack)
         rows = stack.status()
         _print_table(rows)
         _print_settings(rows)
@@ -95,6 +106,50 @@ def status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
         console.print(f"[red]devstack status failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     _print_table(rows)
+
+
+SAMPLE_SOURCE_DB, SAMPLE_DEST_DB = "shop", "replica"
+
+
+def _load_sample(stack: DevStack) -> None:
+    import psycopg
+
+    from walbridge.samples import ECOMMERCE_SCHEMA
+
+    with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
+        existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+    if SAMPLE_DEST_DB not in existing:
+        stack.postgres.create_database(SAMPLE_DEST_DB)
+    if SAMPLE_SOURCE_DB not in existing:
+        source = stack.postgres.create_database(SAMPLE_SOURCE_DB)
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute(ECOMMERCE_SCHEMA)  # type: ignore[arg-type]
+    console.print(f"sample: database {SAMPLE_SOURCE_DB} (source, with rows) and {SAMPLE_DEST_DB} (empty)")
+
+
+@devstack_app.command("env")
+def env(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Print shell exports for a running stack: SRC_DSN and DEST_DSN (the --sample databases),
+    KAFKA_BOOTSTRAP, and the local Salesforce emulator's URL and client secret."""
+    from psycopg.conninfo import make_conninfo
+
+    from walbridge.emulator.server import DEFAULT_APP, DEFAULT_URL
+
+    try:
+        services = DevStack(state_dir).read_state()["services"]
+    except (WalbridgeError, KeyError, OSError) as exc:
+        console.print(f"[red]devstack env failed:[/red] no running stack in {state_dir} ({exc})")
+        raise typer.Exit(1) from None
+    admin = services["postgres"]["dsn"]
+    exports = {
+        "SRC_DSN": make_conninfo(admin, dbname=SAMPLE_SOURCE_DB),
+        "DEST_DSN": make_conninfo(admin, dbname=SAMPLE_DEST_DB),
+        "KAFKA_BOOTSTRAP": services["kafka"]["bootstrap"],
+        "WALBRIDGE_EMULATOR_URL": DEFAULT_URL,
+        "SF_CLIENT_SECRET": DEFAULT_APP.client_secret,
+    }
+    for name, value in exports.items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
 
 
 def _print_settings(rows: list[dict[str, Any]]) -> None:

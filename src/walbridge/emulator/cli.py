@@ -15,7 +15,7 @@ import orjson
 import typer
 
 from walbridge.emulator.auth import ConnectedApp
-from walbridge.emulator.server import DEFAULT_APP, EmulatorConfig, EmulatorServer
+from walbridge.emulator.server import DEFAULT_APP, DEFAULT_PORT, DEFAULT_URL, EmulatorConfig, EmulatorServer
 
 __all__ = ["emulator_app"]
 
@@ -27,7 +27,7 @@ emulator_app = typer.Typer(
 @emulator_app.command()
 def run(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8443,
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = DEFAULT_PORT,
     metadata: Annotated[Path | None, typer.Option(help="SFDX package dir (default: the repo's).")] = None,
     client_id: Annotated[
         str, typer.Option(help="Consumer key of the registered app.")
@@ -88,7 +88,7 @@ def run(
 def events(
     url: Annotated[
         str, typer.Option(envvar="WALBRIDGE_EMULATOR_URL", help="Emulator base URL.")
-    ] = "http://127.0.0.1:8443",
+    ] = DEFAULT_URL,
     after: Annotated[int, typer.Option(help="Start after this ReplayId.")] = 0,
     event_type: Annotated[str | None, typer.Option("--type", help="Only this event object.")] = None,
     tail: Annotated[bool, typer.Option(help="Keep polling for new events.")] = False,

@@ -43,6 +43,9 @@ from walbridge.emulator.store import EventStore
 
 __all__ = ["DEFAULT_APP", "EmulatorConfig", "EmulatorServer"]
 
+DEFAULT_PORT = 8443
+"""Where ``walbridge sf-emulator run`` listens unless told otherwise."""
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_APP = ConnectedApp(
     "walbridge-emulator", "walbridge-emulator-secret", run_as="integration@walbridge.example"
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -231,9 +232,21 @@ def verify(
     name: SinkNameOption = None,
     table: Annotated[list[str] | None, typer.Option("--table", help="schema.table (repeatable)")] = None,
     chunk_rows: Annotated[int, typer.Option(help="rows fetched per round trip")] = 10_000,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            help="compare again every 2 s for up to this many seconds until they agree (a pipeline "
+            "catching up); default 0: compare once",
+        ),
+    ] = 0.0,
 ) -> None:
     """Compare source and destination tables; exit 1 when they differ."""
+    deadline = time.monotonic() + wait
     diffs = _run_verify(config, name, table, chunk_rows)
+    while not all(d.clean for d in diffs) and time.monotonic() < deadline:
+        time.sleep(2.0)
+        diffs = _run_verify(config, name, table, chunk_rows)
     out.print(_diff_table(diffs))
     differing = [d for d in diffs if not d.clean]
     rows = sum(d.source_rows for d in diffs)
