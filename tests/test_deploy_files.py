@@ -73,6 +73,8 @@ def _env_refs(data: Any) -> set[str]:
 def _load_with_dummy_env(path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for name in _env_refs(_yaml(path)):
         value = "postgresql://user@db.example:5432/db" if name.endswith("_DSN") else f"dummy-{name.lower()}"
+        if name.endswith("_URL"):
+            value = "https://dummy.example.com"
         monkeypatch.setenv(name, value)
     return load_settings(path)
 
