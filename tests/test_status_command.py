@@ -95,5 +95,6 @@ def test_status_of_a_running_pipeline(
         ("postgres", True),
     ]
     assert report["processes"][0]["status"]["mode"] == "logical"
+    assert report["dlq"] == {f"{topic}.dlq": 0}  # only this pipeline's DLQ, not every one on the broker
     code, out, _ = run_cli("status", "--config", str(config), env={**env, "COLUMNS": "200"})
     assert "capture source" in out and f"group {slot}" in out and "processes" in out

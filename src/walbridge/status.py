@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from walbridge.config import Settings
 from walbridge.errors import WalbridgeError
@@ -108,16 +108,16 @@ def _sinks(settings: Settings, status: PipelineStatus) -> None:
 
 def _dlq(settings: Settings, status: PipelineStatus) -> None:
     from walbridge.kafka import make_consumer
-    from walbridge.sinks.dlq import list_dlq_topics
+    from walbridge.sinks.dlq import dlq_topic_for
 
+    wanted = sorted({dlq_topic_for(settings.dlq, topic) for sink in settings.sinks for topic in sink.topics})
+    if not wanted:
+        return
     try:
-        topics = list_dlq_topics(settings)
-        if not topics:
-            return
         consumer = make_consumer(settings.kafka, "walbridge-status")
         try:
             metadata = consumer.list_topics(timeout=10).topics
-            for topic in topics:
+            for topic in wanted:
                 total = 0
                 for partition in metadata[topic].partitions if topic in metadata else ():
                     low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -125,8 +125,8 @@ def _dlq(settings: Settings, status: PipelineStatus) -> None:
                 status.dlq[topic] = total
         finally:
             consumer.close()
-    except WalbridgeError as exc:
-        status.warnings.append(f"DLQ sizes unavailable: {exc.message}")
+    except (WalbridgeError, KafkaException) as exc:
+        status.warnings.append(f"DLQ sizes unavailable: {exc}")
     for topic, count in status.dlq.items():
         if count:
             status.warnings.append(f"{count:,} dead letter(s) in {topic}: walbridge dlq list --topic {topic}")
