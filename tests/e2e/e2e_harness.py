@@ -32,8 +32,21 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from helpers import consume_all, free_port, wait_until
+from walbridge.config import DlqSettings
+from walbridge.events import EncodingOptions, EnvelopeEncoder
+from walbridge.sinks.dlq import CONNECT_HEADER_PREFIX
+from walbridge.sinks.postgres import OFFSETS_TABLE
 
-__all__ = ["MODES", "CliPipeline", "both", "execute", "source_columns", "table_rows", "wait_for"]
+__all__ = [
+    "MODES",
+    "CliPipeline",
+    "ProcessExited",
+    "both",
+    "execute",
+    "source_columns",
+    "table_rows",
+    "wait_for",
+]
 
 MODES = ["logical", "trigger"]
 
@@ -43,6 +56,10 @@ _SESSION = (
     "SET extra_float_digits = 3; SET bytea_output = 'hex'; SET client_encoding = 'UTF8'"
 )
 _LOG_TAIL = 6000
+
+
+class ProcessExited(AssertionError):
+    """A process the test relies on exited: fail at once, not at the end of a wait."""
 
 
 def execute(dsn: str, *statements: str | tuple[str, Any]) -> None:
@@ -153,7 +170,8 @@ class CliPipeline:
         self.mode = mode
         self.tables = [t if "." in t else f"public.{t}" for t in tables]
         self.group_id = f"{prefix}-sink"
-        self.topics = [f"{prefix}.{t}" for t in self.tables]
+        encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=prefix))
+        self.topics = [encoder.topic(*_split(t)) for t in self.tables]
         self.env = {
             **os.environ,
             "E2E_SRC_DSN": source_dsn,
@@ -254,7 +272,7 @@ class CliPipeline:
 
         def streaming() -> bool:
             if self.exited("capture") is not None:
-                raise AssertionError(f"capture exited with {self.exited('capture')}\n{self.report()}")
+                raise ProcessExited(f"capture exited with {self.exited('capture')}\n{self.report()}")
             try:
                 status = httpx.get(f"http://127.0.0.1:{self.capture_port}/status", timeout=2).json()
             except (httpx.HTTPError, ValueError):
@@ -343,12 +361,10 @@ class CliPipeline:
     def applied_offsets(self) -> dict[tuple[str, int], int]:
         """The sink's stored next offsets (``walbridge.offsets`` in the destination)."""
         with psycopg.connect(self.destination_dsn, autocommit=True) as conn:
-            if conn.execute("SELECT to_regclass('walbridge.offsets')").fetchone() == (None,):
+            if conn.execute("SELECT to_regclass(%s)", (OFFSETS_TABLE,)).fetchone() == (None,):
                 return {}
-            rows = conn.execute(
-                'SELECT topic, "partition", next_offset FROM walbridge.offsets WHERE group_id = %s',
-                (self.group_id,),
-            ).fetchall()
+            query = f'SELECT topic, "partition", next_offset FROM {OFFSETS_TABLE} WHERE group_id = %s'
+            rows = conn.execute(query, (self.group_id,)).fetchall()
         return {(topic, partition): offset for topic, partition, offset in rows}
 
     def caught_up(self) -> bool:
@@ -358,7 +374,7 @@ class CliPipeline:
 
     def dead_letters(self) -> list[str]:
         """``topic[partition]@offset: error`` of every record in the pipeline's DLQ topics."""
-        dlq_topics = [f"{t}.dlq" for t in self.topics]
+        dlq_topics = [t + DlqSettings().topic_suffix for t in self.topics]
         listed = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=10).topics
         present = [t for t in dlq_topics if t in listed]
         if not present:
@@ -366,7 +382,7 @@ class CliPipeline:
         out = []
         for message in consume_all(self.bootstrap, present, idle_s=0.3, timeout_s=20):
             headers = dict(message.headers() or [])
-            error = headers.get("__connect.errors.exception.message", b"?").decode(errors="replace")
+            error = headers.get(CONNECT_HEADER_PREFIX + "exception.message", b"?").decode(errors="replace")
             out.append(f"{message.topic()}[{message.partition()}]@{message.offset()}: {error[:300]}")
         return out
 
@@ -379,7 +395,7 @@ class CliPipeline:
             nonlocal last
             for name in watch:
                 if name in self.processes and self.processes[name].poll() is not None:
-                    raise AssertionError(
+                    raise ProcessExited(
                         f"{name} exited with {self.processes[name].returncode} before the destination "
                         f"matched the source\n{self.report(last)}"
                     )
@@ -393,9 +409,9 @@ class CliPipeline:
 
         try:
             wait_until(converged, timeout_s=timeout_s, interval_s=0.3)
-        except AssertionError as exc:
-            if "before the destination matched" in str(exc):
-                raise
+        except ProcessExited:
+            raise
+        except AssertionError:
             raise AssertionError(
                 f"destination did not match the source within {timeout_s}s\n{self.report(last)}"
             ) from None
@@ -445,5 +461,7 @@ def wait_for(predicate: Callable[[], Any], what: str, pipeline: CliPipeline, tim
     """``wait_until`` whose failure names ``what`` and carries the pipeline's report."""
     try:
         return wait_until(predicate, timeout_s=timeout_s, interval_s=0.2)
+    except ProcessExited:
+        raise
     except AssertionError:
         raise AssertionError(f"{what}: not within {timeout_s}s\n{pipeline.report()}") from None
