@@ -127,17 +127,26 @@ class TableComparison:
             f"{len(only_src)} only in the source, {len(only_dst)} only in the destination "
             f"(columns {', '.join(self.columns)})"
         ]
-        lines += [f"  source only:      {_short(r)}" for r in only_src[:3]]
-        lines += [f"  destination only: {_short(r)}" for r in only_dst[:3]]
+        # Rows on both sides with the same first column (usually the key): only the columns that differ.
+        by_first = {row[0]: row for row in only_dst}
+        paired = [(row, by_first[row[0]]) for row in only_src if row[0] in by_first]
+        for source_row, destination_row in paired[:3]:
+            lines.append(f"  {self.columns[0]}={source_row[0]} differs:")
+            for name, a, b in zip(self.columns, source_row, destination_row, strict=True):
+                if a != b:
+                    lines.append(f"    {name}: source {_value(a)}, destination {_value(b)}")
+        paired_firsts = {row[0] for row, _ in paired}
+        lines += [f"  source only:      {_short(r)}" for r in only_src if r[0] not in paired_firsts][:3]
+        lines += [f"  destination only: {_short(r)}" for r in only_dst if r[0] not in paired_firsts][:3]
         return "\n".join(lines)
 
 
-def _short(row: tuple[str | None, ...], width: int = 60) -> str:
-    return (
-        "("
-        + ", ".join("NULL" if v is None else repr(v[:width] + ("…" if len(v) > width else "")) for v in row)
-        + ")"
-    )
+def _value(value: str | None, width: int = 200) -> str:
+    return "NULL" if value is None else repr(value[:width] + ("…" if len(value) > width else ""))
+
+
+def _short(row: tuple[str | None, ...]) -> str:
+    return "(" + ", ".join(_value(v, 60) for v in row) + ")"
 
 
 class CliPipeline:
