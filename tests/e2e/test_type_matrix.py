@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
 import pytest
-import type_matrix
 from e2e_harness import MODES, CliPipeline, both, execute
 
-TABLE = "type_matrix"
+import type_matrix
 
 
 @pytest.mark.parametrize("decimal_mode", ["string", "precise"])
@@ -18,13 +18,17 @@ TABLE = "type_matrix"
 def test_type_matrix_round_trips(
     make_pipeline: Callable[..., CliPipeline], pg_dsn: str, dst_dsn: str, mode: str, decimal_mode: str
 ) -> None:
-    both(pg_dsn, dst_dsn, type_matrix.ddl(TABLE))
-    inserts = type_matrix.inserts(TABLE)
-    half = len(inserts) // 2
-    execute(pg_dsn, *inserts[:half])  # through the snapshot
-    events = {"decimal_handling_mode": decimal_mode, "schemas_enable": decimal_mode == "precise"}
-    pipe = make_pipeline(mode, [TABLE], events=events)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        version, xml = conn.info.server_version, type_matrix.xml_supported(conn)
+    both(pg_dsn, dst_dsn, *type_matrix.schema_statements(version, xml=xml))
+    execute(pg_dsn, *type_matrix.snapshot_statements(version, xml=xml))  # through the snapshot
+    events = {
+        **type_matrix.EVENTS_OPTIONS,
+        "decimal_handling_mode": decimal_mode,
+        "schemas_enable": decimal_mode == "precise",
+    }
+    pipe = make_pipeline(mode, list(type_matrix.TABLES), events=events)
     pipe.start_all()
-    execute(pg_dsn, *inserts[half:])  # through the stream
+    execute(pg_dsn, *type_matrix.change_statements(version, xml=xml))  # through the stream
     pipe.roundtrip()
     pipe.assert_clean_stop()
