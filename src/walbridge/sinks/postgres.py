@@ -382,6 +382,33 @@ class PostgresSink:
                 )
 
     def _collapse(
+        self, conn: psycopg.Connection[Any], records: list[SinkRecord], failures: list[RecordFailure]
+    ) -> dict[tuple[str, str], _TableOps]:
+        """The batch's changes per destination table. A column the cached description of a table lacks
+        may have been added since (ALTER TABLE on the destination): that table is read again, once per
+        batch, before the record counts as refused."""
+        refreshed: set[tuple[str, str]] = set()
+        while True:
+            found: list[RecordFailure] = []
+            tables = self._collapse_once(conn, records, found)
+            stale = {
+                dest
+                for failure in found
+                if isinstance(failure.error, UnknownColumn)
+                and (dest := self._destination(*_ident(failure.record))) not in refreshed
+            }
+            if not stale:
+                failures += found
+                return tables
+            for dest in stale:
+                self._forget_table(dest)
+            refreshed |= stale
+
+    def _forget_table(self, dest: tuple[str, str]) -> None:
+        for cache in (self._tables, self._converters, self._exprs):
+            cache.pop(dest, None)  # type: ignore[attr-defined]
+
+    def _collapse_once(
         self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]
     ) -> dict[tuple[str, str], _TableOps]:
         tables: dict[tuple[str, str], _TableOps] = {}
@@ -894,6 +921,12 @@ def _json_select(columns: tuple[str, ...], exprs: dict[str, sql.Composable], sta
         s=sql.Identifier(stage),
         defs=sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns),
     )
+
+
+def _ident(record: SinkRecord) -> tuple[str, str]:
+    event = record.event
+    assert event is not None
+    return event.source.schema, event.source.table
 
 
 def _raw_row(
