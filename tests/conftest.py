@@ -6,6 +6,7 @@ Fixtures (names are stable; other tests rely on them):
   or ``None`` when ``WALBRIDGE_TEST_PG_DSN`` names a running server to reuse (a superuser DSN).
 - ``pg_admin_dsn`` (session): a superuser DSN of that server (database ``postgres``).
 - ``pg_dsn`` (function): a fresh database ``test_<random>`` per test; its DSN. Dropped (FORCE) after.
+- ``dest_dsn`` (function): another fresh database, for a destination.
 - ``kafka_bootstrap`` (session): ``host:port`` of a ``KafkaBroker``, or of ``WALBRIDGE_TEST_KAFKA``.
 - ``topic_prefix`` (function): a unique prefix per test, so tests never see each other's topics.
 
@@ -111,6 +112,14 @@ def pg_admin_dsn(pg_server: PostgresServer | None) -> str:
 @pytest.fixture
 def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
     with scratch_database(pg_admin_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def dest_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A second fresh database, ``dst_<random>``, for a pipeline's destination. Modules that need
+    tables in it override this fixture, asking for it by the same name, and create them."""
+    with scratch_database(pg_admin_dsn, "dst") as dsn:
         yield dsn
 
 

@@ -8,20 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 import yaml
 
-from helpers import run_cli, scratch_database, wait_until
-
-
-@pytest.fixture
-def dest_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dest") as dsn:
-        yield dsn
+from helpers import run_cli, wait_until
 
 
 def _rows(dsn: str) -> list[tuple[int, str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,7 +18,7 @@ import pytest
 from cli_pipeline import Proc, pipeline_config, table_rows
 from confluent_kafka import Consumer, TopicPartition
 
-from helpers import run_cli, scratch_database, wait_until
+from helpers import run_cli, wait_until
 
 ITEMS = "CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL, qty int NOT NULL DEFAULT 0)"
 COMPARE = "SELECT id, label, qty FROM public.items ORDER BY id"
@@ -28,11 +27,10 @@ STATE = "SELECT state, lsn IS NOT NULL FROM walbridge.capture_snapshot WHERE slo
 
 
 @pytest.fixture
-def items_dest(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dst") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(ITEMS)
-        yield dsn
+def items_dest(dest_dsn: str) -> str:
+    with psycopg.connect(dest_dsn, autocommit=True) as conn:
+        conn.execute(ITEMS)
+    return dest_dsn
 
 
 def _fill(dsn: str, rows: int, width: int = 10) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from test_trigger import make_settings, running
 
-from helpers import scratch_database, wait_until
+from helpers import wait_until
 from walbridge.capture.trigger import install_trigger_capture
 from walbridge.config import DlqSettings, KafkaSettings, PostgresSinkSettings, Settings
 from walbridge.sinks.postgres import PostgresSink
@@ -26,11 +25,10 @@ CREATE TABLE public.employees (
 
 
 @pytest.fixture
-def destination_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dst") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(EMPLOYEES_DDL)
-        yield dsn
+def destination_dsn(dest_dsn: str) -> str:
+    with psycopg.connect(dest_dsn, autocommit=True) as conn:
+        conn.execute(EMPLOYEES_DDL)
+    return dest_dsn
 
 
 def run_sink(

@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 from e2e_harness import CliPipeline
 
-from helpers import scratch_database
-
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
@@ -30,9 +28,8 @@ _FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
-def dst_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dst") as dsn:
-        yield dsn
+def dst_dsn(dest_dsn: str) -> str:
+    return dest_dsn
 
 
 @pytest.fixture

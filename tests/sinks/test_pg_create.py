@@ -3,14 +3,12 @@ without a schema block, each ending with the destination equal to the source (3 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 import yaml
 
-from helpers import run_cli, scratch_database, wait_until
+from helpers import run_cli, wait_until
 from pipeline_support import capture_settings, running_capture, running_sink, wait_same_rows
 
 SOURCE_DDL = """
@@ -22,12 +20,6 @@ CREATE TABLE shop.items (
 );
 CREATE TABLE shop.notes (id bigint PRIMARY KEY, body text);
 """
-
-
-@pytest.fixture
-def dest_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dest") as dsn:
-        yield dsn
 
 
 def _exists(dsn: str, table: str) -> bool:

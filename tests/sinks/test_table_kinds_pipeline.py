@@ -12,7 +12,6 @@ PostgreSQL sink, in both capture modes, each destination table compared with its
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 
 from capture_support import RunningCapture, make_settings
-from helpers import consume_all, json_or_none, scratch_database, wait_until
+from helpers import consume_all, json_or_none, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.capture.trigger import TriggerCapture, install_trigger_capture
 from walbridge.config import Settings, load_settings
@@ -89,11 +88,10 @@ def same(source: str, dest: str) -> bool:
 
 
 @pytest.fixture
-def dest_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dest") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(DEST_SCHEMA)
-        yield dsn
+def dest_dsn(dest_dsn: str) -> str:
+    with psycopg.connect(dest_dsn, autocommit=True) as conn:
+        conn.execute(DEST_SCHEMA)
+    return dest_dsn
 
 
 def sink_runner(bootstrap: str, prefix: str, dest: str) -> tuple[SinkRunner, Settings]:

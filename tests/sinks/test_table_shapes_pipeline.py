@@ -15,15 +15,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import consume_all, scratch_database, with_dbname
+from helpers import consume_all, with_dbname
 from pipeline_support import MODES, capture_settings, running_capture, running_sink, wait_same_rows
 from walbridge.devstack import drop_database
-
-
-@pytest.fixture
-def dest_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dst") as dsn:
-        yield dsn
 
 
 def execute(dsn: str, *statements: str) -> None:

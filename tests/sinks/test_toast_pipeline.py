@@ -7,7 +7,6 @@ With FULL, capture takes them from the old row; trigger mode always sees whole r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +16,7 @@ import orjson
 import psycopg
 import pytest
 
-from helpers import consume_all, scratch_database, wait_until
+from helpers import consume_all, wait_until
 from pipeline_support import capture_settings, running_capture, running_sink, table_rows, wait_same_rows
 from walbridge.sinks.dlq import read_dlq
 from walbridge.unavailable import is_unavailable, placeholder_for
@@ -87,11 +86,10 @@ def prepare_source(dsn: str, identity_full: bool) -> None:
 
 
 @pytest.fixture
-def dest_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with scratch_database(pg_admin_dsn, "dst") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(DDL)
-        yield dsn
+def dest_dsn(dest_dsn: str) -> str:
+    with psycopg.connect(dest_dsn, autocommit=True) as conn:
+        conn.execute(DDL)
+    return dest_dsn
 
 
 def changes(dsn: str, key_change: bool) -> None:
