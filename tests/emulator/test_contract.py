@@ -664,6 +664,10 @@ def _two_events(tmp_path: Path) -> Path:
     other = source.parent / "Other_Data__e"
     shutil.copytree(source, other)
     (other / f"{EVENT}.object-meta.xml").rename(other / "Other_Data__e.object-meta.xml")
+    [permissions] = root.rglob("permissionsets/*.permissionset-meta.xml")
+    text = permissions.read_text()
+    grant = text[text.index("<objectPermissions>") : text.index("</objectPermissions>") + 20]
+    permissions.write_text(text.replace(grant, grant + grant.replace(EVENT, "Other_Data__e")))
     return root
 
 
@@ -707,3 +711,45 @@ def test_metadata_with_a_text_field_over_255_is_refused(tmp_path: Path) -> None:
     field.write_text(field.read_text().replace("<length>255</length>", "<length>300</length>"))
     with pytest.raises(ConfigError, match="a Text field's length must be 1 to 255 \\(found 300\\)"):
         load_definitions(root)
+
+
+def _with_permissions(tmp_path: Path, read: bool, create: bool) -> Path:
+    """The project's metadata with the publisher permission set changed to these grants."""
+    root = tmp_path / "metadata"
+    shutil.copytree(default_metadata_dir(), root)
+    [permissions] = root.rglob("permissionsets/*.permissionset-meta.xml")
+    text = permissions.read_text()
+    text = text.replace(
+        "<allowCreate>true</allowCreate>", f"<allowCreate>{str(create).lower()}</allowCreate>"
+    )
+    text = text.replace("<allowRead>true</allowRead>", f"<allowRead>{str(read).lower()}</allowRead>")
+    permissions.write_text(text)
+    return root
+
+
+def test_a_user_without_create_cannot_publish(tmp_path: Path) -> None:
+    emulator = _start(metadata_dir=_with_permissions(tmp_path, read=True, create=False))
+    try:
+        with httpx.Client(base_url=emulator.url, timeout=10) as http:
+            headers = auth(http)
+            assert http.get(f"{V}/sobjects/{EVENT}/describe", headers=headers).status_code == 200
+            single = http.post(f"{V}/sobjects/{EVENT}/", json=record(), headers=headers)
+            assert single.status_code == 400
+            assert single.json()[0]["errorCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+            many = http.post(f"{V}/composite/sobjects", json=collection([record()] * 3), headers=headers)
+            assert (
+                many.status_code == 400 and many.json()[0]["errorCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+            )
+            assert events(http) == []
+    finally:
+        emulator.stop()
+
+
+def test_a_user_without_read_does_not_see_the_event(tmp_path: Path) -> None:
+    emulator = _start(metadata_dir=_with_permissions(tmp_path, read=False, create=True))
+    try:
+        with httpx.Client(base_url=emulator.url, timeout=10) as http:
+            answer = http.get(f"{V}/sobjects/{EVENT}/describe", headers=auth(http))
+            assert answer.status_code == 404 and answer.json()[0]["errorCode"] == "NOT_FOUND"
+    finally:
+        emulator.stop()

@@ -20,9 +20,11 @@ from walbridge.errors import ConfigError
 __all__ = [
     "METADATA_ENV",
     "SYSTEM_FIELDS",
+    "Access",
     "EventDefinition",
     "FieldDefinition",
     "default_metadata_dir",
+    "load_access",
     "load_definitions",
 ]
 
@@ -96,6 +98,34 @@ def load_definitions(source: Path | str | None = None) -> dict[str, EventDefinit
     if not events:
         raise ConfigError(f"no platform event (objects/*__e) under {root}")
     return events
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the integration user may do with an event object (Read: see it at all; Create: publish)."""
+
+    read: bool = False
+    create: bool = False
+
+
+def load_access(source: Path | str | None = None) -> dict[str, Access] | None:
+    """``{event api name (lower case): Access}`` granted by the permission sets under ``source`` (the
+    emulator's integration user holds all of them), or None when the metadata has no permission set (then
+    nothing is enforced)."""
+    root = Path(source) if source is not None else default_metadata_dir()
+    files = sorted(root.rglob("permissionsets/*.permissionset-meta.xml"))
+    if not files:
+        return None
+    access: dict[str, Access] = {}
+    for path in files:
+        for grant in _parse(path).iter(_NS + "objectPermissions"):
+            name = (_text(grant, "object") or "").lower()
+            old = access.get(name, Access())
+            access[name] = Access(
+                old.read or _text(grant, "allowRead") == "true",
+                old.create or _text(grant, "allowCreate") == "true",
+            )
+    return access
 
 
 def _load_event(object_dir: Path) -> EventDefinition:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from walbridge.emulator.limits import RollingCounter
-from walbridge.emulator.metadata import EventDefinition
+from walbridge.emulator.metadata import Access, EventDefinition
 from walbridge.emulator.store import EventStore
 from walbridge.emulator.validation import RecordError, RequestError, check_record
 
@@ -113,11 +113,19 @@ class DataApi:
         self.api_usage = api_usage
         self.publish_allocation = publish_allocation
         self.enqueued_info = enqueued_info
+        self.access: dict[str, Access] | None = None
+        """Permission-set grants of the integration user (``load_access``); None: everything allowed."""
         self._record_faults: tuple[frozenset[int], int] = (frozenset(), 0)
         self._faults_lock = threading.Lock()
 
     def definition(self, name: str) -> EventDefinition | None:
+        """The event the session can see: an object without Read access is invisible (404/INVALID_TYPE)."""
+        if self.access is not None and not self.access.get(name.lower(), Access()).read:
+            return None
         return self._definitions.get(name.lower())
+
+    def may_create(self, definition: EventDefinition) -> bool:
+        return self.access is None or self.access.get(definition.name.lower(), Access()).create
 
     def fail_records(self, positions: frozenset[int], calls: int) -> None:
         """The next ``calls`` collection calls fail the records at ``positions`` (0-based) with
@@ -138,6 +146,8 @@ class DataApi:
         self._definitions = {name.lower(): d for name, d in definitions.items()}
 
     def publish_one(self, definition: EventDefinition, raw: bytes, user_id: str) -> Reply:
+        if not self.may_create(definition):
+            return error_reply(_no_create(definition))
         try:
             body = parse_json(raw)
             if not isinstance(body, dict):
@@ -222,6 +232,8 @@ class DataApi:
                 "object, be sure to append the '__c' after the entity name. Please reference your WSDL or "
                 "the describe call for the appropriate names.",
             )
+        if not self.may_create(definition):
+            raise _no_create(definition)
         fields = {k: v for k, v in record.items() if k != "attributes"}
         if any(k.lower() == "id" for k in fields):
             return definition, {}, [RecordError("INVALID_FIELD", "cannot specify Id in an insert call")]
@@ -252,6 +264,15 @@ class DataApi:
         if self.enqueued_info:
             errors.append({"statusCode": "OPERATION_ENQUEUED", "message": event["EventUuid"], "fields": []})
         return {"id": self.store.publish_id(), "success": True, "errors": errors}
+
+
+def _no_create(definition: EventDefinition) -> RequestError:
+    """A session whose permission sets grant Read but not Create on the event."""
+    return RequestError(
+        400,
+        "INSUFFICIENT_ACCESS_OR_READONLY",
+        f"insufficient access rights on object {definition.name}: the user lacks the Create permission",
+    )
 
 
 def _type_chunks(checked: list[tuple[EventDefinition, dict[str, Any], list[RecordError]]]) -> int:

@@ -37,7 +37,7 @@ from walbridge.emulator.auth import Authenticator, ConnectedApp, Session
 from walbridge.emulator.describe import describe_event, object_info
 from walbridge.emulator.handler import HandlerEmulation, subscriber_batch_size
 from walbridge.emulator.limits import FaultPlan, RollingCounter
-from walbridge.emulator.metadata import default_metadata_dir, load_definitions
+from walbridge.emulator.metadata import default_metadata_dir, load_access, load_definitions
 from walbridge.emulator.rest import DataApi, Reply, not_found, supported_version, versions
 from walbridge.emulator.store import EventStore
 
@@ -70,6 +70,8 @@ class EmulatorConfig:
     daily_api_limit: int = 100_000
     enqueued_info: bool = True
     handler: bool = False
+    enforce_permissions: bool = True
+    """Grant the integration user only what the project's permission sets grant (Read, Create per event)."""
     handler_log_successes: bool = False
 
 
@@ -97,6 +99,7 @@ class _State:
                 log_successes=config.handler_log_successes,
             )
             self.store.on_append(self.handler.notify)
+        self.api.access = load_access(config.metadata_dir) if config.enforce_permissions else None
         self.faults = FaultPlan(config.unavailable_rate, config.request_limit_rate, config.seed)
         self.calls = 0
         self.by_status: collections.Counter[int] = collections.Counter()
@@ -295,6 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
             return Reply(200, {"positions": sorted(positions)})
         if path == "/emulator/reload-metadata" and method == "POST":
             state.api.replace_definitions(load_definitions(state.config.metadata_dir))
+            if state.config.enforce_permissions:
+                state.api.access = load_access(state.config.metadata_dir)
             return Reply(200, {"reloaded": True})
         if path == "/emulator/expire-sessions" and method == "POST":
             state.auth.expire_all()

@@ -349,3 +349,28 @@ def test_a_truncate_is_published_once(kafka_bootstrap: str, topic_prefix: str, e
         pipe.stop_all()
     ops = Counter(e["fields"]["Operation__c"] for e in stored)
     assert ops == {"INSERT": 15, "TRUNCATE": 1}
+
+
+def test_integration_user_without_create_stops_the_sink_with_one_line(
+    kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Path
+) -> None:
+    from walbridge.emulator.metadata import default_metadata_dir
+
+    metadata = tmp_path / "metadata"
+    shutil.copytree(default_metadata_dir(), metadata)
+    [permissions] = metadata.rglob("permissionsets/*.permissionset-meta.xml")
+    permissions.write_text(
+        permissions.read_text().replace("<allowCreate>true</allowCreate>", "<allowCreate>false</allowCreate>")
+    )
+    server = emulator(metadata_dir=metadata)
+    pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, linger_ms=200)
+    pipe.send(*(change("c", customer(i)) for i in range(20)))
+    pipe.start()
+    try:
+        wait_until(lambda: pipe.errors, 60)
+    finally:
+        with pytest.raises(ConfigError) as info:
+            pipe.stop_all()
+    assert "INSUFFICIENT_ACCESS_OR_READONLY" in str(info.value)
+    assert "check the integration user's access to PostgreSQL_Data__e" in str(info.value)
+    assert stored_events(server) == []
