@@ -12,14 +12,14 @@ merge order is the same whatever the databases' collations.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from walbridge.errors import ConfigError, WalbridgeError
-from walbridge.sinks.pg_types import read_table
+from walbridge.sinks.pg_types import TableInfo, read_table
 from walbridge.sinks.postgres import map_pg_error
 
 __all__ = ["TableDiff", "compare_tables", "verify_tables"]
@@ -77,6 +77,16 @@ def _stream(
             yield tuple(row[:-1]), row[-1]
 
 
+def _keyed_like_events(conn: psycopg.Connection[Any], table: str, info: TableInfo) -> TableInfo:
+    """A table without a primary key, keyed as capture keys its events (the replica identity index)."""
+    from walbridge.capture.catalog import resolve_tables
+
+    [relation] = resolve_tables(conn, [table])
+    if not relation.key_columns:
+        raise ConfigError(f"source table {table} has no primary key or replica identity index to compare by")
+    return replace(info, key=relation.key_columns)
+
+
 def compare_tables(
     source: psycopg.Connection[Any],
     destination: psycopg.Connection[Any],
@@ -94,7 +104,7 @@ def compare_tables(
     if src_info is None or dst_info is None:
         raise ConfigError(f"table {source_table if src_info is None else destination_table} does not exist")
     if not src_info.key:
-        raise ConfigError(f"source table {source_table} has no primary key to compare by")
+        src_info = _keyed_like_events(source, source_table, src_info)
     columns = [c for c in src_info.columns if c in dst_info.columns]
     text_keys = {k for k in src_info.key if src_info.columns[k].type in _TEXT_TYPES}
     left = _stream(source, _split(source_table), src_info.key, columns, text_keys, chunk_rows)

@@ -94,9 +94,13 @@ def source_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
 
 
 def table_rows(conn: psycopg.Connection[Any], table: str, columns: list[str]) -> list[tuple[str | None, ...]]:
-    """Every row of ``table`` as the text of ``columns``, sorted (nulls first in each column)."""
+    """Every row of ``table`` as the text of ``columns``, sorted (nulls first in each column).
+
+    Each value is its type's output text (what COPY, pgoutput and every client read): for ``xml`` that
+    leaves out a default ``<?xml version="1.0"?>`` declaration, which a ``::text`` cast would keep."""
+    rendered = "CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}) END"
     query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+        sql.SQL(", ").join(sql.SQL(rendered).format(c=sql.Identifier(c)) for c in columns),
         sql.Identifier(*_split(table)),
     )
     rows = conn.execute(query).fetchall()
