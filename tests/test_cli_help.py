@@ -6,9 +6,17 @@ import re
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
-from helpers import run_cli
 from walbridge.cli import app
+
+RUNNER = CliRunner()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``walbridge ARGS`` in this process (help needs no subprocess)."""
+    result = RUNNER.invoke(app, list(args), env=env, terminal_width=200)
+    return result.exit_code, result.stdout, ""
 
 
 def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
