@@ -13,6 +13,12 @@ from walbridge.cli import app
 RUNNER = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _keep_test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root callback configures this process's logging: not pytest's, here."""
+    monkeypatch.setattr("walbridge.cli.configure_logging", lambda *args: None)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """``walbridge ARGS`` in this process (help needs no subprocess)."""
     result = RUNNER.invoke(app, list(args), env=env, terminal_width=200)
