@@ -81,7 +81,8 @@ def test_unreachable_broker_is_a_few_json_lines(tmp_path: Path, pg_dsn: str) -> 
     runner = [r for r in records if r["logger"] == "walbridge.sinks.runner"]
     runner_warnings = [r for r in runner if r["level"] == "warning"]
     assert len(runner_warnings) == 1, runner_warnings
-    assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+    assert all({"ts", "level", "logger", "stage", "message"} <= r.keys() for r in records)
+    assert {r["stage"] for r in runner} == {"sink"} and kafka_lines[0]["stage"] == "kafka"
 
 
 def test_no_secret_in_any_log_line(tmp_path: Path, kafka_bootstrap: str) -> None:

@@ -96,6 +96,15 @@ class ThrottleRepeats(logging.Filter):
         return True
 
 
+_STAGES = {"capture": "capture", "sinks": "sink", "kafka": "kafka", "emulator": "emulator"}
+
+
+def _stage(logger: str) -> str:
+    """The pipeline stage a walbridge logger belongs to (``walbridge.sinks.runner`` → ``sink``)."""
+    parts = logger.split(".")
+    return _STAGES.get(parts[1], parts[1]) if len(parts) > 1 and parts[0] == "walbridge" else logger
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -103,6 +112,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "stage": _stage(record.name),
             "message": record.getMessage(),
         }
         for name in CONTEXT_FIELDS:
