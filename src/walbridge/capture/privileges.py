@@ -17,6 +17,7 @@ from psycopg import sql
 
 from walbridge.capture import state
 from walbridge.capture.catalog import Problem, RelationInfo
+from walbridge.capture.slot import other_users, publication_tables
 from walbridge.config import SourceSettings
 
 __all__ = ["owner_sql", "setup_problems"]
@@ -39,15 +40,7 @@ def _publication(conn: psycopg.Connection[Any], name: str) -> tuple[bool, set[tu
     row = conn.execute(
         "SELECT pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = %s", (name,)
     ).fetchone()
-    if row is None:
-        return None
-    tables = {
-        (str(s), str(t))
-        for s, t in conn.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,)
-        )
-    }
-    return bool(row[0]), tables
+    return None if row is None else (bool(row[0]), publication_tables(conn, name))
 
 
 _IDENTITY_SQL = """
@@ -135,8 +128,6 @@ def setup_problems(
 
 def teardown_problems(conn: psycopg.Connection[Any], src: SourceSettings) -> list[Problem]:
     """What ``teardown`` would need an owner for; checked before anything is dropped."""
-    from walbridge.capture.slot import other_users
-
     publication = _publication(conn, src.publication)
     if publication is None or publication[0]:
         return []
