@@ -208,31 +208,51 @@ def test_truncates_with_two_sink_processes(
         assert "Traceback" not in text, text[-3000:]
 
 
+class HandFed:
+    """Topic ``public.t`` (3 partitions) fed by hand: rows and truncate copies into chosen partitions,
+    as a capture would write them, for the sink tests that stop between the copies."""
+
+    def __init__(self, pg_dsn: str, bootstrap: str, prefix: str, lsn: int) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(DDL)
+        self.settings = load_settings(**sink_config(bootstrap, prefix, pg_dsn))
+        self.sink_settings = self.settings.sink("postgres")
+        self.topic = f"{prefix}.public.t"
+        ensure_topics(make_admin(self.settings.kafka), [f"{prefix}.{t}" for t in TABLES], 3, 1)
+        self.encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=prefix))
+        self.producer = make_producer(self.settings.kafka)
+        self.source = Source("postgresql", prefix, "db", "public", "t", 1, lsn=lsn)
+        self.truncate = self.encoder.encode(ChangeEvent("t", self.source, None, None, None, 1))[0]
+
+    def row(self, partition: int, ident: int, value: str) -> None:
+        event = ChangeEvent("c", self.source, {"id": ident}, None, {"id": ident, "v": value}, 1)
+        record = self.encoder.encode(event)[0]
+        self.producer.produce(self.topic, record.value, record.key, partition=partition)
+
+    def copies(self, partitions: list[int], sent: int = 0) -> None:
+        """One set of the truncate's copies (``sent`` tells sets apart), into ``partitions`` only."""
+        headers = barrier_headers(Barrier(barrier_id(self.source), 3, sent))
+        for partition in partitions:
+            self.producer.produce(self.topic, self.truncate.value, None, partition=partition, headers=headers)
+
+
 def test_partitions_waiting_at_a_truncate_survive_a_restart(
     pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
     """Two partitions reach the truncate, the sink stops, the third arrives later: the new sink starts
     the two paused (the state is in the destination) and applies the truncate once the third arrives;
     rows after the truncate in the paused partitions survive it, rows before it do not."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(DDL)
-    settings = load_settings(**sink_config(kafka_bootstrap, topic_prefix, pg_dsn))
-    sink_settings = settings.sink("postgres")
-    topic = f"{topic_prefix}.public.t"
-    ensure_topics(make_admin(settings.kafka), [f"{topic_prefix}.{t}" for t in TABLES], 3, 1)
-    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=topic_prefix))
-    producer = make_producer(settings.kafka)
-    source = Source("postgresql", topic_prefix, "db", "public", "t", 1, lsn=4242)
-    truncate = encoder.encode(ChangeEvent("t", source, None, None, None, 1))[0]
-
-    def row(partition: int, ident: int, value: str) -> None:
-        event = ChangeEvent("c", source, {"id": ident}, None, {"id": ident, "v": value}, 1)
-        record = encoder.encode(event)[0]
-        producer.produce(topic, record.value, record.key, partition=partition)
+    feed = HandFed(pg_dsn, kafka_bootstrap, topic_prefix, lsn=4242)
+    settings, sink_settings, topic, producer, row = (
+        feed.settings,
+        feed.sink_settings,
+        feed.topic,
+        feed.producer,
+        feed.row,
+    )
 
     def copy(partition: int) -> None:
-        headers = barrier_headers(Barrier(barrier_id(source), 3))
-        producer.produce(topic, truncate.value, None, partition=partition, headers=headers)
+        feed.copies([partition])
 
     for partition in range(3):
         row(partition, 10 + partition, "before")
@@ -287,26 +307,11 @@ def test_a_truncate_sent_again_after_a_partial_send(
     """At-least-once capture: the first set of copies reached two partitions only, then capture sent the
     truncate again with the rows around it. The first set is abandoned, the second applied: the rows
     sent again before the truncate are removed, those after it stay, and no partition waits forever."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(DDL)
-    settings = load_settings(**sink_config(kafka_bootstrap, topic_prefix, pg_dsn))
-    sink_settings = settings.sink("postgres")
-    topic = f"{topic_prefix}.public.t"
-    ensure_topics(make_admin(settings.kafka), [f"{topic_prefix}.{t}" for t in TABLES], 3, 1)
-    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix=topic_prefix))
-    producer = make_producer(settings.kafka)
-    source = Source("postgresql", topic_prefix, "db", "public", "t", 1, lsn=777)
-    truncate = encoder.encode(ChangeEvent("t", source, None, None, None, 1))[0]
-
-    def row(partition: int, ident: int, value: str) -> None:
-        event = ChangeEvent("c", source, {"id": ident}, None, {"id": ident, "v": value}, 1)
-        record = encoder.encode(event)[0]
-        producer.produce(topic, record.value, record.key, partition=partition)
+    feed = HandFed(pg_dsn, kafka_bootstrap, topic_prefix, lsn=777)
+    settings, sink_settings, producer, row = feed.settings, feed.sink_settings, feed.producer, feed.row
 
     def copies(sent: int, partitions: list[int]) -> None:
-        headers = barrier_headers(Barrier(barrier_id(source), 3, sent))
-        for partition in partitions:
-            producer.produce(topic, truncate.value, None, partition=partition, headers=headers)
+        feed.copies(partitions, sent)
 
     for partition in range(3):  # first send: the copy for partition 2 was lost
         row(partition, partition, "before")
