@@ -15,12 +15,19 @@ import orjson
 import typer
 
 from walbridge.emulator.auth import ConnectedApp
-from walbridge.emulator.server import DEFAULT_APP, DEFAULT_PORT, DEFAULT_URL, EmulatorConfig, EmulatorServer
+from walbridge.emulator.server import (
+    DEFAULT_APP,
+    DEFAULT_PORT,
+    DEFAULT_PUBSUB_PORT,
+    DEFAULT_URL,
+    EmulatorConfig,
+    EmulatorServer,
+)
 
 __all__ = ["emulator_app"]
 
 emulator_app = typer.Typer(
-    help="Salesforce API emulator (OAuth + Platform Event REST API).", no_args_is_help=True
+    help="Salesforce API emulator (OAuth, Platform Event REST API, Pub/Sub API).", no_args_is_help=True
 )
 
 
@@ -50,6 +57,9 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
     hourly_publish_limit: Annotated[int, typer.Option(help="Events per rolling hour.")] = 250_000,
     daily_api_limit: Annotated[int, typer.Option(help="API calls per rolling 24 h.")] = 100_000,
+    pubsub_port: Annotated[
+        int, typer.Option(help="Port of the Pub/Sub API (gRPC); 0 picks a free one, -1 serves none.")
+    ] = DEFAULT_PUBSUB_PORT,
     emulate_handler: Annotated[
         bool,
         typer.Option(help="Apply events as the deployed Apex handler would (GET /emulator/records)."),
@@ -73,9 +83,11 @@ def run(
         hourly_publish_limit=hourly_publish_limit,
         daily_api_limit=daily_api_limit,
         handler=emulate_handler,
+        pubsub_port=None if pubsub_port < 0 else pubsub_port,
     )
     server = EmulatorServer(config, host=host, port=port)
-    typer.echo(f"Salesforce emulator on {server.url} (client_id={client_id})")
+    pubsub = f", Pub/Sub API on {server.pubsub_url}" if server.pubsub_url else ""
+    typer.echo(f"Salesforce emulator on {server.url}{pubsub} (client_id={client_id})")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -12,6 +12,8 @@ latency): ``GET /emulator/events?after=&limit=&type=``, ``POST /emulator/reset``
 ``POST /emulator/expire-sessions``, ``POST /emulator/reload-metadata`` (re-read the SFDX metadata: a deploy),
 ``POST /emulator/record-faults?positions=1,5&calls=N`` (the next N collection calls fail the records at those
 positions with ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE`` and publish the rest, as Salesforce may).
+With ``EmulatorConfig(pubsub_port=N)`` the Pub/Sub API (gRPC, ``pubsub.py``) is served on its own port from
+the same process and org (``pubsub_url``); ``/emulator/stats`` counts its requests as ``pubsub_requests``.
 With ``EmulatorConfig(handler=True)`` the deployed Apex handler's contract is emulated (``handler.py``):
 ``GET /emulator/records?sobject=Account|Contact|Integration_Log__c[&deleted=1]`` reads what it wrote.
 """
@@ -46,6 +48,8 @@ __all__ = ["DEFAULT_APP", "EmulatorConfig", "EmulatorServer"]
 DEFAULT_PORT = 8443
 """Where ``walbridge sf-emulator run`` listens unless told otherwise."""
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_PUBSUB_PORT = 7443
+"""Where ``walbridge sf-emulator run`` serves the Pub/Sub API (Salesforce's own port)."""
 DEFAULT_APP = ConnectedApp(
     "walbridge-emulator", "walbridge-emulator-secret", run_as="integration@walbridge.example"
 )
@@ -73,6 +77,10 @@ class EmulatorConfig:
     enforce_permissions: bool = True
     """Grant the integration user only what the project's permission sets grant (Read, Create per event)."""
     handler_log_successes: bool = False
+    pubsub_port: int | None = None
+    """Serve the Pub/Sub API (gRPC) on this port too (0: a free one); None: REST only."""
+    pubsub_keepalive_s: float = 270.0
+    """Idle Subscribe streams get an empty FetchResponse this often (Salesforce: within 270 s)."""
 
 
 class _State:
@@ -105,6 +113,8 @@ class _State:
         self.by_status: collections.Counter[int] = collections.Counter()
         self.lock = threading.Lock()
         self.cpu_start = time.process_time()
+        self.pubsub: Any = None
+        """The gRPC servicer (``walbridge.emulator.pubsub``) when the Pub/Sub API is served."""
 
     def count(self, status: int) -> None:
         with self.lock:
@@ -121,6 +131,7 @@ class _State:
             "events": len(self.store),
             "latest_replay_id": self.store.latest_replay_id(),
             "by_status": by_status,
+            "pubsub_requests": self.pubsub.requests if self.pubsub is not None else 0,
             "cpu_seconds": round(time.process_time() - self.cpu_start, 3),
         }
 
@@ -133,6 +144,8 @@ class _State:
         with self.lock:
             self.calls = 0
             self.by_status.clear()
+        if self.pubsub is not None:
+            self.pubsub.requests = 0
         self.cpu_start = time.process_time()
 
 
@@ -362,6 +375,25 @@ class EmulatorServer:
         self.state = _State(self.config, self.url)
         self._httpd.RequestHandlerClass = type("BoundHandler", (_Handler,), {"state": self.state})
         self._thread: threading.Thread | None = None
+        self.pubsub_url: str | None = None
+        """``http://host:port`` of the Pub/Sub API when ``config.pubsub_port`` is set."""
+        self._grpc: Any = None
+        if self.config.pubsub_port is not None:
+            self._start_pubsub(host, self.config.pubsub_port)
+
+    def _start_pubsub(self, host: str, port: int) -> None:
+        from walbridge.emulator.pubsub import PubSubEmulator, start_pubsub
+
+        state = self.state
+        state.pubsub = PubSubEmulator(
+            state.auth,
+            state.api,
+            state.store,
+            latency_ms=lambda: state.config.latency_ms,
+            keepalive_s=self.config.pubsub_keepalive_s,
+        )
+        self._grpc, bound = start_pubsub(state.pubsub, host, port)
+        self.pubsub_url = f"http://{host}:{bound}"
 
     def start(self) -> EmulatorServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="sf-emulator", daemon=True)
@@ -373,6 +405,9 @@ class EmulatorServer:
         self._httpd.serve_forever()
 
     def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=0.5).wait(5)
+            self.state.pubsub.stop()
         if self.state.handler is not None:
             self.state.handler.stop()
         self._httpd.shutdown()

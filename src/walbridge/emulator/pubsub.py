@@ -1,0 +1,471 @@
+"""The gRPC side of the emulator: Salesforce's Pub/Sub API over the same org as the REST API.
+
+Contract: :func:`start_pubsub` serves ``eventbus.v1.PubSub`` on its own port from the emulator's process,
+sharing its sessions, event definitions, permission sets, hourly publishing allocation, injected faults,
+latency and :class:`~walbridge.emulator.store.EventStore` (one stream, one replay-id sequence for gRPC and
+REST events). RPCs: ``GetTopic`` (``/event/<Name__e>``; ``can_publish`` from the Create permission),
+``GetSchema`` (the Avro schema generated from the SFDX metadata; every schema id ever served stays readable),
+``Publish``, ``PublishStream`` (requests processed concurrently, one response per request, results carry
+``correlation_key`` = the event's id; a later request naming another topic → ``INVALID_ARGUMENT``; a stream
+without a request for ``stream_idle_s`` is closed) and ``Subscribe`` (LATEST / EARLIEST / CUSTOM,
+``num_requested`` capped at 100 outstanding, an empty ``FetchResponse`` with ``latest_replay_id`` after
+``keepalive_s`` idle; an unknown CUSTOM replay id → ``INVALID_ARGUMENT`` + ``...replayid.corrupted``).
+
+What it enforces, as Salesforce does: missing or expired ``accesstoken`` / ``instanceurl`` / ``tenantid``
+metadata → ``UNAUTHENTICATED`` with trailer ``error-code: sfdc.platform.eventbus.grpc.service.auth.error``
+(also mid-stream, per request); a request over 4 MB → ``UNAVAILABLE``, nothing stored; an event over 1 MB, a
+payload that does not decode, an empty ``CreatedById`` or a field value Salesforce refuses → that event's
+``PublishResult.error`` (code ``PUBLISH``), the others are published; an event whose ``schema_id`` is not the
+topic's current one → ``INVALID_ARGUMENT`` for the request, nothing stored (an inference: see
+docs/salesforce.md). Required custom fields are not enforced (Pub/Sub publishes them as null).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import orjson
+
+from walbridge.emulator.auth import ORG_ID, Authenticator, Session
+from walbridge.emulator.metadata import EventDefinition
+from walbridge.emulator.rest import DataApi
+from walbridge.emulator.store import EventStore
+from walbridge.emulator.validation import RequestError, check_record
+from walbridge.pubsub_api import (
+    AUTH_ERROR,
+    ERROR_CODE_KEY,
+    MAX_EVENT_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_NUM_REQUESTED,
+    METADATA_ACCESS_TOKEN,
+    METADATA_INSTANCE_URL,
+    METADATA_TENANT_ID,
+    REPLAY_ID_CORRUPTED,
+    event_name,
+    pb2,
+    pb2_grpc,
+    replay_bytes,
+    replay_number,
+)
+from walbridge.pubsub_api.avro import AvroCodec, event_schema
+
+__all__ = ["PubSubEmulator", "start_pubsub"]
+
+_SERVER_MESSAGE_LIMIT = 4 * MAX_MESSAGE_BYTES
+"""gRPC's own limit is raised so that the emulator itself answers an oversized request as Salesforce does."""
+_POLL_S = 0.05
+_UNAVAILABLE = "PLATFORM_EVENT_PUBLISHING_UNAVAILABLE: publishing is temporarily unavailable"
+_HOURLY_LIMIT = "LIMIT_EXCEEDED: You have exceeded the hourly publishing limit for platform events"
+
+
+class _Abort(Exception):
+    """End the RPC with ``code`` (and Salesforce's error code as trailer)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, error_code: str | None = None) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.error_code = error_code
+
+    def apply(self, context: grpc.ServicerContext) -> None:
+        if self.error_code is not None:
+            context.set_trailing_metadata(((ERROR_CODE_KEY, self.error_code),))
+        context.abort(self.code, f"{self.details} rpcId: {uuid.uuid4()}")
+
+
+def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Unary handlers: an ``_Abort`` raised inside becomes the RPC's status."""
+
+    def wrapper(self: PubSubEmulator, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except _Abort as abort:
+            abort.apply(context)
+
+    return wrapper
+
+
+class PubSubEmulator(pb2_grpc.PubSubServicer):
+    """The servicer (see the module docstring)."""
+
+    def __init__(
+        self,
+        auth: Authenticator,
+        api: DataApi,
+        store: EventStore,
+        *,
+        latency_ms: Callable[[], float] = lambda: 0.0,
+        keepalive_s: float = 270.0,
+        stream_idle_s: float = 70.0,
+    ) -> None:
+        self.auth = auth
+        self.api = api
+        self.store = store
+        self.latency_ms = latency_ms
+        self.keepalive_s = keepalive_s
+        self.stream_idle_s = stream_idle_s
+        self.requests = 0
+        """RPC messages answered (unary calls + PublishStream requests)."""
+        self._codecs: dict[EventDefinition, AvroCodec] = {}
+        self._schemas: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(16, thread_name_prefix="sf-emulator-pubsub")
+
+    # ------------------------------------------------------------------ RPCs
+
+    @_rpc
+    def GetTopic(self, request: pb2.TopicRequest, context: grpc.ServicerContext) -> pb2.TopicInfo:
+        self._begin(context)
+        definition = self._definition(request.topic_name)
+        return pb2.TopicInfo(
+            topic_name=request.topic_name,
+            tenant_guid=ORG_ID,
+            can_publish=self.api.may_create(definition),
+            can_subscribe=True,
+            schema_id=self._codec(definition).id,
+            rpc_id=str(uuid.uuid4()),
+        )
+
+    @_rpc
+    def GetSchema(self, request: pb2.SchemaRequest, context: grpc.ServicerContext) -> pb2.SchemaInfo:
+        self._begin(context)
+        with self._lock:
+            schema_json = self._schemas.get(request.schema_id)
+        if schema_json is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"schema id {request.schema_id!r} not found")
+        return pb2.SchemaInfo(schema_json=schema_json, schema_id=request.schema_id, rpc_id=str(uuid.uuid4()))
+
+    @_rpc
+    def Publish(self, request: pb2.PublishRequest, context: grpc.ServicerContext) -> pb2.PublishResponse:
+        session = self._begin(context)
+        return self._publish(request, session)
+
+    def PublishStream(
+        self, requests: Iterator[pb2.PublishRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb2.PublishResponse]:
+        try:
+            self._session(context)
+        except _Abort as abort:
+            abort.apply(context)
+        answers: queue.Queue[pb2.PublishResponse | _Abort | None] = queue.Queue()
+        threading.Thread(
+            target=self._read_publishes, args=(requests, context, answers), daemon=True
+        ).start()
+        while True:
+            try:
+                answer = answers.get(timeout=self.stream_idle_s)
+            except queue.Empty:
+                return  # Salesforce closes a stream without a publish request for 70 s
+            if answer is None:
+                return
+            if isinstance(answer, _Abort):
+                answer.apply(context)
+                return
+            yield answer
+
+    def Subscribe(
+        self, requests: Iterator[pb2.FetchRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb2.FetchResponse]:
+        try:
+            self._session(context)
+            first = next(requests, None)
+            if first is None:
+                return
+            definition = self._definition(first.topic_name)
+            position = self._start(first)
+        except _Abort as abort:
+            abort.apply(context)
+            return
+        flow = _Flow(min(first.num_requested, MAX_NUM_REQUESTED))
+        threading.Thread(target=flow.read, args=(requests,), daemon=True).start()
+        yield from self._deliver(definition, position, flow, context)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _read_publishes(
+        self,
+        requests: Iterator[pb2.PublishRequest],
+        context: grpc.ServicerContext,
+        answers: queue.Queue[pb2.PublishResponse | _Abort | None],
+    ) -> None:
+        topic: str | None = None
+        in_flight = _Countdown(lambda: answers.put(None))
+        try:
+            for request in requests:
+                if topic is None:
+                    topic = request.topic_name
+                elif request.topic_name and request.topic_name != topic:
+                    answers.put(
+                        _Abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"topic {request.topic_name!r} differs from the stream's topic {topic!r}",
+                        )
+                    )
+                    return
+                in_flight.add()
+                self._workers.submit(self._answer, request, context, answers, in_flight)
+        except grpc.RpcError:
+            pass  # the client went away
+        finally:
+            in_flight.close()
+
+    def _answer(
+        self,
+        request: pb2.PublishRequest,
+        context: grpc.ServicerContext,
+        answers: queue.Queue[pb2.PublishResponse | _Abort | None],
+        in_flight: _Countdown,
+    ) -> None:
+        try:
+            answers.put(self._publish(request, self._begin(context)))
+        except _Abort as abort:
+            answers.put(abort)
+        finally:
+            in_flight.done()
+
+    def _publish(self, request: pb2.PublishRequest, session: Session) -> pb2.PublishResponse:
+        if request.ByteSize() > MAX_MESSAGE_BYTES:
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            )
+        definition = self._definition(request.topic_name)
+        if not self.api.may_create(definition):
+            raise _Abort(grpc.StatusCode.PERMISSION_DENIED, f"no Create permission on {definition.name}")
+        codec = self._codec(definition)
+        stale = next((e.schema_id for e in request.events if e.schema_id != codec.id), None)
+        if stale is not None:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"schema id {stale!r} is not the current schema {codec.id!r} of {request.topic_name}",
+            )
+        faults = self.api._draw_record_faults()
+        checked = [self._check_event(definition, codec, event) for event in request.events]
+        errors = [error for error, _ in checked]
+        for position in faults:
+            if position < len(errors) and errors[position] is None:
+                errors[position] = _UNAVAILABLE
+        good = [i for i, error in enumerate(errors) if error is None]
+        if good and not self.api.publish_allocation.try_take(len(good)):
+            for i in good:
+                errors[i] = _HOURLY_LIMIT
+            good = []
+        items = [(definition.name, _custom_fields(checked[i][1])) for i in good]
+        stored = iter(self.store.append_many(items, session.user_id)) if items else iter(())
+        results = []
+        for event, error in zip(request.events, errors, strict=True):
+            if error is None:
+                replay = replay_bytes(int(next(stored)["ReplayId"]))
+                results.append(pb2.PublishResult(replay_id=replay, correlation_key=event.id))
+            else:
+                failure = pb2.Error(code=pb2.ErrorCode.PUBLISH, msg=error)
+                results.append(pb2.PublishResult(error=failure, correlation_key=event.id))
+        return pb2.PublishResponse(results=results, schema_id=codec.id, rpc_id=str(uuid.uuid4()))
+
+    @staticmethod
+    def _check_event(
+        definition: EventDefinition, codec: AvroCodec, event: pb2.ProducerEvent
+    ) -> tuple[str | None, dict[str, Any]]:
+        """``(error, decoded record)``: the error is None when the event can be published."""
+        if len(event.payload) > MAX_EVENT_BYTES:
+            return f"event of {len(event.payload):,} bytes exceeds the maximum event size of 1 MB", {}
+        try:
+            record = codec.decode(event.payload)
+        except (ValueError, TypeError, EOFError, IndexError, UnicodeDecodeError) as exc:
+            return f"payload does not decode with schema {codec.id}: {type(exc).__name__}", {}
+        if not record.get("CreatedById") or not record.get("CreatedDate"):
+            return "required fields are missing: [CreatedDate, CreatedById]", record
+        try:
+            _, problems = check_record(definition, _custom_fields(record))
+        except RequestError as exc:
+            return f"{exc.error_code}: {exc.message}", record
+        problems = [p for p in problems if p.status_code != "REQUIRED_FIELD_MISSING"]
+        return (f"{problems[0].status_code}: {problems[0].message}" if problems else None), record
+
+    # ------------------------------------------------------------------ subscribing
+
+    def _start(self, first: pb2.FetchRequest) -> int:
+        latest = self.store.latest_replay_id()
+        if first.replay_preset == pb2.ReplayPreset.EARLIEST:
+            return 0
+        if first.replay_preset != pb2.ReplayPreset.CUSTOM:
+            return latest
+        number = replay_number(first.replay_id)
+        if number is None or not 0 < number <= latest:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "The Replay ID validation failed: the replay id is corrupted or outside the retention window",
+                REPLAY_ID_CORRUPTED,
+            )
+        return number
+
+    def _deliver(
+        self, definition: EventDefinition, position: int, flow: _Flow, context: grpc.ServicerContext
+    ) -> Iterator[pb2.FetchResponse]:
+        last_sent = time.monotonic()
+        while context.is_active():
+            wanted = flow.outstanding()
+            events = self.store.after(position, wanted, definition.name) if wanted else []
+            if events:
+                codec = self._codec(definition)
+                consumer = [self._consumer_event(codec, event) for event in events]
+                position = int(events[-1]["ReplayId"])
+                left = flow.take(len(events))
+                yield pb2.FetchResponse(
+                    events=consumer,
+                    latest_replay_id=replay_bytes(position),
+                    rpc_id=str(uuid.uuid4()),
+                    pending_num_requested=left,
+                )
+                last_sent = time.monotonic()
+                continue
+            if time.monotonic() - last_sent >= self.keepalive_s:
+                yield pb2.FetchResponse(
+                    latest_replay_id=replay_bytes(self.store.latest_replay_id()),
+                    rpc_id=str(uuid.uuid4()),
+                    pending_num_requested=wanted,
+                )
+                last_sent = time.monotonic()
+            flow.wait(_POLL_S)
+
+    @staticmethod
+    def _consumer_event(codec: AvroCodec, event: dict[str, Any]) -> pb2.ConsumerEvent:
+        values = {k: v for k, v in event["fields"].items() if codec.field_name(k) is not None}
+        payload = codec.encode(values, _created_ms(event["CreatedDate"]), event["CreatedById"])
+        producer = pb2.ProducerEvent(id=event["EventUuid"], schema_id=codec.id, payload=payload)
+        return pb2.ConsumerEvent(event=producer, replay_id=replay_bytes(int(event["ReplayId"])))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _begin(self, context: grpc.ServicerContext) -> Session:
+        """Authenticate, count and delay one request."""
+        session = self._session(context)
+        with self._lock:
+            self.requests += 1
+        latency = self.latency_ms()
+        if latency > 0:
+            time.sleep(latency / 1000)
+        return session
+
+    def _session(self, context: grpc.ServicerContext) -> Session:
+        metadata = dict(context.invocation_metadata())
+        token = metadata.get(METADATA_ACCESS_TOKEN)
+        session = self.auth.session(str(token) if token else None)
+        if (
+            session is None
+            or not metadata.get(METADATA_INSTANCE_URL)
+            or metadata.get(METADATA_TENANT_ID) not in (ORG_ID, ORG_ID[:15])
+        ):
+            raise _Abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "authentication failed: accesstoken, instanceurl and tenantid must name a live session",
+                AUTH_ERROR,
+            )
+        return session
+
+    def _definition(self, topic: str) -> EventDefinition:
+        name = event_name(topic)
+        definition = self.api.definition(name) if name else None
+        if definition is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic!r} not found")
+        return definition
+
+    def _codec(self, definition: EventDefinition) -> AvroCodec:
+        with self._lock:
+            codec = self._codecs.get(definition)
+            if codec is None:
+                schema = event_schema(definition.name, ((f.name, f.type) for f in definition.fields))
+                codec = AvroCodec(orjson.dumps(schema).decode())
+                self._codecs[definition] = codec
+                self._schemas[codec.id] = orjson.dumps(schema).decode()
+            return codec
+
+    def stop(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+
+class _Countdown:
+    """Calls ``on_zero`` once the reader is closed and every request it started is answered."""
+
+    def __init__(self, on_zero: Callable[[], None]) -> None:
+        self._count = 1
+        self._lock = threading.Lock()
+        self._on_zero = on_zero
+
+    def add(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def done(self) -> None:
+        with self._lock:
+            self._count -= 1
+            zero = self._count == 0
+        if zero:
+            self._on_zero()
+
+    close = done
+
+
+class _Flow:
+    """Subscribe flow control: events the client asked for and has not received, at most 100."""
+
+    def __init__(self, requested: int) -> None:
+        self._outstanding = max(0, requested)
+        self._changed = threading.Condition()
+
+    def read(self, requests: Iterator[pb2.FetchRequest]) -> None:
+        """Add each later request's ``num_requested``; a client that half-closes still gets events."""
+        try:
+            for request in requests:
+                with self._changed:
+                    more = self._outstanding + max(0, request.num_requested)
+                    self._outstanding = min(MAX_NUM_REQUESTED, more)
+                    self._changed.notify_all()
+        except grpc.RpcError:
+            pass
+
+    def outstanding(self) -> int:
+        with self._changed:
+            return self._outstanding
+
+    def take(self, count: int) -> int:
+        with self._changed:
+            self._outstanding -= count
+            return self._outstanding
+
+    def wait(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+
+def _custom_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The custom fields that have a value (as the REST API stores an event)."""
+    return {k: v for k, v in record.items() if v is not None and k not in ("CreatedDate", "CreatedById")}
+
+
+def _created_ms(text: str) -> int:
+    moment = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+    return int(moment.timestamp() * 1000)
+
+
+def start_pubsub(servicer: PubSubEmulator, host: str, port: int) -> tuple[grpc.Server, int]:
+    """Serve ``servicer`` on ``host:port`` (0: a free port); the server and the bound port."""
+    server = grpc.server(
+        ThreadPoolExecutor(64, thread_name_prefix="sf-emulator-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", _SERVER_MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", _SERVER_MESSAGE_LIMIT),
+        ],
+    )
+    pb2_grpc.add_PubSubServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    return server, bound

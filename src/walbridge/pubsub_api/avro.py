@@ -1,0 +1,135 @@
+"""Platform event fields as Avro, the way the Pub/Sub API carries them.
+
+Contract: :func:`event_schema` builds an event's Avro record schema from its fields' Salesforce types
+(``CreatedDate`` long epoch ms and ``CreatedById`` string first, then each custom field as a nullable union
+with ``"doc": "Data:<Type>"``); :func:`schema_id` is the schema's fingerprint (it changes whenever the
+definition does). :class:`AvroCodec` encodes and decodes one event's payload (Avro binary, no container
+header) and converts between the REST form of values (what the sink's mapping produces and the emulator
+stores: text, numbers, booleans, ISO dates) and the Avro form (DateTime as epoch ms, Date as days).
+Salesforce's published schemas: Text/LongTextArea → string, Number → double, Checkbox → boolean; the
+DateTime/Date encodings follow the system ``CreatedDate`` field (an inference, see docs/salesforce.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fastavro
+import orjson
+
+__all__ = ["AVRO_TYPES", "AvroCodec", "event_schema", "schema_id"]
+
+AVRO_TYPES = {
+    "Text": "string",
+    "LongTextArea": "string",
+    "Number": "double",
+    "Checkbox": "boolean",
+    "Date": "int",
+    "DateTime": "long",
+}
+"""Salesforce field type (metadata ``type``) → Avro type."""
+_NAMESPACE = "com.sforce.eventbus"
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def event_schema(name: str, fields: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The Avro record schema of event ``name`` with ``(field name, Salesforce type)`` custom fields."""
+    columns: list[dict[str, Any]] = [
+        {"name": "CreatedDate", "type": "long", "doc": "CreatedDate:DateTime"},
+        {"name": "CreatedById", "type": "string", "doc": "CreatedBy:EntityId"},
+    ]
+    for field_name, sf_type in fields:
+        avro_type = AVRO_TYPES[sf_type]
+        columns.append(
+            {"name": field_name, "type": ["null", avro_type], "doc": f"Data:{sf_type}", "default": None}
+        )
+    return {"name": name, "namespace": _NAMESPACE, "type": "record", "fields": columns}
+
+
+def schema_id(schema: Mapping[str, Any]) -> str:
+    """A 22-character fingerprint of the schema (base64url of 16 bytes of its SHA-256)."""
+    digest = hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+def _iso_ms(ms: int) -> str:
+    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _epoch_ms(text: str) -> int:
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+class AvroCodec:
+    """One schema's encoder/decoder (see the module docstring)."""
+
+    def __init__(self, schema_json: str) -> None:
+        self.raw: dict[str, Any] = orjson.loads(schema_json)
+        self.parsed = fastavro.parse_schema(self.raw)
+        self.id = schema_id(self.raw)
+        self.kinds: dict[str, str] = {}
+        """Custom field name → Salesforce type (from the ``Data:<Type>`` doc)."""
+        for column in self.raw.get("fields", []):
+            doc = str(column.get("doc", ""))
+            if doc.startswith("Data:"):
+                self.kinds[column["name"]] = doc[5:]
+        self._lower = {name.lower(): name for name in self.kinds}
+
+    def field_name(self, name: str) -> str | None:
+        """The schema's spelling of a custom field (any case), None when the schema lacks it."""
+        return self._lower.get(name.lower())
+
+    def encode(self, values: Mapping[str, Any], created_ms: int, created_by: str) -> bytes:
+        """Avro binary of one event; ``values`` in REST form keyed by field name (any case).
+        KeyError names a field the schema lacks; ValueError/TypeError a value Avro cannot carry."""
+        record: dict[str, Any] = {"CreatedDate": created_ms, "CreatedById": created_by}
+        for name, value in values.items():
+            spelled = self._lower.get(name.lower())
+            if spelled is None:
+                raise KeyError(name)
+            record[spelled] = None if value is None else _to_avro(self.kinds[spelled], value)
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self.parsed, record)
+        return out.getvalue()
+
+    def decode(self, payload: bytes) -> dict[str, Any]:
+        """The record of a payload, custom fields in REST form (system fields as Avro has them)."""
+        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed, None)
+        for name, kind in self.kinds.items():
+            value = record.get(name)
+            if value is not None:
+                record[name] = _from_avro(kind, value)
+        return record
+
+
+def _to_avro(kind: str, value: Any) -> Any:
+    if kind in ("Text", "LongTextArea"):
+        return value if isinstance(value, str) else str(value)
+    if kind == "Number":
+        return float(value)
+    if kind == "Checkbox":
+        return value if isinstance(value, bool) else str(value).lower() == "true"
+    if kind == "DateTime":
+        return _epoch_ms(value) if isinstance(value, str) else int(value)
+    if kind == "Date":
+        return (dt.date.fromisoformat(value) - _EPOCH).days if isinstance(value, str) else int(value)
+    return value
+
+
+def _from_avro(kind: str, value: Any) -> Any:
+    if kind == "Number" and isinstance(value, float) and value.is_integer():
+        return int(value)  # as the REST form carries a whole number
+    if kind == "DateTime":
+        return _iso_ms(int(value))
+    if kind == "Date":
+        return (_EPOCH + dt.timedelta(days=int(value))).isoformat()
+    return value
