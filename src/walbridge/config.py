@@ -213,8 +213,17 @@ class SalesforceSinkSettings(_SinkBase):
     gzip_min_bytes: int | None = Field(default=32_768, ge=0)
     """Request bodies of at least this size are sent gzip-compressed (None: never)."""
     event_key: Literal["offset", "source"] = "source"
+    transport: Literal["rest", "pubsub"] = "rest"
+    """``rest``: sObject Collections (200 events per API call); ``pubsub``: the Pub/Sub API (gRPC,
+    Avro, a long-lived PublishStream; needs the ``pubsub`` extra). See docs/salesforce.md."""
+    pubsub_url: str = "https://api.pubsub.salesforce.com:7443"
+    """The Pub/Sub API endpoint (plain http only to a loopback address, e.g. the emulator)."""
+    pubsub_in_flight: int = Field(default=8, ge=1)
+    """Publish requests in flight at once on the Pub/Sub transport."""
+    pubsub_stream: bool = True
+    """PublishStream (requests pipelined on one stream); false: one unary Publish call per request."""
 
-    @field_validator("instance_url", "login_url")
+    @field_validator("instance_url", "login_url", "pubsub_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         from walbridge.sinks.salesforce.transport import insecure_url

@@ -1,10 +1,12 @@
 """The gRPC side of the emulator: Salesforce's Pub/Sub API over the same org as the REST API.
 
 Contract: :func:`start_pubsub` serves ``eventbus.v1.PubSub`` on its own port from the emulator's process,
-sharing its sessions, event definitions, permission sets, hourly publishing allocation, injected faults,
-latency and :class:`~walbridge.emulator.store.EventStore` (one stream, one replay-id sequence for gRPC and
-REST events). RPCs: ``GetTopic`` (``/event/<Name__e>``; ``can_publish`` from the Create permission),
-``GetSchema`` (the Avro schema generated from the SFDX metadata; every schema id ever served stays readable),
+sharing its sessions, event definitions, permission sets, hourly publishing allocation, injected faults
+(a drawn 503 → ``UNAVAILABLE``, 403 → ``RESOURCE_EXHAUSTED`` for a whole publish request; per-record
+faults as on REST), latency and :class:`~walbridge.emulator.store.EventStore` (one stream, one
+replay-id sequence for gRPC and REST events). RPCs: ``GetTopic`` (``/event/<Name__e>``; ``can_publish``
+from the Create permission), ``GetSchema`` (the Avro schema generated from the SFDX metadata; every
+schema id ever served stays readable),
 ``Publish``, ``PublishStream`` (requests processed concurrently, one response per request, results carry
 ``correlation_key`` = the event's id; a later request naming another topic → ``INVALID_ARGUMENT``; a stream
 without a request for ``stream_idle_s`` is closed) and ``Subscribe`` (LATEST / EARLIEST / CUSTOM,
@@ -35,10 +37,11 @@ import grpc
 import orjson
 
 from walbridge.emulator.auth import ORG_ID, Authenticator, Session
+from walbridge.emulator.limits import FaultPlan
 from walbridge.emulator.metadata import EventDefinition
 from walbridge.emulator.rest import DataApi
 from walbridge.emulator.store import EventStore
-from walbridge.emulator.validation import RequestError, check_record
+from walbridge.emulator.validation import RequestError, check_record, field_errors
 from walbridge.pubsub_api import (
     AUTH_ERROR,
     ERROR_CODE_KEY,
@@ -103,6 +106,7 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         store: EventStore,
         *,
         latency_ms: Callable[[], float] = lambda: 0.0,
+        faults: FaultPlan | None = None,
         keepalive_s: float = 270.0,
         stream_idle_s: float = 70.0,
     ) -> None:
@@ -110,6 +114,7 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         self.api = api
         self.store = store
         self.latency_ms = latency_ms
+        self.faults = faults
         self.keepalive_s = keepalive_s
         self.stream_idle_s = stream_idle_s
         self.requests = 0
@@ -237,6 +242,10 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             )
+        fault = self.faults.draw(publishing=True) if self.faults is not None else None
+        if fault is not None:
+            code = grpc.StatusCode.UNAVAILABLE if fault.status >= 500 else grpc.StatusCode.RESOURCE_EXHAUSTED
+            raise _Abort(code, f"{fault.error_code}: {fault.message}")
         definition = self._definition(request.topic_name)
         if not self.api.may_create(definition):
             raise _Abort(grpc.StatusCode.PERMISSION_DENIED, f"no Create permission on {definition.name}")
@@ -284,10 +293,10 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         if not record.get("CreatedById") or not record.get("CreatedDate"):
             return "required fields are missing: [CreatedDate, CreatedById]", record
         try:
-            _, problems = check_record(definition, _custom_fields(record))
+            values, _ = check_record(definition, _custom_fields(record))
         except RequestError as exc:
             return f"{exc.error_code}: {exc.message}", record
-        problems = [p for p in problems if p.status_code != "REQUIRED_FIELD_MISSING"]
+        problems = field_errors(definition, values)
         return (f"{problems[0].status_code}: {problems[0].message}" if problems else None), record
 
     # ------------------------------------------------------------------ subscribing

@@ -390,6 +390,7 @@ class EmulatorServer:
             state.api,
             state.store,
             latency_ms=lambda: state.config.latency_ms,
+            faults=state.faults,
             keepalive_s=self.config.pubsub_keepalive_s,
         )
         self._grpc, bound = start_pubsub(state.pubsub, host, port)

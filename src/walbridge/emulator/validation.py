@@ -17,7 +17,7 @@ from typing import Any
 
 from walbridge.emulator.metadata import SYSTEM_FIELDS, EventDefinition, FieldDefinition
 
-__all__ = ["RecordError", "RequestError", "check_record", "sf_length"]
+__all__ = ["RecordError", "RequestError", "check_record", "field_errors", "sf_length"]
 
 _SYSTEM_LOWER = {name.lower() for name in SYSTEM_FIELDS}
 _ECHO_LIMIT = 255
@@ -178,6 +178,12 @@ def _record_errors(definition: EventDefinition, values: dict[str, Any]) -> list[
                 "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing
             )
         ]
+    return field_errors(definition, values)
+
+
+def field_errors(definition: EventDefinition, values: dict[str, Any]) -> list[RecordError]:
+    """The per-value errors (length, number range) of deserialized ``values``; required fields aside
+    (the Pub/Sub API does not enforce them)."""
     errors = []
     for name, value in values.items():
         error = _field_error(definition.lookup(name), value)  # type: ignore[arg-type]

@@ -14,7 +14,6 @@ from walbridge.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
 __all__ = [
     "AUTH_ERROR",
-    "DEFAULT_ENDPOINT",
     "ERROR_CODE_KEY",
     "MAX_EVENT_BYTES",
     "MAX_MESSAGE_BYTES",
@@ -32,7 +31,6 @@ __all__ = [
     "topic_name",
 ]
 
-DEFAULT_ENDPOINT = "https://api.pubsub.salesforce.com:7443"
 METADATA_ACCESS_TOKEN = "accesstoken"
 METADATA_INSTANCE_URL = "instanceurl"
 METADATA_TENANT_ID = "tenantid"

@@ -28,7 +28,7 @@ import httpx
 import jwt
 
 from walbridge.errors import ConfigError, ServerBusy
-from walbridge.sinks.salesforce.transport import insecure_url, salesforce_error
+from walbridge.sinks.salesforce.transport import http_errors, insecure_url, salesforce_error
 
 __all__ = [
     "JWT_BEARER_GRANT",
@@ -55,6 +55,16 @@ class AccessToken:
     value: str
     instance_url: str
     issued_at_ms: int
+    identity_url: str = ""
+    """``https://login.salesforce.com/id/<org id>/<user id>``: the Pub/Sub API's tenant and user."""
+
+    @property
+    def org_id(self) -> str:
+        return self.identity_url.rstrip("/").split("/")[-2] if self.identity_url.count("/") >= 2 else ""
+
+    @property
+    def user_id(self) -> str:
+        return self.identity_url.rstrip("/").split("/")[-1] if self.identity_url else ""
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
         return f"AccessToken(instance_url={self.instance_url!r}, issued_at_ms={self.issued_at_ms})"
@@ -172,7 +182,9 @@ def parse_token_response(grant: Grant, response: httpx.Response) -> AccessToken:
                     f"the {grant.name} login answered instance_url {instance_url}, which is not https: "
                     "refusing to send data there"
                 )
-            return AccessToken(body["access_token"], instance_url, int(body.get("issued_at") or 0))
+            return AccessToken(
+                body["access_token"], instance_url, int(body.get("issued_at") or 0), str(body.get("id") or "")
+            )
     code, message = salesforce_error(response)
     if status == 400 and code != "HTTP_400":
         raise LoginFailed(f"Salesforce refused the {grant.name} login: {code}: {message}", error=code)
@@ -228,6 +240,26 @@ class SalesforceAuth(httpx.Auth):
             token = yield from self._login()
         _authorize(request, token)
         yield request
+
+    def current(self, client: httpx.Client) -> AccessToken:
+        """The cached token, logging in through ``client`` first when there is none (for callers that
+        are not httpx requests: the Pub/Sub API's metadata)."""
+        token = self._token
+        if token is not None:
+            return token
+        flow = self._login()
+        request = next(flow)
+        with http_errors("logging in to Salesforce"):
+            response = client.send(request, auth=None)
+        try:
+            flow.send(response)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        raise AssertionError("the login flow sends one request")
+
+    def refuse(self, refused: AccessToken) -> None:
+        """``refused`` was rejected: the next :meth:`current` logs in again (unless another caller did)."""
+        self._replace(refused)
 
     def _replace(self, refused: AccessToken) -> AccessToken | None:
         """Forget ``refused``; return a newer token another call already obtained, if any."""

@@ -128,22 +128,56 @@ class SalesforceSink:
         allocation = (
             Allocation(self._limits, settings.api_reserve, self.metrics) if settings.api_reserve > 0 else None
         )
-        self.publisher = Publisher(
-            self._client,
-            settings.instance_url,
-            settings.api_version,
-            max_in_flight=settings.max_in_flight,
-            budget=budget,
-            metrics=self.metrics,
-            gzip_min_bytes=settings.gzip_min_bytes,
-            allocation=allocation,
-        )
+        if settings.transport == "pubsub":
+            publisher = self._pubsub_publisher(allocation)
+            self.publisher = publisher
+            try:
+                for event in sorted(schemas):
+                    publisher.topic(event)  # type: ignore[attr-defined]  # can_publish and the schema, up front
+            except TransientError as exc:
+                raise ConfigError(
+                    f"salesforce sink: cannot use the Pub/Sub API at {settings.pubsub_url}: {exc}"
+                ) from None
+        else:
+            self.publisher = Publisher(
+                self._client,
+                settings.instance_url,
+                settings.api_version,
+                max_in_flight=settings.max_in_flight,
+                budget=budget,
+                metrics=self.metrics,
+                gzip_min_bytes=settings.gzip_min_bytes,
+                allocation=allocation,
+            )
         log.info(
-            "%s: publishing %s to %s (API v%s)",
+            "%s: publishing %s to %s (%s, API v%s)",
             self.name,
             sorted(schemas),
             settings.instance_url,
+            f"Pub/Sub API at {settings.pubsub_url}" if settings.transport == "pubsub" else "REST",
             settings.api_version,
+        )
+
+    def _pubsub_publisher(self, allocation: Allocation | None) -> Publisher:
+        try:
+            from walbridge.sinks.salesforce.pubsub import PubSubPublisher
+        except ImportError as exc:
+            raise ConfigError(
+                "salesforce sink: transport pubsub needs the pubsub extra "
+                f"(pip install 'walbridge[pubsub]'): {exc}"
+            ) from None
+        assert self._client is not None and self.auth is not None
+        settings = self.settings
+        return PubSubPublisher(
+            self._client,
+            self.auth,
+            settings.pubsub_url,
+            instance_url=settings.instance_url,
+            api_version=settings.api_version,
+            max_in_flight=settings.pubsub_in_flight,
+            stream=settings.pubsub_stream,
+            metrics=self.metrics,
+            allocation=allocation,
         )
 
     def stored_offsets(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:

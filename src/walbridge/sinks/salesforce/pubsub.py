@@ -1,0 +1,378 @@
+"""The Salesforce sink's Pub/Sub API (gRPC) transport: the REST publisher's machinery, another wire.
+
+Contract: :class:`PubSubPublisher` is a :class:`~walbridge.sinks.salesforce.publisher.Publisher` whose
+calls go to the Pub/Sub API instead of ``composite/sobjects``. Everything else is the REST path's:
+:func:`~walbridge.sinks.salesforce.publisher.plan_chunks` (at most one event per row per request, a row's
+next request after its previous one went through, at most 200 events), the calls in flight and the halt
+after a transient failure, and the classification of per-event results into accepted / rejected (the DLQ)
+/ transient (``Outcome``). So order per row, at-least-once and "offsets only for known outcomes" hold alike.
+
+Per event type: ``GetTopic`` (``can_publish`` checked) and ``GetSchema`` (cached by schema id). Each event
+is Avro-encoded with ``CreatedDate`` (now) and ``CreatedById`` (the token's user) and an id of its own,
+which Salesforce echoes as ``correlation_key``. An event over 1 MB is rejected without being sent; a chunk
+is split into requests under 3 MB. Requests go over one ``PublishStream`` (several in flight, each response
+matched to its request by the correlation keys) or, with ``pubsub_stream: false`` or a server without it,
+unary ``Publish``. Errors (:func:`rpc_errors`): the ``...auth.error`` trailer → log in again once, then
+``AuthExpired``; ``UNAVAILABLE`` / ``INTERNAL`` / a broken stream → ``ServerBusy`` (the runner backs off
+and retries); ``RESOURCE_EXHAUSTED`` → ``RateLimited``; a schema id that is no longer the topic's →
+``GetTopic``/``GetSchema`` again and the request re-encoded once (a field the new schema lacks stops the
+sink through ``SchemaRefused``, as on REST); ``NOT_FOUND`` / ``PERMISSION_DENIED`` → ``SchemaRefused``.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import httpx
+
+from walbridge.errors import (
+    AuthExpired,
+    ConfigError,
+    OperationTimeout,
+    RateLimited,
+    ServerBusy,
+    TransientError,
+)
+from walbridge.pubsub_api import (
+    AUTH_ERROR,
+    ERROR_CODE_KEY,
+    MAX_EVENT_BYTES,
+    MAX_REQUEST_BYTES,
+    METADATA_ACCESS_TOKEN,
+    METADATA_INSTANCE_URL,
+    METADATA_TENANT_ID,
+    pb2,
+    pb2_grpc,
+    topic_name,
+)
+from walbridge.pubsub_api.avro import AvroCodec
+from walbridge.sinks.salesforce.auth import AccessToken, SalesforceAuth
+from walbridge.sinks.salesforce.mapping import EventRecord
+from walbridge.sinks.salesforce.publisher import Outcome, Publisher, SchemaRefused, _rejection
+from walbridge.sinks.salesforce.transport import insecure_url
+
+__all__ = ["PubSubPublisher", "rpc_errors"]
+
+T = TypeVar("T")
+_CALL_TIMEOUT_S = 60.0
+_EVENT_OVERHEAD = 64
+"""Bytes a ProducerEvent adds to its payload in a request (id, schema id, framing), rounded up."""
+_CODE = re.compile(r"^([A-Z][A-Z_]+): (.*)$", re.S)
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.max_receive_message_length", 16 * 1_048_576),
+]
+
+
+class _AuthRefused(Exception):
+    """The call carried a token Salesforce no longer accepts."""
+
+
+class _StaleSchema(Exception):
+    """The request's schema id is not the topic's current one."""
+
+
+class _StreamClosed(Exception):
+    """The PublishStream ended (idle timeout, server restart) before this request was answered."""
+
+
+@contextmanager
+def rpc_errors(what: str) -> Iterator[None]:
+    """The one translation of gRPC failures into walbridge's errors (see the module docstring)."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+        trailer = dict(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else {}
+        text = f"{what}: {code.name}: {details}"
+        if trailer.get(ERROR_CODE_KEY) == AUTH_ERROR or code == grpc.StatusCode.UNAUTHENTICATED:
+            raise _AuthRefused(text) from exc
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "schema" in details.lower():
+            raise _StaleSchema(text) from exc
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise OperationTimeout(text) from exc
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise RateLimited(text, error_code=trailer.get(ERROR_CODE_KEY)) from exc
+        if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+            raise SchemaRefused(text, error_code=code.name) from exc
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+            raise ConfigError(text, error_code=code.name) from exc
+        raise ServerBusy(text, error_code=code.name) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Topic:
+    name: str
+    codec: AvroCodec
+
+
+class _PublishStream:
+    """One PublishStream: requests queued in, responses matched back by their events' correlation keys."""
+
+    def __init__(self, stub: pb2_grpc.PubSubStub, metadata: tuple[tuple[str, str], ...], token: AccessToken):
+        self.token = token
+        self._requests: queue.SimpleQueue[pb2.PublishRequest | None] = queue.SimpleQueue()
+        self._pending: dict[str, Future[pb2.PublishResponse]] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+        self._call = stub.PublishStream(iter(self._requests.get, None), metadata=metadata)
+        threading.Thread(target=self._read, name="sf-pubsub-stream", daemon=True).start()
+
+    def send(self, request: pb2.PublishRequest) -> Future[pb2.PublishResponse]:
+        future: Future[pb2.PublishResponse] = Future()
+        with self._lock:
+            if self.closed:
+                raise _StreamClosed("the PublishStream is closed")
+            self._pending[request.events[0].id] = future
+        self._requests.put(request)
+        return future
+
+    def _read(self) -> None:
+        error: BaseException = _StreamClosed("the server ended the PublishStream")
+        try:
+            for response in self._call:
+                key = response.results[0].correlation_key if response.results else ""
+                with self._lock:
+                    future = self._pending.pop(key, None)
+                if future is not None:
+                    future.set_result(response)
+        except grpc.RpcError as exc:
+            error = exc
+        with self._lock:
+            self.closed = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for future in pending:
+            future.set_exception(error)
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+
+
+class PubSubPublisher(Publisher):
+    """Publishes over the Pub/Sub API (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        auth: SalesforceAuth,
+        url: str,
+        *,
+        instance_url: str,
+        api_version: str,
+        max_in_flight: int = 8,
+        stream: bool = True,
+        metrics: Any = None,
+        allocation: Any = None,
+    ) -> None:
+        super().__init__(
+            client,
+            instance_url,
+            api_version,
+            max_in_flight=max_in_flight,
+            metrics=metrics,
+            allocation=allocation,
+        )
+        self.auth = auth
+        self.url = url
+        parsed = httpx.URL(url)
+        target = f"{parsed.host}:{parsed.port or 443}"
+        if parsed.scheme == "https":
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), _CHANNEL_OPTIONS)
+        elif not insecure_url(url):
+            self.channel = grpc.insecure_channel(target, _CHANNEL_OPTIONS)
+        else:
+            raise ConfigError(f"pubsub_url {url!r} must be https:// (plain http only to a loopback address)")
+        self.stub = pb2_grpc.PubSubStub(self.channel)
+        self.use_stream = stream
+        self._stream: _PublishStream | None = None
+        self._stream_lock = threading.Lock()
+        self._topics: dict[str, _Topic] = {}
+        self._codecs: dict[str, AvroCodec] = {}
+        self._topic_lock = threading.Lock()
+
+    def close(self) -> None:
+        super().close()
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        self.channel.close()
+
+    # ------------------------------------------------------------------ topics and schemas
+
+    def topic(self, event: str, *, refresh: bool = False) -> _Topic:
+        """The event's topic and current schema codec (GetTopic, then GetSchema by id, cached)."""
+        with self._topic_lock:
+            known = self._topics.get(event)
+            if known is not None and not refresh:
+                return known
+            info = self._rpc(
+                lambda md: self.stub.GetTopic(
+                    pb2.TopicRequest(topic_name=topic_name(event)), metadata=md, timeout=_CALL_TIMEOUT_S
+                ),
+                f"GetTopic {event}",
+            )
+            if not info.can_publish:
+                raise SchemaRefused(f"Pub/Sub API: the integration user may not publish {info.topic_name}")
+            codec = self._codecs.get(info.schema_id)
+            if codec is None:
+                schema = self._rpc(
+                    lambda md: self.stub.GetSchema(
+                        pb2.SchemaRequest(schema_id=info.schema_id), metadata=md, timeout=_CALL_TIMEOUT_S
+                    ),
+                    f"GetSchema {info.schema_id}",
+                )
+                codec = self._codecs[info.schema_id] = AvroCodec(schema.schema_json)
+                codec.id = info.schema_id  # Salesforce's id is authoritative, whatever fingerprint it uses
+            topic = self._topics[event] = _Topic(info.topic_name, codec)
+            return topic
+
+    # ------------------------------------------------------------------ one chunk
+
+    def _send(self, records: Sequence[EventRecord], chunk: list[int]) -> Outcome:
+        event = records[chunk[0]].sobject
+        for attempt in range(2):
+            topic = self.topic(event, refresh=attempt > 0)
+            try:
+                return self._send_encoded(records, chunk, topic)
+            except _StaleSchema:
+                if attempt:
+                    raise SchemaRefused(f"Pub/Sub API: {event}'s schema keeps changing") from None
+        raise AssertionError("unreachable")
+
+    def _send_encoded(self, records: Sequence[EventRecord], chunk: list[int], topic: _Topic) -> Outcome:
+        outcome = Outcome()
+        token = self.auth.current(self.client)
+        now_ms = int(time.time() * 1000)
+        batches: list[list[tuple[int, pb2.ProducerEvent]]] = [[]]
+        size = 0
+        for index in chunk:
+            try:
+                payload = topic.codec.encode(records[index].values, now_ms, token.user_id)
+            except KeyError as missing:
+                raise _StaleSchema(f"the schema of {topic.name} has no field {missing}") from None
+            except (ValueError, TypeError) as exc:
+                rejection = _rejection("INVALID_TYPE_ON_FIELD_IN_RECORD", f"not encodable as Avro: {exc}", [])
+                outcome.rejected.append((index, rejection))
+                continue
+            if len(payload) > MAX_EVENT_BYTES:
+                message = f"event of {len(payload):,} bytes exceeds the maximum event size of 1 MB"
+                outcome.rejected.append((index, _rejection("EVENT_TOO_LARGE", message, [])))
+                continue
+            if batches[-1] and size + len(payload) + _EVENT_OVERHEAD > MAX_REQUEST_BYTES:
+                batches.append([])
+                size = 0
+            size += len(payload) + _EVENT_OVERHEAD
+            produced = pb2.ProducerEvent(id=uuid.uuid4().hex, schema_id=topic.codec.id, payload=payload)
+            batches[-1].append((index, produced))
+        for batch in filter(None, batches):
+            if self.allocation is not None:
+                self.allocation.before_call(len(batch))
+            request = pb2.PublishRequest(topic_name=topic.name, events=[e for _, e in batch])
+            try:
+                response = self._publish_request(request)
+            except TransientError as exc:
+                outcome.transient = exc  # what earlier requests of the chunk published stays accepted
+                break
+            self.stats.count_call(200, len(batch))
+            if response.schema_id and response.schema_id != topic.codec.id:
+                self._topics.pop(records[chunk[0]].sobject, None)  # the next chunk reads the topic again
+            outcome.merge(self._outcome([i for i, _ in batch], _save_results(batch, response)))
+            if outcome.transient is not None:
+                break
+        return outcome
+
+    def _publish_request(self, request: pb2.PublishRequest) -> pb2.PublishResponse:
+        def call(metadata: tuple[tuple[str, str], ...]) -> pb2.PublishResponse:
+            if not self.use_stream:
+                return self.stub.Publish(request, metadata=metadata, timeout=_CALL_TIMEOUT_S)
+            try:
+                future = self._open_stream(metadata).send(request)
+            except _StreamClosed:
+                future = self._open_stream(metadata, renew=True).send(request)
+            try:
+                return future.result(timeout=_CALL_TIMEOUT_S)
+            except _StreamClosed as closed:
+                raise ServerBusy(f"Pub/Sub API: {closed}; the request's outcome is unknown") from None
+            except TimeoutError:
+                raise OperationTimeout("Pub/Sub API: no PublishResponse within 60 s") from None
+
+        try:
+            return self._rpc(call, "Publish")
+        except ConfigError as refused:
+            if self.use_stream and refused.context.get("error_code") == "UNIMPLEMENTED":
+                self.use_stream = False  # a server without PublishStream: unary Publish from now on
+                return self._rpc(call, "Publish")
+            raise
+
+    def _open_stream(self, metadata: tuple[tuple[str, str], ...], renew: bool = False) -> _PublishStream:
+        token = self.auth.current(self.client)
+        with self._stream_lock:
+            stream = self._stream
+            if stream is None or stream.closed or renew or stream.token is not token:
+                if stream is not None:
+                    stream.close()
+                stream = self._stream = _PublishStream(self.stub, metadata, token)
+            return stream
+
+    # ------------------------------------------------------------------ auth
+
+    def _rpc(self, call: Callable[[tuple[tuple[str, str], ...]], T], what: str) -> T:
+        """``call(metadata)`` with the token's metadata; on the auth error, log in once more and retry."""
+        for attempt in range(2):
+            token = self.auth.current(self.client)
+            try:
+                with rpc_errors(f"Pub/Sub API {what}"):
+                    return call(_metadata(token))
+            except _AuthRefused as refused:
+                if attempt:
+                    raise AuthExpired(f"{refused} (after logging in again)") from None
+                self.auth.refuse(token)
+        raise AssertionError("unreachable")
+
+
+def _metadata(token: AccessToken) -> tuple[tuple[str, str], ...]:
+    return (
+        (METADATA_ACCESS_TOKEN, token.value),
+        (METADATA_INSTANCE_URL, token.instance_url),
+        (METADATA_TENANT_ID, token.org_id),
+    )
+
+
+def _save_results(
+    batch: list[tuple[int, pb2.ProducerEvent]], response: pb2.PublishResponse
+) -> list[dict[str, Any]]:
+    """The PublishResults in the batch's order (matched by correlation key), shaped as REST SaveResults
+    so that the REST path's classification applies; a missing result is a transient failure."""
+    by_key = {result.correlation_key: result for result in response.results}
+    results = []
+    for _, event in batch:
+        result = by_key.get(event.id)
+        if result is None:
+            results.append(_failed("SERVER_UNAVAILABLE", "no PublishResult for this event"))
+        elif result.HasField("error"):
+            match = _CODE.match(result.error.msg)
+            fallback = (pb2.ErrorCode.Name(result.error.code), result.error.msg)
+            code, message = match.groups() if match else fallback
+            results.append(_failed(code, message))
+        else:
+            results.append({"success": True, "errors": []})
+    return results
+
+
+def _failed(code: str, message: str) -> dict[str, Any]:
+    return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": []}]}
