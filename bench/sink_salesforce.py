@@ -1,11 +1,14 @@
-"""Benchmark: the Salesforce sink versus the seed's one-call-per-event consumer (issue 5).
+"""Benchmark: the Salesforce sink's two transports versus the seed's one-call-per-event consumer
+(issues 5 and 15).
 
 Produces N Debezium-format change events (default 100,000; 20,000 customers, each key updated in
 order) to a 3-partition topic, then:
 
 1. runs walbridge's ``SalesforceSink`` under the shared ``SinkRunner`` into the emulator (a separate
    process, 50 ms of latency per call) until all N are stored: events/s, API calls per 1,000 events,
-   events per call, and the emulator's CPU share (its CPU seconds / wall seconds, from /proc);
+   events per call, the sink's CPU per event and the emulator's CPU share (its CPU seconds / wall
+   seconds, from /proc) — once with ``transport: rest`` (``walbridge``), once with ``transport: pubsub``
+   (``pubsub``: publish requests instead of API calls) on the same events, each in its own consumer group;
 2. runs the seed's consumer (``KafkaToSalesforceConsumer`` of the seed document: one
    ``POST sobjects/PostgreSQL_Data__e`` per event, offsets committed whatever happened) on the same
    topic for a bounded sample (default 30 s), and extrapolates its time for N events from the
@@ -13,7 +16,8 @@ order) to a 3-partition topic, then:
    event definition; without it every call would be refused with REQUIRED_FIELD_MISSING).
 
 Usage: ``python bench/sink_salesforce.py [--events 100000] [--latency-ms 50] [--seed-seconds 30]
-[--bootstrap HOST:PORT]`` (without ``--bootstrap`` an embedded broker is started).
+[--bootstrap HOST:PORT] [--json PATH]`` (without ``--bootstrap`` an embedded broker is started;
+``--seed-seconds 0`` skips the seed; ``--json`` also writes the figures printed last to PATH).
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ _EMULATOR = """
 import sys
 from walbridge.emulator import EmulatorConfig, EmulatorServer
 server = EmulatorServer(EmulatorConfig(latency_ms=float(sys.argv[2]), hourly_publish_limit=10_000_000,
-                                       daily_api_limit=10_000_000), port=int(sys.argv[1]))
-print(server.url, flush=True)
+                                       daily_api_limit=10_000_000, pubsub_port=0), port=int(sys.argv[1]))
+print(server.url, server.pubsub_url, flush=True)
 server.serve_forever()
 """
 
@@ -100,17 +104,27 @@ def produce(bootstrap: str, prefix: str, count: int) -> str:
 
 
 def run_sink(
-    bootstrap: str, topic: str, url: str, pid: int, count: int, args: argparse.Namespace
+    bootstrap: str,
+    topic: str,
+    urls: tuple[str, str],
+    pid: int,
+    count: int,
+    args: argparse.Namespace,
+    transport: str = "rest",
 ) -> dict[str, Any]:
+    url, pubsub_url = urls
     sink_settings = SalesforceSinkSettings(
         instance_url=url,
         client_id=DEFAULT_APP.client_id,
         client_secret=DEFAULT_APP.client_secret,
         topics=[topic],
-        group_id=f"{topic}-walbridge",
+        group_id=f"{topic}-walbridge-{transport}",
         batch_size=args.batch_size,
         linger_ms=100,
         max_in_flight=args.max_in_flight,
+        transport=transport,  # type: ignore[arg-type]
+        pubsub_url=pubsub_url,
+        pubsub_in_flight=args.max_in_flight,
     )
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
@@ -126,7 +140,7 @@ def run_sink(
     thread.start()
     first_at: float | None = None
     with _progress() as progress:
-        task = progress.add_task("walbridge sink → emulator", total=count)
+        task = progress.add_task(f"walbridge sink ({transport}) → emulator", total=count)
         while (stored := _stats(url)["events"] - base["events"]) < count:
             if stored and first_at is None:
                 first_at = time.monotonic()
@@ -152,6 +166,7 @@ def run_sink(
         "emulator_cpu_s": round(cpu1 - cpu0, 2),
         "emulator_cpu_share_of_core": round((cpu1 - cpu0) / (done - t0), 3),
         "sink_process_cpu_s": round(own1 - own0, 2),
+        "sink_cpu_us_per_event": round((own1 - own0) * 1e6 / count, 1),
     }
 
 
@@ -225,28 +240,67 @@ def run_seed(bootstrap: str, topic: str, url: str, count: int, seconds: float) -
 
 
 def _report(
-    count: int, latency: float, ours: dict[str, Any], seed: dict[str, Any], args: argparse.Namespace
+    count: int,
+    latency: float,
+    ours: dict[str, Any],
+    pubsub: dict[str, Any],
+    seed: dict[str, Any] | None,
+    args: argparse.Namespace,
 ) -> None:
     table = Table(title=f"{count:,} change events, emulator latency {latency:g} ms per call")
     table.add_column("")
-    table.add_column("walbridge sink", justify="right")
+    table.add_column("walbridge, REST", justify="right")
+    table.add_column("walbridge, Pub/Sub", justify="right")
     table.add_column("seed consumer", justify="right")
-    table.add_row("events/s", f"{ours['events_per_s']:,}", f"{seed['events_per_s']:,}")
-    table.add_row("events/s (steady, first→last event)", f"{ours['events_per_s_steady']:,}", "")
-    table.add_row("API calls per 1,000 events", f"{ours['calls_per_1000']}", "1000")
-    table.add_row("events per call", f"{ours['events_per_call']}", "1")
+    seed = seed or {}
+    seed_rate = f"{seed['events_per_s']:,}" if seed else ""
+    table.add_row("events/s", f"{ours['events_per_s']:,}", f"{pubsub['events_per_s']:,}", seed_rate)
+    table.add_row(
+        "events/s (steady, first→last event)",
+        f"{ours['events_per_s_steady']:,}",
+        f"{pubsub['events_per_s_steady']:,}",
+        "",
+    )
+    table.add_row(
+        "API calls / publish requests per 1,000 events",
+        f"{ours['calls_per_1000']}",
+        f"{pubsub['calls_per_1000']}",
+        "1000" if seed else "",
+    )
+    table.add_row("events per call", f"{ours['events_per_call']}", f"{pubsub['events_per_call']}", "1")
+    cpu = "sink_cpu_us_per_event"
+    table.add_row("sink CPU per event (µs)", f"{ours[cpu]}", f"{pubsub[cpu]}", "")
     table.add_row(
         "time for all events",
         f"{ours['wall_s']} s (measured)",
-        f"~{seed['extrapolated_s_for_all']} s (extrapolated: {seed['published']} in {seed['sample_s']} s)",
+        f"{pubsub['wall_s']} s (measured)",
+        f"~{seed['extrapolated_s_for_all']} s (extrapolated: {seed['published']} in {seed['sample_s']} s)"
+        if seed
+        else "",
     )
-    table.add_row("emulator CPU (share of one core)", f"{ours['emulator_cpu_share_of_core']:.1%}", "")
+    table.add_row(
+        "emulator CPU (share of one core)",
+        f"{ours['emulator_cpu_share_of_core']:.1%}",
+        f"{pubsub['emulator_cpu_share_of_core']:.1%}",
+        "",
+    )
     console.print(table)
-    ratio = ours["events_per_s"] / seed["events_per_s"] if seed["events_per_s"] else float("inf")
+    ratio = ours["events_per_s"] / seed["events_per_s"] if seed.get("events_per_s") else None
+    versus = pubsub["events_per_s"] / ours["events_per_s"]
     console.print(
-        f"speed-up: {ratio:,.0f}x (batch_size={args.batch_size}, max_in_flight={args.max_in_flight})"
+        f"REST vs seed: {ratio or float('nan'):,.0f}x; Pub/Sub vs REST: {versus:.2f}x "
+        f"(batch_size={args.batch_size}, in flight={args.max_in_flight})"
     )
-    print(json.dumps({"walbridge": ours, "seed": seed, "ratio": round(ratio, 1)}, indent=2))
+    doc = {
+        "walbridge": ours,
+        "pubsub": pubsub,
+        "seed": seed or None,
+        "ratio": round(ratio, 1) if ratio else None,
+        "pubsub_vs_rest": round(versus, 2),
+    }
+    print(json.dumps(doc, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def main() -> None:
@@ -257,6 +311,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8000)
     parser.add_argument("--max-in-flight", type=int, default=20)
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting an embedded broker")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sf-") as tmp:
         broker = None
@@ -270,11 +325,15 @@ def main() -> None:
             text=True,
         )
         try:
-            url = emulator.stdout.readline().strip()  # type: ignore[union-attr]
+            url, pubsub_url = emulator.stdout.readline().split()  # type: ignore[union-attr]
             topic = produce(bootstrap, f"bench{int(time.time())}", args.events)
-            ours = run_sink(bootstrap, topic, url, emulator.pid, args.events, args)
-            seed = run_seed(bootstrap, topic, url, args.events, args.seed_seconds)
-            _report(args.events, args.latency_ms, ours, seed, args)
+            urls = (url, pubsub_url)
+            ours = run_sink(bootstrap, topic, urls, emulator.pid, args.events, args)
+            pubsub = run_sink(bootstrap, topic, urls, emulator.pid, args.events, args, transport="pubsub")
+            seed = None
+            if args.seed_seconds:
+                seed = run_seed(bootstrap, topic, url, args.events, args.seed_seconds)
+            _report(args.events, args.latency_ms, ours, pubsub, seed, args)
         finally:
             emulator.terminate()
             emulator.wait(10)
