@@ -32,7 +32,7 @@ from rich.table import Table
 
 from walbridge.cli_common import console, handle_errors, stop_on_signals
 from walbridge.config import Settings, load_settings
-from walbridge.errors import WalbridgeError
+from walbridge.errors import ConfigError, WalbridgeError
 from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 __all__ = ["demo"]
@@ -78,9 +78,12 @@ def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
     return source, dest
 
 
-def _settings(source: str, dest: str, bootstrap: str, emulator_url: str, state_dir: Path) -> Settings:
+def _settings(
+    source: str, dest: str, bootstrap: str, emulator_url: str, state_dir: Path, pubsub_url: str | None = None
+) -> Settings:
     from walbridge.devstack import EMBEDDED_BROKER_KAFKA
 
+    transport = {"transport": "pubsub", "pubsub_url": pubsub_url} if pubsub_url else {}
     return load_settings(
         source={"dsn": source, "tables": TABLES, "slot": "walbridge_demo", "publication": "walbridge_demo"},
         events={"topic_prefix": PREFIX},
@@ -101,6 +104,7 @@ def _settings(source: str, dest: str, bootstrap: str, emulator_url: str, state_d
                 "client_secret": "walbridge-emulator-secret",
                 "topics": [f"{PREFIX}.inventory.customers"],
                 "linger_ms": 50,
+                **transport,
             },
         ],
         metrics={"enabled": True, "port": 0},
@@ -257,6 +261,9 @@ def demo(
     state_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases")] = Path(
         ".walbridge/demo"
     ),
+    transport: Annotated[
+        str, typer.Option(help="Salesforce sink transport: rest or pubsub (the Pub/Sub API, gRPC)")
+    ] = "rest",
 ) -> None:
     """Run the whole pipeline on embedded services and watch changes flow (Ctrl-C stops)."""
     import shutil
@@ -273,10 +280,15 @@ def demo(
     )
     # The broker keeps topics in memory only, so every demo run starts from a clean state.
     shutil.rmtree(state_dir, ignore_errors=True)
-    emulator = EmulatorServer(EmulatorConfig(latency_ms=20, handler=True)).start()
+    if transport not in ("rest", "pubsub"):
+        raise ConfigError(f"--transport must be rest or pubsub, not {transport!r}")
+    pubsub_port = 0 if transport == "pubsub" else None
+    emulator = EmulatorServer(EmulatorConfig(latency_ms=20, handler=True, pubsub_port=pubsub_port)).start()
     with DevStack(state_dir, durable=False) as stack:
         source, dest = _prepare_databases(stack.postgres.dsn(), stack)
-        settings = _settings(source, dest, stack.kafka.bootstrap, emulator.url, state_dir)
+        settings = _settings(
+            source, dest, stack.kafka.bootstrap, emulator.url, state_dir, emulator.pubsub_url
+        )
         threads = _start_pipeline(settings, stop, board)
         watchers = [
             _thread("kafka view", lambda s: _watch_kafka(stack.kafka.bootstrap, board, s), stop, board),
