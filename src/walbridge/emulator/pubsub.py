@@ -474,7 +474,7 @@ def start_pubsub(servicer: PubSubEmulator, host: str, port: int) -> tuple[grpc.S
             ("grpc.max_send_message_length", _SERVER_MESSAGE_LIMIT),
         ],
     )
-    pb2_grpc.add_PubSubServicer_to_server(servicer, server)
+    pb2_grpc.add_PubSubServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     return server, bound

@@ -109,7 +109,9 @@ class AvroCodec:
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """The record of a payload, custom fields in REST form (system fields as Avro has them)."""
-        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed, None)
+        record = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed, None)
+        if not isinstance(record, dict):
+            raise ValueError("the schema is not a record schema")
         for name, kind in self.kinds.items():
             value = record.get(name)
             if value is not None:

@@ -197,7 +197,7 @@ class PubSubPublisher(Publisher):
             self.channel = grpc.insecure_channel(target, _CHANNEL_OPTIONS)
         else:
             raise ConfigError(f"pubsub_url {url!r} must be https:// (plain http only to a loopback address)")
-        self.stub = pb2_grpc.PubSubStub(self.channel)
+        self.stub = pb2_grpc.PubSubStub(self.channel)  # type: ignore[no-untyped-call]
         self.use_stream = stream
         self._stream: _PublishStream | None = None
         self._stream_lock = threading.Lock()
@@ -303,7 +303,10 @@ class PubSubPublisher(Publisher):
     def _publish_request(self, request: pb2.PublishRequest) -> pb2.PublishResponse:
         def call(metadata: tuple[tuple[str, str], ...]) -> pb2.PublishResponse:
             if not self.use_stream:
-                return self.stub.Publish(request, metadata=metadata, timeout=_CALL_TIMEOUT_S)
+                response: pb2.PublishResponse = self.stub.Publish(
+                    request, metadata=metadata, timeout=_CALL_TIMEOUT_S
+                )
+                return response
             try:
                 future = self._open_stream(metadata).send(request)
             except _StreamClosed:
