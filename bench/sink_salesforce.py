@@ -124,7 +124,7 @@ def run_sink(
         max_in_flight=args.max_in_flight,
         transport=transport,  # type: ignore[arg-type]
         pubsub_url=pubsub_url,
-        pubsub_in_flight=args.max_in_flight,
+        pubsub_in_flight=args.pubsub_in_flight or args.max_in_flight,
     )
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
@@ -289,7 +289,8 @@ def _report(
     versus = pubsub["events_per_s"] / ours["events_per_s"]
     console.print(
         f"REST vs seed: {ratio or float('nan'):,.0f}x; Pub/Sub vs REST: {versus:.2f}x "
-        f"(batch_size={args.batch_size}, in flight={args.max_in_flight})"
+        f"(batch_size={args.batch_size}, in flight: REST {args.max_in_flight}, "
+        f"Pub/Sub {args.pubsub_in_flight or args.max_in_flight})"
     )
     doc = {
         "walbridge": ours,
@@ -312,6 +313,9 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=20)
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting an embedded broker")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument(
+        "--pubsub-in-flight", type=int, help="requests in flight on Pub/Sub (default: --max-in-flight)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sf-") as tmp:
         broker = None
