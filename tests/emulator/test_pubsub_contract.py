@@ -304,3 +304,12 @@ def test_a_corrupted_custom_replay_id_is_invalid_argument(org: Org) -> None:
         done.set()
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _trailer(error) == REPLAY_ID_CORRUPTED
+
+
+def test_a_taken_pubsub_port_is_one_clear_error(org: Org) -> None:
+    from walbridge.errors import ConfigError
+
+    assert org.server.pubsub_url is not None
+    port = int(org.server.pubsub_url.rsplit(":", 1)[1])
+    with pytest.raises(ConfigError, match="choose another --pubsub-port"):
+        EmulatorServer(EmulatorConfig(pubsub_port=port))

@@ -1,4 +1,5 @@
-"""Salesforce API emulator: OAuth token endpoint and the Platform Event publishing REST API.
+"""Salesforce API emulator: OAuth token endpoint, the Platform Event publishing REST API and, on a port of
+its own, the Pub/Sub API (gRPC, ``pubsub.py``) over the same org and event stream.
 
 Follows the contract in the reference (token flows and their errors, single and collection publishing,
 describe, limits, ``Sforce-Limit-Info``); event definitions come from the SFDX metadata in ``salesforce/``.

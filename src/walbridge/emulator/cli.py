@@ -14,6 +14,7 @@ import httpx
 import orjson
 import typer
 
+from walbridge.cli_common import handle_errors
 from walbridge.emulator.auth import ConnectedApp
 from walbridge.emulator.server import (
     DEFAULT_APP,
@@ -32,6 +33,7 @@ emulator_app = typer.Typer(
 
 
 @emulator_app.command()
+@handle_errors
 def run(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = DEFAULT_PORT,

@@ -472,6 +472,7 @@ def start_pubsub(servicer: PubSubEmulator, host: str, port: int) -> tuple[grpc.S
         options=[
             ("grpc.max_receive_message_length", _SERVER_MESSAGE_LIMIT),
             ("grpc.max_send_message_length", _SERVER_MESSAGE_LIMIT),
+            ("grpc.so_reuseport", 0),  # a second emulator on the same port fails instead of sharing it
         ],
     )
     pb2_grpc.add_PubSubServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -42,6 +42,7 @@ from walbridge.emulator.limits import FaultPlan, RollingCounter
 from walbridge.emulator.metadata import default_metadata_dir, load_access, load_definitions
 from walbridge.emulator.rest import DataApi, Reply, not_found, supported_version, versions
 from walbridge.emulator.store import EventStore
+from walbridge.errors import ConfigError
 
 __all__ = ["DEFAULT_APP", "EmulatorConfig", "EmulatorServer"]
 
@@ -382,8 +383,14 @@ class EmulatorServer:
             self._start_pubsub(host, self.config.pubsub_port)
 
     def _start_pubsub(self, host: str, port: int) -> None:
-        from walbridge.emulator.pubsub import PubSubEmulator, start_pubsub
-
+        try:
+            from walbridge.emulator.pubsub import PubSubEmulator, start_pubsub
+        except ImportError as exc:
+            self._httpd.server_close()
+            raise ConfigError(
+                "the emulator's Pub/Sub API needs the pubsub extra (pip install 'walbridge[pubsub]'): "
+                f"{exc}; --pubsub-port -1 serves the REST API only"
+            ) from None
         state = self.state
         state.pubsub = PubSubEmulator(
             state.auth,
@@ -393,7 +400,14 @@ class EmulatorServer:
             faults=state.faults,
             keepalive_s=self.config.pubsub_keepalive_s,
         )
-        self._grpc, bound = start_pubsub(state.pubsub, host, port)
+        try:
+            self._grpc, bound = start_pubsub(state.pubsub, host, port)
+        except RuntimeError as exc:  # grpc's "failed to bind"
+            self._httpd.server_close()
+            raise ConfigError(
+                f"cannot serve the Pub/Sub API on {host}:{port} ({exc}): choose another --pubsub-port, "
+                "or -1 for none"
+            ) from None
         self.pubsub_url = f"http://{host}:{bound}"
 
     def start(self) -> EmulatorServer:
