@@ -69,11 +69,9 @@ _CALL_TIMEOUT_S = 60.0
 _EVENT_OVERHEAD = 64
 """Bytes a ProducerEvent adds to its payload in a request (id, schema id, framing), rounded up."""
 _CODE = re.compile(r"^([A-Z][A-Z_]+): (.*)$", re.S)
-_CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.max_receive_message_length", 16 * 1_048_576),
-]
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1_048_576)]
+"""No client keepalive pings: gRPC servers answer pings more often than every 5 minutes with GOAWAY
+(``too_many_pings``); the stream's own traffic and the 70 s idle close keep it honest."""
 
 
 class _AuthRefused(Exception):
@@ -122,8 +120,8 @@ class _Topic:
 class _PublishStream:
     """One PublishStream: requests queued in, responses matched back by their events' correlation keys."""
 
-    def __init__(self, stub: pb2_grpc.PubSubStub, metadata: tuple[tuple[str, str], ...], token: AccessToken):
-        self.token = token
+    def __init__(self, stub: pb2_grpc.PubSubStub, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
         self._requests: queue.SimpleQueue[pb2.PublishRequest | None] = queue.SimpleQueue()
         self._pending: dict[str, Future[pb2.PublishResponse]] = {}
         self._lock = threading.Lock()
@@ -308,9 +306,9 @@ class PubSubPublisher(Publisher):
                 )
                 return response
             try:
-                future = self._open_stream(metadata).send(request)
+                future = self._open_stream().send(request)
             except _StreamClosed:
-                future = self._open_stream(metadata, renew=True).send(request)
+                future = self._open_stream(renew=True).send(request)
             try:
                 return future.result(timeout=_CALL_TIMEOUT_S)
             except _StreamClosed as closed:
@@ -326,14 +324,16 @@ class PubSubPublisher(Publisher):
                 return self._rpc(call, "Publish")
             raise
 
-    def _open_stream(self, metadata: tuple[tuple[str, str], ...], renew: bool = False) -> _PublishStream:
-        token = self.auth.current(self.client)
+    def _open_stream(self, renew: bool = False) -> _PublishStream:
+        """The open stream, or a new one (with the current token) when it closed, is being renewed, or
+        carries a token that is no longer the current one."""
+        metadata = _metadata(self.auth.current(self.client))
         with self._stream_lock:
             stream = self._stream
-            if stream is None or stream.closed or renew or stream.token is not token:
+            if stream is None or stream.closed or renew or stream.metadata != metadata:
                 if stream is not None:
                     stream.close()
-                stream = self._stream = _PublishStream(self.stub, metadata, token)
+                stream = self._stream = _PublishStream(self.stub, metadata)
             return stream
 
     # ------------------------------------------------------------------ auth
