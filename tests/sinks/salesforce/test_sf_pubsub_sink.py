@@ -134,12 +134,11 @@ def test_oversized_and_invalid_records_go_to_the_dlq_the_rest_in_one_request(
     assert sink.publisher is not None and sink.publisher.stats.calls == 1
 
 
-def test_an_event_over_1_mb_is_rejected_without_being_sent(emulator: Any) -> None:
-    """Mapped records respect the field lengths; the publisher still refuses what Salesforce would."""
+def _publisher(server: Any) -> tuple[Any, PubSubPublisher]:
+    """An opened pubsub sink on ``server`` and its publisher (close the sink after use)."""
     from walbridge.config import SalesforceSinkSettings
     from walbridge.sinks.salesforce.sink import SalesforceSink
 
-    server = emulator(pubsub_port=0)
     settings = SalesforceSinkSettings(
         instance_url=server.url,
         client_id="walbridge-emulator",
@@ -150,20 +149,42 @@ def test_an_event_over_1_mb_is_rejected_without_being_sent(emulator: Any) -> Non
     )
     sink = SalesforceSink(settings)
     sink.open()
+    assert isinstance(sink.publisher, PubSubPublisher)
+    return sink, sink.publisher
+
+
+def _records(payloads: list[str]) -> list[EventRecord]:
+    base = {"Source_Table__c": "a.b", "Operation__c": "INSERT"}
+    return [
+        EventRecord(EVENT, {**base, "Event_Key__c": f"k{i}", "Payload__c": text}, i)
+        for i, text in enumerate(payloads)
+    ]
+
+
+def test_an_event_over_1_mb_is_rejected_without_being_sent(emulator: Any) -> None:
+    """Mapped records respect the field lengths; the publisher still refuses what Salesforce would."""
+    server = emulator(pubsub_port=0)
+    sink, publisher = _publisher(server)
     try:
-        publisher = sink.publisher
-        assert isinstance(publisher, PubSubPublisher)
-        base = {"Source_Table__c": "a.b", "Operation__c": "INSERT"}
-        records = [
-            EventRecord(EVENT, {**base, "Event_Key__c": f"k{i}", "Payload__c": text}, i)
-            for i, text in enumerate(["small", "y" * 1_100_000, "small too"])
-        ]
-        outcome = publisher.publish(records)
+        outcome = publisher.publish(_records(["small", "y" * 1_100_000, "small too"]))
     finally:
         sink.close()
     assert sorted(outcome.accepted) == [0, 2]
     assert [(i, e.status_code) for i, e in outcome.rejected] == [(1, "EVENT_TOO_LARGE")]
     assert len(stored_events(server)) == 2
+
+
+def test_requests_stay_under_3_mb(emulator: Any) -> None:
+    """60 events of ~130 KB (7.8 MB, one chunk of the plan) go in three requests, none refused as > 4 MB."""
+    server = emulator(pubsub_port=0)
+    sink, publisher = _publisher(server)
+    try:
+        outcome = publisher.publish(_records(["z" * 130_000] * 60))
+    finally:
+        sink.close()
+    assert sorted(outcome.accepted) == list(range(60)) and outcome.transient is None
+    assert publisher.stats.calls == 3
+    assert len(stored_events(server)) == 60
 
 
 def test_transient_record_failures_never_reorder_a_row(
