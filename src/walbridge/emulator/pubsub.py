@@ -164,11 +164,15 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         threading.Thread(
             target=self._read_publishes, args=(requests, context, answers), daemon=True
         ).start()
+        last = time.monotonic()
         while True:
             try:
-                answer = answers.get(timeout=self.stream_idle_s)
+                answer = answers.get(timeout=_POLL_S * 4)
             except queue.Empty:
-                return  # Salesforce closes a stream without a publish request for 70 s
+                if not context.is_active() or time.monotonic() - last > self.stream_idle_s:
+                    return  # cancelled, or idle: Salesforce closes a stream without a request for 70 s
+                continue
+            last = time.monotonic()
             if answer is None:
                 return
             if isinstance(answer, _Abort):
