@@ -6,6 +6,7 @@ flags) and ``events`` (print stored events as JSON lines; ``--tail`` keeps polli
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Annotated
@@ -85,7 +86,7 @@ def run(
         hourly_publish_limit=hourly_publish_limit,
         daily_api_limit=daily_api_limit,
         handler=emulate_handler,
-        pubsub_port=None if pubsub_port < 0 else pubsub_port,
+        pubsub_port=_pubsub_port(pubsub_port),
     )
     server = EmulatorServer(config, host=host, port=port)
     pubsub = f", Pub/Sub API on {server.pubsub_url}" if server.pubsub_url else ""
@@ -96,6 +97,16 @@ def run(
         pass
     finally:
         server.stop()
+
+
+def _pubsub_port(port: int) -> int | None:
+    """The port to serve the Pub/Sub API on; without the pubsub extra the default quietly means none."""
+    if port < 0:
+        return None
+    if port == DEFAULT_PUBSUB_PORT and importlib.util.find_spec("grpc") is None:
+        typer.echo("Pub/Sub API not served: it needs the pubsub extra (pip install 'walbridge[pubsub]')")
+        return None
+    return port
 
 
 @emulator_app.command()
