@@ -103,7 +103,8 @@ def _pubsub_port(port: int) -> int | None:
     """The port to serve the Pub/Sub API on; without the pubsub extra the default quietly means none."""
     if port < 0:
         return None
-    if port == DEFAULT_PUBSUB_PORT and importlib.util.find_spec("grpc") is None:
+    missing = [m for m in ("grpc", "fastavro") if importlib.util.find_spec(m) is None]
+    if port == DEFAULT_PUBSUB_PORT and missing:
         typer.echo("Pub/Sub API not served: it needs the pubsub extra (pip install 'walbridge[pubsub]')")
         return None
     return port
