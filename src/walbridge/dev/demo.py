@@ -32,8 +32,8 @@ from rich.table import Table
 
 from walbridge.cli_common import console, handle_errors, stop_on_signals
 from walbridge.config import Settings, load_settings
+from walbridge.dev.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 from walbridge.errors import WalbridgeError
-from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 __all__ = ["demo"]
 
@@ -79,7 +79,7 @@ def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
 
 
 def _settings(source: str, dest: str, bootstrap: str, emulator_url: str, state_dir: Path) -> Settings:
-    from walbridge.devstack import EMBEDDED_BROKER_KAFKA
+    from walbridge.dev.devstack import EMBEDDED_BROKER_KAFKA
 
     return load_settings(
         source={"dsn": source, "tables": TABLES, "slot": "walbridge_demo", "publication": "walbridge_demo"},
@@ -261,7 +261,7 @@ def demo(
     """Run the whole pipeline on embedded services and watch changes flow (Ctrl-C stops)."""
     import shutil
 
-    from walbridge.devstack import DevStack
+    from walbridge.dev.devstack import DevStack
     from walbridge.emulator.server import EmulatorConfig, EmulatorServer
 
     stop = stop_on_signals()

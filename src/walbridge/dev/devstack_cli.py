@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from walbridge.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack
+from walbridge.dev.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack
 from walbridge.errors import WalbridgeError
 from walbridge.logs import redact
 
@@ -114,7 +114,7 @@ SAMPLE_SOURCE_DB, SAMPLE_DEST_DB = "shop", "replica"
 def _load_sample(stack: DevStack) -> None:
     import psycopg
 
-    from walbridge.samples import ECOMMERCE_SCHEMA
+    from walbridge.dev.samples import ECOMMERCE_SCHEMA
 
     with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
