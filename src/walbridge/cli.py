@@ -34,12 +34,12 @@ _SUB_APPS = {
     "devstack": ("walbridge.dev.devstack_cli", "devstack_app", "Start/stop the embedded dev stack."),
     "sf-emulator": ("walbridge.emulator.cli", "emulator_app", "The local Salesforce API emulator."),
     "sink": ("walbridge.sinks.cli", "sink_app", "Run a sink (postgres, salesforce)."),
-    "dlq": ("walbridge.sinks.cli", "dlq_app", "Inspect and replay dead-letter queues."),
-    "topics": ("walbridge.sinks.cli", "topics_app", "Kafka topic administration."),
-    "groups": ("walbridge.sinks.cli", "groups_app", "Kafka consumer groups."),
+    "dlq": ("walbridge.cli_dlq", "dlq_app", "Inspect and replay dead-letter queues."),
+    "topics": ("walbridge.cli_admin", "topics_app", "Kafka topic administration."),
+    "groups": ("walbridge.cli_admin", "groups_app", "Kafka consumer groups."),
 }
 _COMMANDS = {
-    "verify": ("walbridge.sinks.cli", "verify"),
+    "verify": ("walbridge.cli_verify", "verify"),
     "status": ("walbridge.cli_status", "status"),
     "demo": ("walbridge.dev.demo", "demo"),
 }

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from walbridge.config import Settings, load_settings
+from walbridge.config import PostgresSinkSettings, Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "SinkNameOption",
     "console",
     "handle_errors",
+    "postgres_sink",
     "settings_from",
     "sink_uses",
     "stop_on_signals",
@@ -89,6 +90,13 @@ def settings_from(
     if metrics_port is not None:
         overrides["metrics"] = {**overrides.get("metrics", {}), "port": metrics_port, "enabled": True}
     return load_settings(config, uses, **overrides)
+
+
+def postgres_sink(settings: Settings, name: str | None) -> PostgresSinkSettings:
+    """The configured PostgreSQL sink called ``name`` (default: the first)."""
+    sink = settings.sink("postgres", name)
+    assert isinstance(sink, PostgresSinkSettings)
+    return sink
 
 
 def stop_on_signals() -> threading.Event:
