@@ -217,7 +217,7 @@ class SalesforceSinkSettings(_SinkBase):
     @field_validator("instance_url", "login_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
-        from walbridge.sinks.salesforce.transport import insecure_url
+        from walbridge.urls import insecure_url
 
         if value is not None and insecure_url(value):
             raise ValueError(f"{value!r} must be an https:// URL (plain http only to a loopback address)")
