@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from walbridge.config import load_settings
+from walbridge.config import SourceSettings, load_settings
 from walbridge.errors import ConfigError
 
 
@@ -98,3 +98,11 @@ def test_a_command_needs_only_the_variables_of_the_sections_it_uses(
     assert sink.sink("postgres").dsn == "postgresql://sink@dst/db"  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="CFG_TEST_SF_SECRET is not set"):
         load_settings(cfg)  # every section
+
+
+def test_excluded_columns_are_read_per_table() -> None:
+    """One parser of ``source.exclude_columns`` serves both capture modes and the trigger installer."""
+    source = SourceSettings(exclude_columns=["public.accounts.secret", "public.accounts_x.pin", "a.b.c"])
+    assert source.excluded_columns("public", "accounts") == ["secret"]
+    assert source.excluded_columns("a", "b") == ["c"]
+    assert source.excluded_columns("public", "account") == []

@@ -90,6 +90,14 @@ class SourceSettings(_Model):
             self.publication = self.slot
         return self
 
+    def excluded_columns(self, schema: str, table: str) -> list[str]:
+        """The columns of ``schema.table`` that ``exclude_columns`` (``schema.table.column``) names."""
+        return [
+            column
+            for qualified, _, column in (name.rpartition(".") for name in self.exclude_columns)
+            if qualified == f"{schema}.{table}"
+        ]
+
 
 class EventSettings(_Model):
     topic_prefix: str = "walbridge"

@@ -261,11 +261,7 @@ class LogicalCapture:
     # ------------------------------------------------------------------ relations
 
     def _codec_for(self, rel: RelationInfo) -> RowCodec:
-        excluded = {
-            name.rsplit(".", 1)[1]
-            for name in self.source.exclude_columns
-            if name.rsplit(".", 1)[0] == f"{rel.schema}.{rel.table}"
-        }
+        excluded = self.source.excluded_columns(rel.schema, rel.table)
         codec = RowCodec(rel, self._registry, self.options, excluded)
         self._codecs[rel.oid] = codec
         return codec

@@ -321,8 +321,7 @@ class TriggerCapture:
         }
 
     def _codec_for(self, rel: catalog.RelationInfo) -> RowCodec:
-        prefix = rel.qualified_name + "."
-        excluded = [name[len(prefix) :] for name in self.source.exclude_columns if name.startswith(prefix)]
+        excluded = self.source.excluded_columns(rel.schema, rel.table)
         return RowCodec(rel, self._registry, self.options, excluded)
 
     def check_tables(self, conn: psycopg.Connection[Any]) -> None:
