@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +12,7 @@ from rich.console import Console
 
 from walbridge.config import PostgresSinkSettings, Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
+from walbridge.signals import stop_on_signals
 
 __all__ = [
     "CAPTURE_USES",
@@ -97,17 +96,3 @@ def postgres_sink(settings: Settings, name: str | None) -> PostgresSinkSettings:
     sink = settings.sink("postgres", name)
     assert isinstance(sink, PostgresSinkSettings)
     return sink
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT/SIGTERM, for clean shutdowns; a second signal interrupts at once."""
-    stop = threading.Event()
-
-    def _handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
-    return stop

@@ -8,11 +8,7 @@ the services running and records their pids in ``<state-dir>/state.json`` for ``
 from __future__ import annotations
 
 import shlex
-import signal
-import threading
-import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -22,6 +18,7 @@ from rich.table import Table
 from walbridge.dev.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack
 from walbridge.errors import WalbridgeError
 from walbridge.logs import redact
+from walbridge.signals import stop_on_signals
 
 __all__ = ["devstack_app"]
 
@@ -29,17 +26,6 @@ devstack_app = typer.Typer(help="Start, stop and inspect the embedded dev stack 
 console = Console()
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Directory holding all dev-stack state.")]
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _wait_forever() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    while True:
-        time.sleep(3600)
 
 
 @devstack_app.command("up")
@@ -75,7 +61,8 @@ def up(
             console.print(f"left running; stop with: walbridge devstack down --state-dir {state_dir}")
             return
         console.print("running; press Ctrl-C to stop")
-        _wait_forever()
+        stop_on_signals().wait()
+        console.print("stopping...")
     except KeyboardInterrupt:
         console.print("stopping...")
     except WalbridgeError as exc:

@@ -47,7 +47,7 @@ the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
 Start: the consumer subscribes once every named topic exists (a sink may start before the capture
 that creates them); topics matching ``topic_pattern`` are picked up at the next metadata refresh.
 
-Shutdown: setting ``stop_event`` (see :func:`install_signal_handlers`) lets a batch being
+Shutdown: setting ``stop_event`` (see :func:`walbridge.signals.stop_on_signals`) lets a batch being
 applied finish and aborts one waiting for a retry; the consumer is closed either way.
 """
 
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +72,7 @@ from walbridge.logs import ThrottleRepeats
 from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
 from walbridge.sinks.dlq import DlqWriter
 
-__all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
+__all__ = ["SinkRunner", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 THROUGHPUT_EVERY_S = 30.0
@@ -99,16 +98,6 @@ def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = No
     base = min(dlq.backoff_max_s, dlq.backoff_initial_s * 2 ** (attempt - 1))
     jitter: float = (rng or random).random()
     return float(base * (0.75 + 0.25 * jitter))
-
-
-def install_signal_handlers(stop_event: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop_event`` (main thread only)."""
-
-    def handler(_signum: int, _frame: Any) -> None:
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 @dataclass(slots=True)
