@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 import typer.main
+from rich.markup import escape
 from typer.models import CommandInfo, TyperInfo
 
 from walbridge import __version__
@@ -118,7 +119,7 @@ def main() -> None:
     try:
         app()
     except WalbridgeError as exc:  # raised outside a command's own handler
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         sys.exit(2)
 
 

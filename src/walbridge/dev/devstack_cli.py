@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from walbridge.dev.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack
+from walbridge.dev.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack, require_embedded
 from walbridge.errors import WalbridgeError
 from walbridge.logs import redact
 from walbridge.signals import stop_on_signals
@@ -46,6 +47,11 @@ def up(
     ] = False,
 ) -> None:
     """Start the services; in the foreground until Ctrl-C unless --detach."""
+    try:
+        require_embedded("walbridge devstack up")
+    except WalbridgeError as exc:
+        console.print(f"[red]devstack failed:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     stack = DevStack(
         state_dir, pg_port=pg_port, kafka_port=kafka_port, pg_password=pg_password, durable=not fast
     )
