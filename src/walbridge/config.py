@@ -64,7 +64,6 @@ class SourceSettings(_Model):
     publication: str = ""
     """Default: the slot's name, so that captures with their own slots never share a publication."""
     snapshot: Literal["initial", "never", "when_needed", "initial_only"] = "initial"
-    snapshot_fetch_rows: int = 10_000
     replica_identity_full: bool = False
     heartbeat_ms: int = 10_000
     heartbeat_action_query: str | None = None
