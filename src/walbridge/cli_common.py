@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from walbridge.config import PostgresSinkSettings, Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
+from walbridge.logs import console
 from walbridge.signals import stop_on_signals
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "stop_on_signals",
 ]
 
-console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
