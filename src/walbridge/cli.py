@@ -49,15 +49,19 @@ _COMMANDS = {
 def _load(name: str) -> Any:  # a click command (typer vendors click)
     """The command ``name`` as ``add_typer``/``command`` would mount it, its module imported only now:
     ``capture`` and the sinks never load the dev tools."""
-    style = {"pretty_exceptions_short": True, "rich_markup_mode": typer.core.DEFAULT_MARKUP_MODE}
+    markup = typer.core.DEFAULT_MARKUP_MODE
     if name in _SUB_APPS:
         module, attr, help_text = _SUB_APPS[name]
         info = TyperInfo(getattr(importlib.import_module(module), attr), name=name, help=help_text)
-        return typer.main.get_group_from_info(info, suggest_commands=True, **style)
+        return typer.main.get_group_from_info(
+            info, pretty_exceptions_short=True, suggest_commands=True, rich_markup_mode=markup
+        )
     if name in _COMMANDS:
         module, attr = _COMMANDS[name]
         command = CommandInfo(name=name, callback=getattr(importlib.import_module(module), attr))
-        return typer.main.get_command_from_info(command, **style)
+        return typer.main.get_command_from_info(
+            command, pretty_exceptions_short=True, rich_markup_mode=markup
+        )
     return None
 
 

@@ -11,6 +11,7 @@ merge order is the same whatever the databases' collations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -167,7 +168,7 @@ def verify_tables(
                     s,
                     d,
                     chunk_rows=chunk_rows,
-                    progress=(lambda n, s=s: progress(s, n)) if progress else None,
+                    progress=functools.partial(progress, s) if progress else None,
                 )
                 for s, d in pairs
             ]

@@ -592,7 +592,12 @@ class _Stream:
         key_row = before if before is not None else row(key) if key is not None else None
         old_key = codec.key(key_row) if key_row is not None else new_key
         # Key columns are NOT NULL: a null one was not in the old image (it is not the replica identity).
-        if old_key != new_key and key_row is not None and None not in old_key.values():
+        if (
+            old_key != new_key
+            and key_row is not None
+            and old_key is not None
+            and None not in old_key.values()
+        ):
             # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
             self._emit("d", codec, lsn, old_key, key_row, None)
             self._emit("c", codec, lsn, new_key, None, after)

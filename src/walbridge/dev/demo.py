@@ -31,7 +31,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from walbridge.cli_common import console, handle_errors, stop_on_signals
-from walbridge.config import Settings, load_settings
+from walbridge.config import PostgresSinkSettings, SalesforceSinkSettings, Settings, load_settings
 from walbridge.dev.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 from walbridge.errors import WalbridgeError
 
@@ -72,9 +72,9 @@ def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
             pg.create_database(name)
     source, dest = pg.dsn(SOURCE_DB), pg.dsn(DEST_DB)
     with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(ECOMMERCE_SCHEMA)  # type: ignore[arg-type]
+        conn.execute(ECOMMERCE_SCHEMA)
     with psycopg.connect(dest, autocommit=True) as conn:
-        conn.execute(ECOMMERCE_SCHEMA.split("INSERT INTO")[0])  # type: ignore[arg-type]
+        conn.execute(ECOMMERCE_SCHEMA.split("INSERT INTO")[0])
         conn.execute("ALTER TABLE inventory.orders DROP CONSTRAINT IF EXISTS orders_customer_id_fkey")
     return source, dest
 
@@ -145,11 +145,12 @@ def _watch_kafka(bootstrap: str, board: _Board, stop: threading.Event) -> None:
         for msg in consumer.consume(500, timeout=0.3):
             if msg.error():
                 continue
-            table = msg.topic().split(".", 1)[1]
-            if msg.value() is None:
+            table = (msg.topic() or ".").split(".", 1)[1]
+            raw = msg.value()
+            if raw is None:
                 board.kafka["tombstone"] += 1
                 continue
-            value = orjson.loads(msg.value())
+            value = orjson.loads(raw)
             board.kafka[value["op"]] += 1
             row = value["after"] or value["before"] or {}
             label = row.get("email") or row.get("order_number") or ""
@@ -163,7 +164,7 @@ def _watch_state(source: str, dest: str, emulator_url: str, board: _Board, stop:
             for dsn, target in ((source, board.source_rows), (dest, board.dest_rows)):
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
                     for table in TABLES:
-                        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+                        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
                         target[table] = int(row[0]) if row else 0
             stats = httpx.get(f"{emulator_url}/emulator/stats", timeout=3).json()
             board.emulator_events = int(stats.get("events", 0))
@@ -240,7 +241,7 @@ def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
             if stop.wait(1.0):
                 return
             board.step = f"change {index}/{len(ECOMMERCE_CHANGES)}: {statement.split(' (')[0][:60]}"
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
     board.step = "scripted changes applied; streaming (try your own)"
 
 
@@ -253,6 +254,7 @@ def _start_pipeline(settings: Settings, stop: threading.Event, board: _Board) ->
     threads = [_thread("capture", lambda s: run_capture(settings, s), stop, board)]
     pg_settings = settings.sink("postgres")
     sf_settings = settings.sink("salesforce")
+    assert isinstance(pg_settings, PostgresSinkSettings) and isinstance(sf_settings, SalesforceSinkSettings)
     threads.append(
         _thread(
             "postgres sink", SinkRunner(PostgresSink(pg_settings), settings, pg_settings).run, stop, board

@@ -116,7 +116,7 @@ def _load_sample(stack: DevStack) -> None:
     if SAMPLE_SOURCE_DB not in existing:
         source = stack.postgres.create_database(SAMPLE_SOURCE_DB)
         with psycopg.connect(source, autocommit=True) as conn:
-            conn.execute(ECOMMERCE_SCHEMA)  # type: ignore[arg-type]
+            conn.execute(ECOMMERCE_SCHEMA)
     console.print(f"sample: database {SAMPLE_SOURCE_DB} (source, with rows) and {SAMPLE_DEST_DB} (empty)")
 
 

@@ -406,7 +406,7 @@ class PostgresSink:
 
     def _forget_table(self, dest: tuple[str, str]) -> None:
         for cache in (self._tables, self._converters, self._exprs):
-            cache.pop(dest, None)  # type: ignore[attr-defined]
+            cache.pop(dest, None)
 
     def _collapse_once(
         self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -69,7 +69,14 @@ from walbridge.errors import ConnectionLost, DecodeError, TransientError, Walbri
 from walbridge.events import ChangeEvent, decode_record
 from walbridge.kafka import make_consumer, map_kafka_error
 from walbridge.logs import ThrottleRepeats
-from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
+from walbridge.sinks.base import (
+    BarrierSink,
+    OffsetConflict,
+    RecordFailure,
+    Sink,
+    SinkRecord,
+    TopicPartitionKey,
+)
 from walbridge.sinks.dlq import DlqWriter
 
 __all__ = ["SinkRunner", "backoff_delay"]
@@ -487,7 +494,9 @@ class SinkRunner:
         """Pause the assigned partitions that arrived at a truncate not applied yet."""
         keys = [(tp.topic, tp.partition) for tp in partitions]
         try:
-            waiting: dict[TopicPartitionKey, str | None] = dict(self.sink.barriers_waiting(keys))
+            waiting: dict[TopicPartitionKey, str | None] = dict(
+                cast(BarrierSink, self.sink).barriers_waiting(keys)
+            )
         except TransientError as exc:
             log.warning("%s: truncate barriers unavailable (%s); partitions wait", self.sink.name, exc)
             waiting = dict.fromkeys(keys)
@@ -580,14 +589,14 @@ class SinkRunner:
         try:
             unknown = [key for key, (_, barrier) in self._held.items() if barrier is None]
             if unknown:
-                waiting = self.sink.barriers_waiting(unknown)
+                waiting = cast(BarrierSink, self.sink).barriers_waiting(unknown)
                 for key in unknown:
                     if key in waiting:
                         self._held[key] = (self._held[key][0], waiting[key])
                     else:
                         self._release(key)
             pending = {(key[0], barrier) for key, (_, barrier) in self._held.items() if barrier is not None}
-            applied = self.sink.barriers_applied(pending)
+            applied = cast(BarrierSink, self.sink).barriers_applied(pending)
         except TransientError as exc:
             log.debug("%s: truncate barriers unavailable: %s", self.sink.name, exc)
             return
