@@ -2,7 +2,8 @@
 
 Run: ``python bench/capture.py`` (full sizes: 200,000-row backlog, 500,000-row snapshot; ~5 min) or
 ``python bench/capture.py --rows 20000 --snapshot-rows 50000`` for a quick run. Starts its own
-PostgreSQL and Kafka-protocol broker (``walbridge.devstack``) unless ``--pg-dsn``/``--bootstrap`` are given.
+PostgreSQL and Kafka-protocol broker (``walbridge.dev.devstack``) unless ``--pg-dsn``/``--bootstrap`` are
+given.
 
 Workloads, each measured for both tools in a fresh subprocess (so peak RSS is the tool's own):
 1. backlog: ``--rows`` inserts in transactions of 1,000 rows, then as many updates (REPLICA IDENTITY
@@ -157,7 +158,7 @@ def _announce_ready(wait: Callable[[], Any], job: dict[str, Any], done: threadin
 
 
 def _debezium_worker(job: dict[str, Any], samples: _Samples, done: threading.Event) -> float:
-    from walbridge.debezium import EmbeddedDebezium, postgres_properties, start_jvm
+    from walbridge.dev.debezium import EmbeddedDebezium, postgres_properties, start_jvm
 
     start_jvm()
     props = postgres_properties(
@@ -481,7 +482,7 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
 
 @contextmanager
 def services(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
-    from walbridge.devstack import KafkaBroker, PostgresServer, create_database
+    from walbridge.dev.devstack import KafkaBroker, PostgresServer, create_database
 
     pg = broker = None
     try:

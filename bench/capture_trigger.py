@@ -174,7 +174,7 @@ class TriggerBench(logical_bench.Bench):
         figures["bulk_trigger"] = self.bulk(logged)
 
     def pgbench(self, table: str) -> float:
-        from walbridge.devstack import find_pg_binaries
+        from walbridge.dev.devstack import find_pg_binaries
 
         script = self.work / f"{table}.sql"
         script.write_text(PGBENCH_INSERT.format(name=table))

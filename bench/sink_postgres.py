@@ -12,7 +12,7 @@ same events.
     python bench/sink_postgres.py [--events N] [--method copy|executemany|both] [--batch-size N]
                                   [--workers 2] [--partitions 4]
 
-Starts a throw-away PostgreSQL and Kafka-protocol broker (walbridge.devstack) unless
+Starts a throw-away PostgreSQL and Kafka-protocol broker (walbridge.dev.devstack) unless
 ``WALBRIDGE_BENCH_PG_DSN`` / ``WALBRIDGE_BENCH_KAFKA`` name running ones.
 """
 
@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from walbridge.config import DlqSettings, KafkaSettings, MetricsSettings, PostgresSinkSettings, Settings
-from walbridge.devstack import KafkaBroker, PostgresServer
+from walbridge.dev.devstack import KafkaBroker, PostgresServer
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
 from walbridge.kafka import ensure_topics, make_admin, make_consumer, make_producer, produce_waiting
 from walbridge.sinks.postgres import PostgresSink

@@ -40,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from walbridge.config import DlqSettings, KafkaSettings, SalesforceSinkSettings, Settings
-from walbridge.devstack import KafkaBroker, free_port
+from walbridge.dev.devstack import KafkaBroker, free_port
 from walbridge.emulator import DEFAULT_APP
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
 from walbridge.kafka import ensure_topics, make_admin, make_producer, produce_waiting

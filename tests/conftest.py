@@ -2,7 +2,7 @@
 
 Fixtures (names are stable; other tests rely on them):
 
-- ``pg_server`` (session): a ``walbridge.devstack.PostgresServer`` (fsync=off) in a temporary directory,
+- ``pg_server`` (session): a ``walbridge.dev.devstack.PostgresServer`` (fsync=off) in a temporary directory,
   or ``None`` when ``WALBRIDGE_TEST_PG_DSN`` names a running server to reuse (a superuser DSN).
 - ``pg_admin_dsn`` (session): a superuser DSN of that server (database ``postgres``).
 - ``pg_dsn`` (function): a fresh database ``test_<random>`` per test; its DSN. Dropped (FORCE) after.
@@ -11,7 +11,7 @@ Fixtures (names are stable; other tests rely on them):
 - ``topic_prefix`` (function): a unique prefix per test, so tests never see each other's topics.
 
 Services start once per session. ``WALBRIDGE_PG_BINARIES`` picks the PostgreSQL binaries: system, embedded,
-a major version (14 ... 18) or a directory (``walbridge.pgbinaries``). Test modules import the helpers as
+a major version (14 ... 18) or a directory (``walbridge.dev.pgbinaries``). Test modules import the helpers as
 ``from helpers import consume_all, wait_until, ...``.
 
 The ``pg_versions`` marker selects the focused round-trip suite that ``./dev test`` runs on every other tested
@@ -33,7 +33,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import scratch_database
-from walbridge.devstack import KafkaBroker, PostgresServer, find_pg_binaries
+from walbridge.dev.devstack import KafkaBroker, PostgresServer, find_pg_binaries
 from walbridge.errors import WalbridgeError
 
 

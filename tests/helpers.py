@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from psycopg.conninfo import make_conninfo
 
-from walbridge.devstack import create_database, drop_database, free_port
+from walbridge.dev.devstack import create_database, drop_database, free_port
 
 __all__ = [
     "consume_all",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import typer.main
@@ -25,14 +27,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     return result.exit_code, result.stdout, ""
 
 
-def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _commands(group: typer.Typer) -> list[tuple[str, ...]]:
     found = []
     command = typer.main.get_command(group)
-    for name, sub in getattr(command, "commands", {}).items():
-        path = (*prefix, name)
-        found.append(path)
-        for sub_name in getattr(sub, "commands", {}) or {}:
-            found.append((*path, sub_name))
+    with typer.Context(command) as ctx:
+        for name in command.list_commands(ctx):
+            found.append((name,))
+            sub = command.get_command(ctx, name)
+            found.extend((name, sub_name) for sub_name in getattr(sub, "commands", {}) or {})
     return found
 
 
@@ -55,3 +57,14 @@ def test_choices_are_listed() -> None:
     assert "initial|never|when_needed|initial_only" in out
     _, out, _ = run_cli("setup", "--help", env={"COLUMNS": "200"})
     assert "logical|trigger" in out
+
+
+def test_capture_never_imports_the_dev_tools() -> None:
+    """The dev stack, demo and Debezium runner load only for the commands that need them."""
+    code = (
+        "import sys; from typer.testing import CliRunner; from walbridge.cli import app; "
+        "r = CliRunner().invoke(app, ['capture', '--help']); assert r.exit_code == 0, r.stdout; "
+        "print(sorted(m for m in sys.modules if m.startswith('walbridge.dev')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

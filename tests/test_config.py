@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from walbridge.config import load_settings
+from walbridge.config import SourceSettings, load_settings
 from walbridge.errors import ConfigError
 
 
@@ -98,3 +98,36 @@ def test_a_command_needs_only_the_variables_of_the_sections_it_uses(
     assert sink.sink("postgres").dsn == "postgresql://sink@dst/db"  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="CFG_TEST_SF_SECRET is not set"):
         load_settings(cfg)  # every section
+
+
+def test_excluded_columns_are_read_per_table() -> None:
+    """One parser of ``source.exclude_columns`` serves both capture modes and the trigger installer."""
+    source = SourceSettings(exclude_columns=["public.accounts.secret", "public.accounts_x.pin", "a.b.c"])
+    assert source.excluded_columns("public", "accounts") == ["secret"]
+    assert source.excluded_columns("a", "b") == ["c"]
+    assert source.excluded_columns("public", "account") == []
+
+
+def test_secrets_never_show_in_repr_or_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """client_secret, private_key and Kafka's passwords are SecretStr; DSNs stay out of repr."""
+    monkeypatch.setenv("SF_SECRET", "s3cret-client-value")
+    monkeypatch.setenv("SASL_PW", "s3cret-sasl-value")
+    monkeypatch.setenv("DEST_DSN", "postgresql://u:s3cret-dsn-value@db/x")
+    path = tmp_path / "w.yaml"
+    body = """
+kafka: {options: {sasl.password: env:SASL_PW, security.protocol: SASL_SSL}}
+sinks:
+  - {type: salesforce, client_id: app, client_secret: env:SF_SECRET, topics: [t]}
+  - {type: postgres, dsn: env:DEST_DSN, topics: [t]}
+"""
+    path.write_text(body)
+    settings = load_settings(path)
+    shown = repr(settings) + str(settings)
+    assert "s3cret" not in shown
+    sf = settings.sink("salesforce")
+    assert sf.client_secret is not None and sf.client_secret.get_secret_value() == "s3cret-client-value"
+    assert settings.kafka.client_options()["sasl.password"] == "s3cret-sasl-value"
+    path.write_text(body + "dlq: {max_attempts: many}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert "max_attempts" in err.value.message and "s3cret" not in err.value.message

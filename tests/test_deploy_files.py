@@ -108,7 +108,8 @@ def test_config_file_secrets_come_from_the_environment(path: Path, monkeypatch: 
     settings = _load_with_dummy_env(path, monkeypatch)
     for sink in settings.sinks:
         if sink.type == "salesforce":
-            assert sink.client_secret is not None and sink.client_secret.startswith("dummy-")
+            assert sink.client_secret is not None
+            assert sink.client_secret.get_secret_value().startswith("dummy-")
 
 
 # --------------------------------------------------------------------------- compose

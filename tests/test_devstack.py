@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from helpers import consume_all, json_or_none, wait_until, with_dbname
-from walbridge.devstack import DevStack, KafkaBroker, PostgresServer, find_pg_binaries, pid_alive
+from walbridge.dev.devstack import DevStack, KafkaBroker, PostgresServer, find_pg_binaries, pid_alive
 
 
 def _binaries_available(kind: str) -> bool:

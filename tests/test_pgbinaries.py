@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from walbridge.devstack import PostgresServer, ServiceError
+from walbridge.dev.devstack import PostgresServer, ServiceError
+from walbridge.dev.pgbinaries import find_pg_binaries
 from walbridge.errors import ConfigError
-from walbridge.pgbinaries import find_pg_binaries
 
 
 def test_a_major_version_resolves_to_binaries_of_that_major() -> None:

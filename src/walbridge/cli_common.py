@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
-from walbridge.config import Settings, load_settings
+from walbridge.config import PostgresSinkSettings, Settings, load_settings
 from walbridge.errors import ConfigError, WalbridgeError
+from walbridge.logs import console
+from walbridge.signals import stop_on_signals
 
 __all__ = [
     "CAPTURE_USES",
@@ -22,12 +22,12 @@ __all__ = [
     "SinkNameOption",
     "console",
     "handle_errors",
+    "postgres_sink",
     "settings_from",
     "sink_uses",
     "stop_on_signals",
 ]
 
-console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
@@ -56,7 +56,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except WalbridgeError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
@@ -91,15 +91,8 @@ def settings_from(
     return load_settings(config, uses, **overrides)
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT/SIGTERM, for clean shutdowns; a second signal interrupts at once."""
-    stop = threading.Event()
-
-    def _handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
-    return stop
+def postgres_sink(settings: Settings, name: str | None) -> PostgresSinkSettings:
+    """The configured PostgreSQL sink called ``name`` (default: the first)."""
+    sink = settings.sink("postgres", name)
+    assert isinstance(sink, PostgresSinkSettings)
+    return sink

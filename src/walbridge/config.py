@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -54,7 +55,8 @@ class _Model(BaseModel):
 
 class SourceSettings(_Model):
     mode: Literal["logical", "trigger"] = "logical"
-    dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    dsn: str = Field(default="postgresql://postgres@127.0.0.1:5432/postgres", repr=False)
+    """May hold a password (from the environment): left out of ``repr``; logs redact it."""
     tables: list[str] = Field(default_factory=list, description="schema.table names; wildcards allowed")
     exclude_tables: list[str] = Field(default_factory=list)
     exclude_columns: list[str] = Field(default_factory=list, description="schema.table.column names")
@@ -62,7 +64,6 @@ class SourceSettings(_Model):
     publication: str = ""
     """Default: the slot's name, so that captures with their own slots never share a publication."""
     snapshot: Literal["initial", "never", "when_needed", "initial_only"] = "initial"
-    snapshot_fetch_rows: int = 10_000
     replica_identity_full: bool = False
     heartbeat_ms: int = 10_000
     heartbeat_action_query: str | None = None
@@ -89,6 +90,14 @@ class SourceSettings(_Model):
         if not self.publication:
             self.publication = self.slot
         return self
+
+    def excluded_columns(self, schema: str, table: str) -> list[str]:
+        """The columns of ``schema.table`` that ``exclude_columns`` (``schema.table.column``) names."""
+        return [
+            column
+            for qualified, _, column in (name.rpartition(".") for name in self.exclude_columns)
+            if qualified == f"{schema}.{table}"
+        ]
 
 
 class EventSettings(_Model):
@@ -134,8 +143,21 @@ class KafkaSettings(_Model):
     """librdkafka's default when unset; the embedded broker wants ~6000 (slow group join)."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
     """Largest record (key + value) walbridge produces; topics, producers and consumers are sized for it."""
-    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    """Any librdkafka property (TLS, SASL, ...), passed through unchanged; secrets via env:NAME."""
+    options: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
+    """Any librdkafka property (TLS, SASL, ...), passed through unchanged; secrets via env:NAME (held as
+    ``SecretStr``: see :meth:`client_options`)."""
+
+    @field_validator("options")
+    @classmethod
+    def _hide_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: SecretStr(str(v)) if key in _SECRET_KEYS and not isinstance(v, SecretStr) else v
+            for key, v in value.items()
+        }
+
+    def client_options(self) -> dict[str, str | int | float | bool]:
+        """``options`` as librdkafka takes them, secrets revealed."""
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in self.options.items()}
 
 
 class DlqSettings(_Model):
@@ -171,7 +193,7 @@ class _SinkBase(_Model):
 class PostgresSinkSettings(_SinkBase):
     type: Literal["postgres"] = "postgres"
     batch_size: int = 5_000
-    dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    dsn: str = Field(default="postgresql://postgres@127.0.0.1:5432/postgres", repr=False)
     table_map: dict[str, str] = Field(default_factory=dict)
     """source ``schema.table`` → destination ``schema.table``; default: the same name."""
     auto_create: bool = False
@@ -194,9 +216,9 @@ class SalesforceSinkSettings(_SinkBase):
     sandbox, or an Experience Cloud site URL."""
     auth: Literal["client_credentials", "jwt_bearer"] = "client_credentials"
     client_id: str = ""
-    client_secret: str | None = None
+    client_secret: SecretStr | None = None
     username: str | None = None
-    private_key: str | None = None
+    private_key: SecretStr | None = None
     private_key_file: str | None = None
     api_version: str = "62.0"
     event: str = "PostgreSQL_Data__e"
@@ -226,7 +248,7 @@ class SalesforceSinkSettings(_SinkBase):
     @field_validator("instance_url", "login_url", "pubsub_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
-        from walbridge.sinks.salesforce.transport import insecure_url
+        from walbridge.urls import insecure_url
 
         if value is not None and insecure_url(value):
             raise ValueError(f"{value!r} must be an https:// URL (plain http only to a loopback address)")

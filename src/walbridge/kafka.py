@@ -63,7 +63,7 @@ def topic_config(settings: KafkaSettings) -> dict[str, str]:
 def client_config(settings: KafkaSettings) -> dict[str, Any]:
     """The librdkafka properties common to every client; its log goes through walbridge's logging."""
     conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
-    conf.update(settings.options)
+    conf.update(settings.client_options())
     conf.setdefault("logger", librdkafka_logger(settings.bootstrap_servers))
     return conf
 

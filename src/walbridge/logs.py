@@ -15,6 +15,7 @@ import time
 from typing import Any, Literal
 
 import orjson
+from rich.console import Console
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -22,6 +23,7 @@ __all__ = [
     "RedactSecrets",
     "ThrottleRepeats",
     "configure_logging",
+    "console",
     "current_setup",
     "last_problem",
     "record_problems",
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 LogFormat = Literal["auto", "rich", "plain", "json"]
+
+console = Console(stderr=True)
+"""The process's stderr: rich log lines, progress bars and the CLI's error lines share it."""
 
 CONTEXT_FIELDS = ("stage", "table", "topic", "partition", "offset", "lsn", "sink", "worker")
 """``extra`` keys a log call may pass; JSON lines carry them as fields."""
@@ -133,8 +138,6 @@ def configure_logging(verbose: bool = False, fmt: LogFormat = "auto") -> None:
     handler: logging.Handler
     if fmt == "rich":
         from rich.logging import RichHandler
-
-        from walbridge.cli_common import console
 
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))

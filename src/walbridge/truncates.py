@@ -18,6 +18,7 @@ it is read, as before: exact only with one partition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from walbridge.events import Source
@@ -73,7 +74,7 @@ def barrier_headers(barrier: Barrier) -> list[tuple[str, bytes]]:
     ]
 
 
-def barrier_of(headers: list[tuple[str, bytes | None]] | None) -> Barrier | None:
+def barrier_of(headers: Sequence[tuple[str, bytes | None]] | None) -> Barrier | None:
     """The barrier a record's headers describe, or None (not a walbridge truncate copy)."""
     if not headers:
         return None

@@ -86,7 +86,7 @@ def is_unavailable(value: Any) -> bool:
     if cls is list:
         return 0 < len(value) <= len(_BYTE_LIST) and value in _LISTS
     if cls is dict:
-        return value == _MAP
+        return bool(value == _MAP)
     return False
 
 

@@ -11,6 +11,7 @@ merge order is the same whatever the databases' collations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from walbridge import pgcatalog
 from walbridge.errors import ConfigError, WalbridgeError
+from walbridge.pgerrors import map_pg_error
 from walbridge.sinks.pg_types import TableInfo, read_table
-from walbridge.sinks.postgres import map_pg_error
 
 __all__ = ["TableDiff", "compare_tables", "verify_tables"]
 
@@ -79,10 +81,8 @@ def _stream(
 
 def _keyed_like_events(conn: psycopg.Connection[Any], table: str, info: TableInfo) -> TableInfo:
     """A table without a primary key, keyed as capture keys its events (the replica identity index)."""
-    from walbridge.capture.catalog import resolve_tables
-
-    [relation] = resolve_tables(conn, [table])
-    if not relation.key_columns:
+    relation = pgcatalog.read_table(conn, *_split(table))
+    if relation is None or not relation.key_columns:
         raise ConfigError(f"source table {table} has no primary key or replica identity index to compare by")
     return replace(info, key=relation.key_columns)
 
@@ -168,7 +168,7 @@ def verify_tables(
                     s,
                     d,
                     chunk_rows=chunk_rows,
-                    progress=(lambda n, s=s: progress(s, n)) if progress else None,
+                    progress=functools.partial(progress, s) if progress else None,
                 )
                 for s, d in pairs
             ]

@@ -40,7 +40,7 @@ class OpsServer:
 
     def __init__(self, host: str, port: int, status: StatusFn, healthy: Callable[[], bool]) -> None:
         record_problems()
-        self._status = lambda: {**status(), "last_error": last_problem()}
+        self._status: StatusFn = lambda: {**status(), "last_error": last_problem()}
         self._healthy = healthy
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True

@@ -11,7 +11,7 @@ import pytest
 from capture_support import RunningCapture, make_settings
 from helpers import consume_all, json_or_none, wait_until
 from walbridge.capture.logical import LogicalCapture
-from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
+from walbridge.dev.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 TABLES = ["inventory.customers", "inventory.orders"]
 

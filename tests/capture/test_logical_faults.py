@@ -19,7 +19,7 @@ from capture_support import RunningCapture, history_slot, make_settings, read_hi
 from helpers import consume_all, free_port, json_or_none, run_cli, wait_until
 from tcp_proxy import TcpProxy
 from walbridge.capture.logical import LogicalCapture
-from walbridge.devstack import KafkaBroker, PostgresServer
+from walbridge.dev.devstack import KafkaBroker, PostgresServer
 
 ITEMS = "CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL, qty int NOT NULL DEFAULT 0)"
 

@@ -101,16 +101,6 @@ def test_logical_message() -> None:
     assert pg.decode(buf) == pg.LogicalMessage(True, 42, "walbridge", b"abc")
 
 
-def test_protocol_2_stream_messages_and_xid_prefix() -> None:
-    assert pg.decode(b"S" + struct.pack(">Ib", 900, 1)) == pg.StreamStart(900, True)
-    assert pg.decode(b"E") == pg.StreamStop()
-    insert = b"I" + struct.pack(">II", 900, 5) + b"N" + tuple_data(b"1")
-    assert pg.decode(insert, in_stream=True) == pg.Insert(5, (b"1",), xid=900)
-    commit = b"c" + struct.pack(">Ibqqq", 900, 0, 10, 20, 0)
-    assert pg.decode(commit) == pg.StreamCommit(900, 0, 10, 20, PG_EPOCH_US)
-    assert pg.decode(b"A" + struct.pack(">II", 900, 901)) == pg.StreamAbort(900, 901)
-
-
 @pytest.mark.parametrize(
     ("buf", "fragment"),
     [
@@ -124,34 +114,10 @@ def test_protocol_2_stream_messages_and_xid_prefix() -> None:
         (b"R" + struct.pack(">I", 1) + b"public", "Relation message at offset 5: unterminated string"),
         (b"D" + struct.pack(">I", 1) + b"N" + tuple_data(b"1"), "expected 'K' or 'O'"),
         (b"C" + struct.pack(">bqqq", 0, 1, 2, 3) + b"!", "Commit message at offset 26: 1 trailing bytes"),
+        (b"S" + struct.pack(">Ib", 900, 1), "unknown pgoutput message type 'S'"),  # streaming is off
     ],
 )  # fmt: skip
 def test_bad_bytes_raise_decode_error(buf: bytes, fragment: str) -> None:
     with pytest.raises(DecodeError, match=None) as info:
         pg.decode(buf)
     assert fragment in str(info.value)
-
-
-def test_xlogdata_frame() -> None:
-    payload = b"B" + struct.pack(">qqI", 1, 2, 3)
-    frame = b"w" + struct.pack(">qqq", 100, 200, 0) + payload
-    decoded = pg.decode_copy_data(frame)
-    assert decoded == pg.XLogData(100, 200, PG_EPOCH_US, payload)
-    assert isinstance(decoded, pg.XLogData) and isinstance(pg.decode(decoded.payload), pg.Begin)
-
-
-def test_keepalive_frame() -> None:
-    frame = b"k" + struct.pack(">qq?", 300, 5, True)
-    assert pg.decode_copy_data(frame) == pg.PrimaryKeepalive(300, PG_EPOCH_US + 5, True)
-
-
-@pytest.mark.parametrize("frame", [b"", b"x123", b"w\x00", b"k" + b"\x00" * 5])
-def test_bad_frames(frame: bytes) -> None:
-    with pytest.raises(DecodeError):
-        pg.decode_copy_data(frame)
-
-
-def test_standby_status_update_bytes() -> None:
-    frame = pg.standby_status_update(0x10, 0x20, 0x30, now_us=PG_EPOCH_US + 7, reply_requested=True)
-    assert frame == b"r" + struct.pack(">qqqq?", 0x10, 0x20, 0x30, 7, True)
-    assert pg.standby_status_update(5, now_us=PG_EPOCH_US)[1:25] == struct.pack(">qqq", 5, 5, 5)

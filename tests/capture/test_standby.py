@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import run_cli, wait_until
-from walbridge.devstack import PostgresServer
+from walbridge.dev.devstack import PostgresServer
 
 pytestmark = pytest.mark.timeout(180)
 

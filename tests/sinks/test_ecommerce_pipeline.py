@@ -13,7 +13,7 @@ from capture_support import RunningCapture, make_settings
 from helpers import scratch_database, wait_until
 from walbridge.capture.logical import LogicalCapture
 from walbridge.config import load_settings
-from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
+from walbridge.dev.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
 from walbridge.verify import verify_tables

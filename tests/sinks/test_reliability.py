@@ -21,7 +21,7 @@ import yaml
 from pg_support import Pipeline, change, employee, rows
 
 from helpers import wait_until
-from walbridge.devstack import PostgresServer
+from walbridge.dev.devstack import PostgresServer
 from walbridge.sinks.dlq import read_dlq
 from walbridge.verify import verify_tables
 

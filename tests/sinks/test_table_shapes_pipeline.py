@@ -17,7 +17,7 @@ from psycopg import sql
 
 from helpers import consume_all, with_dbname
 from pipeline_support import MODES, capture_settings, running_capture, running_sink, wait_same_rows
-from walbridge.devstack import drop_database
+from walbridge.dev.devstack import drop_database
 
 
 def execute(dsn: str, *statements: str) -> None:

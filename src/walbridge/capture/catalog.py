@@ -1,16 +1,14 @@
 """Catalog lookups for capture over a psycopg 3 connection (this module does I/O).
 
-:func:`resolve_tables` turns include/exclude patterns (``schema.table``, ``*`` and ``?`` wildcards)
-into :class:`RelationInfo` values; :func:`load_type_registry` adds the database's user types (enums,
-domains, arrays of them) to a :class:`~walbridge.capture.values.TypeRegistry`;
-:func:`check_logical_capture` lists what keeps a server from logical capture as :class:`Problem` values.
-:func:`read_relations` is the one reader of a table's columns, generated columns, keys, replica identity
-and partitioning; every capture path takes its :class:`RelationInfo` from it.
+:func:`load_type_registry` adds the database's user types (enums, domains, arrays of them) to a
+:class:`~walbridge.capture.values.TypeRegistry`; :func:`check_logical_capture` lists what keeps a server
+from logical capture as :class:`Problem` values; :func:`identity_problem` says why a table's changes cannot
+be keyed. Tables themselves are read by :mod:`walbridge.pgcatalog` (the one reader, shared with the sink
+and ``verify``), whose names capture imports from here.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +17,14 @@ import psycopg
 
 from walbridge.capture.values import PgType, TypeRegistry
 from walbridge.errors import ConfigError
+from walbridge.pgcatalog import (
+    ColumnInfo,
+    RelationInfo,
+    event_key_columns,
+    read_relations,
+    relation_by_oid,
+    resolve_tables,
+)
 
 __all__ = [
     "ColumnInfo",
@@ -31,57 +37,9 @@ __all__ = [
     "load_type_registry",
     "read_relations",
     "refuse_keyless",
+    "relation_by_oid",
     "resolve_tables",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnInfo:
-    name: str
-    type_oid: int
-    typmod: int
-    not_null: bool
-    attnum: int
-    generated: bool = False
-    """A generated column (``attgenerated``): computed by the server; never captured, never written."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelationInfo:
-    oid: int
-    schema: str
-    table: str
-    columns: tuple[ColumnInfo, ...]
-    key_columns: tuple[str, ...]
-    """The event key's columns (:func:`event_key_columns`); empty when events have a null key."""
-    replica_identity: str
-    """``d`` default, ``f`` full, ``i`` index, ``n`` nothing."""
-    primary_key: tuple[str, ...] = ()
-    """Primary key columns in key order; empty when the table has none."""
-    identity_columns: tuple[str, ...] = ()
-    """The columns whose old values the WAL carries for an UPDATE/DELETE (replica identity)."""
-    partitioned: bool = False
-    """A partitioned table: captured as one table (its partitions' changes arrive under its name)."""
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-def event_key_columns(
-    primary_key: Sequence[str], identity: str, index_columns: Sequence[str]
-) -> tuple[str, ...]:
-    """The columns of a table's event key.
-
-    The primary key, as Debezium does, whenever the old row images the WAL carries contain it. With
-    ``REPLICA IDENTITY USING INDEX`` on an index without every primary-key column, a delete's old row
-    holds only the index columns, so a key made of the primary key would be null there: the index
-    columns (unique, not null) are the key instead, for every event of the table, so that all
-    events of a row share one key (one partition, in order) and every delete can be applied.
-    """
-    if identity == "i" and index_columns and not (primary_key and set(primary_key) <= set(index_columns)):
-        return tuple(index_columns)
-    return tuple(primary_key)
 
 
 def identity_problem(rel: RelationInfo) -> Problem | None:
@@ -128,132 +86,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.setting} is {self.found}: {self.fix}"
-
-
-_TABLES_SQL = """
-SELECT c.oid, n.nspname, c.relname, c.relreplident, c.relkind,
-       CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid END
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
-ORDER BY n.nspname, c.relname
-"""
-
-_COLUMNS_SQL = """
-SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attnum, a.attgenerated <> ''
-FROM pg_attribute a
-WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attrelid, a.attnum
-"""
-
-# Primary key (indisprimary) and replica identity index (indisreplident) columns, in index order.
-_KEYS_SQL = """
-SELECT i.indrelid, i.indisprimary, a.attname
-FROM pg_index i
-CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE (i.indisprimary OR i.indisreplident) AND i.indrelid = ANY(%s)
-ORDER BY i.indrelid, i.indisprimary, k.ord
-"""
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def _is_pattern(name: str) -> bool:
-    return any(ch in name for ch in "*?[")
-
-
-def resolve_tables(
-    conn: psycopg.Connection[Any], include: Sequence[str] = ("*.*",), exclude: Sequence[str] = ()
-) -> list[RelationInfo]:
-    """The ordinary and partitioned tables matching ``include`` and not ``exclude``, by name.
-
-    A partition stands for its partitioned root (pgoutput publishes its changes under the root's
-    name, ``publish_via_partition_root``): a name or pattern that matches a partition selects the
-    root, and the partitions are never captured as tables of their own. An empty ``include`` means
-    every user table. Tables of the ``walbridge`` schema (capture's own bookkeeping) never match. A
-    name that matches no table, or a pattern that matches none, is a :class:`ConfigError` naming it.
-    """
-    rows = conn.execute(_TABLES_SQL).fetchall()
-    include = include or ("*.*",)
-    exclude = (*exclude, "walbridge.*")
-    by_oid = {row[0]: row for row in rows}
-    names = {f"{row[1]}.{row[2]}" for row in rows}
-    missing = [name for name in include if not _is_pattern(name) and name not in names]
-    if missing:
-        raise ConfigError(
-            f"source.tables: no such table in database {conn.info.dbname}: {', '.join(missing)} "
-            "(names are schema.table, case-sensitive)"
-        )
-    chosen: dict[int, tuple[Any, ...]] = {}
-    empty = []
-    for pattern in include:
-        hits = 0
-        for row in rows:
-            if not fnmatch.fnmatchcase(f"{row[1]}.{row[2]}", pattern):
-                continue
-            top = by_oid.get(row[5], row) if row[5] is not None else row
-            if _matches(f"{top[1]}.{top[2]}", exclude):
-                continue
-            chosen[top[0]] = top
-            hits += 1
-        if not hits:
-            empty.append(pattern)
-    if empty:
-        raise ConfigError(
-            f"source.tables: {', '.join(empty)} match(es) no table in database {conn.info.dbname} "
-            "(after source.exclude_tables; names are schema.table, case-sensitive)"
-        )
-    return read_relations(conn, sorted(chosen.values(), key=lambda row: (row[1], row[2])))
-
-
-def read_relations(conn: psycopg.Connection[Any], tables: Sequence[Sequence[Any]]) -> list[RelationInfo]:
-    """The one catalog reader: columns, types, generated columns, keys and replica identity of tables
-    given as ``(oid, schema, table, relreplident, relkind, ...)`` rows of ``_TABLES_SQL``."""
-    oids = [row[0] for row in tables]
-    columns: dict[int, list[ColumnInfo]] = {oid: [] for oid in oids}
-    for relid, name, type_oid, typmod, not_null, attnum, generated in conn.execute(_COLUMNS_SQL, (oids,)):
-        columns[relid].append(ColumnInfo(name, type_oid, typmod, not_null, attnum, bool(generated)))
-    primary: dict[int, list[str]] = {oid: [] for oid in oids}
-    index: dict[int, list[str]] = {oid: [] for oid in oids}
-    for relid, is_primary, name in conn.execute(_KEYS_SQL, (oids,)):
-        (primary if is_primary else index)[relid].append(name)
-    out = []
-    for oid, schema, table, identity, kind, *_ in tables:
-        identity = str(identity)
-        pk = tuple(primary[oid])
-        if identity == "i" and not index[oid] and pk:
-            index[oid] = list(pk)  # USING INDEX on the primary key's own index
-        wal = {"d": pk, "i": tuple(index[oid]), "f": tuple(c.name for c in columns[oid])}.get(identity, ())
-        out.append(
-            RelationInfo(
-                oid,
-                schema,
-                table,
-                tuple(columns[oid]),
-                event_key_columns(pk, identity, index[oid]),
-                identity,
-                pk,
-                wal,
-                str(kind) == "p",
-            )
-        )
-    return out
-
-
-def relation_by_oid(conn: psycopg.Connection[Any], oid: int) -> RelationInfo | None:
-    """The current catalog description of one table, or None when it no longer exists."""
-    row = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = %s",
-        (oid,),
-    ).fetchone()
-    if row is None:
-        return None
-    found = resolve_tables(conn, [f"{row[0]}.{row[1]}"])
-    return found[0] if found else None
 
 
 _USER_TYPES_SQL = """

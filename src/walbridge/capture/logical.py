@@ -39,7 +39,7 @@ from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import application_name, connect_source, session_options, slot_holder
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
-from walbridge.capture.reconnect import Reconnect
+from walbridge.capture.reconnect import run_with_reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
 from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
@@ -49,7 +49,7 @@ from walbridge.errors import ConfigError, DecodeError, TransientError, Walbridge
 from walbridge.events import LOGICAL_CONNECTOR, LSN_MARK, ChangeEvent, PreparedSource, Source
 from walbridge.kafka import check_broker
 from walbridge.lsn import Lsn
-from walbridge.pgerrors import map_pg_error, one_line
+from walbridge.pgerrors import map_pg_error
 
 __all__ = ["LogicalCapture", "value_options"]
 
@@ -116,26 +116,22 @@ class LogicalCapture:
 
     def run(self, stop: threading.Event) -> None:
         relations = self.preflight()
-        reconnect = Reconnect()
-        while not stop.is_set():
+
+        def attempt() -> None:
             publisher = self._publisher_factory()
-            confirmed_before = self.confirmed
             try:
                 publisher.ensure_topics((rel.schema, rel.table) for rel in relations)
                 self._run_once(stop, publisher, relations)
-                return
-            except (TransientError, psycopg2.OperationalError, psycopg.OperationalError) as exc:
-                message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
-                metrics.capture.errors.labels(type(exc).__name__).inc()
-                healthy = self.ready.is_set() and self.confirmed > confirmed_before
-                delay = reconnect.next_delay(healthy)
-                log.warning(
-                    "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
-                )
-                stop.wait(delay)
             finally:
-                self.ready.clear()
                 _discard(publisher)
+
+        run_with_reconnect(
+            stop,
+            attempt,
+            ready=self.ready,
+            position=lambda: self.confirmed,
+            transient=(TransientError, psycopg2.OperationalError, psycopg.OperationalError),
+        )
 
     def _run_once(
         self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]
@@ -261,11 +257,7 @@ class LogicalCapture:
     # ------------------------------------------------------------------ relations
 
     def _codec_for(self, rel: RelationInfo) -> RowCodec:
-        excluded = {
-            name.rsplit(".", 1)[1]
-            for name in self.source.exclude_columns
-            if name.rsplit(".", 1)[0] == f"{rel.schema}.{rel.table}"
-        }
+        excluded = self.source.excluded_columns(rel.schema, rel.table)
         codec = RowCodec(rel, self._registry, self.options, excluded)
         self._codecs[rel.oid] = codec
         return codec
@@ -600,7 +592,12 @@ class _Stream:
         key_row = before if before is not None else row(key) if key is not None else None
         old_key = codec.key(key_row) if key_row is not None else new_key
         # Key columns are NOT NULL: a null one was not in the old image (it is not the replica identity).
-        if old_key != new_key and key_row is not None and None not in old_key.values():
+        if (
+            old_key != new_key
+            and key_row is not None
+            and old_key is not None
+            and None not in old_key.values()
+        ):
             # Primary key changed: Debezium emits a delete (+ tombstone) under the old key, then a create.
             self._emit("d", codec, lsn, old_key, key_row, None)
             self._emit("c", codec, lsn, new_key, None, after)

@@ -1,17 +1,17 @@
-"""Pure decoder of PostgreSQL's ``pgoutput`` logical replication protocol (versions 1 and 2).
+"""Pure decoder of PostgreSQL's ``pgoutput`` logical replication protocol (version 1, as capture asks).
 
-Contract: bytes in, frozen dataclasses out; no I/O, no catalog lookups, no clocks except in
-:func:`standby_status_update` when the caller gives no time. :func:`decode` reads one pgoutput
-message (the payload of an XLogData frame); :func:`decode_copy_data` reads the outer CopyData frame
-of the streaming replication protocol (``w`` XLogData, ``k`` primary keepalive).
+Contract: bytes in, frozen dataclasses out; no I/O, no catalog lookups, no clocks. :func:`decode`
+reads one pgoutput message (the payload of an XLogData frame; psycopg2's replication cursor reads the
+outer frames and sends the standby status updates); :func:`decode_row_change` is its fast path for
+row changes.
 
 Column values in :data:`TupleData` are the ``bytes`` of PostgreSQL's text output, ``None`` for SQL
 NULL, or :data:`UNCHANGED_TOAST` for an unchanged TOASTed value that the server did not resend. The
 plugin's ``binary`` option must stay off: binary values would arrive as ``bytes`` indistinguishable
 from text. Timestamps are converted from the PostgreSQL epoch (2000-01-01) to Unix microseconds.
 
-With protocol version 2 and ``streaming`` on, messages inside a Stream Start/Stop block carry the
-transaction id first; pass ``in_stream=True`` for those (the caller tracks the block).
+Capture uses protocol version 1 without ``streaming``, so the version-2 Stream Start/Stop/Commit/Abort
+messages (and the transaction id they prefix to others) never arrive: they are decoding errors here.
 
 Malformed input raises :class:`walbridge.errors.DecodeError` naming the message type and offset.
 """
@@ -19,7 +19,6 @@ Malformed input raises :class:`walbridge.errors.DecodeError` naming the message 
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -30,30 +29,20 @@ __all__ = [
     "UNCHANGED_TOAST",
     "Begin",
     "Commit",
-    "CopyData",
     "Delete",
     "Insert",
     "LogicalMessage",
     "Message",
     "Origin",
-    "PrimaryKeepalive",
     "Relation",
     "RelationColumn",
-    "StreamAbort",
-    "StreamCommit",
-    "StreamStart",
-    "StreamStop",
     "Truncate",
     "TupleData",
     "Type",
     "Update",
-    "XLogData",
     "decode",
-    "decode_copy_data",
     "decode_row_change",
     "pg_to_unix_us",
-    "standby_status_update",
-    "unix_to_pg_us",
 ]
 
 PG_EPOCH_OFFSET_US: Final = 946_684_800_000_000
@@ -136,7 +125,6 @@ class Relation:
     name: str
     replica_identity: str
     columns: tuple[RelationColumn, ...]
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +132,12 @@ class Type:
     oid: int
     namespace: str
     name: str
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Insert:
     relation_oid: int
     new: TupleData
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +148,6 @@ class Update:
     key: TupleData | None
     """The old key when it changed (other columns None)."""
     new: TupleData
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +155,6 @@ class Delete:
     relation_oid: int
     old: TupleData | None
     key: TupleData | None
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +162,6 @@ class Truncate:
     options: int
     """Bit 1: CASCADE, bit 2: RESTART IDENTITY."""
     relation_oids: tuple[int, ...]
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,33 +172,6 @@ class LogicalMessage:
     lsn: int
     prefix: str
     content: bytes
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStart:
-    xid: int
-    first_segment: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStop:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class StreamCommit:
-    xid: int
-    flags: int
-    commit_lsn: int
-    end_lsn: int
-    commit_ts_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAbort:
-    xid: int
-    subxid: int
 
 
 Message = (
@@ -229,29 +185,7 @@ Message = (
     | Delete
     | Truncate
     | LogicalMessage
-    | StreamStart
-    | StreamStop
-    | StreamCommit
-    | StreamAbort
 )
-
-
-@dataclass(frozen=True, slots=True)
-class XLogData:
-    wal_start: int
-    wal_end: int
-    send_time_us: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PrimaryKeepalive:
-    wal_end: int
-    send_time_us: int
-    reply_requested: bool
-
-
-CopyData = XLogData | PrimaryKeepalive
 
 
 # --------------------------------------------------------------------------- fixed-width fields
@@ -266,12 +200,6 @@ _RELATION_HEAD = struct.Struct(">I")
 _COLUMN_TAIL = struct.Struct(">Ii")
 _TRUNCATE_HEAD = struct.Struct(">Ib")
 _MESSAGE_HEAD = struct.Struct(">bq")
-_STREAM_START = struct.Struct(">Ib")
-_STREAM_COMMIT = struct.Struct(">Ibqqq")
-_STREAM_ABORT = struct.Struct(">II")
-_XLOGDATA = struct.Struct(">qqq")
-_KEEPALIVE = struct.Struct(">qq?")
-_STANDBY_STATUS = struct.Struct(">cqqqq?")
 
 _N, _U, _T, _B = ord("n"), ord("u"), ord("t"), ord("b")
 _K, _O, _NEW = ord("K"), ord("O"), ord("N")
@@ -279,10 +207,6 @@ _K, _O, _NEW = ord("K"), ord("O"), ord("N")
 
 def pg_to_unix_us(pg_us: int) -> int:
     return pg_us + PG_EPOCH_OFFSET_US
-
-
-def unix_to_pg_us(unix_us: int) -> int:
-    return unix_us - PG_EPOCH_OFFSET_US
 
 
 class _Malformed(Exception):
@@ -330,33 +254,26 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
     return tuple(values), pos
 
 
-def _xid(buf: bytes, pos: int, in_stream: bool) -> tuple[int | None, int]:
-    if not in_stream:
-        return None, pos
-    return _I.unpack_from(buf, pos)[0], pos + 4
-
-
 # --------------------------------------------------------------------------- one decoder per message
 
 
-def _begin(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+def _begin(buf: bytes, pos: int) -> tuple[Message, int]:
     final_lsn, ts, xid = _BEGIN.unpack_from(buf, pos)
     return Begin(final_lsn, pg_to_unix_us(ts), xid), pos + _BEGIN.size
 
 
-def _commit(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+def _commit(buf: bytes, pos: int) -> tuple[Message, int]:
     flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, pos)
     return Commit(flags, commit_lsn, end_lsn, pg_to_unix_us(ts)), pos + _COMMIT.size
 
 
-def _origin(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
+def _origin(buf: bytes, pos: int) -> tuple[Message, int]:
     (lsn,) = _Q.unpack_from(buf, pos)
     name, pos = _cstring(buf, pos + 8)
     return Origin(lsn, name), pos
 
 
-def _relation(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _relation(buf: bytes, pos: int) -> tuple[Message, int]:
     (oid,) = _RELATION_HEAD.unpack_from(buf, pos)
     namespace, pos = _cstring(buf, pos + 4)
     name, pos = _cstring(buf, pos)
@@ -370,24 +287,22 @@ def _relation(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
         type_oid, typmod = _COLUMN_TAIL.unpack_from(buf, pos)
         pos += _COLUMN_TAIL.size
         columns.append(RelationColumn(flags, col_name, type_oid, typmod))
-    return Relation(oid, namespace, name, identity, tuple(columns), xid), pos
+    return Relation(oid, namespace, name, identity, tuple(columns)), pos
 
 
-def _type(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _type(buf: bytes, pos: int) -> tuple[Message, int]:
     (oid,) = _I.unpack_from(buf, pos)
     namespace, pos = _cstring(buf, pos + 4)
     name, pos = _cstring(buf, pos)
-    return Type(oid, namespace, name, xid), pos
+    return Type(oid, namespace, name), pos
 
 
-def _insert(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _insert(buf: bytes, pos: int) -> tuple[Message, int]:
     (oid,) = _I.unpack_from(buf, pos)
     if buf[pos + 4] != _NEW:
         raise _Malformed(pos + 4, f"expected 'N', got {buf[pos + 4]!r}")
     new, pos = _tuple(buf, pos + 5)
-    return Insert(oid, new, xid), pos
+    return Insert(oid, new), pos
 
 
 def _old_or_key(buf: bytes, pos: int) -> tuple[TupleData | None, TupleData | None, int]:
@@ -401,62 +316,38 @@ def _old_or_key(buf: bytes, pos: int) -> tuple[TupleData | None, TupleData | Non
     return None, None, pos
 
 
-def _update(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _update(buf: bytes, pos: int) -> tuple[Message, int]:
     (oid,) = _I.unpack_from(buf, pos)
     old, key, pos = _old_or_key(buf, pos + 4)
     if buf[pos] != _NEW:
         raise _Malformed(pos, f"expected 'N', got {buf[pos]!r}")
     new, pos = _tuple(buf, pos + 1)
-    return Update(oid, old, key, new, xid), pos
+    return Update(oid, old, key, new), pos
 
 
-def _delete(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _delete(buf: bytes, pos: int) -> tuple[Message, int]:
     (oid,) = _I.unpack_from(buf, pos)
     old, key, end = _old_or_key(buf, pos + 4)
     if end == pos + 4:
         raise _Malformed(end, f"expected 'K' or 'O', got {buf[end]!r}")
-    return Delete(oid, old, key, xid), end
+    return Delete(oid, old, key), end
 
 
-def _truncate(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _truncate(buf: bytes, pos: int) -> tuple[Message, int]:
     count, options = _TRUNCATE_HEAD.unpack_from(buf, pos)
     pos += _TRUNCATE_HEAD.size
     oids = struct.unpack_from(f">{count}I", buf, pos)
-    return Truncate(options, oids, xid), pos + 4 * count
+    return Truncate(options, oids), pos + 4 * count
 
 
-def _message(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, pos = _xid(buf, pos, in_stream)
+def _message(buf: bytes, pos: int) -> tuple[Message, int]:
     flags, lsn = _MESSAGE_HEAD.unpack_from(buf, pos)
     prefix, pos = _cstring(buf, pos + _MESSAGE_HEAD.size)
     (length,) = _I.unpack_from(buf, pos)
     start = pos + 4
     if start + length > len(buf):
         raise _Malformed(start, f"content of {length} bytes runs past the end")
-    return LogicalMessage(bool(flags & 1), lsn, prefix, buf[start : start + length], xid), start + length
-
-
-def _stream_start(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, first = _STREAM_START.unpack_from(buf, pos)
-    return StreamStart(xid, first == 1), pos + _STREAM_START.size
-
-
-def _stream_stop(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    return StreamStop(), pos
-
-
-def _stream_commit(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT.unpack_from(buf, pos)
-    return StreamCommit(xid, flags, commit_lsn, end_lsn, pg_to_unix_us(ts)), pos + _STREAM_COMMIT.size
-
-
-def _stream_abort(buf: bytes, pos: int, in_stream: bool) -> tuple[Message, int]:
-    # Protocol 4 appends abort LSN and time; they are not needed to drop the transaction.
-    xid, subxid = _STREAM_ABORT.unpack_from(buf, pos)
-    return StreamAbort(xid, subxid), len(buf)
+    return LogicalMessage(bool(flags & 1), lsn, prefix, buf[start : start + length]), start + length
 
 
 _DECODERS = {
@@ -470,14 +361,10 @@ _DECODERS = {
     ord("D"): ("Delete", _delete),
     ord("T"): ("Truncate", _truncate),
     ord("M"): ("Message", _message),
-    ord("S"): ("Stream Start", _stream_start),
-    ord("E"): ("Stream Stop", _stream_stop),
-    ord("c"): ("Stream Commit", _stream_commit),
-    ord("A"): ("Stream Abort", _stream_abort),
 }
 
 
-def decode(buf: bytes | memoryview, *, in_stream: bool = False) -> Message:
+def decode(buf: bytes | memoryview) -> Message:
     """One pgoutput message → its dataclass. Raises DecodeError on malformed or unknown input."""
     data = buf if isinstance(buf, bytes) else bytes(buf)
     if not data:
@@ -487,7 +374,7 @@ def decode(buf: bytes | memoryview, *, in_stream: bool = False) -> Message:
         raise DecodeError(f"unknown pgoutput message type {chr(data[0])!r} at offset 0", offset=0)
     kind, reader = entry
     try:
-        message, end = reader(data, 1, in_stream)
+        message, end = reader(data, 1)
     except _Malformed as exc:
         where = exc.pos
         raise DecodeError(f"malformed {kind} message at offset {where}: {exc.why}", offset=where) from None
@@ -571,47 +458,3 @@ def decode_row_change(buf: bytes, columns: Mapping[int, tuple[str, ...]]) -> Row
     except (ValueError, IndexError, struct.error):
         return None
     return (kind, oid, old, key, new) if end == len(buf) else None
-
-
-# --------------------------------------------------------------------------- outer CopyData frames
-
-
-def decode_copy_data(buf: bytes | memoryview) -> CopyData:
-    """A CopyData payload of START_REPLICATION: ``w`` XLogData or ``k`` primary keepalive."""
-    data = buf if isinstance(buf, bytes) else bytes(buf)
-    if not data:
-        raise DecodeError("empty replication CopyData frame", offset=0)
-    kind = data[0]
-    try:
-        if kind == ord("w"):
-            start, end, ts = _XLOGDATA.unpack_from(data, 1)
-            return XLogData(start, end, pg_to_unix_us(ts), data[1 + _XLOGDATA.size :])
-        if kind == ord("k"):
-            if len(data) != 1 + _KEEPALIVE.size:
-                raise DecodeError(
-                    f"malformed keepalive at offset {len(data)}: expected {1 + _KEEPALIVE.size} bytes",
-                    offset=len(data),
-                )
-            end, ts, reply = _KEEPALIVE.unpack_from(data, 1)
-            return PrimaryKeepalive(end, pg_to_unix_us(ts), reply)
-    except struct.error:
-        name = "XLogData" if kind == ord("w") else "keepalive"
-        where = len(data)
-        raise DecodeError(f"truncated {name} frame: input ends at offset {where}", offset=where) from None
-    raise DecodeError(f"unknown replication frame type {chr(kind)!r} at offset 0", offset=0)
-
-
-def standby_status_update(
-    written: int,
-    flushed: int | None = None,
-    applied: int | None = None,
-    *,
-    now_us: int | None = None,
-    reply_requested: bool = False,
-) -> bytes:
-    """The ``r`` frame reporting positions to the server; ``now_us`` in Unix microseconds."""
-    flushed = written if flushed is None else flushed
-    applied = flushed if applied is None else applied
-    if now_us is None:
-        now_us = time.time_ns() // 1000
-    return _STANDBY_STATUS.pack(b"r", written, flushed, applied, unix_to_pg_us(now_us), reply_requested)

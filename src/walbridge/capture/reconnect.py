@@ -1,10 +1,19 @@
-"""The pause between capture attempts after a transient failure (both capture modes)."""
+"""The loop of capture attempts and the pause after a transient failure (both capture modes)."""
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
+from collections.abc import Callable
 
-__all__ = ["Reconnect"]
+from walbridge import metrics
+from walbridge.errors import WalbridgeError
+from walbridge.pgerrors import one_line
+
+__all__ = ["Reconnect", "run_with_reconnect"]
+
+log = logging.getLogger(__name__)
 
 
 class Reconnect:
@@ -26,3 +35,37 @@ class Reconnect:
         delay = self.base_s + random.uniform(0, self.base_s / 2)
         self.base_s = min(self.base_s * 2, self.max_s)
         return delay
+
+
+def run_with_reconnect(
+    stop: threading.Event,
+    attempt: Callable[[], None],
+    *,
+    ready: threading.Event,
+    position: Callable[[], object],
+    transient: tuple[type[BaseException], ...],
+) -> None:
+    """The capture loop of both modes: run ``attempt`` until it returns or ``stop`` is set.
+
+    A ``transient`` failure is logged as one warning, counted, and followed by a :class:`Reconnect`
+    pause; the pause starts over when the failed attempt was streaming (``ready``) and moved the
+    confirmed ``position``. ``ready`` is cleared after every attempt.
+    """
+    reconnect = Reconnect()
+    while not stop.is_set():
+        before = position()
+        try:
+            attempt()
+            return
+        except transient as exc:
+            message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
+            metrics.capture.errors.labels(type(exc).__name__).inc()
+            delay = reconnect.next_delay(ready.is_set() and position() != before)
+            log.warning(
+                "capture interrupted (%s); resuming from the confirmed position in %.0fs",
+                message,
+                delay,
+            )
+            stop.wait(delay)
+        finally:
+            ready.clear()

@@ -68,7 +68,7 @@ from walbridge.capture import state as snapshot_state
 from walbridge.capture.connection import connect_source
 from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
-from walbridge.capture.reconnect import Reconnect
+from walbridge.capture.reconnect import run_with_reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
 from walbridge.capture.trigger_setup import (
@@ -82,9 +82,9 @@ from walbridge.capture.trigger_setup import (
     uninstall_trigger_capture,
 )
 from walbridge.config import Settings
-from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
+from walbridge.errors import ConfigError, DecodeError, TransientError
 from walbridge.events import TRIGGER_CONNECTOR, ChangeEvent, Source
-from walbridge.pgerrors import map_pg_error, one_line
+from walbridge.pgerrors import map_pg_error
 
 __all__ = [
     "NOTHING_PUBLISHED",
@@ -256,25 +256,19 @@ class TriggerCapture:
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
-        reconnect = Reconnect()
-        while not stop.is_set():
+        transient = (TransientError, psycopg.OperationalError)
+
+        def attempt() -> None:
             publisher = self._publisher or EventPublisher[TriggerPosition](self.settings)
-            confirmed_before = self.confirmed
             try:
                 self._run_once(stop, publisher)
-                return
-            except (TransientError, psycopg.OperationalError) as exc:
-                message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
-                metrics.capture.errors.labels(type(exc).__name__).inc()
-                healthy = self.ready.is_set() and self.confirmed != confirmed_before
-                delay = reconnect.next_delay(healthy)
-                log.warning(
-                    "capture interrupted (%s); resuming from the confirmed position in %.0fs", message, delay
-                )
+            except transient:
                 _discard(publisher)
-                stop.wait(delay)
-            finally:
-                self.ready.clear()
+                raise
+
+        run_with_reconnect(
+            stop, attempt, ready=self.ready, position=lambda: self.confirmed, transient=transient
+        )
 
     def _run_once(self, stop: threading.Event, publisher: EventPublisher[TriggerPosition]) -> None:
         with connect_source(self.source.dsn) as reader, connect_source(self.source.dsn) as writer:
@@ -321,8 +315,7 @@ class TriggerCapture:
         }
 
     def _codec_for(self, rel: catalog.RelationInfo) -> RowCodec:
-        prefix = rel.qualified_name + "."
-        excluded = [name[len(prefix) :] for name in self.source.exclude_columns if name.startswith(prefix)]
+        excluded = self.source.excluded_columns(rel.schema, rel.table)
         return RowCodec(rel, self._registry, self.options, excluded)
 
     def check_tables(self, conn: psycopg.Connection[Any]) -> None:

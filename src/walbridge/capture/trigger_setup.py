@@ -186,8 +186,7 @@ def _qualified(name: str) -> str:
 
 def _excluded_columns(settings: Settings, rel: RelationInfo) -> list[str]:
     """Excluded columns of ``rel``; key columns are never excluded (events need their key)."""
-    prefix = rel.qualified_name + "."
-    names = [name[len(prefix) :] for name in settings.source.exclude_columns if name.startswith(prefix)]
+    names = settings.source.excluded_columns(rel.schema, rel.table)
     return [name for name in names if name not in rel.key_columns]
 
 

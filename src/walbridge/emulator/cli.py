@@ -38,7 +38,9 @@ emulator_app = typer.Typer(
 def run(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = DEFAULT_PORT,
-    metadata: Annotated[Path | None, typer.Option(help="SFDX package dir (default: the repo's).")] = None,
+    metadata: Annotated[
+        Path | None, typer.Option(help="SFDX package dir (default: the one shipped with walbridge).")
+    ] = None,
     client_id: Annotated[
         str, typer.Option(help="Consumer key of the registered app.")
     ] = DEFAULT_APP.client_id,

@@ -90,7 +90,8 @@ class _Change:
 
     @property
     def fields(self) -> dict[str, Any]:
-        return self.event["fields"]
+        fields: dict[str, Any] = self.event["fields"]
+        return fields
 
     @property
     def stores_position(self) -> bool:
@@ -199,7 +200,7 @@ class HandlerEmulation:
             except (ValueError, TypeError) as exc:
                 change.fail(f"PayloadException: {exc}")
         last = self._guard(changes)
-        upserts = {"Account": [], "Contact": []}
+        upserts: dict[str, list[_Change]] = {"Account": [], "Contact": []}
         deletes: dict[str, list[_Change]] = {"Account": [], "Contact": []}
         for change in last.values():
             assert change.target is not None
@@ -248,7 +249,7 @@ class HandlerEmulation:
             if change.position is not None and current is not None and change.position < current:
                 change.skip(f"stale: source position {change.position} is before the applied {current}")
                 continue
-            if change.stores_position:
+            if change.stores_position and change.position is not None:
                 stored[key] = change.position
             previous = last.get(key)
             if previous is not None:

@@ -75,12 +75,12 @@ class EventDefinition:
 
 
 def default_metadata_dir() -> Path:
-    """``$WALBRIDGE_SF_METADATA``, else ``salesforce/force-app`` of the checkout holding this package."""
+    """``$WALBRIDGE_SF_METADATA``, else the SFDX metadata shipped in the package (``sfdx/``: in a checkout,
+    a link to the repository's ``salesforce/force-app``)."""
     env = os.environ.get(METADATA_ENV)
     if env:
         return Path(env)
-    # src/walbridge/emulator/metadata.py -> repository root is three levels above the package.
-    return Path(__file__).resolve().parents[3] / "salesforce" / "force-app"
+    return Path(__file__).resolve().parent / "sfdx"
 
 
 def load_definitions(source: Path | str | None = None) -> dict[str, EventDefinition]:

@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -371,7 +371,7 @@ class EmulatorServer:
     def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config or EmulatorConfig()
         self._httpd = _Server((host, port), _Handler, bind_and_activate=True)
-        bound_host, bound_port = self._httpd.server_address[:2]
+        bound_host, bound_port = cast(tuple[str, int], self._httpd.server_address[:2])
         self.url = f"http://{bound_host}:{bound_port}"
         self.state = _State(self.config, self.url)
         self._httpd.RequestHandlerClass = type("BoundHandler", (_Handler,), {"state": self.state})

@@ -18,42 +18,32 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from walbridge.errors import ConfigError
+from walbridge import pgcatalog
+from walbridge.errors import ConfigError, ConnectionLost
+from walbridge.pgerrors import map_pg_error, one_line
 
 __all__ = ["create_tables", "table_ddl"]
 
-_COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated::text,
-       pg_get_expr(d.adbin, d.adrelid), t.typname, n.nspname
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-JOIN pg_namespace n ON n.oid = t.typnamespace
-LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-
 def table_ddl(
-    source: psycopg.Connection[Any], source_table: str, dest: tuple[str, str], key_columns: Sequence[str]
+    source_table: pgcatalog.RelationInfo, dest: tuple[str, str]
 ) -> tuple[sql.Composed, list[tuple[str, str]]]:
     """CREATE TABLE for ``dest`` shaped like ``source_table``, and the non-built-in types it uses."""
-    schema, table = source_table.split(".", 1)
-    regclass = sql.Identifier(schema, table).as_string(source)
-    rows = source.execute(_COLUMNS_SQL, (regclass,)).fetchall()
+    key_columns = source_table.key_columns
     columns = []
     user_types = []
-    for name, type_text, not_null, generated, expression, type_name, type_schema in rows:
-        parts = [sql.Identifier(name), sql.SQL(type_text)]
-        if generated == "s":
-            parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(expression)))
-        elif not_null:
+    for col in source_table.columns:
+        parts = [sql.Identifier(col.name), sql.SQL(col.type_text)]
+        if col.expression is not None:
+            parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(col.expression)))
+        elif col.not_null:
             parts.append(sql.SQL("NOT NULL"))
         columns.append(sql.SQL(" ").join(parts))
-        if type_schema not in ("pg_catalog", "information_schema"):
-            user_types.append((type_schema, type_name.lstrip("_")))
+        if col.type_schema not in ("pg_catalog", "information_schema"):
+            user_types.append((col.type_schema, col.type_name.lstrip("_")))
     if not key_columns:
-        raise ConfigError(f"cannot create a destination for {source_table}: its events have no key")
+        raise ConfigError(
+            f"cannot create a destination for {source_table.qualified_name}: its events have no key"
+        )
     body = [
         *columns,
         sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key_columns))),
@@ -67,12 +57,12 @@ def table_ddl(
 def create_tables(source_dsn: str, dest_dsn: str, pairs: Sequence[tuple[str, str]]) -> list[str]:
     """Create each missing destination table of ``(source schema.table, dest schema.table)`` pairs from
     the source's definition; the names of those created. Nothing is created unless all can be."""
-    from walbridge.capture import catalog
-    from walbridge.capture.connection import connect_source
-    from walbridge.pgerrors import map_pg_error
-
-    with connect_source(source_dsn) as source:
-        relations = {r.qualified_name: r for r in catalog.resolve_tables(source, [s for s, _ in pairs])}
+    try:
+        source = psycopg.connect(source_dsn, autocommit=True, client_encoding="UTF8")
+    except psycopg.OperationalError as exc:
+        raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
+    with source:
+        relations = {r.qualified_name: r for r in pgcatalog.resolve_tables(source, [s for s, _ in pairs])}
         try:
             with psycopg.connect(dest_dsn, autocommit=True) as dest_conn:
                 planned = []
@@ -81,8 +71,7 @@ def create_tables(source_dsn: str, dest_dsn: str, pairs: Sequence[tuple[str, str
                     if found and found[0] is not None:
                         continue
                     schema, table = dest_table.split(".", 1)
-                    keys = relations[source_table].key_columns
-                    ddl, user_types = table_ddl(source, source_table, (schema, table), keys)
+                    ddl, user_types = table_ddl(relations[source_table], (schema, table))
                     _require_types(dest_conn, user_types, source_table)
                     planned.append((dest_table, schema, ddl))
                 with dest_conn.transaction():

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 from psycopg import sql
 
+from walbridge import pgcatalog
 from walbridge.edge_values import (
     DATE_NEGATIVE_INFINITY,
     DATE_POSITIVE_INFINITY,
@@ -95,6 +96,8 @@ class TableInfo:
     key: tuple[str, ...]
     generated: frozenset[str] = frozenset()
     """Generated columns: computed by the destination, never written (their event values are ignored)."""
+    unique_keys: frozenset[frozenset[str]] = frozenset()
+    """Column sets of the primary key and the unique indexes rows can be matched by."""
 
     @property
     def ident(self) -> sql.Identifier:
@@ -105,49 +108,24 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
 
-_COLUMNS_SQL = """
-SELECT a.attname, COALESCE(bt.typname, t.typname), a.atttypmod, a.attgenerated <> '',
-       et.typname, COALESCE(bt.typcategory, t.typcategory), format_type(a.atttypid, NULL)
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd'
-LEFT JOIN pg_type et ON et.oid = COALESCE(bt.typelem, t.typelem)
-      AND COALESCE(bt.typcategory, t.typcategory) = 'A'
-WHERE a.attrelid = %(rel)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-_KEY_SQL = """
-SELECT a.attname FROM pg_index i
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-WHERE i.indrelid = %(rel)s::regclass AND i.indisprimary
-ORDER BY array_position(i.indkey::int2[], a.attnum)
-"""
-
 _TEMPORAL = {"timestamp", "timestamptz", "time", "timetz"}
 
 
 def read_table(conn: Any, schema: str, table: str) -> TableInfo | None:
     """The destination table's writable columns and primary key; None when it does not exist."""
-    rel = sql.Identifier(schema, table).as_string(conn)
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", (rel,))
-        row = cur.fetchone()
-        if row is None or row[0] is None:
-            return None
-        cur.execute(_COLUMNS_SQL, {"rel": rel})
-        columns = {}
-        generated_columns = set()
-        for name, typ, typmod, generated, element, _category, sql_type in cur.fetchall():
-            if generated:
-                generated_columns.add(name)
-                continue
-            base = element or typ
-            precision = typmod if (base in _TEMPORAL or base == "bit") and typmod >= 0 else None
-            columns[name] = Column(name, typ, precision, element, sql_type)
-        cur.execute(_KEY_SQL, {"rel": rel})
-        key = tuple(r[0] for r in cur.fetchall())
-    return TableInfo(schema, table, columns, key, frozenset(generated_columns))
+    rel = pgcatalog.read_table(conn, schema, table)
+    if rel is None:
+        return None
+    columns = {}
+    for col in rel.columns:
+        if col.generated:
+            continue
+        base = col.element or col.base_type
+        precision = col.typmod if (base in _TEMPORAL or base == "bit") and col.typmod >= 0 else None
+        columns[col.name] = Column(col.name, col.base_type, precision, col.element, col.sql_type)
+    generated = frozenset(col.name for col in rel.columns if col.generated)
+    unique_keys = frozenset(map(frozenset, rel.unique_keys))
+    return TableInfo(schema, table, columns, rel.primary_key, generated, unique_keys)
 
 
 # --------------------------------------------------------------------------- conversions

@@ -406,7 +406,7 @@ class PostgresSink:
 
     def _forget_table(self, dest: tuple[str, str]) -> None:
         for cache in (self._tables, self._converters, self._exprs):
-            cache.pop(dest, None)  # type: ignore[attr-defined]
+            cache.pop(dest, None)
 
     def _collapse_once(
         self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]
@@ -470,7 +470,7 @@ class PostgresSink:
             info = self._missing_table(dest, record)
             if info is None:
                 return None
-        info = _keyed_by_event(conn, info, record.key)
+        info = _keyed_by_event(info, record.key)
         if not info.key:
             raise FatalError(
                 f"destination table {info.qualified} has no primary key; walbridge upserts by key: add one",
@@ -1005,15 +1005,7 @@ def _key_names(key: bytes | None) -> list[str]:
     return list(doc) if isinstance(doc, dict) else []
 
 
-_UNIQUE_ON_SQL = """
-SELECT 1 FROM pg_index i
-WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-  AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
-       WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = %s::text[]
-"""
-
-
-def _keyed_by_event(conn: psycopg.Connection[Any], info: TableInfo, key: bytes | None) -> TableInfo:
+def _keyed_by_event(info: TableInfo, key: bytes | None) -> TableInfo:
     """The table keyed by the events' key columns when they are not its primary key but a unique index.
 
     A source table whose replica identity is a unique index without the primary key has events keyed
@@ -1022,6 +1014,6 @@ def _keyed_by_event(conn: psycopg.Connection[Any], info: TableInfo, key: bytes |
     names = tuple(_key_names(key))
     if not names or set(names) == set(info.key) or not set(names) <= info.columns.keys():
         return info
-    if conn.execute(_UNIQUE_ON_SQL, (info.ident.as_string(conn), sorted(names))).fetchone() is None:
+    if frozenset(names) not in info.unique_keys:
         return info
     return replace(info, key=names)

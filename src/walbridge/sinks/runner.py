@@ -47,7 +47,7 @@ the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
 Start: the consumer subscribes once every named topic exists (a sink may start before the capture
 that creates them); topics matching ``topic_pattern`` are picked up at the next metadata refresh.
 
-Shutdown: setting ``stop_event`` (see :func:`install_signal_handlers`) lets a batch being
+Shutdown: setting ``stop_event`` (see :func:`walbridge.signals.stop_on_signals`) lets a batch being
 applied finish and aborts one waiting for a retry; the consumer is closed either way.
 """
 
@@ -55,13 +55,12 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -70,10 +69,17 @@ from walbridge.errors import ConnectionLost, DecodeError, TransientError, Walbri
 from walbridge.events import ChangeEvent, decode_record
 from walbridge.kafka import make_consumer, map_kafka_error
 from walbridge.logs import ThrottleRepeats
-from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
+from walbridge.sinks.base import (
+    BarrierSink,
+    OffsetConflict,
+    RecordFailure,
+    Sink,
+    SinkRecord,
+    TopicPartitionKey,
+)
 from walbridge.sinks.dlq import DlqWriter
 
-__all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
+__all__ = ["SinkRunner", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 THROUGHPUT_EVERY_S = 30.0
@@ -99,16 +105,6 @@ def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = No
     base = min(dlq.backoff_max_s, dlq.backoff_initial_s * 2 ** (attempt - 1))
     jitter: float = (rng or random).random()
     return float(base * (0.75 + 0.25 * jitter))
-
-
-def install_signal_handlers(stop_event: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop_event`` (main thread only)."""
-
-    def handler(_signum: int, _frame: Any) -> None:
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 @dataclass(slots=True)
@@ -498,7 +494,9 @@ class SinkRunner:
         """Pause the assigned partitions that arrived at a truncate not applied yet."""
         keys = [(tp.topic, tp.partition) for tp in partitions]
         try:
-            waiting: dict[TopicPartitionKey, str | None] = dict(self.sink.barriers_waiting(keys))
+            waiting: dict[TopicPartitionKey, str | None] = dict(
+                cast(BarrierSink, self.sink).barriers_waiting(keys)
+            )
         except TransientError as exc:
             log.warning("%s: truncate barriers unavailable (%s); partitions wait", self.sink.name, exc)
             waiting = dict.fromkeys(keys)
@@ -591,14 +589,14 @@ class SinkRunner:
         try:
             unknown = [key for key, (_, barrier) in self._held.items() if barrier is None]
             if unknown:
-                waiting = self.sink.barriers_waiting(unknown)
+                waiting = cast(BarrierSink, self.sink).barriers_waiting(unknown)
                 for key in unknown:
                     if key in waiting:
                         self._held[key] = (self._held[key][0], waiting[key])
                     else:
                         self._release(key)
             pending = {(key[0], barrier) for key, (_, barrier) in self._held.items() if barrier is not None}
-            applied = self.sink.barriers_applied(pending)
+            applied = cast(BarrierSink, self.sink).barriers_applied(pending)
         except TransientError as exc:
             log.debug("%s: truncate barriers unavailable: %s", self.sink.name, exc)
             return

@@ -30,6 +30,7 @@ from typing import Any
 
 from walbridge.config import PostgresSinkSettings, Settings
 from walbridge.logs import LogFormat
+from walbridge.signals import stop_on_signals
 
 __all__ = ["run_sink_process", "run_workers"]
 
@@ -202,9 +203,7 @@ def _worker_main(
     from walbridge.logs import configure_logging
 
     configure_logging(*log_setup)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops everyone
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    stop = stop_on_signals(interrupt=False)  # Ctrl-C reaches the parent, which stops everyone
 
     def follow_parent() -> None:
         parent = multiprocessing.parent_process()

@@ -28,7 +28,8 @@ import httpx
 import jwt
 
 from walbridge.errors import ConfigError, ServerBusy
-from walbridge.sinks.salesforce.transport import http_errors, insecure_url, salesforce_error
+from walbridge.sinks.salesforce.transport import http_errors, salesforce_error
+from walbridge.urls import insecure_url
 
 __all__ = [
     "JWT_BEARER_GRANT",

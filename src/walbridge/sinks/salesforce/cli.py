@@ -11,7 +11,6 @@ runs the same command on its own.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import typer
@@ -26,7 +25,8 @@ from walbridge.cli_common import (
     sink_uses,
 )
 from walbridge.config import MetricsSettings, SalesforceSinkSettings
-from walbridge.sinks.runner import SinkRunner, install_signal_handlers
+from walbridge.signals import stop_on_signals
+from walbridge.sinks.runner import SinkRunner
 from walbridge.sinks.salesforce.sink import SalesforceSink
 from walbridge.web import OpsServer, start_ops
 
@@ -51,8 +51,7 @@ def _run(config: Path | None, name: str | None, metrics_port: int | None) -> Non
     assert isinstance(sink_settings, SalesforceSinkSettings)
     sink = SalesforceSink(sink_settings, metrics=metrics.sink)
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    stop = stop_on_signals()
     ops = _start_ops(sink, runner, settings.metrics)
     try:
         runner.run(stop)

