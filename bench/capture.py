@@ -18,7 +18,8 @@ Workloads, each measured for both tools in a fresh subprocess (so peak RSS is th
    rates on a shared, loaded machine, so compare it when measuring a change.
 
 ``--workloads backlog,snapshot`` runs a subset; ``--producer-option KEY=VALUE`` (repeatable) passes a
-librdkafka property to walbridge's producer, for tuning experiments.
+librdkafka property to walbridge's producer, for tuning experiments; ``--json PATH`` also writes the
+figures (per tool, plus the run's sizes) for ``bench/report.py``.
 
 Internals: the parent runs ``python bench/capture.py --worker JSON`` per measurement; a worker prints
 ``{"progress": n}`` lines, ``READY`` once streaming (live), and a final ``{"result": ...}`` line with
@@ -423,6 +424,15 @@ class Bench:
             finally:
                 self.drop_slots()
         print_table(self.results, self.args)
+        write_json(self.args, self.results, rows=self.args.rows, snapshot_rows=self.args.snapshot_rows,
+                   live_rate=self.args.live_rate, workloads=self.args.workloads.split(","))  # fmt: skip
+
+
+def write_json(args: argparse.Namespace, results: dict[str, dict[str, float]], **sizes: Any) -> None:
+    """``--json PATH``: the figures of the run, for ``bench/report.py``."""
+    if args.json:
+        doc = {**sizes, "results": results}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _latencies(commits: list[tuple[float, int]], samples: list[list[float]]) -> dict[str, float]:
@@ -516,6 +526,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "--producer-option", action="append", default=[], metavar="KEY=VALUE",
         help="librdkafka property for walbridge's producer (repeatable), e.g. compression.type=none",
     )  # fmt: skip
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH (for bench/report.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 

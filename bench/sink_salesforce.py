@@ -13,7 +13,8 @@ order) to a 3-partition topic, then:
    event definition; without it every call would be refused with REQUIRED_FIELD_MISSING).
 
 Usage: ``python bench/sink_salesforce.py [--events 100000] [--latency-ms 50] [--seed-seconds 30]
-[--bootstrap HOST:PORT]`` (without ``--bootstrap`` an embedded broker is started).
+[--bootstrap HOST:PORT] [--json PATH]`` (without ``--bootstrap`` an embedded broker is started;
+``--json`` also writes the figures printed last to PATH, for ``bench/report.py``).
 """
 
 from __future__ import annotations
@@ -246,7 +247,11 @@ def _report(
     console.print(
         f"speed-up: {ratio:,.0f}x (batch_size={args.batch_size}, max_in_flight={args.max_in_flight})"
     )
-    print(json.dumps({"walbridge": ours, "seed": seed, "ratio": round(ratio, 1)}, indent=2))
+    doc = {"events": count, "latency_ms": latency, "batch_size": args.batch_size,
+           "walbridge": ours, "seed": seed, "ratio": round(ratio, 1)}  # fmt: skip
+    print(json.dumps(doc, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def main() -> None:
@@ -257,6 +262,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8000)
     parser.add_argument("--max-in-flight", type=int, default=20)
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting an embedded broker")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH (for bench/report.py)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sf-") as tmp:
         broker = None
