@@ -54,6 +54,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -496,29 +497,54 @@ class _Poller:
         self.progress_rows = 0
         self.misfits: dict[tuple[str, str], frozenset[str]] = {}
         """Per table, the last column set of a log row that did not fit its codec (re-read once)."""
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="walbridge-log-read")
+        self._ahead: Future[tuple[str, list[ChangeRow]]] | None = None
+        """The next page of the same interval, read while this one is published (a backlog only)."""
 
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
-        while not stop.is_set():
-            full = self.step()
-            self._confirm(self.publisher.poll(0))
-            self._retain(caught_up=not full)
-            self._housekeeping()
-            if not full:
-                stop.wait(self.interval_s)
-
-    def step(self) -> bool:
-        """Read and publish one page; True when the page was full (more is waiting)."""
         try:
-            hi, batch = read_changes(self.reader, self.position, self.limit)
+            while not stop.is_set():
+                full = self.step()
+                self._confirm(self.publisher.poll(0))
+                self._retain(caught_up=not full)
+                self._housekeeping()
+                if not full:
+                    stop.wait(self.interval_s)
+        finally:
+            self._settle()
+            self._reads.shutdown()
+
+    def _settle(self) -> None:
+        """Wait for the page being read ahead (the reader connection is free afterwards); keep it."""
+        if self._ahead is not None:
+            wait([self._ahead])  # its error, if any, is raised where the page is taken
+
+    def _read(self) -> tuple[str, list[ChangeRow]]:
+        ahead, self._ahead = self._ahead, None
+        try:
+            if ahead is not None:
+                return ahead.result()
+            return read_changes(self.reader, self.position, self.limit)
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
+
+    def step(self) -> bool:
+        """Read and publish one page; True when the page was full (more is waiting).
+
+        After a full page, the next one (same interval, rows after this page's last id) is read in a
+        thread while this one is converted and published: the database's work overlaps capture's.
+        """
+        hi, batch = self._read()
+        following = next_position(self.position, hi, batch, self.limit)
+        if len(batch) == self.limit:
+            self._ahead = self._reads.submit(read_changes, self.reader, following, self.limit)
         for row in batch:
             for event in self.events(row):
                 self.publisher.publish(event)
         if batch:
             metrics.capture.behind_source_ms.set(max(0.0, time.time() * 1000 - batch[-1].changed_us / 1000))
-        self.position = next_position(self.position, hi, batch, self.limit)
+        self.position = following
         self.publisher.seal(self.position)
         self._throttle()
         return len(batch) == self.limit
@@ -542,6 +568,7 @@ class _Poller:
                 raise DecodeError(f"{row.schema}.{row.table}: the change's columns are not the table's")
             return self._decode(row, codec)
         except DecodeError as first:
+            self._settle()  # the reader connection is the read-ahead's until then
             codec = self.capture.reload_table(self.reader, row.schema, row.table)
             if codec is None:
                 raise ConfigError(
