@@ -15,8 +15,10 @@ sink would reach if consuming, decoding and converting cost nothing.
     python bench/sink_postgres.py [--events N] [--method copy|executemany|both] [--batch-size N]
                                   [--workers 2] [--partitions 4] [--json PATH] [--profile PATH]
 
-``--json PATH`` writes the figures for ``bench/report.py``; ``--profile PATH`` writes a cProfile of the
-one-process ``copy`` run's sink thread (``python -m pstats PATH``).
+A one-process run also reports its process CPU per event (consume, decode, convert, librdkafka's
+threads; not the server's): steadier than the rate on a loaded machine, so compare it when measuring a
+change. ``--json PATH`` writes the figures for ``bench/report.py``; ``--profile PATH`` writes a cProfile of
+the one-process ``copy`` run's sink thread (``python -m pstats PATH``).
 
 Starts a throw-away PostgreSQL and Kafka-protocol broker (walbridge.devstack) unless
 ``WALBRIDGE_BENCH_PG_DSN`` / ``WALBRIDGE_BENCH_KAFKA`` name running ones.
@@ -29,6 +31,7 @@ import cProfile
 import json
 import os
 import random
+import resource
 import tempfile
 import threading
 import time
@@ -113,8 +116,12 @@ def run_walbridge(
     progress: Progress,
     label: str,
     profile: str | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> float:
+    """Seconds from the first applied batch to the expected state; ``cpu["s"]``: process CPU seconds of a
+    one-process run, from its start to its stop."""
     stop = threading.Event()
+    cpu_before = _cpu_s()
     if sink_settings.workers > 1:
         args = (settings, sink_settings, sink_settings.workers, stop)
         thread = threading.Thread(target=run_workers, args=args, daemon=True)
@@ -138,7 +145,14 @@ def run_walbridge(
     progress.update(task, completed=len(state))
     stop.set()
     thread.join(60)
+    if cpu is not None and sink_settings.workers == 1:
+        cpu["s"] = _cpu_s() - cpu_before
     return elapsed
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _profiled(run: Any, path: str) -> Any:
@@ -301,6 +315,7 @@ def bench(dsn: str, bootstrap: str, args: argparse.Namespace) -> None:
     console.print(f"pre-loading {len(events):,} events ...")
     topic, total = preload(settings, events, prefix, args.partitions)
     seconds: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -322,18 +337,27 @@ def bench(dsn: str, bootstrap: str, args: argparse.Namespace) -> None:
             )
             label = f"walbridge {method}" + (f", {workers} workers" if workers > 1 else "")
             profile = args.profile if name == "copy" else None
+            cpu: dict[str, float] = {}
             seconds[name] = run_walbridge(
-                settings, sink_settings, tables[name], state, progress, label, profile
+                settings, sink_settings, tables[name], state, progress, label, profile, cpu
             )
+            if "s" in cpu and not profile:
+                cpu_us[name] = cpu["s"] / len(events) * 1e6
         seconds["ceiling"] = run_ceiling(dsn, events, args.batch_size, progress)
         assert matches(dsn, "ceiling_employees", state), "the ceiling run did not reach the expected state"
         if not args.no_seed:
             seconds["seed"] = run_seed(settings, topic, dsn, total, progress)
             assert matches(dsn, "seed_employees", state), "the seed approach did not reach the expected state"
     report(seconds, total, len(events), args)
+    for name, micros in cpu_us.items():
+        console.print(f"{name}, 1 process: {micros:.1f} µs of process CPU per event")
     if args.json:
-        figures = {name: {"seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed)}
-                   for name, elapsed in seconds.items()}  # fmt: skip
+        figures: dict[str, dict[str, float]] = {
+            name: {"seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed)}
+            for name, elapsed in seconds.items()
+        }
+        for name, micros in cpu_us.items():
+            figures[name]["cpu_us_per_event"] = round(micros, 2)
         doc = {"events": len(events), "records": total, "partitions": args.partitions,
                "batch_size": args.batch_size, "workers": args.workers, "runs": figures}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
