@@ -298,7 +298,8 @@ def sink_postgres_figures(run: Run | None) -> list[Figure]:
         Figure(b, "1 process, `apply_method: executemany`", runs.get("executemany"), "events/s", ceiling,
                runs.get("ceiling")),
         Figure(b, "1 process: sink process CPU per event (not the server's)",
-               doc.get("runs", {}).get("copy", {}).get("cpu_us_per_event"), "µs/event", higher_is_better=False),
+               doc.get("runs", {}).get("copy", {}).get("cpu_us_per_event"), "µs/event",
+               higher_is_better=False),
     ]  # fmt: skip
 
 
