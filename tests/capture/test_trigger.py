@@ -211,6 +211,32 @@ def test_statement_triggers_log_every_row_of_bulk_writes(pg_dsn: str) -> None:
     assert all(after is None and "secret" not in before for _, before, after in logged[501:])
 
 
+def test_setup_converts_an_installation_of_row_triggers(pg_dsn: str) -> None:
+    """Earlier versions logged inserts and deletes with the row trigger: capture asks for setup, which
+    converts the table to the statement triggers (each change logged once)."""
+    execute(pg_dsn, "CREATE TABLE old_style (id int PRIMARY KEY, v text)")
+    settings = make_settings(pg_dsn, "unused:9092", "p", ["public.old_style"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+        conn.execute("DROP TRIGGER walbridge_capture_insert ON old_style")
+        conn.execute("DROP TRIGGER walbridge_capture_delete ON old_style")
+        conn.execute("DROP TRIGGER walbridge_capture ON old_style")
+        conn.execute(
+            "CREATE TRIGGER walbridge_capture AFTER INSERT OR UPDATE OR DELETE ON old_style "
+            "FOR EACH ROW EXECUTE FUNCTION walbridge.capture_change()"
+        )
+        problems = check_trigger_capture(conn, settings, installed=True)
+        assert [p.found for p in problems] == ["disabled or incomplete"]
+        done = install_trigger_capture(conn, settings)
+        assert any("walbridge_capture_insert" in step for step in done)
+        assert check_trigger_capture(conn, settings, installed=True) == []
+        conn.execute("INSERT INTO old_style VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE old_style SET v = 'c' WHERE id = 1")
+        conn.execute("DELETE FROM old_style WHERE id = 2")
+        logged = conn.execute("SELECT op FROM walbridge.change_log ORDER BY id").fetchall()
+    assert [op for (op,) in logged] == ["c", "c", "u", "d"]
+
+
 def test_restart_resumes_without_duplicates_and_retention_empties_log(
     pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
