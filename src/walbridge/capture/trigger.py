@@ -301,7 +301,11 @@ class TriggerCapture:
                 log.info("resuming trigger capture %s from %s", self.name, _describe(position))
             reader.isolation_level = IsolationLevel.REPEATABLE_READ
             reader.read_only = True
-            _Poller(self, publisher, reader, writer, position).loop(stop)
+            poller = _Poller(self, publisher, reader, writer, position)
+            try:
+                poller.loop(stop)
+            finally:
+                poller.close()  # before the reader connection closes
             self._finish(publisher, writer)
 
     def _finish(self, publisher: EventPublisher[TriggerPosition], writer: psycopg.Connection[Any]) -> None:
@@ -487,6 +491,9 @@ class _Poller:
         self.position = position
         self.limit = capture.source.poll_batch_size
         self.interval_s = capture.source.poll_interval_ms / 1000.0
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="walbridge-log-read")
+        self._ahead: Future[tuple[str, list[ChangeRow]]] | None = None
+        """The next page of the same interval, read while this one is published (a backlog only)."""
         self.prefix = capture.settings.events.topic_prefix
         self.db = capture._dbname
         self.recorded: TriggerPosition | None = None
@@ -497,57 +504,55 @@ class _Poller:
         self.progress_rows = 0
         self.misfits: dict[tuple[str, str], frozenset[str]] = {}
         """Per table, the last column set of a log row that did not fit its codec (re-read once)."""
-        self._reads = ThreadPoolExecutor(1, thread_name_prefix="walbridge-log-read")
-        self._ahead: Future[tuple[str, list[ChangeRow]]] | None = None
-        """The next page of the same interval, read while this one is published (a backlog only)."""
 
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
-        try:
-            while not stop.is_set():
-                full = self.step()
-                self._confirm(self.publisher.poll(0))
-                self._retain(caught_up=not full)
-                self._housekeeping()
-                if not full:
-                    stop.wait(self.interval_s)
-        finally:
-            self._settle()
-            self._reads.shutdown()
-
-    def _settle(self) -> None:
-        """Wait for the page being read ahead (the reader connection is free afterwards); keep it."""
-        if self._ahead is not None:
-            wait([self._ahead])  # its error, if any, is raised where the page is taken
-
-    def _read(self) -> tuple[str, list[ChangeRow]]:
-        ahead, self._ahead = self._ahead, None
-        try:
-            if ahead is not None:
-                return ahead.result()
-            return read_changes(self.reader, self.position, self.limit)
-        except psycopg.Error as exc:
-            raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
+        while not stop.is_set():
+            full = self.step()
+            self._confirm(self.publisher.poll(0))
+            self._retain(caught_up=not full)
+            self._housekeeping()
+            if not full:
+                stop.wait(self.interval_s)
 
     def step(self) -> bool:
-        """Read and publish one page; True when the page was full (more is waiting).
-
-        After a full page, the next one (same interval, rows after this page's last id) is read in a
-        thread while this one is converted and published: the database's work overlaps capture's.
-        """
-        hi, batch = self._read()
-        following = next_position(self.position, hi, batch, self.limit)
-        if len(batch) == self.limit:
-            self._ahead = self._reads.submit(read_changes, self.reader, following, self.limit)
+        """Read and publish one page; True when the page was full (more is waiting)."""
+        try:
+            hi, batch = self._read()
+        except psycopg.Error as exc:
+            raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
         for row in batch:
             for event in self.events(row):
                 self.publisher.publish(event)
         if batch:
             metrics.capture.behind_source_ms.set(max(0.0, time.time() * 1000 - batch[-1].changed_us / 1000))
-        self.position = following
+        self.position = next_position(self.position, hi, batch, self.limit)
         self.publisher.seal(self.position)
         self._throttle()
         return len(batch) == self.limit
+
+    def _read(self) -> tuple[str, list[ChangeRow]]:
+        """The page at ``position``. After a full page the next one (same interval, rows after its last
+        id) is read in a thread while this one is converted and published: the database's work
+        overlaps capture's."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            hi, batch = ahead.result()
+        else:
+            hi, batch = read_changes(self.reader, self.position, self.limit)
+        if len(batch) == self.limit:
+            following = next_position(self.position, hi, batch, self.limit)
+            self._ahead = self._reads.submit(read_changes, self.reader, following, self.limit)
+        return hi, batch
+
+    def _settle(self) -> None:
+        """Wait for the page being read ahead (kept): the reader connection is free afterwards."""
+        if self._ahead is not None:
+            wait([self._ahead])  # its error, if any, is raised where the page is taken
+
+    def close(self) -> None:
+        self._settle()
+        self._reads.shutdown()
 
     def _throttle(self) -> None:
         limit = self.capture.source.max_in_flight
