@@ -305,15 +305,22 @@ def sink_postgres_figures(run: Run | None) -> list[Figure]:
 
 def sink_salesforce_figures(run: Run | None) -> list[Figure]:
     doc = (run.figures if run else None) or {}
-    ours, seed = doc.get("walbridge", {}), doc.get("seed", {})
-    events, latency = doc.get("events", 0), doc.get("latency_ms", 50)
+    ours, seed = doc.get("walbridge") or {}, doc.get("seed") or {}
+    events, latency = doc.get("events") or ours.get("events", 0), doc.get("latency_ms", 50)
     b = "Salesforce sink"
-    return [
-        Figure(b, f"{events:,} events into the emulator, {latency:g} ms per API call",
+    figures = [
+        Figure(b, f"{events:,} events into the emulator, {latency:g} ms per API call (REST)",
                ours.get("events_per_s"), "events/s", "seed consumer (one call per event)",
                seed.get("events_per_s"), readme=True),
         Figure(b, "events per API call", ours.get("events_per_call"), "events/call", "seed consumer", 1.0),
     ]  # fmt: skip
+    pubsub = doc.get("pubsub")
+    if pubsub:  # the Pub/Sub API transport, when the benchmark has it
+        figures.append(
+            Figure(b, "same events over the Pub/Sub API (gRPC)", pubsub.get("events_per_s"), "events/s",
+                   "REST transport", ours.get("events_per_s"), readme=True)
+        )  # fmt: skip
+    return figures
 
 
 def trigger_figures(run: Run | None, capture: Run | None) -> list[Figure]:
