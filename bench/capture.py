@@ -3,6 +3,7 @@
 Run: ``python bench/capture.py`` (full sizes: 200,000-row backlog, 500,000-row snapshot; ~5 min) or
 ``python bench/capture.py --rows 20000 --snapshot-rows 50000`` for a quick run. Starts its own
 PostgreSQL and Kafka-protocol broker (``walbridge.devstack``) unless ``--pg-dsn``/``--bootstrap`` are given.
+``--json PATH`` also writes the figures (per tool, and the run's sizes) for ``bench/report.py``.
 
 Workloads, each measured for both tools in a fresh subprocess (so peak RSS is the tool's own):
 1. backlog: ``--rows`` inserts in transactions of 1,000 rows, then as many updates (REPLICA IDENTITY
@@ -18,8 +19,7 @@ Workloads, each measured for both tools in a fresh subprocess (so peak RSS is th
    rates on a shared, loaded machine, so compare it when measuring a change.
 
 ``--workloads backlog,snapshot`` runs a subset; ``--producer-option KEY=VALUE`` (repeatable) passes a
-librdkafka property to walbridge's producer, for tuning experiments; ``--json PATH`` also writes the
-figures (per tool, plus the run's sizes) for ``bench/report.py``.
+librdkafka property to walbridge's producer, for tuning experiments.
 
 Internals: the parent runs ``python bench/capture.py --worker JSON`` per measurement; a worker prints
 ``{"progress": n}`` lines, ``READY`` once streaming (live), and a final ``{"result": ...}`` line with

@@ -270,6 +270,13 @@ def capture_figures(run: Run | None, paced: Run | None) -> list[Figure]:
         Figure(b, "peak RSS", wb.get("rss"), "MB", "Debezium", dbz.get("rss"), higher_is_better=False,
                target="< 100 MB", readme=True),
     ]  # fmt: skip
+    if "incremental" in wb:  # the incremental-snapshot workload, when capture.py has it
+        figures += [
+            Figure(b, f"incremental snapshot of {snap:,} rows", wb.get("incremental"), "rows/s",
+                   "blocking snapshot (same run)", wb.get("snapshot"), target="≥ 0.8x blocking"),
+            Figure(b, "incremental snapshot, beside Debezium's", wb.get("incremental"), "rows/s", "Debezium",
+                   dbz.get("incremental")),
+        ]  # fmt: skip
     live = (((paced.figures if paced else None) or {}).get("results") or {}).get("walbridge", {})
     for key, label in (("p50", "p50"), ("p99", "p99")):
         value = live.get(key)
