@@ -412,8 +412,10 @@ def soak_section(mode: str, run: Run | None, out: Path, plots_dir: Path) -> list
         src = source_dir / plot
         if not src.exists():
             continue
-        dest = plots_dir / f"soak-{mode}-{Path(plot).name}"
-        if src.resolve() != dest.resolve():
+        dest = src
+        if not src.resolve().is_relative_to(out.parent.resolve()):  # a soak written elsewhere: keep a copy
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            dest = plots_dir / src.name
             shutil.copyfile(src, dest)
         link = os.path.relpath(dest, out.parent)
         lines.append(f"![{mode} soak: {Path(plot).stem}]({link})")

@@ -64,9 +64,15 @@ def test_report_renders_figures_soak_and_readme_table(tmp_path: Path) -> None:
     assert "| destination equals source | ok | 12 tables \\| 0 differences |" in text
     assert "| events missing / duplicated in the emulator | 0 / 3 |" in text
     assert "broker_cut x 2, kill_capture x 2" in text
-    assert "![logical soak: throughput](report/soak-logical-throughput.png)" in text
-    assert (tmp_path / "bench" / "report" / "soak-logical-throughput.png").read_bytes() == b"\x89PNG fake"
+    assert "![logical soak: throughput](report/soak-logical/throughput.png)" in text
     assert "soak not run (`walbridge soak` is not available)." in text
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "soak-trigger-lag.png").write_bytes(b"\x89PNG lag")
+    trigger = report.Run({**_soak_doc("trigger", "soak-trigger-lag.png"), "_dir": str(elsewhere)}, 61.0)
+    lines = report.soak_section("trigger", trigger, out, tmp_path / "bench" / "report")
+    assert "![trigger soak: soak-trigger-lag](report/soak-trigger-lag.png)" in lines
+    assert (tmp_path / "bench" / "report" / "soak-trigger-lag.png").read_bytes() == b"\x89PNG lag"
     assert "| capture | peak RSS | not measured |" in text
 
     readme = tmp_path / "README.md"
