@@ -103,7 +103,9 @@ def soak_available() -> bool:
 
 def run_soak(mode: str, minutes: float, out_dir: Path) -> Run:
     """``walbridge soak`` in one capture mode; its JSON (and plots) land in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a result or plots of an earlier run must not pass for this one's
+    out_dir.mkdir(parents=True)
     argv = [sys.executable, "-m", "walbridge", "soak", "--mode", mode, "--minutes", f"{minutes:g}"]
     argv += ["--out", str(out_dir)]
     console.rule(f"soak {mode}: {' '.join(argv[1:])}")
