@@ -4,6 +4,7 @@ Run: ``python bench/capture.py`` (full sizes: 200,000-row backlog, 500,000-row s
 ``python bench/capture.py --rows 20000 --snapshot-rows 50000`` for a quick run. Starts its own
 PostgreSQL and Kafka-protocol broker (``walbridge.dev.devstack``) unless ``--pg-dsn``/``--bootstrap`` are
 given.
+``--json PATH`` also writes the figures (per tool, and the run's sizes) for ``bench/report.py``.
 
 Workloads, each measured for both tools in a fresh subprocess (so peak RSS is the tool's own):
 1. backlog: ``--rows`` inserts in transactions of 1,000 rows, then as many updates (REPLICA IDENTITY
@@ -424,6 +425,15 @@ class Bench:
             finally:
                 self.drop_slots()
         print_table(self.results, self.args)
+        write_json(self.args, self.results, rows=self.args.rows, snapshot_rows=self.args.snapshot_rows,
+                   live_rate=self.args.live_rate, workloads=self.args.workloads.split(","))  # fmt: skip
+
+
+def write_json(args: argparse.Namespace, results: dict[str, dict[str, float]], **sizes: Any) -> None:
+    """``--json PATH``: the figures of the run, for ``bench/report.py``."""
+    if args.json:
+        doc = {**sizes, "results": results}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _latencies(commits: list[tuple[float, int]], samples: list[list[float]]) -> dict[str, float]:
@@ -517,6 +527,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "--producer-option", action="append", default=[], metavar="KEY=VALUE",
         help="librdkafka property for walbridge's producer (repeatable), e.g. compression.type=none",
     )  # fmt: skip
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH (for bench/report.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 

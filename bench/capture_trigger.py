@@ -209,6 +209,8 @@ class TriggerBench(logical_bench.Bench):
             finally:
                 self.drop_slots()
         print_table(self.results, self.args)
+        logical_bench.write_json(self.args, self.results, rows=self.args.rows, clients=self.args.clients,
+                                 seconds=self.args.seconds, poll_ms=self.args.poll_ms)  # fmt: skip
 
 
 def _first_txn_s(commits: list[tuple[float, int]]) -> float:

@@ -293,6 +293,9 @@ def _report(
         f"Pub/Sub {args.pubsub_in_flight or args.max_in_flight})"
     )
     doc = {
+        "events": count,
+        "latency_ms": latency,
+        "batch_size": args.batch_size,
         "walbridge": ours,
         "pubsub": pubsub,
         "seed": seed or None,

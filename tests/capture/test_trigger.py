@@ -177,6 +177,66 @@ def test_events_match_snapshot_encoding_and_debezium_shape(
     assert created["after"]["seen"].startswith("2024-03-01T10:34:56.789")  # converted from UTC text
 
 
+def test_statement_triggers_log_every_row_of_bulk_writes(pg_dsn: str) -> None:
+    """Inserts and deletes are logged per statement from its transition table: every row, in order, with
+    excluded columns left out, also when a column is named like the trigger's aliases or variables."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE bulk (id int PRIMARY KEY, n text, o text, excluded text, rel_name text, secret text)",
+    )
+    settings = make_settings(
+        pg_dsn, "unused:9092", "p", ["public.bulk"], exclude_columns=["public.bulk.secret"]
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+        kinds = conn.execute(
+            "SELECT tgname, (tgtype & 1) = 1 FROM pg_trigger WHERE tgrelid = 'bulk'::regclass ORDER BY 1"
+        ).fetchall()
+        assert kinds == [
+            ("walbridge_capture", True),
+            ("walbridge_capture_delete", False),
+            ("walbridge_capture_insert", False),
+            ("walbridge_capture_truncate", False),
+        ]
+        conn.execute("INSERT INTO bulk SELECT g, 'n' || g, 'o', 'x', 'r', 's' FROM generate_series(1, 500) g")
+        conn.execute("UPDATE bulk SET n = 'changed' WHERE id = 7")
+        conn.execute("DELETE FROM bulk WHERE id > 490")
+        logged = conn.execute("SELECT op, before, after FROM walbridge.change_log ORDER BY id").fetchall()
+    assert [op for op, _, _ in logged] == ["c"] * 500 + ["u"] + ["d"] * 10
+    row = {"id": "1", "n": "n1", "o": "o", "excluded": "x", "rel_name": "r"}
+    assert logged[0] == ("c", None, row)
+    assert [after["id"] for _, _, after in logged[:500]] == [str(i) for i in range(1, 501)]
+    assert logged[500][1:] == ({**row, "id": "7", "n": "n7"}, {**row, "id": "7", "n": "changed"})
+    assert sorted(int(before["id"]) for _, before, _ in logged[501:]) == list(range(491, 501))
+    assert all(after is None and "secret" not in before for _, before, after in logged[501:])
+
+
+def test_setup_converts_an_installation_of_row_triggers(pg_dsn: str) -> None:
+    """Earlier versions logged inserts and deletes with the row trigger: capture asks for setup, which
+    converts the table to the statement triggers (each change logged once)."""
+    execute(pg_dsn, "CREATE TABLE old_style (id int PRIMARY KEY, v text)")
+    settings = make_settings(pg_dsn, "unused:9092", "p", ["public.old_style"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        install_trigger_capture(conn, settings)
+        conn.execute("DROP TRIGGER walbridge_capture_insert ON old_style")
+        conn.execute("DROP TRIGGER walbridge_capture_delete ON old_style")
+        conn.execute("DROP TRIGGER walbridge_capture ON old_style")
+        conn.execute(
+            "CREATE TRIGGER walbridge_capture AFTER INSERT OR UPDATE OR DELETE ON old_style "
+            "FOR EACH ROW EXECUTE FUNCTION walbridge.capture_change()"
+        )
+        problems = check_trigger_capture(conn, settings, installed=True)
+        assert [p.found for p in problems] == ["disabled or incomplete"]
+        done = install_trigger_capture(conn, settings)
+        assert any("walbridge_capture_insert" in step for step in done)
+        assert check_trigger_capture(conn, settings, installed=True) == []
+        conn.execute("INSERT INTO old_style VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE old_style SET v = 'c' WHERE id = 1")
+        conn.execute("DELETE FROM old_style WHERE id = 2")
+        logged = conn.execute("SELECT op FROM walbridge.change_log ORDER BY id").fetchall()
+    assert [op for (op,) in logged] == ["c", "c", "u", "d"]
+
+
 def test_restart_resumes_without_duplicates_and_retention_empties_log(
     pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
 ) -> None:

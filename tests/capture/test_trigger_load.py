@@ -124,6 +124,7 @@ def test_concurrent_writers_exactly_once_in_commit_order(
     prepare(pg_dsn)
     settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, ["public.acct", "public.ins"])
     settings.kafka.partitions = 3
+    settings.source.poll_batch_size = 50  # many full pages: each next one is read ahead while publishing
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         install_trigger_capture(conn, settings)
     with running(settings):

@@ -54,6 +54,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -294,7 +295,11 @@ class TriggerCapture:
                 log.info("resuming trigger capture %s from %s", self.name, _describe(position))
             reader.isolation_level = IsolationLevel.REPEATABLE_READ
             reader.read_only = True
-            _Poller(self, publisher, reader, writer, position).loop(stop)
+            poller = _Poller(self, publisher, reader, writer, position)
+            try:
+                poller.loop(stop)
+            finally:
+                poller.close()  # before the reader connection closes
             self._finish(publisher, writer)
 
     def _finish(self, publisher: EventPublisher[TriggerPosition], writer: psycopg.Connection[Any]) -> None:
@@ -479,6 +484,9 @@ class _Poller:
         self.position = position
         self.limit = capture.source.poll_batch_size
         self.interval_s = capture.source.poll_interval_ms / 1000.0
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="walbridge-log-read")
+        self._ahead: Future[tuple[str, list[ChangeRow]]] | None = None
+        """The next page of the same interval, read while this one is published (a backlog only)."""
         self.prefix = capture.settings.events.topic_prefix
         self.db = capture._dbname
         self.recorded: TriggerPosition | None = None
@@ -503,7 +511,7 @@ class _Poller:
     def step(self) -> bool:
         """Read and publish one page; True when the page was full (more is waiting)."""
         try:
-            hi, batch = read_changes(self.reader, self.position, self.limit)
+            hi, batch = self._read()
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
         for row in batch:
@@ -515,6 +523,29 @@ class _Poller:
         self.publisher.seal(self.position)
         self._throttle()
         return len(batch) == self.limit
+
+    def _read(self) -> tuple[str, list[ChangeRow]]:
+        """The page at ``position``. After a full page the next one (same interval, rows after its last
+        id) is read in a thread while this one is converted and published: the database's work
+        overlaps capture's."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            hi, batch = ahead.result()
+        else:
+            hi, batch = read_changes(self.reader, self.position, self.limit)
+        if len(batch) == self.limit:
+            following = next_position(self.position, hi, batch, self.limit)
+            self._ahead = self._reads.submit(read_changes, self.reader, following, self.limit)
+        return hi, batch
+
+    def _settle(self) -> None:
+        """Wait for the page being read ahead (kept): the reader connection is free afterwards."""
+        if self._ahead is not None:
+            wait([self._ahead])  # its error, if any, is raised where the page is taken
+
+    def close(self) -> None:
+        self._settle()
+        self._reads.shutdown()
 
     def _throttle(self) -> None:
         limit = self.capture.source.max_in_flight
@@ -535,6 +566,7 @@ class _Poller:
                 raise DecodeError(f"{row.schema}.{row.table}: the change's columns are not the table's")
             return self._decode(row, codec)
         except DecodeError as first:
+            self._settle()  # the reader connection is the read-ahead's until then
             codec = self.capture.reload_table(self.reader, row.schema, row.table)
             if codec is None:
                 raise ConfigError(

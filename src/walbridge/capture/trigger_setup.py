@@ -11,8 +11,13 @@ Everything lives in the ``walbridge`` schema of the source database:
   (``values.SESSION_SETTINGS``). Columns named in ``source.exclude_columns`` are passed as trigger
   arguments and never reach the log. It builds the jsonb with the ``hstore`` extension (C, exact
   type output, trusted since PostgreSQL 13), installed into ``walbridge`` unless already present.
-- Per table, the row trigger ``walbridge_capture`` (AFTER INSERT/UPDATE/DELETE) and the statement
-  trigger ``walbridge_capture_truncate`` (AFTER TRUNCATE).
+- Per table, the statement triggers ``walbridge_capture_insert`` and ``walbridge_capture_delete``
+  (AFTER INSERT / DELETE, with a transition table: one ``INSERT … SELECT`` into the log per
+  statement instead of one per row, which cut their cost on bulk writes several times), the row
+  trigger ``walbridge_capture`` (AFTER UPDATE: a row's old and new image come as a pair) and the
+  statement trigger ``walbridge_capture_truncate`` (AFTER TRUNCATE). A partitioned table keeps one
+  row trigger for all three (AFTER INSERT/UPDATE/DELETE): row triggers are cloned onto every
+  partition, statement triggers of the parent do not fire for writes into a partition.
 - ``walbridge.capture_offset``: the confirmed position of each capture (see ``trigger.py``).
 
 :func:`install_trigger_capture` is idempotent and needs only ordinary privileges: CREATE on the
@@ -55,7 +60,13 @@ CHANGE_LOG = "change_log"
 OFFSET_TABLE = "capture_offset"
 FUNCTION = "capture_change"
 ROW_TRIGGER = "walbridge_capture"
+INSERT_TRIGGER = "walbridge_capture_insert"
+DELETE_TRIGGER = "walbridge_capture_delete"
 TRUNCATE_TRIGGER = "walbridge_capture_truncate"
+_TRIGGERS = (ROW_TRIGGER, INSERT_TRIGGER, DELETE_TRIGGER, TRUNCATE_TRIGGER)
+NEW_ROWS = "walbridge_new_rows"
+OLD_ROWS = "walbridge_old_rows"
+"""Transition table names of the statement triggers."""
 _MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_visible_in_snapshot()
 
 _TABLES_DDL = f"""
@@ -87,7 +98,10 @@ every partition (present and future), and a change is logged under the partition
 
 # {h} is the hstore extension's schema; the trigger arguments are the excluded columns, after the
 # partitioned table's name when there is one. Most tables have no argument: that path tests one NULL.
+# A transition table's row is ``n.*`` / ``o.*``: a bare ``n`` would be a column of that name, if any; and
+# the variables win over the columns of a transition table named like them (variable_conflict).
 _FUNCTION_BODY = """
+#variable_conflict use_variable
 DECLARE
     image jsonb;
     rel_schema text := TG_TABLE_SCHEMA;
@@ -103,7 +117,29 @@ BEGIN
         END IF;
     END IF;
     IF TG_LEVEL = 'STATEMENT' THEN
-        INSERT INTO {s}.{log} (schema_name, table_name, op) VALUES (rel_schema, rel_name, 't');
+        IF TG_OP = 'INSERT' THEN
+            IF excluded IS NULL THEN
+                INSERT INTO {s}.{log} (schema_name, table_name, op, after)
+                SELECT rel_schema, rel_name, 'c', {h}.hstore_to_jsonb({h}.hstore(n.*)) FROM {new} n;
+            ELSE
+                INSERT INTO {s}.{log} (schema_name, table_name, op, after)
+                SELECT rel_schema, rel_name, 'c',
+                       {h}.hstore_to_jsonb({h}.hstore(n.*) OPERATOR({h}.-) excluded)
+                FROM {new} n;
+            END IF;
+        ELSIF TG_OP = 'DELETE' THEN
+            IF excluded IS NULL THEN
+                INSERT INTO {s}.{log} (schema_name, table_name, op, before)
+                SELECT rel_schema, rel_name, 'd', {h}.hstore_to_jsonb({h}.hstore(o.*)) FROM {old} o;
+            ELSE
+                INSERT INTO {s}.{log} (schema_name, table_name, op, before)
+                SELECT rel_schema, rel_name, 'd',
+                       {h}.hstore_to_jsonb({h}.hstore(o.*) OPERATOR({h}.-) excluded)
+                FROM {old} o;
+            END IF;
+        ELSE
+            INSERT INTO {s}.{log} (schema_name, table_name, op) VALUES (rel_schema, rel_name, 't');
+        END IF;
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -141,7 +177,9 @@ END
 
 def _function_ddl(hstore_schema: str) -> str:
     ident = _quote_ident
-    body = _FUNCTION_BODY.format(s=SCHEMA, log=CHANGE_LOG, h=ident(hstore_schema), mark=ROOT_MARK)
+    body = _FUNCTION_BODY.format(
+        s=SCHEMA, log=CHANGE_LOG, h=ident(hstore_schema), mark=ROOT_MARK, new=NEW_ROWS, old=OLD_ROWS
+    )
     settings = "".join(f"\n    SET {name} = '{value}'" for name, value in SESSION_SETTINGS.items())
     return (
         f"CREATE OR REPLACE FUNCTION {SCHEMA}.{FUNCTION}() RETURNS trigger\n"
@@ -191,17 +229,21 @@ def _excluded_columns(settings: Settings, rel: RelationInfo) -> list[str]:
 
 
 def installed_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, bool]]:
-    """(schema, table, row-and-truncate triggers both enabled) for every table with walbridge triggers."""
+    """(schema, table, all its capture triggers enabled) for every table with walbridge triggers.
+
+    All: the truncate trigger and row trigger, plus the insert and delete statement triggers on a
+    table that is not partitioned.
+    """
     rows = conn.execute(
         """
         SELECT n.nspname, c.relname,
-               count(*) FILTER (WHERE t.tgenabled <> 'D') = 2
+               count(*) FILTER (WHERE t.tgenabled <> 'D') = CASE WHEN c.relkind = 'p' THEN 2 ELSE 4 END
         FROM pg_trigger t
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE t.tgname IN (%s, %s) AND NOT t.tgisinternal AND t.tgparentid = 0
-        GROUP BY n.nspname, c.relname ORDER BY 1, 2
+        WHERE t.tgname = ANY(%s) AND NOT t.tgisinternal AND t.tgparentid = 0
+        GROUP BY n.nspname, c.relname, c.relkind ORDER BY 1, 2
         """,
-        (ROW_TRIGGER, TRUNCATE_TRIGGER),
+        (list(_TRIGGERS),),
     ).fetchall()
     return [(str(schema), str(table), bool(ok)) for schema, table, ok in rows]
 
@@ -386,16 +428,48 @@ def _install_schema(conn: psycopg.Connection[Any]) -> list[str]:
     return done
 
 
-def _trigger_args(conn: psycopg.Connection[Any], rel: RelationInfo) -> dict[str, list[str]]:
+def _trigger_args(conn: psycopg.Connection[Any], rel: RelationInfo) -> dict[str, tuple[list[str], int]]:
+    """Name → (arguments, ``tgtype``: the events and level it fires for) of the table's capture triggers."""
     rows = conn.execute(
-        "SELECT tgname, tgargs, tgnargs FROM pg_trigger WHERE tgrelid = %s AND tgname IN (%s, %s)",
-        (rel.oid, ROW_TRIGGER, TRUNCATE_TRIGGER),
+        "SELECT tgname, tgargs, tgnargs, tgtype FROM pg_trigger WHERE tgrelid = %s AND tgname = ANY(%s)",
+        (rel.oid, list(_TRIGGERS)),
     ).fetchall()
-    return {str(name): _split_tgargs(bytes(args), nargs) for name, args, nargs in rows}
+    return {str(name): (_split_tgargs(bytes(args), nargs), int(tgtype)) for name, args, nargs, tgtype in rows}
 
 
 def _split_tgargs(raw: bytes, nargs: int) -> list[str]:
     return [part.decode() for part in raw.split(b"\x00")[:nargs]]
+
+
+# pg_trigger.tgtype bits (PostgreSQL's trigger.h).
+_TGTYPE_ROW, _TGTYPE_INSERT, _TGTYPE_DELETE, _TGTYPE_UPDATE = 1, 4, 8, 16
+
+
+def _wanted_triggers(rel: RelationInfo, table: sql.Composable) -> dict[str, tuple[int, sql.Composable]]:
+    """Name → (``tgtype``, its CREATE TRIGGER clause up to EXECUTE) of each row-change trigger."""
+    if rel.partitioned:
+        events = _TGTYPE_ROW | _TGTYPE_INSERT | _TGTYPE_UPDATE | _TGTYPE_DELETE
+        return {
+            ROW_TRIGGER: (
+                events,
+                sql.SQL("AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW").format(table),
+            )
+        }
+    return {
+        ROW_TRIGGER: (_TGTYPE_ROW | _TGTYPE_UPDATE, sql.SQL("AFTER UPDATE ON {} FOR EACH ROW").format(table)),
+        INSERT_TRIGGER: (
+            _TGTYPE_INSERT,
+            sql.SQL("AFTER INSERT ON {} REFERENCING NEW TABLE AS {} FOR EACH STATEMENT").format(
+                table, sql.Identifier(NEW_ROWS)
+            ),
+        ),
+        DELETE_TRIGGER: (
+            _TGTYPE_DELETE,
+            sql.SQL("AFTER DELETE ON {} REFERENCING OLD TABLE AS {} FOR EACH STATEMENT").format(
+                table, sql.Identifier(OLD_ROWS)
+            ),
+        ),
+    }
 
 
 def _install_triggers(conn: psycopg.Connection[Any], rel: RelationInfo, excluded: list[str]) -> list[str]:
@@ -404,16 +478,21 @@ def _install_triggers(conn: psycopg.Connection[Any], rel: RelationInfo, excluded
     function = sql.Identifier(SCHEMA, FUNCTION)
     done = []
     wanted = [ROOT_MARK, rel.schema, rel.table, *excluded] if rel.partitioned else excluded
-    if existing.get(ROW_TRIGGER) != wanted:
-        args = sql.SQL(", ").join(sql.Literal(name) for name in wanted)
-        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(ROW_TRIGGER), table))
+    args = sql.SQL(", ").join(sql.Literal(name) for name in wanted)
+    triggers = _wanted_triggers(rel, table)
+    for name in (INSERT_TRIGGER, DELETE_TRIGGER):
+        if name in existing and name not in triggers:  # the table became partitioned
+            conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), table))
+    for name, (tgtype, clause) in triggers.items():
+        if existing.get(name) == (wanted, tgtype):
+            continue
+        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
         conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
-                "FOR EACH ROW EXECUTE FUNCTION {}({})"
-            ).format(sql.Identifier(ROW_TRIGGER), table, function, args)
+            sql.SQL("CREATE TRIGGER {} {} EXECUTE FUNCTION {}({})").format(
+                sql.Identifier(name), clause, function, args
+            )
         )
-        done.append(f"created row trigger on {rel.qualified_name}")
+        done.append(f"created trigger {name} on {rel.qualified_name}")
     if TRUNCATE_TRIGGER not in existing:
         conn.execute(
             sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
@@ -435,7 +514,7 @@ def uninstall_trigger_capture(conn: psycopg.Connection[Any], settings: Settings 
         with conn.transaction():
             for schema, table, _ok in installed_tables(conn):
                 target = sql.Identifier(schema, table)
-                for name in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+                for name in _TRIGGERS:
                     conn.execute(
                         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target)
                     )
