@@ -11,13 +11,15 @@ Everything lives in the ``walbridge`` schema of the source database:
   (``values.SESSION_SETTINGS``). Columns named in ``source.exclude_columns`` are passed as trigger
   arguments and never reach the log. It builds the jsonb with the ``hstore`` extension (C, exact
   type output, trusted since PostgreSQL 13), installed into ``walbridge`` unless already present.
-- Per table, the statement triggers ``walbridge_capture_insert`` and ``walbridge_capture_delete``
-  (AFTER INSERT / DELETE, with a transition table: one ``INSERT … SELECT`` into the log per
-  statement instead of one per row, which cut their cost on bulk writes several times), the row
-  trigger ``walbridge_capture`` (AFTER UPDATE: a row's old and new image come as a pair) and the
-  statement trigger ``walbridge_capture_truncate`` (AFTER TRUNCATE). A partitioned table keeps one
-  row trigger for all three (AFTER INSERT/UPDATE/DELETE): row triggers are cloned onto every
-  partition, statement triggers of the parent do not fire for writes into a partition.
+- Per table, the statement trigger ``walbridge_capture_insert`` (AFTER INSERT, with a transition
+  table: one ``INSERT … SELECT`` into the log per statement instead of one per row, which cut its cost
+  on bulk inserts several times), the row trigger ``walbridge_capture`` (AFTER UPDATE OR DELETE) and
+  the statement trigger ``walbridge_capture_truncate`` (AFTER TRUNCATE). Deletes stay row-level: a
+  DELETE on a table with inheritance children also deletes the children's rows, and a statement
+  trigger's transition table would hold those too, with nothing saying which table each came from.
+  A partitioned table keeps one row trigger for all three (AFTER INSERT/UPDATE/DELETE): row triggers
+  are cloned onto every partition, statement triggers of the parent do not fire for writes into a
+  partition.
 - ``walbridge.capture_offset``: the confirmed position of each capture (see ``trigger.py``).
 
 :func:`install_trigger_capture` is idempotent and needs only ordinary privileges: CREATE on the
@@ -61,11 +63,9 @@ OFFSET_TABLE = "capture_offset"
 FUNCTION = "capture_change"
 ROW_TRIGGER = "walbridge_capture"
 INSERT_TRIGGER = "walbridge_capture_insert"
-DELETE_TRIGGER = "walbridge_capture_delete"
 TRUNCATE_TRIGGER = "walbridge_capture_truncate"
-_TRIGGERS = (ROW_TRIGGER, INSERT_TRIGGER, DELETE_TRIGGER, TRUNCATE_TRIGGER)
+_TRIGGERS = (ROW_TRIGGER, INSERT_TRIGGER, TRUNCATE_TRIGGER)
 NEW_ROWS = "walbridge_new_rows"
-OLD_ROWS = "walbridge_old_rows"
 """Transition table names of the statement triggers."""
 _MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_visible_in_snapshot()
 
@@ -127,16 +127,6 @@ BEGIN
                        {h}.hstore_to_jsonb({h}.hstore(n.*) OPERATOR({h}.-) excluded)
                 FROM {new} n;
             END IF;
-        ELSIF TG_OP = 'DELETE' THEN
-            IF excluded IS NULL THEN
-                INSERT INTO {s}.{log} (schema_name, table_name, op, before)
-                SELECT rel_schema, rel_name, 'd', {h}.hstore_to_jsonb({h}.hstore(o.*)) FROM {old} o;
-            ELSE
-                INSERT INTO {s}.{log} (schema_name, table_name, op, before)
-                SELECT rel_schema, rel_name, 'd',
-                       {h}.hstore_to_jsonb({h}.hstore(o.*) OPERATOR({h}.-) excluded)
-                FROM {old} o;
-            END IF;
         ELSE
             INSERT INTO {s}.{log} (schema_name, table_name, op) VALUES (rel_schema, rel_name, 't');
         END IF;
@@ -178,7 +168,7 @@ END
 def _function_ddl(hstore_schema: str) -> str:
     ident = _quote_ident
     body = _FUNCTION_BODY.format(
-        s=SCHEMA, log=CHANGE_LOG, h=ident(hstore_schema), mark=ROOT_MARK, new=NEW_ROWS, old=OLD_ROWS
+        s=SCHEMA, log=CHANGE_LOG, h=ident(hstore_schema), mark=ROOT_MARK, new=NEW_ROWS
     )
     settings = "".join(f"\n    SET {name} = '{value}'" for name, value in SESSION_SETTINGS.items())
     return (
@@ -231,13 +221,13 @@ def _excluded_columns(settings: Settings, rel: RelationInfo) -> list[str]:
 def installed_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, bool]]:
     """(schema, table, all its capture triggers enabled) for every table with walbridge triggers.
 
-    All: the truncate trigger and row trigger, plus the insert and delete statement triggers on a
-    table that is not partitioned.
+    All: the truncate trigger and row trigger, plus the insert statement trigger on a table that is
+    not partitioned.
     """
     rows = conn.execute(
         """
         SELECT n.nspname, c.relname,
-               count(*) FILTER (WHERE t.tgenabled <> 'D') = CASE WHEN c.relkind = 'p' THEN 2 ELSE 4 END
+               count(*) FILTER (WHERE t.tgenabled <> 'D') = CASE WHEN c.relkind = 'p' THEN 2 ELSE 3 END
         FROM pg_trigger t
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE t.tgname = ANY(%s) AND NOT t.tgisinternal AND t.tgparentid = 0
@@ -456,17 +446,14 @@ def _wanted_triggers(rel: RelationInfo, table: sql.Composable) -> dict[str, tupl
             )
         }
     return {
-        ROW_TRIGGER: (_TGTYPE_ROW | _TGTYPE_UPDATE, sql.SQL("AFTER UPDATE ON {} FOR EACH ROW").format(table)),
+        ROW_TRIGGER: (
+            _TGTYPE_ROW | _TGTYPE_UPDATE | _TGTYPE_DELETE,
+            sql.SQL("AFTER UPDATE OR DELETE ON {} FOR EACH ROW").format(table),
+        ),
         INSERT_TRIGGER: (
             _TGTYPE_INSERT,
             sql.SQL("AFTER INSERT ON {} REFERENCING NEW TABLE AS {} FOR EACH STATEMENT").format(
                 table, sql.Identifier(NEW_ROWS)
-            ),
-        ),
-        DELETE_TRIGGER: (
-            _TGTYPE_DELETE,
-            sql.SQL("AFTER DELETE ON {} REFERENCING OLD TABLE AS {} FOR EACH STATEMENT").format(
-                table, sql.Identifier(OLD_ROWS)
             ),
         ),
     }
@@ -480,7 +467,7 @@ def _install_triggers(conn: psycopg.Connection[Any], rel: RelationInfo, excluded
     wanted = [ROOT_MARK, rel.schema, rel.table, *excluded] if rel.partitioned else excluded
     args = sql.SQL(", ").join(sql.Literal(name) for name in wanted)
     triggers = _wanted_triggers(rel, table)
-    for name in (INSERT_TRIGGER, DELETE_TRIGGER):
+    for name in (INSERT_TRIGGER,):
         if name in existing and name not in triggers:  # the table became partitioned
             conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), table))
     for name, (tgtype, clause) in triggers.items():
