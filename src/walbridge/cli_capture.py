@@ -211,6 +211,7 @@ class SnapshotProgress:
 def run_capture(settings: Settings, stop: threading.Event, progress: Any = None) -> None:
     """Run the configured capture mode until ``stop`` is set, with the ops endpoint when enabled."""
     capture = _capture_for(settings, progress)
+    from walbridge.capture.monitor import CaptureMonitor
     from walbridge.web import start_ops
 
     started = time.time()
@@ -223,12 +224,15 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "received": getattr(capture, "received", None),
             "confirmed": getattr(capture, "confirmed", None),
             "snapshot": getattr(progress, "tables", None),
+            "last_progress_s_ago": round(capture.liveness.age(), 1),
         }
 
-    ops = start_ops(settings.metrics, "capture", status)
+    monitor = CaptureMonitor(settings, capture, capture.liveness).start()
+    ops = start_ops(settings.metrics, "capture", status, capture.liveness.healthy)
     try:
         capture.run(stop)
     finally:
+        monitor.stop()
         if ops is not None:
             ops.stop()
 
