@@ -211,6 +211,7 @@ class SnapshotProgress:
 def run_capture(settings: Settings, stop: threading.Event, progress: Any = None) -> None:
     """Run the configured capture mode until ``stop`` is set, with the ops endpoint when enabled."""
     capture = _capture_for(settings, progress)
+    from walbridge.capture.connection import wait_for_source
     from walbridge.capture.monitor import CaptureMonitor
     from walbridge.web import start_ops
 
@@ -227,12 +228,15 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "last_progress_s_ago": round(capture.liveness.age(), 1),
         }
 
-    monitor = CaptureMonitor(settings, capture, capture.liveness).start()
     ops = start_ops(settings.metrics, "capture", status, capture.liveness.healthy)
+    monitor = None
     try:
+        wait_for_source(settings.source.dsn, settings.source.connect_wait_s, stop)
+        monitor = CaptureMonitor(settings, capture, capture.liveness).start()
         capture.run(stop)
     finally:
-        monitor.stop()
+        if monitor is not None:
+            monitor.stop()
         if ops is not None:
             ops.stop()
 
@@ -272,7 +276,10 @@ def register(app: typer.Typer) -> None:
         if sink is not None:
             done = setup_sink_tables(settings_from(config, uses=("source", "sinks.postgres")), sink)
         else:
+            from walbridge.capture.connection import wait_for_source
+
             settings = settings_from(config, uses=CAPTURE_USES)
+            wait_for_source(settings.source.dsn, settings.source.connect_wait_s)
             done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
             out.print(f"[green]✓[/] {line}")
