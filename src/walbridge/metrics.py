@@ -82,7 +82,7 @@ class _CaptureMetrics:
         )
         self.slot_safe_wal_size = Gauge(
             "walbridge_capture_slot_safe_wal_size_bytes",
-            "WAL that can still be written before the slot is invalidated (absent without "
+            "WAL that can still be written before the slot is invalidated (NaN without "
             "max_slot_wal_keep_size)",
             registry=registry,
         )

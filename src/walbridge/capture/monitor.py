@@ -83,8 +83,8 @@ class CaptureMonitor:
         for status in WAL_STATUSES:
             gauges.slot_wal_status.labels(status=status).set(1 if wal.wal_status == status else 0)
         gauges.max_slot_wal_keep_size.set(wal.max_slot_wal_keep_size)
-        if wal.safe_wal_size is not None:
-            gauges.slot_safe_wal_size.set(wal.safe_wal_size)
+        safe = wal.safe_wal_size
+        gauges.slot_safe_wal_size.set(float("nan") if safe is None else safe)
 
     def _close(self) -> None:
         if self._conn is not None:
