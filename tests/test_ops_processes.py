@@ -362,5 +362,4 @@ def test_health_and_gauges_follow_progress_while_a_dependency_is_down(
         kafka.restore()
         wait_until(lambda: capture.health() == 200, 60)
         wait_same_rows(src, dst, ["public.items"], timeout_s=90)
-        wait_until(lambda: capture.scrape().total(retained) < before + 100_000, 60)
     dest_proxy.close()
