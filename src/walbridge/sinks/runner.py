@@ -510,6 +510,7 @@ class SinkRunner:
         for key in keys:
             self._generation[key] = self._generation.get(key, 0) + 1
         self._assigned.update(keys)
+        stored: dict[TopicPartitionKey, int] = {}
         if self.sink.owns_offsets and partitions:
             stored = self._stored_offsets_in_callback(keys)
             for tp in partitions:
@@ -517,6 +518,14 @@ class SinkRunner:
                     tp.offset = stored[(tp.topic, tp.partition)]
         log.info("%s: assigned %s", self.sink.name, [f"{t}[{p}]" for t, p in keys])
         consumer.incremental_assign(partitions)
+        if stored:
+            # The group's Kafka offsets may trail the stored ones (a crash before the asynchronous
+            # commit): align them, or the lag read from the broker stays above 0 with nothing to do.
+            try:
+                aligned = [TopicPartition(t, p, o) for (t, p), o in stored.items()]
+                consumer.commit(offsets=aligned, asynchronous=True)
+            except KafkaException as exc:
+                log.debug("%s: aligning committed offsets failed: %s", self.sink.name, exc)
         if self._barrier_of is not None and partitions:
             self._hold_waiting(consumer, partitions)
 
