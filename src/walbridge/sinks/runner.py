@@ -47,6 +47,10 @@ the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
 Start: the consumer subscribes once every named topic exists (a sink may start before the capture
 that creates them); topics matching ``topic_pattern`` are picked up at the next metadata refresh.
 
+Health and lag: :meth:`healthy` means "committed a batch, or was idle with no lag, within
+``metrics.stall_s``" (:mod:`walbridge.liveness`); the lag is read from the broker on a timer by
+:class:`~walbridge.sinks.lag.LagMonitor`, so it keeps growing while a batch is retried forever.
+
 Shutdown: setting ``stop_event`` (see :func:`install_signal_handlers`) lets a batch being
 applied finish and aborts one waiting for a retry; the consumer is closed either way.
 """
