@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -277,6 +278,9 @@ def test_each_process_exports_its_own_metrics_and_every_queried_one(
             )
             assert not foreign, f"{role} exports other roles' metrics: {foreign}"
         assert got["capture"].total("walbridge_capture_snapshot_rows_total") == 25
+        keep = got["capture"].total("walbridge_capture_max_slot_wal_keep_size_bytes")
+        safe = got["capture"].total("walbridge_capture_slot_safe_wal_size_bytes")
+        assert (keep == -1 and math.isnan(safe)) or (keep > 0 and safe > 0), (keep, safe)
         assert all(p.health() == 200 for p in running), {p.role: p.health() for p in running}
 
     # Dead letters are kept until deleted, whatever the broker's default retention.
@@ -300,13 +304,26 @@ def proxied_broker(tmp_path: Path) -> Iterator[TcpProxy]:
         broker.stop()
 
 
+@pytest.fixture
+def wal_keep_cap(pg_admin_dsn: str) -> Iterator[int]:
+    """``max_slot_wal_keep_size`` set on the server for the test (reloadable), reset after."""
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            yield 1 << 30
+        finally:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def _insert_one(dsn: str, key: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO public.items VALUES (%s, 'late', 0)", (key,))
 
 
 def test_health_and_gauges_follow_progress_while_a_dependency_is_down(
-    tmp_path: Path, items_dbs: tuple[str, str], proxied_broker: TcpProxy, topic_prefix: str
+    tmp_path: Path, items_dbs: tuple[str, str], proxied_broker: TcpProxy, topic_prefix: str, wal_keep_cap: int
 ) -> None:
     src, dst = items_dbs
     with psycopg.connect(dst) as conn:
@@ -358,7 +375,9 @@ def test_health_and_gauges_follow_progress_while_a_dependency_is_down(
         scrape = capture.scrape()
         assert scrape.total("walbridge_capture_last_progress_age_seconds") >= 4
         assert scrape.samples['walbridge_capture_slot_wal_status{status="reserved"}'] == 1
-        assert "walbridge_capture_max_slot_wal_keep_size_bytes" in scrape.sample_names
+        assert scrape.total("walbridge_capture_max_slot_wal_keep_size_bytes") == wal_keep_cap
+        # PostgreSQL counts in whole WAL segments: up to one segment above the cap.
+        assert 0 < scrape.total("walbridge_capture_slot_safe_wal_size_bytes") <= wal_keep_cap + (64 << 20)
         kafka.restore()
         wait_until(lambda: capture.health() == 200, 60)
         wait_same_rows(src, dst, ["public.items"], timeout_s=90)
