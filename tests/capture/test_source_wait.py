@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from capture_support import write_config
-from helpers import run_cli
+from helpers import run_cli, wait_until
 from tcp_proxy import TcpProxy
 
 ITEMS = "CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL)"
@@ -36,14 +38,25 @@ def test_setup_waits_for_a_starting_source(
         tmp_path / "state",
         connect_wait_s=30,
     )
-    proxy.cut()  # the server "starts" 2 s after setup
-    timer = threading.Timer(2.0, proxy.restore)
-    timer.start()
-    try:
-        code, out, err = run_cli("setup", "--config", str(config), env={"SRC_DSN": dsn}, timeout=60)
-    finally:
-        timer.cancel()
-        proxy.close()
+    proxy.cut()  # the server "starts" once setup said it waits for it
+    log = tmp_path / "setup.log"
+    with log.open("w") as out_file:
+        setup = subprocess.Popen(
+            [sys.executable, "-m", "walbridge", "setup", "--config", str(config)],
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SRC_DSN": dsn},
+        )
+        try:
+            wait_until(lambda: "retrying for up to" in log.read_text() or setup.poll() is not None, 60)
+            proxy.restore()
+            code = setup.wait(60)
+        finally:
+            if setup.poll() is None:
+                setup.kill()
+                setup.wait(10)
+            proxy.close()
+    out = err = log.read_text()
     assert code == 0, (out, err)
     waits = [line for line in err.splitlines() if "retrying for up to" in line]
     assert len(waits) == 1, err
