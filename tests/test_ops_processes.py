@@ -376,6 +376,7 @@ def test_health_and_gauges_follow_progress_while_a_dependency_is_down(
         assert scrape.total("walbridge_capture_last_progress_age_seconds") >= 4
         assert scrape.samples['walbridge_capture_slot_wal_status{status="reserved"}'] == 1
         assert scrape.total("walbridge_capture_max_slot_wal_keep_size_bytes") == wal_keep_cap
+        assert scrape.total("walbridge_capture_source_wal_dir_bytes") >= scrape.total(retained) > 0
         # PostgreSQL counts in whole WAL segments: up to one segment above the cap.
         assert 0 < scrape.total("walbridge_capture_slot_safe_wal_size_bytes") <= wal_keep_cap + (64 << 20)
         kafka.restore()

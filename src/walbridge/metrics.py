@@ -86,6 +86,11 @@ class _CaptureMetrics:
             "max_slot_wal_keep_size)",
             registry=registry,
         )
+        self.wal_dir_bytes = Gauge(
+            "walbridge_capture_source_wal_dir_bytes",
+            "Size of the source's WAL directory (pg_ls_waldir; NaN without pg_monitor)",
+            registry=registry,
+        )
         self.max_slot_wal_keep_size = Gauge(
             "walbridge_capture_max_slot_wal_keep_size_bytes",
             "The source's max_slot_wal_keep_size (-1: unlimited)",

@@ -16,7 +16,7 @@ import psycopg
 
 from walbridge import metrics
 from walbridge.capture.connection import connect_source
-from walbridge.capture.slot import slot_wal
+from walbridge.capture.slot import slot_wal, wal_dir_bytes
 from walbridge.config import Settings
 from walbridge.errors import WalbridgeError
 from walbridge.liveness import Liveness
@@ -39,7 +39,8 @@ class CaptureMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="walbridge-capture-monitor", daemon=True)
         self._conn: psycopg.Connection[Any] | None = None
-        self._warned = False
+        self._wal_dir = True
+        """Whether the WAL directory can be read (``pg_monitor``); asked until refused once."""
 
     def start(self) -> CaptureMonitor:
         metrics.capture.last_progress_age.set_function(self.liveness.age)
@@ -71,13 +72,23 @@ class CaptureMonitor:
             if self._conn is None or self._conn.closed:
                 self._conn = connect_source(self.settings.source.dsn, connect_timeout=5)
             wal = slot_wal(self._conn, self.settings.source.slot)
+            wal_dir = wal_dir_bytes(self._conn) if self._wal_dir else None
         except (psycopg.Error, WalbridgeError) as exc:
             log.debug("slot WAL figures unavailable: %s", exc)
             self._close()
             return
+        gauges = metrics.capture
+        if wal_dir is not None:
+            gauges.wal_dir_bytes.set(wal_dir)
+        elif self._wal_dir:
+            self._wal_dir = False
+            gauges.wal_dir_bytes.set(float("nan"))
+            log.info(
+                "the source's WAL directory size is not exported: the capture role may not run "
+                "pg_ls_waldir() (GRANT pg_monitor to it for walbridge_capture_source_wal_dir_bytes)"
+            )
         if wal is None:
             return
-        gauges = metrics.capture
         if wal.retained_bytes is not None:
             gauges.slot_retained_wal_bytes.set(wal.retained_bytes)
         for status in WAL_STATUSES:

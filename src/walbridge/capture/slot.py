@@ -28,6 +28,7 @@ __all__ = [
     "set_replica_identity_full",
     "slot_info",
     "slot_wal",
+    "wal_dir_bytes",
 ]
 
 
@@ -83,6 +84,16 @@ def slot_wal(conn: psycopg.Connection[Any], slot: str) -> SlotWal | None:
         (slot,),
     ).fetchone()
     return SlotWal(*row) if row else None
+
+
+def wal_dir_bytes(conn: psycopg.Connection[Any]) -> int | None:
+    """The size of the source's WAL directory, or None without the privilege to read it
+    (``pg_ls_waldir``: superuser or ``pg_monitor``)."""
+    try:
+        row = conn.execute("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return int(row[0]) if row else None
 
 
 def check_slot_usable(info: SlotInfo, dbname: str, holder: str = "another process") -> None:
