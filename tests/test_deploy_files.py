@@ -23,7 +23,7 @@ from pydantic_core import PydanticUndefined
 
 from walbridge import config
 from walbridge.config import Settings, load_settings
-from walbridge.metrics import REGISTRY
+from walbridge.metrics import CAPTURE, SALESFORCE, SINK
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -220,7 +220,7 @@ def test_healthchecks_ask_the_metrics_port(compose: dict[str, Any], monkeypatch:
 
 def _defined_samples() -> set[str]:
     names: set[str] = set()
-    for family in REGISTRY.collect():
+    for family in [*CAPTURE.collect(), *SINK.collect(), *SALESFORCE.collect()]:
         names.add(family.name)
         names.update(family.name + suffix for suffix in SAMPLE_SUFFIXES.get(family.type, ()))
     return names

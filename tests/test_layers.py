@@ -26,6 +26,7 @@ LAYERS: list[list[str]] = [
         "walbridge.metrics",
         "walbridge.signals",
         "walbridge.pubsub_api",
+        "walbridge.liveness",
     ],
     # the event model, PostgreSQL error mapping, logging
     ["walbridge.events", "walbridge.pgerrors", "walbridge.logs"],

@@ -62,8 +62,8 @@ def test_status_page_shows_the_numbers_of_metrics(tmp_path: Path) -> None:
     table = f"public.page_{tmp_path.name[-6:]}"
     metrics.capture.events.labels(table=table, op="c").inc(1234)
     metrics.capture.events.labels(table=table, op="u").inc(56)
-    metrics.sink.records.labels(sink="page-test", outcome="applied").inc(1290)
-    metrics.sink.lag.labels(sink="page-test", topic="demo.public.t", partition="2").set(17)
+    metrics.capture.snapshot_rows.labels(table=table).inc(1290)
+    metrics.capture.producer_queue.set(17)
     ops = start_ops(MetricsSettings(port=0), "capture", lambda: {"mode": "logical", "uptime_s": 12.5})
     assert ops is not None
     logging.getLogger("walbridge.test").warning("destination unreachable: connection refused (page test)")
@@ -83,8 +83,8 @@ def test_status_page_shows_the_numbers_of_metrics(tmp_path: Path) -> None:
     for key in (
         f'walbridge_capture_events_total{{op="c",table="{table}"}}',
         f'walbridge_capture_events_total{{op="u",table="{table}"}}',
-        'walbridge_sink_records_total{outcome="applied",sink="page-test"}',
-        'walbridge_sink_lag{partition="2",sink="page-test",topic="demo.public.t"}',
+        f'walbridge_capture_snapshot_rows_total{{table="{table}"}}',
+        "walbridge_capture_producer_queue_depth",
     ):
         assert key in shown, sorted(shown)[:20]
     assert all(shown[key] == pytest.approx(scrape[key], rel=1e-3) for key in shown)

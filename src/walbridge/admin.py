@@ -31,6 +31,7 @@ __all__ = [
     "describe_group",
     "describe_topic",
     "list_topics",
+    "partition_lags",
 ]
 
 
@@ -47,10 +48,17 @@ class PartitionLag:
     partition: int
     committed: int | None
     high_watermark: int
+    low_watermark: int = 0
 
     @property
     def lag(self) -> int | None:
         return None if self.committed is None else max(0, self.high_watermark - self.committed)
+
+    @property
+    def backlog(self) -> int:
+        """Records left to read: the lag, or without a committed offset everything the partition holds."""
+        lag = self.lag
+        return max(0, self.high_watermark - self.low_watermark) if lag is None else lag
 
 
 def _error(exc: KafkaException, doing: str) -> WalbridgeError:
@@ -99,17 +107,25 @@ def describe_group(settings: KafkaSettings, group_id: str, topics: list[str]) ->
             if t in metadata.topics
             for p in sorted(metadata.topics[t].partitions)
         ]
-        committed = consumer.committed(partitions, timeout=10) if partitions else []
-        out = []
-        for tp in committed:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            offset = tp.offset if tp.offset >= 0 else None
-            out.append(PartitionLag(tp.topic, tp.partition, offset, high))
-        return out
+        return partition_lags(consumer, partitions)
     except KafkaException as exc:
         raise _error(exc, f"describing group {group_id}") from exc
     finally:
         consumer.close()
+
+
+def partition_lags(
+    consumer: Any, partitions: list[TopicPartition], timeout_s: float = 10.0
+) -> list[PartitionLag]:
+    """The group's committed offsets (of ``consumer``'s ``group.id``) against the partition ends, from the
+    broker (raises :class:`KafkaException`)."""
+    committed = consumer.committed(partitions, timeout=timeout_s) if partitions else []
+    out = []
+    for tp in committed:
+        low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout_s)
+        offset = tp.offset if tp.offset >= 0 else None
+        out.append(PartitionLag(tp.topic, tp.partition, offset, high, low))
+    return out
 
 
 def describe_topic(settings: KafkaSettings, name: str) -> dict[str, Any]:

@@ -211,6 +211,8 @@ class SnapshotProgress:
 def run_capture(settings: Settings, stop: threading.Event, progress: Any = None) -> None:
     """Run the configured capture mode until ``stop`` is set, with the ops endpoint when enabled."""
     capture = _capture_for(settings, progress)
+    from walbridge.capture.connection import wait_for_source
+    from walbridge.capture.monitor import CaptureMonitor
     from walbridge.web import start_ops
 
     started = time.time()
@@ -223,12 +225,18 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "received": getattr(capture, "received", None),
             "confirmed": getattr(capture, "confirmed", None),
             "snapshot": getattr(progress, "tables", None),
+            "last_progress_s_ago": round(capture.liveness.age(), 1),
         }
 
-    ops = start_ops(settings.metrics, "capture", status)
+    ops = start_ops(settings.metrics, "capture", status, capture.liveness.healthy)
+    monitor = None
     try:
+        wait_for_source(settings.source.dsn, settings.source.connect_wait_s, stop)
+        monitor = CaptureMonitor(settings, capture, capture.liveness).start()
         capture.run(stop)
     finally:
+        if monitor is not None:
+            monitor.stop()
         if ops is not None:
             ops.stop()
 
@@ -268,7 +276,10 @@ def register(app: typer.Typer) -> None:
         if sink is not None:
             done = setup_sink_tables(settings_from(config, uses=("source", "sinks.postgres")), sink)
         else:
+            from walbridge.capture.connection import wait_for_source
+
             settings = settings_from(config, uses=CAPTURE_USES)
+            wait_for_source(settings.source.dsn, settings.source.connect_wait_s)
             done = setup_trigger(settings) if _mode(settings, mode) == "trigger" else setup_logical(settings)
         for line in done or ["nothing to do: everything is in place"]:
             out.print(f"[green]✓[/] {line}")

@@ -75,6 +75,8 @@ class SourceSettings(_Model):
     poll_batch_size: int = 5_000
     retention_hours: float | None = 0.0
     """Delete published change-log rows older than this (0: as soon as published; None: keep)."""
+    connect_wait_s: float = Field(default=60.0, ge=0)
+    """``setup`` and ``capture`` retry their first connection to the source this long (a server starting)."""
 
     @field_validator("slot", "publication")
     @classmethod
@@ -169,6 +171,9 @@ class DlqSettings(_Model):
     backoff_max_s: float = 60.0
     transient_to_dlq: bool = False
     """The seed's behaviour: send records whose transient failures exhausted max_attempts to the DLQ."""
+    retention_ms: int = Field(default=-1, ge=-1)
+    """``retention.ms`` of the DLQ topics walbridge creates (-1: kept until deleted; unreplayed dead
+    letters are not dropped silently)."""
 
 
 class _SinkBase(_Model):
@@ -269,6 +274,10 @@ class MetricsSettings(_Model):
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)
     """Default: the role's own port (:data:`DEFAULT_METRICS_PORTS`)."""
+    refresh_s: float = Field(default=10.0, gt=0)
+    """How often the slot's WAL figures (capture) and the lag from the broker (sinks) are read."""
+    stall_s: float = Field(default=120.0, gt=0)
+    """``/healthz`` fails once a process has had work and made no progress for this long."""
 
     def port_for(self, role: str) -> int:
         """The port this role serves ``/metrics``, ``/healthz`` and ``/status`` on."""

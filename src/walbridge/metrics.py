@@ -1,12 +1,29 @@
-"""Prometheus metrics shared by every walbridge process (one registry, stable names)."""
+"""Prometheus metrics of walbridge's processes: stable names, one registry per role.
+
+Each process serves only its own role's registry (:func:`registries_for`): a sink does not export
+capture's gauges (as zeros), so a capture gauge disappears when capture is down.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["REGISTRY", "capture", "sink"]
+__all__ = ["CAPTURE", "ROLES", "SALESFORCE", "SINK", "capture", "registries_for", "salesforce", "sink"]
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+CAPTURE = CollectorRegistry(auto_describe=True)
+SINK = CollectorRegistry(auto_describe=True)
+SALESFORCE = CollectorRegistry(auto_describe=True)
+ROLES: dict[str, tuple[CollectorRegistry, ...]] = {
+    "capture": (CAPTURE,),
+    "sink-postgres": (SINK,),
+    "sink-salesforce": (SINK, SALESFORCE),
+}
+"""The registries each role's ``/metrics`` serves."""
+
+
+def registries_for(role: str) -> tuple[CollectorRegistry, ...]:
+    """What ``role`` exports (nothing for a role without metrics of its own)."""
+    return ROLES.get(role, ())
 
 
 class _CaptureMetrics:
@@ -51,6 +68,34 @@ class _CaptureMetrics:
             ["table", "column"],
             registry=registry,
         )
+        self.last_progress_age = Gauge(
+            "walbridge_capture_last_progress_age_seconds",
+            "Seconds since capture last made progress (Kafka acknowledged events) or was idle with "
+            "nothing to do; /healthz fails above metrics.stall_s",
+            registry=registry,
+        )
+        self.slot_wal_status = Gauge(
+            "walbridge_capture_slot_wal_status",
+            "1 for the slot's wal_status (reserved, extended, unreserved, lost), 0 for the others",
+            ["status"],
+            registry=registry,
+        )
+        self.slot_safe_wal_size = Gauge(
+            "walbridge_capture_slot_safe_wal_size_bytes",
+            "WAL that can still be written before the slot is invalidated (NaN without "
+            "max_slot_wal_keep_size)",
+            registry=registry,
+        )
+        self.wal_dir_bytes = Gauge(
+            "walbridge_capture_source_wal_dir_bytes",
+            "Size of the source's WAL directory (pg_ls_waldir; NaN without pg_monitor)",
+            registry=registry,
+        )
+        self.max_slot_wal_keep_size = Gauge(
+            "walbridge_capture_max_slot_wal_keep_size_bytes",
+            "The source's max_slot_wal_keep_size (-1: unlimited)",
+            registry=registry,
+        )
 
 
 class _SinkMetrics:
@@ -74,6 +119,17 @@ class _SinkMetrics:
             ["sink", "topic", "partition"],
             registry=registry,
         )
+        self.last_progress_age = Gauge(
+            "walbridge_sink_last_progress_age_seconds",
+            "Seconds since the sink last committed a batch or was idle with nothing to do; "
+            "/healthz fails above metrics.stall_s",
+            ["sink"],
+            registry=registry,
+        )
+
+
+class _SalesforceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.api_usage = Gauge(
             "walbridge_salesforce_api_usage", "Sforce-Limit-Info api-usage", ["kind"], registry=registry
         )
@@ -85,5 +141,6 @@ class _SinkMetrics:
         )
 
 
-capture = _CaptureMetrics(REGISTRY)
-sink = _SinkMetrics(REGISTRY)
+capture = _CaptureMetrics(CAPTURE)
+sink = _SinkMetrics(SINK)
+salesforce = _SalesforceMetrics(SALESFORCE)

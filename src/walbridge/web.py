@@ -1,7 +1,8 @@
 """The operations endpoint of a walbridge process: ``/metrics``, ``/healthz``, ``/status``.
 
-A small threaded stdlib HTTP server: Prometheus text from the shared registry, a liveness
-answer from a health callback, and a JSON (or, for browsers, HTML) status document.
+A small threaded stdlib HTTP server: Prometheus text from the role's own registries (a process
+exports only its own metrics), a liveness answer from a health callback ("making progress, or idle
+with nothing to do": :mod:`walbridge.progress`), and a JSON (or, for browsers, HTML) status document.
 
 :func:`start_ops` starts it for one role (capture, sink-postgres, sink-salesforce) on that role's port
 from ``settings.metrics``. A port already in use is a :class:`~walbridge.errors.ConfigError` (one clear
@@ -16,17 +17,17 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from walbridge.config import MetricsSettings
 from walbridge.errors import ConfigError
 from walbridge.logs import last_problem, record_problems
-from walbridge.metrics import REGISTRY
+from walbridge.metrics import registries_for
 
 __all__ = ["OpsServer", "start_ops"]
 
@@ -38,8 +39,16 @@ StatusFn = Callable[[], dict[str, Any]]
 class OpsServer:
     """Serves the operations endpoints in a daemon thread."""
 
-    def __init__(self, host: str, port: int, status: StatusFn, healthy: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: StatusFn,
+        healthy: Callable[[], bool],
+        registries: Sequence[CollectorRegistry] = (),
+    ) -> None:
         record_problems()
+        self._registries = tuple(registries)
         self._status: StatusFn = lambda: {**status(), "last_error": last_problem()}
         self._healthy = healthy
         self._server = ThreadingHTTPServer((host, port), self._handler())
@@ -66,7 +75,8 @@ class OpsServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+                    text = b"".join(generate_latest(registry) for registry in ops._registries)
+                    self._send(200, CONTENT_TYPE_LATEST, text)
                 elif path == "/healthz":
                     ok = ops._healthy()
                     self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
@@ -104,13 +114,16 @@ def start_ops(
     status: StatusFn,
     healthy: Callable[[], bool] = lambda: True,
     port_offset: int = 0,
+    exports: bool = True,
 ) -> OpsServer | None:
-    """The running ops server of ``role`` on its port (+ ``port_offset``), or None when disabled."""
+    """The running ops server of ``role`` on its port (+ ``port_offset``), or None when disabled.
+
+    ``exports=False``: an empty ``/metrics`` (a supervisor whose workers export on their own ports)."""
     if not metrics.enabled:
         return None
     port = metrics.port_for(role) + port_offset
     try:
-        ops = OpsServer(metrics.host, port, status, healthy).start()
+        ops = OpsServer(metrics.host, port, status, healthy, registries_for(role) if exports else ()).start()
     except OSError as exc:
         raise ConfigError(
             f"metrics port {port} on {metrics.host} is not available ({exc.strerror}): another process "

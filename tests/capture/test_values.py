@@ -21,7 +21,7 @@ from walbridge.capture.values import (
     parse_copy_line,
     parse_record_literal,
 )
-from walbridge.metrics import REGISTRY
+from walbridge.metrics import CAPTURE
 
 REG = TypeRegistry()
 DEFAULT = ValueOptions()
@@ -386,7 +386,7 @@ def test_a_value_no_converter_expects_goes_out_as_text_with_one_warning(
         assert codec.row_text(["4", "1970-01-01", None]) == {"id": 4, "d": 0, "n": None}
     assert codec.fallbacks == {"d": 2}
     assert (
-        REGISTRY.get_sample_value(
+        CAPTURE.get_sample_value(
             "walbridge_capture_value_fallbacks_total", {"table": "public.t", "column": "d"}
         )
         == 2

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -12,7 +15,16 @@ from walbridge.capture.values import SESSION_SETTINGS
 from walbridge.errors import ConnectionLost
 from walbridge.pgerrors import one_line
 
-__all__ = ["CLIENT_ENCODING", "application_name", "connect_source", "session_options", "slot_holder"]
+__all__ = [
+    "CLIENT_ENCODING",
+    "application_name",
+    "connect_source",
+    "session_options",
+    "slot_holder",
+    "wait_for_source",
+]
+
+log = logging.getLogger(__name__)
 
 
 CLIENT_ENCODING = "UTF8"
@@ -54,3 +66,37 @@ def connect_source(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, options=session_options(), **kwargs)
     except psycopg.OperationalError as exc:
         raise ConnectionLost(f"cannot connect to the source database: {one_line(exc)}") from exc
+
+
+_NOT_A_STARTUP = ("authentication", "password", "does not exist", "pg_hba.conf", "permission denied")
+"""Connection failures that waiting does not cure: they stop at once."""
+
+
+def wait_for_source(dsn: str, wait_s: float, stop: threading.Event | None = None) -> None:
+    """Return once the source accepts a connection, retrying for up to ``wait_s`` while it is not up
+    yet (refused, starting up or shutting down, as during a container's init scripts): one line
+    says so, then :class:`ConnectionLost` with one line when it never answered (or ``stop`` is set)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    warned = False
+    while True:
+        try:
+            connect_source(dsn, connect_timeout=max(1, min(10, int(wait_s) or 10))).close()
+            if warned:
+                log.info("the source database answers")
+            return
+        except ConnectionLost as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or any(marker in exc.message.lower() for marker in _NOT_A_STARTUP):
+                if warned:
+                    message = f"{exc.message} (retried for {wait_s:g}s, source.connect_wait_s)"
+                    raise ConnectionLost(message) from None
+                raise
+            if not warned:
+                log.warning("%s; retrying for up to %.0fs (source.connect_wait_s)", exc.message, left)
+                warned = True
+            if stop is not None and stop.wait(min(delay, left)):
+                raise
+            if stop is None:
+                time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)

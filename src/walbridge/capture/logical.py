@@ -48,6 +48,7 @@ from walbridge.config import Settings
 from walbridge.errors import ConfigError, DecodeError, TransientError, WalbridgeError
 from walbridge.events import LOGICAL_CONNECTOR, LSN_MARK, ChangeEvent, PreparedSource, Source
 from walbridge.kafka import check_broker
+from walbridge.liveness import Liveness
 from walbridge.lsn import Lsn
 from walbridge.pgerrors import map_pg_error
 
@@ -93,6 +94,9 @@ class LogicalCapture:
         self.received: int = 0
         self.ready = threading.Event()
         """Set once streaming has started (after any snapshot)."""
+        self.liveness = Liveness(settings.metrics.stall_s)
+        self.publisher: EventPublisher[int] | None = None
+        """The current attempt's (read by :class:`~walbridge.capture.monitor.CaptureMonitor`)."""
 
     # ------------------------------------------------------------------ preflight
 
@@ -118,7 +122,7 @@ class LogicalCapture:
         relations = self.preflight()
 
         def attempt() -> None:
-            publisher = self._publisher_factory()
+            publisher = self.publisher = self._publisher_factory()
             try:
                 publisher.ensure_topics((rel.schema, rel.table) for rel in relations)
                 self._run_once(stop, publisher, relations)
@@ -365,7 +369,6 @@ class _Stream:
         self.confirmed = 0
         self.sent_flush = 0
         self.next_heartbeat = time.monotonic() + self.heartbeat_s
-        self.next_slot_check = 0.0
         self.heartbeat_conn: psycopg.Connection[Any] | None = None
         self._prepared: dict[int, PreparedSource | None] = {}
         """Per relation oid, for the current transaction."""
@@ -423,14 +426,14 @@ class _Stream:
             self._feedback()
 
     def _idle(self) -> None:
-        """Housekeeping while no message is waiting: heartbeats and slot metrics."""
+        """Housekeeping while nothing is waiting or in flight: liveness and heartbeats.
+
+        The slot's WAL figures are read by :class:`~walbridge.capture.monitor.CaptureMonitor`."""
+        self.capture.liveness.touch()
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_s
             self._heartbeat()
-        if now >= self.next_slot_check:
-            self.next_slot_check = now + 10.0
-            self._slot_metrics()
 
     def _feedback(self) -> None:
         self.cur.send_feedback(write_lsn=self.confirmed, flush_lsn=self.confirmed, apply_lsn=self.confirmed)
@@ -469,15 +472,6 @@ class _Stream:
         if self.heartbeat_conn is not None:
             self.heartbeat_conn.close()
             self.heartbeat_conn = None
-
-    def _slot_metrics(self) -> None:
-        try:
-            with connect_source(self.capture.source.dsn) as conn:
-                info = slot_info(conn, self.capture.source.slot)
-            if info and info.retained_bytes is not None:
-                metrics.capture.slot_retained_wal_bytes.set(info.retained_bytes)
-        except (psycopg.Error, WalbridgeError) as exc:
-            log.debug("slot metrics unavailable: %s", exc)
 
     def _drain(self) -> None:
         """On stop: wait (bounded) for outstanding acknowledgements, confirm what is safe."""

@@ -17,6 +17,7 @@ from walbridge.errors import ConfigError
 
 __all__ = [
     "SlotInfo",
+    "SlotWal",
     "drop_publication",
     "drop_slot",
     "ensure_publication",
@@ -26,6 +27,8 @@ __all__ = [
     "publication_tables",
     "set_replica_identity_full",
     "slot_info",
+    "slot_wal",
+    "wal_dir_bytes",
 ]
 
 
@@ -53,6 +56,44 @@ def slot_info(conn: psycopg.Connection[Any], slot: str) -> SlotInfo | None:
         (slot,),
     ).fetchone()
     return SlotInfo(*row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotWal:
+    """What the slot costs the source's disk, and how much room is left before it is invalidated."""
+
+    retained_bytes: int | None
+    wal_status: str | None
+    safe_wal_size: int | None
+    """Bytes that can still be written before the slot loses WAL; None without a limit."""
+    max_slot_wal_keep_size: int
+    """The server's ``max_slot_wal_keep_size`` in bytes; -1: unlimited."""
+
+
+def slot_wal(conn: psycopg.Connection[Any], slot: str) -> SlotWal | None:
+    """The slot's WAL figures (PostgreSQL 13+), or None when the slot does not exist."""
+    row = conn.execute(
+        """SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                  ELSE pg_current_wal_lsn() END, restart_lsn)::bigint,
+                  wal_status, safe_wal_size,
+                  pg_size_bytes(current_setting('max_slot_wal_keep_size') ||
+                                CASE WHEN current_setting('max_slot_wal_keep_size') ~ '^-?[0-9]+$'
+                                     AND current_setting('max_slot_wal_keep_size') <> '-1'
+                                     THEN 'MB' ELSE '' END)
+             FROM pg_replication_slots WHERE slot_name = %s""",
+        (slot,),
+    ).fetchone()
+    return SlotWal(*row) if row else None
+
+
+def wal_dir_bytes(conn: psycopg.Connection[Any]) -> int | None:
+    """The size of the source's WAL directory, or None without the privilege to read it
+    (``pg_ls_waldir``: superuser or ``pg_monitor``)."""
+    try:
+        row = conn.execute("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return int(row[0]) if row else None
 
 
 def check_slot_usable(info: SlotInfo, dbname: str, holder: str = "another process") -> None:

@@ -85,6 +85,7 @@ from walbridge.capture.trigger_setup import (
 from walbridge.config import Settings
 from walbridge.errors import ConfigError, DecodeError, TransientError
 from walbridge.events import TRIGGER_CONNECTOR, ChangeEvent, Source
+from walbridge.liveness import Liveness
 from walbridge.pgerrors import map_pg_error
 
 __all__ = [
@@ -253,6 +254,9 @@ class TriggerCapture:
         self.published_rows = 0
         self.ready = threading.Event()
         """Set once streaming has started (after any snapshot)."""
+        self.liveness = Liveness(settings.metrics.stall_s)
+        self.publisher: EventPublisher[TriggerPosition] | None = None
+        """The current attempt's (read by :class:`~walbridge.capture.monitor.CaptureMonitor`)."""
 
     # ------------------------------------------------------------------ main loop
 
@@ -261,6 +265,7 @@ class TriggerCapture:
 
         def attempt() -> None:
             publisher = self._publisher or EventPublisher[TriggerPosition](self.settings)
+            self.publisher = publisher
             try:
                 self._run_once(stop, publisher)
             except transient:
@@ -506,6 +511,8 @@ class _Poller:
             self._retain(caught_up=not full)
             self._housekeeping()
             if not full:
+                if not self.publisher.in_flight:
+                    self.capture.liveness.touch()  # idle with nothing to do
                 stop.wait(self.interval_s)
 
     def step(self) -> bool:

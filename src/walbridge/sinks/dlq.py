@@ -49,6 +49,7 @@ __all__ = [
     "REPLAYED_HEADER",
     "DlqEntry",
     "DlqWriter",
+    "dlq_topic_config",
     "dlq_topic_for",
     "error_headers",
     "list_dlq_topics",
@@ -68,6 +69,12 @@ _STACKTRACE_LIMIT = 8_000
 
 def dlq_topic_for(settings: DlqSettings, original_topic: str) -> str:
     return settings.topic or f"{original_topic}{settings.topic_suffix}"
+
+
+def dlq_topic_config(settings: Settings) -> dict[str, str]:
+    """Configs of a DLQ topic walbridge creates: large records, and ``dlq.retention_ms`` (default
+    forever: the broker's default retention would delete dead letters nobody replayed, silently)."""
+    return {**topic_config(settings.kafka), "retention.ms": str(settings.dlq.retention_ms)}
 
 
 def _class_name(error: BaseException) -> str:
@@ -158,7 +165,8 @@ class DlqWriter:
         missing = set(topics) - self._known_topics
         if missing:
             kafka = self._settings.kafka
-            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor, config=topic_config(kafka))
+            config = dlq_topic_config(self._settings)
+            ensure_topics(make_admin(kafka), missing, 1, kafka.replication_factor, config=config)
             self._known_topics |= missing
 
     def close(self) -> None:

@@ -47,6 +47,10 @@ the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
 Start: the consumer subscribes once every named topic exists (a sink may start before the capture
 that creates them); topics matching ``topic_pattern`` are picked up at the next metadata refresh.
 
+Health and lag: :meth:`healthy` means "committed a batch, or was idle with no lag, within
+``metrics.stall_s``" (:mod:`walbridge.liveness`); the lag is read from the broker on a timer by
+:class:`~walbridge.sinks.lag.LagMonitor`, so it keeps growing while a batch is retried forever.
+
 Shutdown: setting ``stop_event`` (see :func:`walbridge.signals.stop_on_signals`) lets a batch being
 applied finish and aborts one waiting for a retry; the consumer is closed either way.
 """
@@ -68,6 +72,7 @@ from walbridge.config import DlqSettings, PostgresSinkSettings, SalesforceSinkSe
 from walbridge.errors import ConnectionLost, DecodeError, TransientError, WalbridgeError
 from walbridge.events import ChangeEvent, decode_record
 from walbridge.kafka import make_consumer, map_kafka_error
+from walbridge.liveness import Liveness
 from walbridge.logs import ThrottleRepeats
 from walbridge.sinks.base import (
     BarrierSink,
@@ -78,6 +83,7 @@ from walbridge.sinks.base import (
     TopicPartitionKey,
 )
 from walbridge.sinks.dlq import DlqWriter
+from walbridge.sinks.lag import LagMonitor
 
 __all__ = ["SinkRunner", "backoff_delay"]
 
@@ -168,6 +174,14 @@ class SinkRunner:
         """Partitions paused at a truncate: (offset to resume at, truncate id; None: not known yet)."""
         self._held_checked = 0.0
         self._warned_at: float | None = None
+        self.liveness = Liveness(settings.metrics.stall_s)
+        self.lag = LagMonitor(
+            settings,
+            self.group_id,
+            sink.name,
+            lambda: None if self._consumer is None else set(self._assigned),
+            None if metrics is None else metrics.lag,
+        )
 
     def status(self) -> dict[str, Any]:
         """What ``/status`` shows: position, totals, and how long ago the last batch committed."""
@@ -181,15 +195,28 @@ class SinkRunner:
             "waiting_for_truncate": sorted(f"{t}[{p}]" for t, p in self._held),
             **self._totals,
             "last_commit_s_ago": None if last is None else round(time.time() - last, 1),
+            "last_progress_s_ago": round(self.liveness.age(), 1),
+            "lag": self.lag.total,
         }
 
     def healthy(self) -> bool:
-        """True while the loop runs (a batch waiting for a retry is still healthy)."""
-        return self._running
+        """Making progress (committing batches), or idle with nothing to do (no lag at the broker),
+        within ``metrics.stall_s``: a sink retrying a batch, or waiting out of the group for its
+        destination, for longer is not."""
+        return self.liveness.healthy()
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop_event: threading.Event) -> None:
+        if self.metrics is not None:
+            self.metrics.last_progress_age.labels(sink=self.sink.name).set_function(self.liveness.age)
+        self.lag.start()
+        try:
+            self._run(stop_event)
+        finally:
+            self.lag.stop()
+
+    def _run(self, stop_event: threading.Event) -> None:
         self.sink.open()
         if not self._await_destination(stop_event):
             self.sink.close()
@@ -205,6 +232,8 @@ class SinkRunner:
                     batch = self.poll_batch(stop_event)
                 if len(batch):
                     self.process(batch, stop_event)
+                elif self.lag.total == 0:
+                    self.liveness.touch()  # idle with nothing to do
         finally:
             self._running = False
             self._shutdown()
@@ -388,6 +417,7 @@ class SinkRunner:
         self._totals["applied"] += len(batch.records)
         self._totals["dead_lettered"] += len(batch.dead)
         self._last_commit = time.time()
+        self.liveness.touch()
         self._observe(batch, started)
         self._report_throughput()
 
@@ -480,6 +510,7 @@ class SinkRunner:
         for key in keys:
             self._generation[key] = self._generation.get(key, 0) + 1
         self._assigned.update(keys)
+        stored: dict[TopicPartitionKey, int] = {}
         if self.sink.owns_offsets and partitions:
             stored = self._stored_offsets_in_callback(keys)
             for tp in partitions:
@@ -487,6 +518,14 @@ class SinkRunner:
                     tp.offset = stored[(tp.topic, tp.partition)]
         log.info("%s: assigned %s", self.sink.name, [f"{t}[{p}]" for t, p in keys])
         consumer.incremental_assign(partitions)
+        if stored:
+            # The group's Kafka offsets may trail the stored ones (a crash before the asynchronous
+            # commit): align them, or the lag read from the broker stays above 0 with nothing to do.
+            try:
+                aligned = [TopicPartition(t, p, o) for (t, p), o in stored.items()]
+                consumer.commit(offsets=aligned, asynchronous=True)
+            except KafkaException as exc:
+                log.debug("%s: aligning committed offsets failed: %s", self.sink.name, exc)
         if self._barrier_of is not None and partitions:
             self._hold_waiting(consumer, partitions)
 
@@ -782,12 +821,3 @@ class SinkRunner:
         self.metrics.records.labels(sink=name, outcome="applied").inc(len(batch.records))
         if batch.dead:
             self.metrics.records.labels(sink=name, outcome="dlq").inc(len(batch.dead))
-        for (topic, partition), offset in batch.next_offsets.items():
-            try:
-                tp = TopicPartition(topic, partition)
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                gauge = self.metrics.lag.labels(sink=name, topic=topic, partition=str(partition))
-                gauge.set(max(0, high - offset))

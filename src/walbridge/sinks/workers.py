@@ -165,7 +165,9 @@ def _start_parent_ops(settings: Settings, workers: list[_Worker]) -> Any:
             ]
         }
 
-    return start_ops(settings.metrics, "sink-postgres", status, lambda: all(w.alive for w in workers))
+    return start_ops(
+        settings.metrics, "sink-postgres", status, lambda: all(w.alive for w in workers), exports=False
+    )
 
 
 def run_sink_process(

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from walbridge import metrics as walbridge_metrics
 from walbridge.config import DlqSettings, KafkaSettings, MetricsSettings, SalesforceSinkSettings, Settings
 from walbridge.emulator import DEFAULT_APP, EmulatorConfig, EmulatorServer
 from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source
@@ -121,7 +122,8 @@ class SfPipeline:
         self.producer.flush(30)
 
     def start(self, metrics: Any = None) -> SalesforceSink:
-        sink = SalesforceSink(self.sink_settings, metrics=metrics)
+        sf_metrics = None if metrics is None else walbridge_metrics.salesforce
+        sink = SalesforceSink(self.sink_settings, metrics=sf_metrics)
         runner = SinkRunner(sink, self.settings, self.sink_settings, metrics=metrics)
         stop = threading.Event()
 

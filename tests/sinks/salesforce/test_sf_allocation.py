@@ -29,7 +29,7 @@ class Org:
 
 def test_publishing_pauses_before_the_reserve_and_resumes_when_limits_show_room() -> None:
     org, now = Org(daily=(895, 1000), hourly=(0, 10_000)), [0.0]
-    guard = Allocation(org.limits, 0.10, metrics.sink, clock=lambda: now[0])
+    guard = Allocation(org.limits, 0.10, metrics.salesforce, clock=lambda: now[0])
     for _ in range(5):
         guard.before_call(200)
         guard.observe_api_usage(guard.usage[DAILY_API].used + 1, 1000)
@@ -37,7 +37,7 @@ def test_publishing_pauses_before_the_reserve_and_resumes_when_limits_show_room(
     with pytest.raises(RateLimited, match="keeps 10% of it free") as info:
         guard.before_call(200)  # the 901st call would leave less than 100 free
     assert info.value.retry_after == 300
-    assert metrics.sink.paused.labels(allocation=DAILY_API)._value.get() == 1
+    assert metrics.salesforce.paused.labels(allocation=DAILY_API)._value.get() == 1
     now[0] += 100
     with pytest.raises(RateLimited):
         guard.before_call(200)
@@ -45,7 +45,7 @@ def test_publishing_pauses_before_the_reserve_and_resumes_when_limits_show_room(
     org.daily[0] = 500  # the rolling window freed calls
     now[0] += 300
     guard.before_call(200)
-    assert org.reads == 2 and metrics.sink.paused.labels(allocation=DAILY_API)._value.get() == 0
+    assert org.reads == 2 and metrics.salesforce.paused.labels(allocation=DAILY_API)._value.get() == 0
 
 
 def test_hourly_publishing_counts_events_and_exhaustion_pauses() -> None:

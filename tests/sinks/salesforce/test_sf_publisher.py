@@ -73,7 +73,7 @@ class Collections:
 
 def _publisher(handler: Any, in_flight: int = 4, **kwargs: Any) -> Publisher:
     client = httpx.Client(transport=httpx.MockTransport(handler))
-    return Publisher(client, BASE, "62.0", max_in_flight=in_flight, metrics=metrics.sink, **kwargs)
+    return Publisher(client, BASE, "62.0", max_in_flight=in_flight, metrics=metrics.salesforce, **kwargs)
 
 
 def test_chunks_of_200_and_limit_info_metric() -> None:
@@ -84,7 +84,7 @@ def test_chunks_of_200_and_limit_info_metric() -> None:
     assert [len(c) for c in org.calls] == [200] * 5
     assert org.calls[0][0]["attributes"] == {"type": "E__e"}
     assert publisher.stats.calls == 5 and publisher.stats.api_usage["api-usage"] == (5, 15000)
-    assert metrics.sink.api_usage.labels(kind="api-usage.limit")._value.get() == 15000
+    assert metrics.salesforce.api_usage.labels(kind="api-usage.limit")._value.get() == 15000
 
 
 def test_per_record_failures_are_rejections_with_salesforce_fields() -> None:

@@ -49,7 +49,7 @@ def _run(config: Path | None, name: str | None, metrics_port: int | None) -> Non
     settings = settings_from(config, metrics_port, sink_uses("salesforce"))
     sink_settings = settings.sink("salesforce", name)
     assert isinstance(sink_settings, SalesforceSinkSettings)
-    sink = SalesforceSink(sink_settings, metrics=metrics.sink)
+    sink = SalesforceSink(sink_settings, metrics=metrics.salesforce)
     runner = SinkRunner(sink, settings, sink_settings, metrics=metrics.sink)
     stop = stop_on_signals()
     ops = _start_ops(sink, runner, settings.metrics)
