@@ -30,3 +30,7 @@ CREATE TABLE IF NOT EXISTS inventory.orders (
     created_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ
 );
+
+-- The sink's role (created by 00-destination-init.sh) writes these tables and nothing else.
+GRANT USAGE ON SCHEMA inventory TO walbridge_sink;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA inventory TO walbridge_sink;
