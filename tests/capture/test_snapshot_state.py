@@ -256,3 +256,33 @@ def test_upgrade_from_the_local_state_file_does_not_snapshot_again(
 
     messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=1)
     assert [json_or_none(m.value())["op"] for m in messages] == ["u"]  # the stream, not a snapshot
+
+
+def test_two_captures_creating_the_state_table_at_once(pg_dsn: str) -> None:
+    """The second creator waits for the first and finds the table (it used to fail on the schema)."""
+    import threading
+
+    from walbridge.capture import state as snapshot_state
+
+    first = psycopg.connect(pg_dsn)  # its transaction stays open: the table exists but is not committed
+    try:
+        assert snapshot_state.ensure_table(first)
+        outcome: list[object] = []
+
+        def second() -> None:
+            try:
+                with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                    outcome.append(snapshot_state.ensure_table(conn))
+            except Exception as exc:  # the outcome is what the test looks at
+                outcome.append(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s"
+            wait_until(lambda: watcher.execute(waiting, (first.info.backend_pid,)).fetchone()[0] == 1)
+        first.commit()
+        thread.join(30)
+        assert outcome == [False]
+    finally:
+        first.close()

@@ -90,6 +90,11 @@ def ensure_table(conn: psycopg.Connection[Any]) -> bool:
         if _exists(conn):
             return False
         with conn.transaction():
+            # Two captures starting together would both create: CREATE ... IF NOT EXISTS is not safe
+            # against a concurrent creator, so the second waits for the first and then finds the table.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_TABLE,))
+            if _exists(conn):
+                return False
             if conn.execute("SELECT to_regnamespace(%s) IS NULL", (SCHEMA,)).fetchone() == (True,):
                 conn.execute(f"CREATE SCHEMA {SCHEMA}")
             conn.execute(_DDL)
