@@ -36,6 +36,7 @@ AVRO_TYPES = {
 }
 """Salesforce field type (metadata ``type``) → Avro type."""
 _NAMESPACE = "com.sforce.eventbus"
+_MAX_PLANS = 1024
 _EPOCH = dt.date(1970, 1, 1)
 
 
@@ -128,6 +129,8 @@ class AvroCodec:
         names = tuple(values)
         plan = self._plans.get(names)
         if plan is None:
+            if len(self._plans) >= _MAX_PLANS:  # the emulator's stored events omit empty fields: many tuples
+                self._plans.clear()
             plan = self._plans[names] = [self._slot(name) for name in names]
         slots: list[Any] = [None] * len(self._flat)
         for position, value in zip(self._system, (created_ms, created_by), strict=True):
