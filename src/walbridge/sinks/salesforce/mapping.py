@@ -175,8 +175,6 @@ def record_id(key: Mapping[str, Any] | None) -> str | None:
         (only,) = key.values()
         return only if type(only) is str else _key_text(only)
     values = [_key_text(v) for v in key.values()]
-    if len(values) == 1:
-        return values[0]
     return "|".join(v.replace("\\", "\\\\").replace("|", "\\|") for v in values)
 
 
@@ -339,6 +337,8 @@ class EventSchema:
         names = tuple(values)
         plan = self._plans.get(names)
         if plan is None:
+            if len(self._plans) >= _MAX_CACHED:
+                self._plans.clear()
             plan = self._plans[names] = [self._entry(name) for name in names]
         out: dict[str, Any] = {}
         for name, entry, value in zip(names, plan, values.values(), strict=True):
