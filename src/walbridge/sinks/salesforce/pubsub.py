@@ -163,6 +163,11 @@ class _PublishStream:
         for future in pending:
             future.set_exception(error)
 
+    def finish(self) -> None:
+        """Send no more requests; the ones in flight are still answered (a cancel would leave their
+        outcome unknown, and the runner would publish them again)."""
+        self._requests.put(None)
+
     def close(self) -> None:
         self._requests.put(None)
         self._call.cancel()
@@ -341,7 +346,7 @@ class PubSubPublisher(Publisher):
             stream = self._stream
             if stream is None or stream.closed or renew or stream.metadata != metadata:
                 if stream is not None:
-                    stream.close()
+                    stream.finish()
                 stream = self._stream = _PublishStream(self.stub, metadata)
             return stream
 
