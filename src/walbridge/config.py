@@ -247,8 +247,18 @@ class SalesforceSinkSettings(_SinkBase):
     """The Pub/Sub API endpoint (plain http only to a loopback address, e.g. the emulator)."""
     pubsub_in_flight: int = Field(default=8, ge=1)
     """Publish requests in flight at once on the Pub/Sub transport."""
+    pubsub_events_per_request: int = Field(default=200, ge=1, le=10_000)
+    """Events per PublishRequest (Salesforce recommends at most 200; every request also stays under 3 MB).
+    With ``transport: pubsub`` an unset ``batch_size`` is ``pubsub_in_flight`` times this: one batch fills the
+    stream's pipeline (see docs/salesforce.md)."""
     pubsub_stream: bool = True
     """PublishStream (requests pipelined on one stream); false: one unary Publish call per request."""
+
+    @model_validator(mode="after")
+    def _pubsub_batch(self) -> SalesforceSinkSettings:
+        if self.transport == "pubsub" and "batch_size" not in self.model_fields_set:
+            self.batch_size = self.pubsub_in_flight * self.pubsub_events_per_request
+        return self
 
     @field_validator("instance_url", "login_url", "pubsub_url")
     @classmethod

@@ -25,6 +25,8 @@ docs/salesforce.md). Required custom fields are not enforced (Pub/Sub publishes 
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import itertools
 import queue
 import threading
 import time
@@ -122,7 +124,6 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         self._codecs: dict[EventDefinition, AvroCodec] = {}
         self._schemas: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._workers = ThreadPoolExecutor(16, thread_name_prefix="sf-emulator-pubsub")
 
     # ------------------------------------------------------------------ RPCs
 
@@ -160,25 +161,35 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
             self._session(context)
         except _Abort as abort:
             abort.apply(context)
-        answers: queue.Queue[pb2.PublishResponse | _Abort | None] = queue.Queue()
-        threading.Thread(
-            target=self._read_publishes, args=(requests, context, answers), daemon=True
-        ).start()
-        last = time.monotonic()
+        answers: queue.SimpleQueue[tuple[float, pb2.PublishResponse | _Abort] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read_publishes, args=(requests, context, answers), daemon=True).start()
+        due: list[tuple[float, int, pb2.PublishResponse | _Abort]] = []
+        order = itertools.count()
+        last, closed = time.monotonic(), False
         while True:
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                answer = heapq.heappop(due)[2]
+                last = now
+                if isinstance(answer, _Abort):
+                    answer.apply(context)
+                    return
+                yield answer
+            if closed and not due:
+                return
             try:
-                answer = answers.get(timeout=_POLL_S * 4)
+                item = answers.get(
+                    timeout=max(0.0, min(_POLL_S * 4, due[0][0] - now if due else _POLL_S * 4))
+                )
             except queue.Empty:
-                if not context.is_active() or time.monotonic() - last > self.stream_idle_s:
+                if not due and (not context.is_active() or time.monotonic() - last > self.stream_idle_s):
                     return  # cancelled, or idle: Salesforce closes a stream without a request for 70 s
                 continue
-            last = time.monotonic()
-            if answer is None:
-                return
-            if isinstance(answer, _Abort):
-                answer.apply(context)
-                return
-            yield answer
+            if item is None:
+                closed = True
+            else:
+                last = time.monotonic()
+                heapq.heappush(due, (item[0], next(order), item[1]))
 
     def Subscribe(
         self, requests: Iterator[pb2.FetchRequest], context: grpc.ServicerContext
@@ -203,42 +214,37 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         self,
         requests: Iterator[pb2.PublishRequest],
         context: grpc.ServicerContext,
-        answers: queue.Queue[pb2.PublishResponse | _Abort | None],
+        answers: queue.SimpleQueue[tuple[float, pb2.PublishResponse | _Abort] | None],
     ) -> None:
+        """Publish each request as it arrives and queue its answer with the time it is due (arrival +
+        latency). The work is done here, one request after the other, rather than in a thread per
+        request: threads contending for the GIL made each stream message wait, and the emulator, not
+        the simulated latency, bounded the stream."""
         topic: str | None = None
-        in_flight = _Countdown(lambda: answers.put(None))
         try:
             for request in requests:
+                arrived = time.monotonic()
                 if topic is None:
                     topic = request.topic_name
                 elif request.topic_name and request.topic_name != topic:
-                    answers.put(
-                        _Abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"topic {request.topic_name!r} differs from the stream's topic {topic!r}",
-                        )
-                    )
+                    message = f"topic {request.topic_name!r} differs from the stream's topic {topic!r}"
+                    answers.put((arrived, _Abort(grpc.StatusCode.INVALID_ARGUMENT, message)))
                     return
-                in_flight.add()
-                self._workers.submit(self._answer, request, context, answers, in_flight)
+                try:
+                    session = self._admit(context)
+                except _Abort as abort:
+                    answers.put((arrived, abort))
+                    continue
+                latency = self.latency_ms() / 1000
+                try:
+                    answer: pb2.PublishResponse | _Abort = self._publish(request, session)
+                except _Abort as abort:
+                    answer = abort
+                answers.put((arrived + latency, answer))
         except grpc.RpcError:
             pass  # the client went away
         finally:
-            in_flight.close()
-
-    def _answer(
-        self,
-        request: pb2.PublishRequest,
-        context: grpc.ServicerContext,
-        answers: queue.Queue[pb2.PublishResponse | _Abort | None],
-        in_flight: _Countdown,
-    ) -> None:
-        try:
-            answers.put(self._publish(request, self._begin(context)))
-        except _Abort as abort:
-            answers.put(abort)
-        finally:
-            in_flight.done()
+            answers.put(None)
 
     def _publish(self, request: pb2.PublishRequest, session: Session) -> pb2.PublishResponse:
         if request.ByteSize() > MAX_MESSAGE_BYTES:
@@ -360,12 +366,17 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
 
     def _begin(self, context: grpc.ServicerContext) -> Session:
         """Authenticate, count and delay one request."""
-        session = self._session(context)
-        with self._lock:
-            self.requests += 1
+        session = self._admit(context)
         latency = self.latency_ms()
         if latency > 0:
             time.sleep(latency / 1000)
+        return session
+
+    def _admit(self, context: grpc.ServicerContext) -> Session:
+        """Authenticate and count one request."""
+        session = self._session(context)
+        with self._lock:
+            self.requests += 1
         return session
 
     def _session(self, context: grpc.ServicerContext) -> Session:
@@ -402,29 +413,7 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
             return codec
 
     def stop(self) -> None:
-        self._workers.shutdown(wait=False, cancel_futures=True)
-
-
-class _Countdown:
-    """Calls ``on_zero`` once the reader is closed and every request it started is answered."""
-
-    def __init__(self, on_zero: Callable[[], None]) -> None:
-        self._count = 1
-        self._lock = threading.Lock()
-        self._on_zero = on_zero
-
-    def add(self) -> None:
-        with self._lock:
-            self._count += 1
-
-    def done(self) -> None:
-        with self._lock:
-            self._count -= 1
-            zero = self._count == 0
-        if zero:
-            self._on_zero()
-
-    close = done
+        """Nothing to stop: each PublishStream's reader ends with its RPC."""
 
 
 class _Flow:

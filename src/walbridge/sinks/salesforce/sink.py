@@ -175,6 +175,7 @@ class SalesforceSink:
             instance_url=settings.instance_url,
             api_version=settings.api_version,
             max_in_flight=settings.pubsub_in_flight,
+            events_per_request=settings.pubsub_events_per_request,
             stream=settings.pubsub_stream,
             metrics=self.metrics,
             allocation=allocation,
