@@ -2,7 +2,7 @@
 
 A small threaded stdlib HTTP server: Prometheus text from the role's own registries (a process
 exports only its own metrics), a liveness answer from a health callback ("making progress, or idle
-with nothing to do": :mod:`walbridge.progress`), and a JSON (or, for browsers, HTML) status document.
+with nothing to do": :mod:`walbridge.liveness`), and a JSON (or, for browsers, HTML) status document.
 
 :func:`start_ops` starts it for one role (capture, sink-postgres, sink-salesforce) on that role's port
 from ``settings.metrics``. A port already in use is a :class:`~walbridge.errors.ConfigError` (one clear
