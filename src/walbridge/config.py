@@ -61,8 +61,11 @@ class SourceSettings(_Model):
     slot: str = "walbridge"
     publication: str = ""
     """Default: the slot's name, so that captures with their own slots never share a publication."""
-    snapshot: Literal["initial", "never", "when_needed", "initial_only"] = "initial"
+    snapshot: Literal["initial", "never", "when_needed", "initial_only", "incremental"] = "initial"
     snapshot_fetch_rows: int = 10_000
+    signal_table: str | None = None
+    """``schema.table`` of Debezium-style signals (``id, type, data``); needed by incremental snapshots."""
+    incremental_chunk_size: int = Field(1024, ge=1)
     replica_identity_full: bool = False
     heartbeat_ms: int = 10_000
     heartbeat_action_query: str | None = None
