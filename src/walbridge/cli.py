@@ -71,6 +71,7 @@ _SUB_APPS = (
 _COMMANDS = (
     ("walbridge.sinks.cli", "verify", "verify"),
     ("walbridge.cli_status", "status", "status"),
+    ("walbridge.cli_snapshot", "snapshot", "snapshot"),
     ("walbridge.demo", "demo", "demo"),
 )
 

@@ -40,6 +40,7 @@ class SnapshotMode(enum.StrEnum):
     never = "never"
     when_needed = "when_needed"
     initial_only = "initial_only"
+    incremental = "incremental"
 
 
 Mode = Annotated[CaptureMode | None, typer.Option("--mode", help="capture mode (default: source.mode)")]
@@ -241,6 +242,7 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "received": getattr(capture, "received", None),
             "confirmed": getattr(capture, "confirmed", None),
             "snapshot": getattr(progress, "tables", None),
+            "incremental": capture.incremental.status() if getattr(capture, "incremental", None) else None,
         }
 
     ops = start_ops(settings.metrics, "capture", status)
@@ -351,7 +353,8 @@ def register(app: typer.Typer) -> None:
             SnapshotMode | None,
             typer.Option(
                 help="initial or when_needed: snapshot the tables when the slot is new or a snapshot did "
-                "not finish, then stream; never: stream only; initial_only: snapshot, then stop "
+                "not finish, then stream; never: stream only; initial_only: snapshot, then stop; "
+                "incremental: stream at once, read the tables in chunks beside it "
                 "(default: source.snapshot)"
             ),
         ] = None,
