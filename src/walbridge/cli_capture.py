@@ -152,12 +152,33 @@ def teardown_logical(settings: Settings) -> list[str]:
 def setup_trigger(settings: Settings) -> list[str]:
     from walbridge.capture import state
     from walbridge.capture.connection import connect_source
-    from walbridge.capture.trigger import install_trigger_capture
+    from walbridge.capture.signals import EXECUTE, ensure_signal_table, send_signal
+    from walbridge.capture.trigger import install_trigger_capture, installed_tables
 
-    with connect_source(settings.source.dsn) as conn:
+    src = settings.source
+    with connect_source(src.dsn) as conn:
+        before = {(schema, table) for schema, table, _ok in installed_tables(conn)}
         done = install_trigger_capture(conn, settings)
         if state.ensure_table(conn):
             done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
+        if src.signal_table:
+            if ensure_signal_table(conn, src.signal_table):
+                done.append(f"created signal table {src.signal_table}")
+            # The signal table's rows reach capture through the change log, like a captured table's.
+            signal_only = settings.model_copy(
+                update={"source": src.model_copy(update={"tables": [src.signal_table]})}
+            )
+            done += install_trigger_capture(conn, signal_only)
+            added = sorted(
+                f"{schema}.{table}"
+                for schema, table, _ok in installed_tables(conn)
+                if (schema, table) not in before and f"{schema}.{table}" != src.signal_table
+            )
+            if added and before and state.load(conn, src.slot) in ("done", "skipped"):
+                send_signal(
+                    conn, src.signal_table, EXECUTE, {"data-collections": added, "type": "incremental"}
+                )
+                done.append(f"incremental snapshot of {', '.join(added)} requested")
         return done
 
 

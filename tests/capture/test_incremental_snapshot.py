@@ -19,7 +19,8 @@ from helpers import consume_all, json_or_none, run_cli, wait_until
 from pipeline_support import capture_settings, running_sink, wait_same_rows
 from walbridge.capture import state
 from walbridge.capture.logical import LogicalCapture
-from walbridge.cli_capture import setup_logical
+from walbridge.capture.trigger import TriggerCapture
+from walbridge.cli_capture import setup_logical, setup_trigger
 
 SIGNAL = "public.wb_signal"
 TABLE_DDL = "CREATE TABLE public.{name} (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL, note text)"
@@ -44,10 +45,18 @@ def _source(dsn: str, rows: int, *names: str) -> None:
 
 
 def _settings(
-    pg_dsn: str, bootstrap: str, prefix: str, tmp_path: Path, tables: list[str], **extra: Any
+    pg_dsn: str, bootstrap: str, prefix: str, tmp_path: Path, tables: list[str], mode: str = "logical"
 ) -> Any:
     options = {"snapshot": "incremental", "signal_table": SIGNAL, "incremental_chunk_size": 100}
-    return capture_settings("logical", pg_dsn, bootstrap, prefix, tmp_path, tables, **options)
+    return capture_settings(mode, pg_dsn, bootstrap, prefix, tmp_path, tables, **options)
+
+
+def _setup(settings: Any) -> list[str]:
+    return setup_trigger(settings) if settings.source.mode == "trigger" else setup_logical(settings)
+
+
+def _capture(settings: Any) -> Any:
+    return TriggerCapture(settings) if settings.source.mode == "trigger" else LogicalCapture(settings)
 
 
 def _snapshot_events(bootstrap: str, topic: str, min_count: int) -> list[dict[str, Any]]:
@@ -60,7 +69,7 @@ class Hammer:
     """Writers on the table while its snapshot runs: updates, deletes, inserts, primary-key changes,
     half of them aimed at the keys of the chunk being read next."""
 
-    def __init__(self, dsn: str, capture: LogicalCapture, threads: int = 3) -> None:
+    def __init__(self, dsn: str, capture: Any, threads: int = 3) -> None:
         self.dsn = dsn
         self.capture = capture
         self.stop = threading.Event()
@@ -132,13 +141,20 @@ def sink_for(kafka_bootstrap: str, dest_dsn: str, topic_prefix: str) -> Iterator
     yield start
 
 
+@pytest.mark.parametrize("mode", ["logical", "trigger"])
 def test_concurrent_writers_during_incremental_snapshot(
-    tmp_path: Path, pg_dsn: str, dest_dsn: str, kafka_bootstrap: str, topic_prefix: str, sink_for: Any
+    mode: str,
+    tmp_path: Path,
+    pg_dsn: str,
+    dest_dsn: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    sink_for: Any,
 ) -> None:
     _source(pg_dsn, 3000, "items")
-    settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"])
-    setup_logical(settings)
-    capture = LogicalCapture(settings)
+    settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], mode)
+    _setup(settings)
+    capture = _capture(settings)
     with sink_for("public.items"), RunningCapture(capture):
         assert capture.incremental is not None
         with Hammer(pg_dsn, capture) as hammer:
@@ -153,20 +169,27 @@ def test_concurrent_writers_during_incremental_snapshot(
         assert windows.fetchone()[0] >= 20  # type: ignore[index]
 
 
+@pytest.mark.parametrize("mode", ["logical", "trigger"])
 def test_restart_resumes_from_the_last_chunk(
-    tmp_path: Path, pg_dsn: str, dest_dsn: str, kafka_bootstrap: str, topic_prefix: str, sink_for: Any
+    mode: str,
+    tmp_path: Path,
+    pg_dsn: str,
+    dest_dsn: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    sink_for: Any,
 ) -> None:
     rows = 2000
     _source(pg_dsn, rows, "items")
-    settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"])
-    setup_logical(settings)
+    settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], mode)
+    _setup(settings)
 
     def persisted() -> dict[str, Any]:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             return state.load_incremental(conn, settings.source.slot) or {}
 
     with sink_for("public.items"):
-        first = LogicalCapture(settings)
+        first = _capture(settings)
         with RunningCapture(first):
             wait_until(lambda: persisted().get("chunks", 0) >= 5, timeout_s=60)
         stopped_at = persisted()
@@ -174,7 +197,7 @@ def test_restart_resumes_from_the_last_chunk(
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("UPDATE public.items SET v = -v WHERE id % 10 = 0")
             conn.execute("DELETE FROM public.items WHERE id % 13 = 0")
-        second = LogicalCapture(settings)
+        second = _capture(settings)
         with RunningCapture(second):
             wait_until(lambda: second.incremental is not None and not second.incremental.active, timeout_s=60)
             wait_same_rows(pg_dsn, dest_dsn, ["public.items"])
@@ -184,18 +207,27 @@ def test_restart_resumes_from_the_last_chunk(
     assert len(snapshot) < rows + 5 * 100, len(snapshot)
 
 
+@pytest.mark.parametrize("mode", ["logical", "trigger"])
 def test_table_added_to_a_running_pipeline_is_snapshotted_alone(
-    tmp_path: Path, pg_dsn: str, dest_dsn: str, kafka_bootstrap: str, topic_prefix: str, sink_for: Any
+    mode: str,
+    tmp_path: Path,
+    pg_dsn: str,
+    dest_dsn: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    sink_for: Any,
 ) -> None:
     _source(pg_dsn, 300, "items", "extra")
-    settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"])
-    setup_logical(settings)
-    capture = LogicalCapture(settings)
+    settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], mode)
+    _setup(settings)
+    capture = _capture(settings)
     with sink_for("public.items"), RunningCapture(capture):
         wait_until(lambda: capture.incremental is not None and not capture.incremental.active, timeout_s=60)
         wait_same_rows(pg_dsn, dest_dsn, ["public.items"])
-        grown = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items", "public.extra"])
-        done = setup_logical(grown)
+        grown = _settings(
+            pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items", "public.extra"], mode
+        )
+        done = _setup(grown)
         assert any("incremental snapshot of public.extra requested" in line for line in done), done
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("UPDATE public.extra SET v = 0 WHERE id <= 10")
