@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -21,6 +22,7 @@ from walbridge.capture import state
 from walbridge.capture.logical import LogicalCapture
 from walbridge.capture.trigger import TriggerCapture
 from walbridge.cli_capture import setup_logical, setup_trigger
+from walbridge.kafka import make_producer
 
 SIGNAL = "public.wb_signal"
 TABLE_DDL = "CREATE TABLE public.{name} (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL, note text)"
@@ -286,3 +288,49 @@ def test_snapshot_command_sends_signals(
         with psycopg.connect(pg_dsn) as conn:
             assert dest == conn.execute("SELECT * FROM public.items WHERE grp = 1 ORDER BY id").fetchall()
     assert "no incremental snapshot in progress (143 rows in 2 chunks)" in cli("status")
+
+
+def test_kafka_signal_topic(
+    tmp_path: Path, pg_dsn: str, dest_dsn: str, kafka_bootstrap: str, topic_prefix: str, sink_for: Any
+) -> None:
+    """Debezium's Kafka signal channel: a record keyed by the topic prefix is acted on, another key is not."""
+    _source(pg_dsn, 400, "items")
+    settings = capture_settings(
+        "logical",
+        pg_dsn,
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path,
+        ["public.items"],
+        snapshot="never",
+        signal_table=SIGNAL,
+        signal_topic=f"{topic_prefix}-signal",
+        incremental_chunk_size=100,
+    )
+    setup_logical(settings)
+    capture = LogicalCapture(settings)
+    data = {"data-collections": ["public.items"], "type": "incremental"}
+    with sink_for("public.items"), RunningCapture(capture):
+        producer = make_producer(settings.kafka)
+        signal = {"type": "execute-snapshot", "data": data}
+        producer.produce(f"{topic_prefix}-signal", orjson.dumps(signal), b"another-connector")
+        only_some = {
+            **data,
+            "additional-conditions": [{"data-collection": "public.items", "filter": "id <= 50"}],
+        }
+        producer.produce(
+            f"{topic_prefix}-signal",
+            orjson.dumps({"type": "execute-snapshot", "data": only_some}),
+            topic_prefix.encode(),
+        )
+        producer.flush(10)
+        inc = capture.incremental
+        assert inc is not None
+        wait_until(lambda: inc.progress.chunks > 0 and not inc.active, timeout_s=60)
+        with psycopg.connect(dest_dsn) as conn:
+            wait_until(lambda: conn.execute("SELECT count(*) FROM public.items").fetchone() == (50,))
+            dest = conn.execute("SELECT * FROM public.items ORDER BY id").fetchall()
+        with psycopg.connect(pg_dsn) as conn:
+            assert dest == conn.execute("SELECT * FROM public.items WHERE id <= 50 ORDER BY id").fetchall()
+            relayed = conn.execute("SELECT count(*) FROM public.wb_signal WHERE type = 'execute-snapshot'")
+            assert relayed.fetchone() == (1,)

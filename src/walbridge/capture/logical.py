@@ -42,6 +42,7 @@ from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
+from walbridge.capture.signal_topic import SignalTopic
 from walbridge.capture.slot import (
     check_slot_usable,
     drop_slot,
@@ -105,6 +106,7 @@ class LogicalCapture:
         self._signal_columns: tuple[str, ...] = ()
         self.incremental: IncrementalSnapshot | None = None
         """The incremental snapshot (signals, watermark chunks) when ``source.signal_table`` is set."""
+        self.signal_topic: SignalTopic | None = None
 
     # ------------------------------------------------------------------ preflight
 
@@ -122,8 +124,10 @@ class LogicalCapture:
             if signal_table:
                 relations = signals.without_signal_table(relations, signal_table)
                 published = [*relations, signals.signal_relation(conn, signal_table)]
-            elif self.source.snapshot == "incremental":
-                raise ConfigError("source.snapshot: incremental needs source.signal_table (its watermarks)")
+            elif self.source.snapshot == "incremental" or self.source.signal_topic:
+                raise ConfigError(
+                    "source.snapshot: incremental and source.signal_topic need source.signal_table"
+                )
             ensure_publication(conn, self.source.publication, published, self.source.slot)
             self._registry = catalog.load_type_registry(conn)
         check_broker(self.settings.kafka)
@@ -139,6 +143,8 @@ class LogicalCapture:
                 lambda: sorted(f"{schema}.{table}" for schema, table in self._captured),
                 self.progress,
             )
+        if self.source.signal_topic:
+            self.signal_topic = SignalTopic(self.settings)
         return relations
 
     # ------------------------------------------------------------------ main loop
@@ -167,6 +173,8 @@ class LogicalCapture:
                 _discard(publisher)
                 if self.incremental is not None:
                     self.incremental.close()
+                if self.signal_topic is not None:
+                    self.signal_topic.close()
 
     def _run_once(
         self, stop: threading.Event, publisher: EventPublisher[int], relations: list[RelationInfo]
@@ -509,6 +517,8 @@ class _Stream:
     # --------------------------------------------------------------- positions
 
     def _tick(self) -> None:
+        if self.capture.signal_topic is not None:
+            self.capture.signal_topic.relay()
         if self.incremental is not None:
             self.incremental.tick()
             if len(self._columns) != len(self.capture._codecs):  # a table joined capture by a signal

@@ -71,6 +71,7 @@ from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import Reconnect
 from walbridge.capture.rows import RowCodec
+from walbridge.capture.signal_topic import SignalTopic
 from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
 from walbridge.capture.trigger_setup import (
     CHANGE_LOG,
@@ -254,6 +255,7 @@ class TriggerCapture:
         """Set once streaming has started (after any snapshot)."""
         self.incremental: IncrementalSnapshot | None = None
         """The incremental snapshot (signals, watermark chunks) when ``source.signal_table`` is set."""
+        self.signal_topic: SignalTopic | None = None
 
     # ------------------------------------------------------------------ main loop
 
@@ -268,8 +270,6 @@ class TriggerCapture:
             except (TransientError, psycopg.OperationalError) as exc:
                 message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
                 metrics.capture.errors.labels(type(exc).__name__).inc()
-                if self.incremental is not None:
-                    self.incremental.close()
                 healthy = self.ready.is_set() and self.confirmed != confirmed_before
                 delay = reconnect.next_delay(healthy)
                 log.warning(
@@ -279,6 +279,10 @@ class TriggerCapture:
                 stop.wait(delay)
             finally:
                 self.ready.clear()
+                if self.incremental is not None:
+                    self.incremental.close()
+                if self.signal_topic is not None:
+                    self.signal_topic.close()
 
     def _run_once(self, stop: threading.Event, publisher: EventPublisher[TriggerPosition]) -> None:
         with connect_source(self.source.dsn) as reader, connect_source(self.source.dsn) as writer:
@@ -313,9 +317,13 @@ class TriggerCapture:
         every table (True: the stream then starts at the beginning of the change log)."""
         table = self.source.signal_table
         if table is None:
-            if self.source.snapshot == "incremental":
-                raise ConfigError("source.snapshot: incremental needs source.signal_table (its watermarks)")
+            if self.source.snapshot == "incremental" or self.source.signal_topic:
+                raise ConfigError(
+                    "source.snapshot: incremental and source.signal_topic need source.signal_table"
+                )
             return False
+        if self.source.signal_topic and self.signal_topic is None:
+            self.signal_topic = SignalTopic(self.settings)
         self._codecs.pop(tuple(signals.split_name(table)), None)  # type: ignore[arg-type]
         if tuple(signals.split_name(table)) not in {(s, t) for s, t, _ok in installed_tables(writer)}:
             raise ConfigError(
@@ -555,6 +563,8 @@ class _Poller:
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
         while not stop.is_set():
+            if self.capture.signal_topic is not None:
+                self.capture.signal_topic.relay()
             if self.incremental is not None:
                 known = len(self.capture._codecs)
                 self.incremental.tick()
