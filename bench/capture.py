@@ -458,14 +458,19 @@ class Bench:
         self.sql(f"CREATE TABLE IF NOT EXISTS public.{SIGNAL_TABLE} "
                  "(id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, data text)")  # fmt: skip
         for tool in self.tools:
-            job = self.job(tool, "incremental", table, rows, snapshot="incremental")
-            job["slot"] = f"{tool[:3]}_inc"
+            job = self._own_slot(self.job(tool, "incremental", table, rows, snapshot="incremental"), "inc")
             if tool == "debezium":
                 self.sql(f"CREATE PUBLICATION {job['slot']} FOR TABLE public.{table}, public.{SIGNAL_TABLE}")
             result = self.measure(job, f"{tool}: incremental snapshot")
             last, events = result["samples"][-1]
             self.results[tool]["incremental"] = events / (last - result["started"])
         self.incremental_live(table)
+
+    def _own_slot(self, job: dict[str, Any], name: str) -> dict[str, Any]:
+        """The job with a slot (and offsets, state) of its own, beside the table's other runs."""
+        slot = f"{job['tool'][:3]}_{name}"
+        return {**job, "slot": slot, "offsets": str(self.work / f"{slot}.offsets"),
+                "state_dir": str(self.work / f"state-{slot}")}  # fmt: skip
 
     def incremental_live(self, table: str) -> None:
         """Single-row inserts at ``--live-rate`` into another table during walbridge's incremental
@@ -474,8 +479,9 @@ class Bench:
 
         live, rate = "bench_inc_live", self.args.live_rate or 500
         self.sql(TABLE_DDL.format(name=live))
-        job = {**self.job("walbridge", "incremental_live", table, 0, snapshot="incremental"),
-               "slot": "wal_inc_live", "tables": [f"public.{table}", f"public.{live}"]}  # fmt: skip
+        job = self.job("walbridge", "incremental_live", table, 0, snapshot="incremental")
+        job = self._own_slot(job, "live")
+        job["tables"] = [f"public.{table}", f"public.{live}"]
         topic = f"{job['prefix']}.public.{live}"
         commits: dict[int, float] = {}
         seen: dict[int, float] = {}

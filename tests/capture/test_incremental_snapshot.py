@@ -20,6 +20,7 @@ from helpers import consume_all, json_or_none, run_cli, wait_until
 from pipeline_support import capture_settings, running_sink, wait_same_rows
 from walbridge.capture import state
 from walbridge.capture.logical import LogicalCapture
+from walbridge.capture.signals import EXECUTE, send_signal
 from walbridge.capture.trigger import TriggerCapture
 from walbridge.cli_capture import setup_logical, setup_trigger
 from walbridge.kafka import make_producer
@@ -334,3 +335,33 @@ def test_kafka_signal_topic(
             assert dest == conn.execute("SELECT * FROM public.items WHERE id <= 50 ORDER BY id").fetchall()
             relayed = conn.execute("SELECT count(*) FROM public.wb_signal WHERE type = 'execute-snapshot'")
             assert relayed.fetchone() == (1,)
+
+
+def test_a_filter_the_server_refuses_skips_that_snapshot_only(
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    pg_dsn: str,
+    dest_dsn: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    sink_for: Any,
+) -> None:
+    _source(pg_dsn, 300, "items")
+    settings = capture_settings(
+        "logical", pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], snapshot="never",
+        signal_table=SIGNAL, incremental_chunk_size=100,
+    )  # fmt: skip
+    setup_logical(settings)
+    capture = LogicalCapture(settings)
+    bad = [{"data-collection": "public.items", "filter": "no_such_column = 1"}]
+    with sink_for("public.items"), RunningCapture(capture) as running:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            send_signal(
+                conn, SIGNAL, EXECUTE, {"data-collections": ["public.items"], "additional-conditions": bad}
+            )
+            wait_until(lambda: "public.items where no_such_column = 1 skipped" in caplog.text)
+            send_signal(conn, SIGNAL, EXECUTE, {"data-collections": ["public.items"]})
+        inc = capture.incremental
+        wait_until(lambda: inc.progress.rows == 300 and not inc.active, timeout_s=60)
+        wait_same_rows(pg_dsn, dest_dsn, ["public.items"])
+        assert running.error is None

@@ -44,7 +44,7 @@ from walbridge.capture.connection import connect_source
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.snapshot import ProgressFn, estimate_rows, iter_copy_query
 from walbridge.errors import WalbridgeError
-from walbridge.pgerrors import map_pg_error
+from walbridge.pgerrors import map_pg_error, one_line
 
 __all__ = ["Chunk", "IncrementalSnapshot", "Progress", "TableTask"]
 
@@ -184,6 +184,14 @@ class IncrementalSnapshot:
             self._start_chunk()
         except psycopg.Error as exc:
             self.close()
+            if (exc.sqlstate or "")[:2] in _REFUSED_READS and self.progress.tables:
+                # A signal's filter (or a table dropped since): that table only, not capture, stops.
+                task = self.progress.tables[0]
+                where = f" where {task.filter}" if task.filter else ""
+                log.warning("incremental snapshot of %s%s skipped: %s", task.table, where, one_line(exc))
+                self.chunk, self.chunk_oid = None, 0
+                self._finish_table()
+                return
             raise map_pg_error(exc, "reading an incremental snapshot chunk") from exc
 
     def _start_chunk(self) -> None:
@@ -472,6 +480,10 @@ class IncrementalSnapshot:
             self.close()
             log.warning("recording incremental snapshot progress failed (kept for the next chunk): %s", exc)
             self._unsaved.insert(0, (lsn, latest))
+
+
+_REFUSED_READS = ("42", "22")
+"""SQLSTATE classes of a chunk read refused for its query (syntax, unknown column, data exception)."""
 
 
 def _snapshot_xids(text: str) -> tuple[frozenset[int], int]:
