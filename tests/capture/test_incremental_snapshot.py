@@ -14,14 +14,16 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from capture_support import RunningCapture, write_config
-from helpers import consume_all, json_or_none, run_cli, wait_until
+from helpers import consume_all, json_or_none, wait_until
 from pipeline_support import capture_settings, running_sink, wait_same_rows
 from walbridge.capture import state
 from walbridge.capture.logical import LogicalCapture
 from walbridge.capture.signals import EXECUTE, send_signal
 from walbridge.capture.trigger import TriggerCapture
+from walbridge.cli import app
 from walbridge.cli_capture import setup_logical, setup_trigger
 from walbridge.kafka import make_producer
 
@@ -241,6 +243,7 @@ def test_table_added_to_a_running_pipeline_is_snapshotted_alone(
 
 
 def test_snapshot_command_sends_signals(
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path, pg_dsn: str, dest_dsn: str, kafka_bootstrap: str, topic_prefix: str, sink_for: Any
 ) -> None:
     """``walbridge snapshot``: pause, execute with --where (queued while paused), status, resume."""
@@ -266,11 +269,12 @@ def test_snapshot_command_sends_signals(
         signal_table=SIGNAL,
     )
     env = {"SRC_DSN": pg_dsn}
+    monkeypatch.setattr("walbridge.cli.configure_logging", lambda *args: None)  # pytest's logging stays
 
-    def cli(*args: str) -> str:
-        code, out, err = run_cli("snapshot", *args, "--config", str(config), env=env)
-        assert code == 0, err
-        return out
+    def cli(*args: str) -> str:  # in this process: a subprocess per command costs seconds
+        result = CliRunner().invoke(app, ["snapshot", *args, "--config", str(config)], env=env)
+        assert result.exit_code == 0, result.output
+        return result.stdout
 
     capture = LogicalCapture(settings)
     with sink_for("public.items"), RunningCapture(capture):
@@ -280,7 +284,13 @@ def test_snapshot_command_sends_signals(
         wait_until(lambda: inc.progress.paused)
         cli("--table", "public.items", "--where", "grp = 1")
         wait_until(lambda: [task.filter for task in inc.progress.tables] == ["grp = 1"])
-        wait_until(lambda: "paused" in cli("status"), timeout_s=30)  # recorded once confirmed
+
+        def recorded() -> dict[str, Any]:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                return state.load_incremental(conn, settings.source.slot) or {}
+
+        wait_until(lambda: recorded().get("paused") and recorded().get("tables"))  # once confirmed
+        assert "incremental snapshot paused" in cli("status")
         cli("resume")
         wait_until(lambda: inc.progress.chunks > 0 and not inc.active, timeout_s=60)
         with psycopg.connect(dest_dsn) as conn:
