@@ -18,9 +18,15 @@ Workloads, each measured for both tools in a fresh subprocess (so peak RSS is th
 4. peak RSS (``VmHWM``) of each tool's process, maximum over its workloads.
 5. process CPU (all threads, user + system) per backlog event and per snapshot row: steadier than the
    rates on a shared, loaded machine, so compare it when measuring a change.
+6. incremental: the snapshot table read by an incremental snapshot (watermark chunks beside the
+   stream; walbridge ``source.snapshot: incremental``, Debezium an ``execute-snapshot`` signal after it
+   streams): rows/s from the start (Debezium: from the signal), beside the blocking snapshot. Then
+   walbridge again with ``--live-rate`` (default 500/s) single-row inserts into another table while the
+   incremental snapshot runs: p50/p99 commit → record visible to a Kafka consumer (an upper bound of
+   commit → ack).
 
-``--workloads backlog,snapshot`` runs a subset; ``--producer-option KEY=VALUE`` (repeatable) passes a
-librdkafka property to walbridge's producer, for tuning experiments.
+``--workloads backlog,snapshot,incremental`` runs a subset; ``--producer-option KEY=VALUE``
+(repeatable) passes a librdkafka property to walbridge's producer, for tuning experiments.
 
 Internals: the parent runs ``python bench/capture.py --worker JSON`` per measurement; a worker prints
 ``{"progress": n}`` lines, ``READY`` once streaming (live), and a final ``{"result": ...}`` line with
@@ -72,6 +78,7 @@ INSERT_SQL = (
 )
 UPDATE_SQL = "UPDATE public.{name} SET status = 'shipped', amount = amount + 1 WHERE id BETWEEN %s AND %s"
 DEBEZIUM_REFERENCE = {"backlog": 39_000.0, "snapshot": 39_000.0}
+SIGNAL_TABLE = "bench_signal"
 
 console = Console(stderr=True)
 
@@ -128,9 +135,12 @@ def _walbridge_worker(job: dict[str, Any], samples: _Samples, done: threading.Ev
     from walbridge.capture.publisher import EventPublisher
     from walbridge.config import load_settings
 
+    incremental = {"snapshot": "incremental", "signal_table": f"public.{SIGNAL_TABLE}"}
     settings = load_settings(
-        source={"dsn": job["dsn"], "tables": [f"public.{job['table']}"], "slot": job["slot"],
-                "publication": job["slot"], "snapshot": "initial" if job["snapshot"] else "never"},
+        source={"dsn": job["dsn"], "tables": job.get("tables") or [f"public.{job['table']}"],
+                "slot": job["slot"], "publication": job["slot"],
+                "snapshot": "initial" if job["snapshot"] else "never",
+                **(incremental if job["snapshot"] == "incremental" else {})},
         events={"topic_prefix": job["prefix"]},
         kafka={"bootstrap_servers": job["bootstrap"], "partitions": 3, "options": job["producer_options"]},
         metrics={"enabled": False},
@@ -146,6 +156,8 @@ def _walbridge_worker(job: dict[str, Any], samples: _Samples, done: threading.Ev
     capture = LogicalCapture(settings, publisher_factory=lambda: CountingPublisher(settings))
     started = time.time()
     threading.Thread(target=_announce_ready, args=(capture.ready.wait, job, done), daemon=True).start()
+    if job["kind"] == "incremental_live":
+        threading.Thread(target=_until_incremental_done, args=(capture, done), daemon=True).start()
     capture.run(done)
     return started
 
@@ -154,8 +166,17 @@ def _announce_ready(wait: Callable[[], Any], job: dict[str, Any], done: threadin
     wait()
     if job["kind"] == "prime":
         done.set()
-    elif job["kind"] == "live":
+    elif job["kind"] in ("live", "incremental_live"):
         _emit("READY")
+
+
+def _until_incremental_done(capture: Any, done: threading.Event) -> None:
+    """The live run ends once the incremental snapshot is read and acknowledged."""
+    while not done.wait(0.2):
+        inc = capture.incremental
+        finished = inc is not None and inc.progress.chunks and not inc.active
+        if finished and capture.confirmed >= capture.received:
+            done.set()
 
 
 def _debezium_worker(job: dict[str, Any], samples: _Samples, done: threading.Event) -> float:
@@ -164,9 +185,12 @@ def _debezium_worker(job: dict[str, Any], samples: _Samples, done: threading.Eve
     start_jvm()
     props = postgres_properties(
         job["dsn"], name=job["prefix"], slot=job["slot"], tables=[f"public.{job['table']}"],
-        offsets_file=job["offsets"], snapshot_mode="initial" if job["snapshot"] else "no_data",
+        offsets_file=job["offsets"], snapshot_mode="initial" if job["snapshot"] is True else "no_data",
         decimal_handling_mode="string",
     )  # fmt: skip
+    if job["snapshot"] == "incremental":
+        props.update({"signal.data.collection": f"public.{SIGNAL_TABLE}", "signal.enabled.channels": "source",
+                      "publication.autocreate.mode": "disabled"})  # fmt: skip
     counter = [0]
 
     def count(records: Any) -> None:
@@ -175,18 +199,28 @@ def _debezium_worker(job: dict[str, Any], samples: _Samples, done: threading.Eve
 
     started = time.time()
     engine = EmbeddedDebezium(props, count).start()
-    if job["kind"] in ("prime", "live"):
+    if job["kind"] in ("prime", "live", "incremental"):
         _await_first_event(job, counter, engine)
         if job["kind"] == "prime":
             done.set()
         else:
             samples.reset(counter[0])
             _emit("READY")
+        if job["kind"] == "incremental":
+            started = time.time()
+            _send_execute_snapshot(job)
     while not done.wait(0.05):
         if engine.error is not None:
             raise engine.error
     engine.stop()
     return started
+
+
+def _send_execute_snapshot(job: dict[str, Any]) -> None:
+    from walbridge.capture.signals import EXECUTE, send_signal
+
+    with psycopg.connect(job["dsn"], autocommit=True) as conn:
+        send_signal(conn, f"public.{SIGNAL_TABLE}", EXECUTE, {"data-collections": [f"public.{job['table']}"]})
 
 
 def _await_first_event(job: dict[str, Any], counter: list[int], engine: Any) -> None:
@@ -250,7 +284,9 @@ class Bench:
             cur = conn.execute(statement)  # type: ignore[arg-type]
             return cur.fetchall() if statement.startswith("SELECT") else None
 
-    def job(self, tool: str, kind: str, table: str, expected: int, snapshot: bool = False) -> dict[str, Any]:
+    def job(
+        self, tool: str, kind: str, table: str, expected: int, snapshot: bool | str = False
+    ) -> dict[str, Any]:
         slot = f"{tool[:3]}_{table}"
         return {
             "tool": tool, "kind": kind, "table": table, "expected": expected, "snapshot": snapshot,
@@ -414,6 +450,90 @@ class Bench:
             self.results[tool]["snapshot"] = events / (last - result["started"])
             self.results[tool]["snapshot_cpu"] = result["cpu_s"] / events * 1e6
 
+    def incremental(self) -> None:
+        """Incremental snapshot of the snapshot table (both tools), then walbridge's under live inserts."""
+        rows, table = self.args.snapshot_rows, "bench_snap"
+        if not self.sql(f"SELECT 1 FROM pg_class WHERE relname = '{table}'"):
+            self.sql(TABLE_DDL.format(name=table))
+            self.write(INSERT_SQL, table, 1, rows, "snapshot table: inserts")
+            self.sql(f"VACUUM ANALYZE public.{table}")
+        self.sql(f"CREATE TABLE IF NOT EXISTS public.{SIGNAL_TABLE} "
+                 "(id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, data text)")  # fmt: skip
+        for tool in self.tools:
+            job = self._own_slot(self.job(tool, "incremental", table, rows, snapshot="incremental"), "inc")
+            if tool == "debezium":
+                self.sql(f"CREATE PUBLICATION {job['slot']} FOR TABLE public.{table}, public.{SIGNAL_TABLE}")
+            result = self.measure(job, f"{tool}: incremental snapshot")
+            last, events = result["samples"][-1]
+            self.results[tool]["incremental"] = events / (last - result["started"])
+        self.incremental_live(table)
+
+    def _own_slot(self, job: dict[str, Any], name: str) -> dict[str, Any]:
+        """The job with a slot (and offsets, state) of its own, beside the table's other runs."""
+        slot = f"{job['tool'][:3]}_{name}"
+        return {**job, "slot": slot, "offsets": str(self.work / f"{slot}.offsets"),
+                "state_dir": str(self.work / f"state-{slot}")}  # fmt: skip
+
+    def incremental_live(self, table: str) -> None:
+        """Single-row inserts at ``--live-rate`` into another table during walbridge's incremental
+        snapshot; latency = commit → the record read by a consumer of its topic."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        live, rate = "bench_inc_live", self.args.live_rate or 500
+        self.sql(TABLE_DDL.format(name=live))
+        job = self.job("walbridge", "incremental_live", table, 0, snapshot="incremental")
+        job = self._own_slot(job, "live")
+        job["tables"] = [f"public.{table}", f"public.{live}"]
+        topic = f"{job['prefix']}.public.{live}"
+        commits: dict[int, float] = {}
+        seen: dict[int, float] = {}
+        stop = threading.Event()
+
+        def consume() -> None:
+            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"l{uuid.uuid4().hex[:6]}",
+                                 "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})  # fmt: skip
+            # Assigned, not subscribed: a group join would add seconds to the first latencies.
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(3)])
+            while not stop.is_set() or len(seen) < len(commits):
+                for message in consumer.consume(500, timeout=0.1):
+                    if message.error() is None and message.value():
+                        seen.setdefault(json.loads(message.key())["id"], time.time())
+                if stop.is_set() and time.time() > stop_at[0] + 30:
+                    break
+            consumer.close()
+
+        stop_at = [0.0]
+        reader = threading.Thread(target=consume, daemon=True)
+        task = self.progress.add_task("walbridge: incremental + live", total=self.args.snapshot_rows)
+        with self.worker(job, "incremental live") as proc:
+            self.read_until(proc, task, want="READY")
+            reader.start()
+            writer_done = threading.Event()
+
+            def write() -> None:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    n = 0
+                    began = time.monotonic()
+                    while not writer_done.is_set():
+                        n += 1
+                        time.sleep(max(0.0, began + n / rate - time.monotonic()))
+                        conn.execute(INSERT_SQL.format(name=live), (n, n))  # type: ignore[arg-type]
+                        commits[n] = time.time()
+
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+            result = self.read_until(proc, task)
+            writer_done.set()
+            writer.join(10)
+        stop_at[0] = time.time()
+        stop.set()
+        reader.join(60)
+        latencies = sorted(seen[k] - commits[k] for k in commits if k in seen)
+        if len(latencies) >= 100:
+            quantiles = statistics.quantiles(latencies, n=100)
+            self.results["walbridge"].update(inc_live_p50=quantiles[49], inc_live_p99=quantiles[98])
+        self.note_rss("walbridge", result)
+
     def drop_slots(self) -> None:
         self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
 
@@ -474,6 +594,9 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
         ("live: p50 commit → ack (s)", "p50", "{:.3f}", False, ""),
         ("live: p99 commit → ack (s)", "p99", "{:.3f}", False, ""),
         ("snapshot rows/s (from start)", "snapshot", "{:,.0f}", True, "≥1.5x"),
+        ("incremental snapshot rows/s", "incremental", "{:,.0f}", True, "≥0.8x blocking"),
+        ("incremental: live p50 commit → consumer (s)", "inc_live_p50", "{:.3f}", False, ""),
+        ("incremental: live p99 commit → consumer (s)", "inc_live_p99", "{:.3f}", False, "<1"),
         ("peak RSS (MB)", "rss", "{:,.0f}", False, "<150"),
         ("backlog: process CPU µs/event", "backlog_cpu", "{:.1f}", False, ""),
         ("snapshot: process CPU µs/row", "snapshot_cpu", "{:.1f}", False, ""),
@@ -540,11 +663,13 @@ def main() -> None:
     parser.add_argument("--snapshot-rows", type=int, default=500_000)
     parser.add_argument("--skip-debezium", action="store_true")
     parser.add_argument(
-        "--workloads", default="backlog,live,snapshot", help="comma-separated subset of backlog,live,snapshot"
+        "--workloads",
+        default="backlog,live,snapshot,incremental",
+        help="comma-separated subset of backlog,live,snapshot,incremental",
     )
     add_service_arguments(parser)
     args = parser.parse_args()
-    unknown = set(args.workloads.split(",")) - {"backlog", "live", "snapshot"}
+    unknown = set(args.workloads.split(",")) - {"backlog", "live", "snapshot", "incremental"}
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     if args.worker:

@@ -42,6 +42,7 @@ _SUB_APPS = {
 _COMMANDS = {
     "verify": ("walbridge.cli_verify", "verify"),
     "status": ("walbridge.cli_status", "status"),
+    "snapshot": ("walbridge.cli_snapshot", "snapshot"),
     "demo": ("walbridge.dev.demo", "demo"),
 }
 
@@ -99,9 +100,6 @@ def _root(
     ] = LogFormatChoice.auto,
 ) -> None:
     configure_logging(verbose, log_format.value)
-
-
-
 
 
 @app.command()

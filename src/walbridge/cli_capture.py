@@ -40,6 +40,7 @@ class SnapshotMode(enum.StrEnum):
     never = "never"
     when_needed = "when_needed"
     initial_only = "initial_only"
+    incremental = "incremental"
 
 
 Mode = Annotated[CaptureMode | None, typer.Option("--mode", help="capture mode (default: source.mode)")]
@@ -54,10 +55,17 @@ def _mode(settings: Settings, mode: str | None) -> str:
 
 def setup_logical(settings: Settings) -> list[str]:
     """Check the server, create the publication and the slot (idempotent); what was done."""
-    from walbridge.capture import catalog, state
+    from walbridge.capture import catalog, signals, state
     from walbridge.capture.connection import connect_source
     from walbridge.capture.privileges import setup_problems
-    from walbridge.capture.slot import create_slot, ensure_publication, set_replica_identity_full, slot_info
+    from walbridge.capture.signals import EXECUTE, ensure_signal_table, send_signal, without_signal_table
+    from walbridge.capture.slot import (
+        create_slot,
+        ensure_publication,
+        publication_tables,
+        set_replica_identity_full,
+        slot_info,
+    )
 
     src = settings.source
     done: list[str] = []
@@ -72,10 +80,21 @@ def setup_logical(settings: Settings) -> list[str]:
             ]
             relations = catalog.resolve_tables(conn, src.tables, src.exclude_tables)
         catalog.refuse_keyless(relations)
-        if ensure_publication(conn, src.publication, relations, src.slot):
+        published = relations = without_signal_table(relations, src.signal_table)
+        if src.signal_table:
+            if ensure_signal_table(conn, src.signal_table):
+                done.append(f"created signal table {src.signal_table}")
+            published = [*relations, signals.signal_relation(conn, src.signal_table)]
+        before = publication_tables(conn, src.publication)
+        if ensure_publication(conn, src.publication, published, src.slot):
             done.append(f"publication {src.publication} for {len(relations)} table(s)")
         if state.ensure_table(conn):
             done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
+        added = [rel.qualified_name for rel in relations if (rel.schema, rel.table) not in before]
+        if added and before and src.signal_table and state.load(conn, src.slot) in ("done", "skipped"):
+            # A running (or the next) capture snapshots the new tables alone, incrementally.
+            send_signal(conn, src.signal_table, EXECUTE, {"data-collections": added, "type": "incremental"})
+            done.append(f"incremental snapshot of {', '.join(added)} requested")
         if slot_info(conn, src.slot) is None:
             state.forget(conn, src.slot)  # a new slot owes its snapshot, whatever an earlier one recorded
             lsn = create_slot(conn, src.slot)
@@ -133,12 +152,34 @@ def teardown_logical(settings: Settings) -> list[str]:
 def setup_trigger(settings: Settings) -> list[str]:
     from walbridge.capture import state
     from walbridge.capture.connection import connect_source
+    from walbridge.capture.signals import EXECUTE, ensure_signal_table, send_signal
     from walbridge.capture.trigger import install_trigger_capture
+    from walbridge.capture.trigger_setup import installed_tables
 
-    with connect_source(settings.source.dsn) as conn:
+    src = settings.source
+    with connect_source(src.dsn) as conn:
+        before = {(schema, table) for schema, table, _ok in installed_tables(conn)}
         done = install_trigger_capture(conn, settings)
         if state.ensure_table(conn):
             done.append(f"created {state.SNAPSHOT_TABLE_NAME} (whether each snapshot finished)")
+        if src.signal_table:
+            if ensure_signal_table(conn, src.signal_table):
+                done.append(f"created signal table {src.signal_table}")
+            # The signal table's rows reach capture through the change log, like a captured table's.
+            signal_only = settings.model_copy(
+                update={"source": src.model_copy(update={"tables": [src.signal_table]})}
+            )
+            done += install_trigger_capture(conn, signal_only)
+            added = sorted(
+                f"{schema}.{table}"
+                for schema, table, _ok in installed_tables(conn)
+                if (schema, table) not in before and f"{schema}.{table}" != src.signal_table
+            )
+            if added and before and state.load(conn, src.slot) in ("done", "skipped"):
+                send_signal(
+                    conn, src.signal_table, EXECUTE, {"data-collections": added, "type": "incremental"}
+                )
+                done.append(f"incremental snapshot of {', '.join(added)} requested")
         return done
 
 
@@ -226,6 +267,7 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "confirmed": getattr(capture, "confirmed", None),
             "snapshot": getattr(progress, "tables", None),
             "last_progress_s_ago": round(capture.liveness.age(), 1),
+            "incremental": capture.incremental.status() if getattr(capture, "incremental", None) else None,
         }
 
     ops = start_ops(settings.metrics, "capture", status, capture.liveness.healthy)
@@ -303,6 +345,7 @@ def register(app: typer.Typer) -> None:
         from walbridge.capture import catalog
         from walbridge.capture.connection import connect_source
         from walbridge.capture.privileges import setup_problems
+        from walbridge.capture.signals import find_signal_relation
         from walbridge.capture.slot import publication_problems
         from walbridge.capture.trigger import check_trigger_capture
 
@@ -318,7 +361,9 @@ def register(app: typer.Typer) -> None:
                 if not src.replica_identity_full:
                     problems += [p for p in map(catalog.identity_problem, relations) if p is not None]
                 if not catalog.in_recovery(conn):
-                    problems += publication_problems(conn, src.publication, src.slot, relations)
+                    signal_rel = find_signal_relation(conn, src.signal_table) if src.signal_table else None
+                    published = [*relations, signal_rel] if signal_rel is not None else relations
+                    problems += publication_problems(conn, src.publication, src.slot, published)
                     problems += setup_problems(conn, src, relations)
         table = Table("table", "event key", "replica identity")
         identities = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
@@ -341,7 +386,8 @@ def register(app: typer.Typer) -> None:
             SnapshotMode | None,
             typer.Option(
                 help="initial or when_needed: snapshot the tables when the slot is new or a snapshot did "
-                "not finish, then stream; never: stream only; initial_only: snapshot, then stop "
+                "not finish, then stream; never: stream only; initial_only: snapshot, then stop; "
+                "incremental: stream at once, read the tables in chunks beside it "
                 "(default: source.snapshot)"
             ),
         ] = None,

@@ -63,7 +63,12 @@ class SourceSettings(_Model):
     slot: str = "walbridge"
     publication: str = ""
     """Default: the slot's name, so that captures with their own slots never share a publication."""
-    snapshot: Literal["initial", "never", "when_needed", "initial_only"] = "initial"
+    snapshot: Literal["initial", "never", "when_needed", "initial_only", "incremental"] = "initial"
+    signal_table: str | None = None
+    """``schema.table`` of Debezium-style signals (``id, type, data``); needed by incremental snapshots."""
+    incremental_chunk_size: int = Field(default=1024, ge=1)
+    signal_topic: str | None = None
+    """Kafka topic of Debezium-style signals (key: ``events.topic_prefix``); relayed into ``signal_table``."""
     replica_identity_full: bool = False
     heartbeat_ms: int = 10_000
     heartbeat_action_query: str | None = None

@@ -60,6 +60,14 @@ class _CaptureMetrics:
             ["table"],
             registry=registry,
         )
+        self.incremental_chunks = Counter(
+            "walbridge_capture_incremental_chunks", "Incremental snapshot chunks published", registry=registry
+        )
+        self.incremental_tables_remaining = Gauge(
+            "walbridge_capture_incremental_tables_remaining",
+            "Tables an incremental snapshot has still to read (the current one included)",
+            registry=registry,
+        )
         self.heartbeats = Counter("walbridge_capture_heartbeats", "Heartbeats sent", registry=registry)
         self.errors = Counter("walbridge_capture_errors", "Errors by class", ["error"], registry=registry)
         self.value_fallbacks = Counter(

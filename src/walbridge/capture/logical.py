@@ -33,15 +33,24 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from walbridge import metrics
-from walbridge.capture import catalog, pgoutput
+from walbridge.capture import catalog, pgoutput, signals
 from walbridge.capture import state as snapshot_state
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.connection import application_name, connect_source, session_options, slot_holder
+from walbridge.capture.incremental import IncrementalSnapshot
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import run_with_reconnect
 from walbridge.capture.rows import RowCodec
-from walbridge.capture.slot import check_slot_usable, drop_slot, ensure_publication, needs_snapshot, slot_info
+from walbridge.capture.signal_topic import SignalTopic
+from walbridge.capture.slot import (
+    check_slot_usable,
+    drop_slot,
+    ensure_publication,
+    needs_snapshot,
+    publication_tables,
+    slot_info,
+)
 from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
 from walbridge.capture.values import ValueOptions
 from walbridge.config import Settings
@@ -97,6 +106,11 @@ class LogicalCapture:
         self.liveness = Liveness(settings.metrics.stall_s)
         self.publisher: EventPublisher[int] | None = None
         """The current attempt's (read by :class:`~walbridge.capture.monitor.CaptureMonitor`)."""
+        self.signal_oid = 0
+        self._signal_columns: tuple[str, ...] = ()
+        self.incremental: IncrementalSnapshot | None = None
+        """The incremental snapshot (signals, watermark chunks) when ``source.signal_table`` is set."""
+        self.signal_topic: SignalTopic | None = None
 
     # ------------------------------------------------------------------ preflight
 
@@ -109,11 +123,32 @@ class LogicalCapture:
             if problems:
                 raise ConfigError("; ".join(str(problem) for problem in problems))
             catalog.refuse_keyless(relations)
-            ensure_publication(conn, self.source.publication, relations, self.source.slot)
+            signal_table = self.source.signal_table
+            published = relations
+            if signal_table:
+                relations = signals.without_signal_table(relations, signal_table)
+                published = [*relations, signals.signal_relation(conn, signal_table)]
+            elif self.source.snapshot == "incremental" or self.source.signal_topic:
+                raise ConfigError(
+                    "source.snapshot: incremental and source.signal_topic need source.signal_table"
+                )
+            ensure_publication(conn, self.source.publication, published, self.source.slot)
             self._registry = catalog.load_type_registry(conn)
         check_broker(self.settings.kafka)
         self._relations = {rel.oid: rel for rel in relations}
         self._captured = {(rel.schema, rel.table) for rel in relations}
+        if signal_table:
+            self.incremental = IncrementalSnapshot(
+                self.source.dsn,
+                self.source.slot,
+                signal_table,
+                self.source.incremental_chunk_size,
+                self._codec_by_name,
+                lambda: sorted(f"{schema}.{table}" for schema, table in self._captured),
+                self.progress,
+            )
+        if self.source.signal_topic:
+            self.signal_topic = SignalTopic(self.settings)
         return relations
 
     # ------------------------------------------------------------------ main loop
@@ -128,6 +163,10 @@ class LogicalCapture:
                 self._run_once(stop, publisher, relations)
             finally:
                 _discard(publisher)
+                if self.incremental is not None:
+                    self.incremental.close()
+                if self.signal_topic is not None:
+                    self.signal_topic.close()
 
         run_with_reconnect(
             stop,
@@ -147,6 +186,11 @@ class LogicalCapture:
         with connect_source(self.source.dsn) as conn:
             info = slot_info(conn, slot)
             state = snapshot_state.load(conn, slot)
+            if self.source.snapshot == "incremental":
+                self._prepare_incremental(conn, info is not None, state, relations)
+                info, state = slot_info(conn, slot), "done"
+            if self.incremental is not None:
+                self.incremental.load(conn)
             legacy = snapshot_state.legacy_snapshot_done
             if state is None and info is not None and legacy(self.settings.state_dir, self._dbname, slot):
                 state = "done"  # upgrading from a version that kept this in a local file
@@ -187,6 +231,50 @@ class LogicalCapture:
             self._stream(cur, publisher, stop)
         finally:
             repl.close()
+
+    def _prepare_incremental(
+        self,
+        conn: psycopg.Connection[Any],
+        slot_exists: bool,
+        state: snapshot_state.State | None,
+        relations: list[RelationInfo],
+    ) -> None:
+        """``snapshot: incremental``: a slot without a snapshot, and every table queued for chunks."""
+        if state == "done" and slot_exists:
+            return
+        assert self.incremental is not None  # preflight refuses the mode without a signal table
+        if not slot_exists:
+            repl = self._replication_connection()
+            try:
+                self._create_slot(repl.cursor(), export=False)
+            finally:
+                repl.close()
+        self.incremental.start(conn, [rel.qualified_name for rel in relations])
+        snapshot_state.record(conn, self.source.slot, "done")
+        log.info("incremental snapshot of %d table(s) runs beside streaming", len(relations))
+
+    def _codec_by_name(self, name: str) -> RowCodec | None:
+        """The codec of a captured table by name; a table added to the publication since start joins."""
+        for oid, rel in self._relations.items():
+            if rel.qualified_name == name and (rel.schema, rel.table) in self._captured:
+                return self._codecs.get(oid) or self._codec_for(rel)
+        if "." not in name:
+            return None
+        with connect_source(self.source.dsn) as conn:
+            if tuple(name.split(".", 1)) not in publication_tables(conn, self.source.publication):
+                return None
+            try:
+                found = catalog.resolve_tables(conn, [name], [])
+            except ConfigError:
+                return None
+        if not found or not found[0].key_columns:
+            return None
+        rel = found[0]
+        self._relations[rel.oid] = rel
+        self._captured.add((rel.schema, rel.table))
+        self._ignored.discard(rel.oid)
+        log.info("%s joins capture (added to publication %s)", name, self.source.publication)
+        return self._codec_for(rel)
 
     def _record_snapshot(self, state: snapshot_state.State, lsn: int | None) -> None:
         with connect_source(self.source.dsn) as conn:
@@ -267,6 +355,11 @@ class LogicalCapture:
         return codec
 
     def _on_relation(self, msg: pgoutput.Relation) -> None:
+        if f"{msg.namespace}.{msg.name}" == self.source.signal_table:
+            self.signal_oid = msg.oid
+            self._signal_columns = tuple(col.name for col in msg.columns)
+            self._ignored.add(msg.oid)
+            return
         if (msg.namespace, msg.name) not in self._captured:
             self._ignored.add(msg.oid)
             self._codecs.pop(msg.oid, None)
@@ -374,6 +467,8 @@ class _Stream:
         """Per relation oid, for the current transaction."""
         self._columns: dict[int, tuple[str, ...]] = {}
         self._refresh_columns()
+        self.incremental = capture.incremental
+        self.commit_lsn = 0
 
     def loop(self, stop: threading.Event) -> None:
         read = self.cur.read_message
@@ -417,6 +512,13 @@ class _Stream:
     # --------------------------------------------------------------- positions
 
     def _tick(self) -> None:
+        if self.capture.signal_topic is not None:
+            self.capture.signal_topic.relay()
+        if self.incremental is not None:
+            self.incremental.tick()
+            if len(self._columns) != len(self.capture._codecs):  # a table joined capture by a signal
+                self._refresh_columns()
+                self.publisher.ensure_topics(self.capture._captured)
         publisher = self.publisher
         confirmed = publisher.poll(0)
         while publisher.in_flight > self.max_in_flight:
@@ -440,6 +542,8 @@ class _Stream:
         self.sent_flush = self.confirmed
         self.capture.confirmed = self.confirmed
         metrics.capture.confirmed_lsn.set(self.confirmed)
+        if self.incremental is not None:
+            self.incremental.confirmed(self.confirmed)
 
     def _heartbeat(self) -> None:
         """Advance the slot on idle or filtered databases.
@@ -488,10 +592,13 @@ class _Stream:
         self.xid = msg.xid
         self.commit_ts_us = msg.commit_ts_us
         self.commit_ts_ms = msg.commit_ts_us // 1000
+        self.commit_lsn = msg.final_lsn
         self._prepared.clear()
 
     def _commit(self, msg: pgoutput.Commit, _lsn: int) -> None:
         self.in_txn = False
+        if self.incremental is not None:
+            self.incremental.committed(msg.end_lsn)
         self.publisher.seal(msg.end_lsn)
         self.last_commit = msg.commit_lsn
         self._prepared.clear()
@@ -534,6 +641,8 @@ class _Stream:
 
     def _emit(self, op: str, codec: RowCodec, lsn: int, key: Any, before: Any, after: Any) -> None:
         oid = codec.relation.oid
+        if self.incremental is not None and self.incremental.chunk_oid == oid:
+            self.incremental.seen(key, self.xid)
         prepared = self._prepared[oid] if oid in self._prepared else self._prepare(oid, codec)
         ts_ms = time.time_ns() // 1_000_000
         if prepared is not None and op != "t":
@@ -557,10 +666,30 @@ class _Stream:
             self._on_delete(codec, lsn, old if old is not None else key, row)
 
     def _insert(self, msg: pgoutput.Insert, lsn: int) -> None:
+        if msg.relation_oid == self.capture.signal_oid and self.incremental is not None:
+            texts = [v.decode() if isinstance(v, bytes | bytearray) else v for v in msg.new]
+            self._signal(dict(zip(self.capture._signal_columns, texts, strict=False)), lsn)
+            return
         codec = self.capture._codec(msg.relation_oid)
         if codec is None:
             return
         self._on_insert(codec, lsn, codec.row(msg.new))
+
+    def _signal(self, values: dict[str, Any], lsn: int) -> None:
+        """A signal row; at a chunk's close watermark, its remaining rows as ``op: r`` events."""
+        assert self.incremental is not None
+        chunk = self.incremental.on_signal(values, self.commit_lsn)
+        if chunk is None:
+            return
+        codec = chunk.codec
+        ts_ms = time.time_ns() // 1_000_000
+        source = dataclasses.replace(self._source(codec, lsn), snapshot="incremental", ts_ms=ts_ms)
+        prepared = self.publisher.prepare(dataclasses.replace(source, lsn=LSN_MARK), codec.table_schema)
+        for key, after in chunk.buffer.values():
+            if prepared is not None:
+                self.publisher.publish_prepared(prepared, "r", key, None, after, lsn, ts_ms)
+            else:
+                self.publisher.publish(ChangeEvent("r", source, key, None, after, ts_ms, codec.table_schema))
 
     def _update(self, msg: pgoutput.Update, lsn: int) -> None:
         codec = self.capture._codec(msg.relation_oid)

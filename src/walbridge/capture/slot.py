@@ -122,7 +122,7 @@ def check_slot_usable(info: SlotInfo, dbname: str, holder: str = "another proces
 
 def needs_snapshot(mode: str, slot_exists: bool, snapshot_pending: bool) -> bool:
     """Snapshot-or-stream, from the snapshot mode and the stored state."""
-    if mode == "never":
+    if mode in ("never", "incremental"):  # incremental: chunks beside the stream, never a blocking snapshot
         return False
     if mode == "initial_only":
         return True

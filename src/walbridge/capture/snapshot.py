@@ -23,7 +23,7 @@ from walbridge.capture.rows import RowCodec
 from walbridge.capture.values import parse_copy_line
 from walbridge.events import ChangeEvent, PreparedSource, Source
 
-__all__ = ["SnapshotSource", "iter_copy_rows", "snapshot_tables"]
+__all__ = ["SnapshotSource", "iter_copy_query", "iter_copy_rows", "snapshot_tables"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +59,16 @@ def estimate_rows(conn: psycopg.Connection[Any], oid: int) -> int | None:
 def iter_copy_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[list[str | None]]:
     """The table's rows as text values (COPY text format), in the codec's column order."""
     rel = codec.relation
-    query = sql.SQL("COPY (SELECT {cols} FROM {table}) TO STDOUT").format(
+    query = sql.SQL("SELECT {cols} FROM {table}").format(
         cols=sql.SQL(", ").join(sql.Identifier(col.name) for col in rel.columns),
         table=sql.Identifier(rel.schema, rel.table),
     )
+    return iter_copy_query(conn, query)
+
+
+def iter_copy_query(conn: psycopg.Connection[Any], query: sql.Composable) -> Iterator[list[str | None]]:
+    """The rows of a SELECT as text values (COPY text format)."""
+    query = sql.SQL("COPY ({}) TO STDOUT").format(query)
     pending = b""
     with conn.cursor() as cur, cur.copy(query) as copy:
         for block in copy:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from walbridge.capture.trigger_setup import SCHEMA, drop_schema_if_unused
 from walbridge.errors import ConfigError
@@ -43,7 +44,9 @@ __all__ = [
     "forget",
     "legacy_snapshot_done",
     "load",
+    "load_incremental",
     "record",
+    "save_incremental",
 ]
 
 SNAPSHOT_TABLE = "capture_snapshot"
@@ -57,9 +60,12 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
     slot       text PRIMARY KEY,
     state      text NOT NULL CHECK (state IN ('pending', 'done', 'skipped')),
     lsn        pg_lsn,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    incremental jsonb
 )
 """
+_ADD_INCREMENTAL = f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS incremental jsonb"
+"""Tables created by an older walbridge lack the incremental snapshot's progress column."""
 
 _GRANT_HINT = (
     f"run walbridge setup as a role with CREATE on the database, or GRANT USAGE ON SCHEMA {SCHEMA} and "
@@ -88,6 +94,8 @@ def ensure_table(conn: psycopg.Connection[Any]) -> bool:
     """Create the schema and table when missing (``True`` if created); ConfigError naming the grant."""
     try:
         if _exists(conn):
+            if not _has_incremental(conn):
+                conn.execute(_ADD_INCREMENTAL)
             return False
         with conn.transaction():
             # Two captures starting together would both create: CREATE ... IF NOT EXISTS is not safe
@@ -127,6 +135,24 @@ def record(conn: psycopg.Connection[Any], slot: str, state: State, lsn: int | No
     )
 
 
+def load_incremental(conn: psycopg.Connection[Any], slot: str) -> dict[str, Any] | None:
+    """The incremental snapshot's persisted progress (see :mod:`walbridge.capture.incremental`)."""
+    ensure_table(conn)
+    row = _run(conn, f"SELECT incremental FROM {_TABLE} WHERE slot = %s", (slot,), "reading").fetchone()
+    return row[0] if row is not None and isinstance(row[0], dict) else None
+
+
+def save_incremental(conn: psycopg.Connection[Any], slot: str, progress: dict[str, Any]) -> None:
+    """Store the incremental snapshot's progress beside the slot's snapshot state."""
+    _run(
+        conn,
+        f"""INSERT INTO {_TABLE} (slot, state, incremental) VALUES (%s, 'skipped', %s) ON CONFLICT (slot)
+            DO UPDATE SET incremental = EXCLUDED.incremental, updated_at = now()""",
+        (slot, Jsonb(progress)),
+        "recording",
+    )
+
+
 def forget(conn: psycopg.Connection[Any], slot: str) -> bool:
     """Delete the slot's row (its snapshot is owed again); ``True`` if there was one."""
     if not _exists(conn):
@@ -160,6 +186,14 @@ def _exists(conn: psycopg.Connection[Any]) -> bool:
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s",
         (SCHEMA, SNAPSHOT_TABLE),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _has_incremental(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'incremental'",
+        (_TABLE,),
     ).fetchone()
     return bool(row and row[0])
 

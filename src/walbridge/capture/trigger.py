@@ -64,13 +64,15 @@ import psycopg
 from psycopg import IsolationLevel
 
 from walbridge import metrics
-from walbridge.capture import catalog
+from walbridge.capture import catalog, signals
 from walbridge.capture import state as snapshot_state
 from walbridge.capture.connection import connect_source
+from walbridge.capture.incremental import IncrementalSnapshot
 from walbridge.capture.logical import value_options
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import run_with_reconnect
 from walbridge.capture.rows import RowCodec
+from walbridge.capture.signal_topic import SignalTopic
 from walbridge.capture.snapshot import ProgressFn, SnapshotSource, snapshot_tables
 from walbridge.capture.trigger_setup import (
     CHANGE_LOG,
@@ -112,7 +114,6 @@ _RETENTION_RESTART_S = 30.0
 _RECORD_IDLE_S = 5.0
 _CHECK_TABLES_S = 30.0
 _PROGRESS_S = 10.0
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,9 @@ class TriggerCapture:
         self.liveness = Liveness(settings.metrics.stall_s)
         self.publisher: EventPublisher[TriggerPosition] | None = None
         """The current attempt's (read by :class:`~walbridge.capture.monitor.CaptureMonitor`)."""
+        self.incremental: IncrementalSnapshot | None = None
+        """The incremental snapshot (signals, watermark chunks) when ``source.signal_table`` is set."""
+        self.signal_topic: SignalTopic | None = None
 
     # ------------------------------------------------------------------ main loop
 
@@ -271,6 +275,11 @@ class TriggerCapture:
             except transient:
                 _discard(publisher)
                 raise
+            finally:
+                if self.incremental is not None:
+                    self.incremental.close()
+                if self.signal_topic is not None:
+                    self.signal_topic.close()
 
         run_with_reconnect(
             stop, attempt, ready=self.ready, position=lambda: self.confirmed, transient=transient
@@ -285,7 +294,8 @@ class TriggerCapture:
             # No state row beside a stored position: written by a version that stored the position only
             # once the snapshot was acknowledged, so the snapshot is done.
             owed = position is None or state == "pending"
-            if owed and self.source.snapshot != "never":
+            incremental = self._prepare_incremental(writer, owed)
+            if owed and self.source.snapshot not in ("never", "incremental"):
                 position = self._snapshot_and_record(
                     publisher, writer, position if state == "pending" else None
                 )
@@ -295,7 +305,7 @@ class TriggerCapture:
             elif position is None:
                 position = TriggerPosition(NOTHING_PUBLISHED)
                 publisher.seal(position)
-                snapshot_state.record(writer, self.name, "skipped")
+                snapshot_state.record(writer, self.name, "done" if incremental else "skipped")
             else:
                 log.info("resuming trigger capture %s from %s", self.name, _describe(position))
             reader.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -306,6 +316,55 @@ class TriggerCapture:
             finally:
                 poller.close()  # before the reader connection closes
             self._finish(publisher, writer)
+
+    def _prepare_incremental(self, writer: psycopg.Connection[Any], owed: bool) -> bool:
+        """Load the incremental snapshot's progress; ``snapshot: incremental`` with a snapshot owed queues
+        every table (True: the stream then starts at the beginning of the change log)."""
+        table = self.source.signal_table
+        if table is None:
+            if self.source.snapshot == "incremental" or self.source.signal_topic:
+                raise ConfigError(
+                    "source.snapshot: incremental and source.signal_topic need source.signal_table"
+                )
+            return False
+        if self.source.signal_topic and self.signal_topic is None:
+            self.signal_topic = SignalTopic(self.settings)
+        self._codecs.pop(tuple(signals.split_name(table)), None)  # type: ignore[arg-type]
+        if tuple(signals.split_name(table)) not in {(s, t) for s, t, _ok in installed_tables(writer)}:
+            raise ConfigError(
+                f"source.signal_table {table} has no capture trigger: run walbridge setup --mode trigger"
+            )
+        self.incremental = IncrementalSnapshot(
+            self.source.dsn,
+            self.name,
+            table,
+            self.source.incremental_chunk_size,
+            self._codec_by_name,
+            lambda: sorted(f"{schema}.{name}" for schema, name in self._codecs),
+            self.progress,
+        )
+        if owed and self.source.snapshot == "incremental":
+            self.incremental.start(writer, sorted(f"{schema}.{name}" for schema, name in self._codecs))
+            return True
+        self.incremental.load(writer)
+        return False
+
+    def _codec_by_name(self, name: str) -> RowCodec | None:
+        """A captured table's codec; a table whose triggers setup installed since the start joins."""
+        if "." not in name:
+            return None
+        schema, table = name.split(".", 1)
+        codec = self._codecs.get((schema, table))
+        if codec is not None:
+            return codec
+        with connect_source(self.source.dsn) as conn:
+            if (schema, table) not in {(s, t) for s, t, ok in installed_tables(conn) if ok}:
+                return None
+            codec = self.reload_table(conn, schema, table)
+        if codec is not None and not codec.relation.key_columns:
+            self._codecs.pop((schema, table), None)
+            return None
+        return codec
 
     def _finish(self, publisher: EventPublisher[TriggerPosition], writer: psycopg.Connection[Any]) -> None:
         confirmed = publisher.flush()
@@ -502,10 +561,22 @@ class _Poller:
         self.progress_rows = 0
         self.misfits: dict[tuple[str, str], frozenset[str]] = {}
         """Per table, the last column set of a log row that did not fit its codec (re-read once)."""
+        self.incremental = capture.incremental
+        signal = capture.source.signal_table
+        self.signal_table = tuple(signals.split_name(signal)) if signal else None
+        self.sealed: list[tuple[int, TriggerPosition]] = []
+        """Positions sealed in this process, numbered: the incremental snapshot's progress points."""
 
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
         while not stop.is_set():
+            if self.capture.signal_topic is not None:
+                self.capture.signal_topic.relay()
+            if self.incremental is not None:
+                known = len(self.capture._codecs)
+                self.incremental.tick()
+                if len(self.capture._codecs) != known:  # a table joined capture by a signal
+                    self.publisher.ensure_topics(self.capture._codecs)
             full = self.step()
             self._confirm(self.publisher.poll(0))
             self._retain(caught_up=not full)
@@ -513,7 +584,9 @@ class _Poller:
             if not full:
                 if not self.publisher.in_flight:
                     self.capture.liveness.touch()  # idle with nothing to do
-                stop.wait(self.interval_s)
+                # A chunk waiting for its close watermark: poll again soon.
+                waiting = self.incremental is not None and self.incremental.chunk is not None
+                stop.wait(min(self.interval_s, 0.01) if waiting else self.interval_s)
 
     def step(self) -> bool:
         """Read and publish one page; True when the page was full (more is waiting)."""
@@ -521,13 +594,26 @@ class _Poller:
             hi, batch = self._read()
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
+        inc = self.incremental
         for row in batch:
+            if inc is not None and (row.schema, row.table) == self.signal_table:
+                if row.op == "c" and row.after is not None:
+                    self._signal(inc, row)
+                continue
             for event in self.events(row):
+                if inc is not None and inc.chunk is not None:
+                    relation = inc.chunk.codec.relation
+                    if (relation.schema, relation.table) == (row.schema, row.table):
+                        inc.seen(event.key, row.txid & 0xFFFFFFFF)
                 self.publisher.publish(event)
         if batch:
             metrics.capture.behind_source_ms.set(max(0.0, time.time() * 1000 - batch[-1].changed_us / 1000))
         self.position = next_position(self.position, hi, batch, self.limit)
         self.publisher.seal(self.position)
+        if inc is not None:
+            number = self.sealed[-1][0] + 1 if self.sealed else 1
+            self.sealed.append((number, self.position))
+            inc.committed(number)
         self._throttle()
         return len(batch) == self.limit
 
@@ -553,6 +639,30 @@ class _Poller:
     def close(self) -> None:
         self._settle()
         self._reads.shutdown()
+
+    def _signal(self, inc: IncrementalSnapshot, row: ChangeRow) -> None:
+        """A signal-table row; at a chunk's close watermark, its remaining rows as ``op: r`` events."""
+        chunk = inc.on_signal(dict(row.after or {}), 0)
+        if chunk is None:
+            return
+        codec = chunk.codec
+        rel = codec.relation
+        now_ms = time.time_ns() // 1_000_000
+        source = Source(
+            TRIGGER_CONNECTOR,
+            self.prefix,
+            self.db,
+            rel.schema,
+            rel.table,
+            now_ms,
+            "incremental",
+            row.txid,
+            None,
+            None,
+            row.id,
+        )
+        for key, after in chunk.buffer.values():
+            self.publisher.publish(ChangeEvent("r", source, key, None, after, now_ms, codec.table_schema))
 
     def _throttle(self) -> None:
         limit = self.capture.source.max_in_flight
@@ -645,6 +755,11 @@ class _Poller:
     # ------------------------------------------------------------------ offsets and upkeep
 
     def _confirm(self, confirmed: TriggerPosition | None) -> None:
+        if confirmed is not None and self.incremental is not None and self.sealed:
+            done = [number for number, position in self.sealed if position == confirmed]
+            if done:
+                self.sealed = [(n, p) for n, p in self.sealed if n > done[-1]]
+                self.incremental.confirmed(done[-1])
         if confirmed is None or confirmed == self.recorded:
             return
         moved = self.recorded is None or confirmed.rows != self.recorded.rows

@@ -1,0 +1,497 @@
+"""Incremental snapshots: DBLog's watermark chunks, as Debezium runs them, beside the change stream.
+
+A table is read in primary-key chunks (``source.incremental_chunk_size`` rows, Debezium's default
+1024), each in a short transaction of its own, while streaming goes on. For each chunk:
+
+1. an open watermark row is committed into the signal table;
+2. the chunk is read (``key > last key AND key <= the table's largest key at its start``, ordered by
+   key, with the signal's filter) in a REPEATABLE READ transaction that also notes its snapshot;
+3. a close watermark row is committed; the rows wait in a buffer, keyed by event key.
+
+The stream then reaches the open watermark (the window opens), the changes committed meanwhile, and
+the close watermark. A streamed change of a buffered key while the window is open drops that key from
+the buffer (the stream carries a state at least as new); so does one from a transaction the read's
+snapshot did not see (closes the gap where a transaction commits just before the open watermark but
+becomes visible just after the read began). At the close watermark the rest of the buffer is
+published as ``op: r`` events with ``source.snapshot: "incremental"``, inside the close watermark's
+transaction: the slot confirms past it only once they are acknowledged. So the snapshot never
+publishes a row state older than one already streamed for that key.
+
+Progress (tables left, last key, filter, paused) is recorded in the source
+(:func:`walbridge.capture.state.save_incremental`) once the stream position that holds it is
+confirmed; after a restart the snapshot resumes from the last confirmed chunk, and a signal the
+stream replays from before that point is not acted on twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from walbridge import metrics
+from walbridge.capture import signals
+from walbridge.capture import state as snapshot_state
+from walbridge.capture.connection import connect_source
+from walbridge.capture.rows import RowCodec
+from walbridge.capture.snapshot import ProgressFn, estimate_rows, iter_copy_query
+from walbridge.errors import WalbridgeError
+from walbridge.pgerrors import map_pg_error, one_line
+
+__all__ = ["Chunk", "IncrementalSnapshot", "Progress", "TableTask"]
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+@dataclass
+class TableTask:
+    table: str
+    filter: str | None = None
+    last_key: list[str | None] | None = None
+    max_key: list[str | None] | None = None
+    rows: int = 0
+    estimate: int | None = None
+
+
+@dataclass
+class Progress:
+    """What is persisted: the tables left (the first one in progress) and where the stream stood."""
+
+    tables: list[TableTask] = field(default_factory=list)
+    paused: bool = False
+    lsn: int = 0
+    """The stream position (end of a transaction) this progress holds at."""
+    rows: int = 0
+    chunks: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Progress:
+        tables = [TableTask(**task) for task in data.get("tables", [])]
+        return cls(
+            tables,
+            bool(data.get("paused")),
+            int(data.get("lsn", 0)),
+            data.get("rows", 0),
+            data.get("chunks", 0),
+        )
+
+
+@dataclass
+class Chunk:
+    """One chunk read, waiting for its close watermark in the stream."""
+
+    id: str
+    codec: RowCodec
+    buffer: dict[bytes, tuple[dict[str, Any] | None, Row]]
+    last_key: list[str | None] | None
+    final: bool
+    invisible: frozenset[int]
+    xmax: int
+    window_open: bool = False
+
+
+class IncrementalSnapshot:
+    """The chunk algorithm, independent of how changes are captured.
+
+    The capture calls :meth:`tick` when it may start a chunk, :meth:`seen` for every streamed change
+    of :attr:`chunk_oid`'s table, :meth:`on_signal` for every row inserted into the signal table,
+    :meth:`committed` at every transaction end and :meth:`confirmed` when a position is confirmed.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        slot: str,
+        signal_table: str,
+        chunk_size: int,
+        codec_for: Callable[[str], RowCodec | None],
+        captured: Callable[[], list[str]],
+        progress_fn: ProgressFn | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.signal_table = signal_table
+        self.chunk_size = chunk_size
+        self.codec_for = codec_for
+        self.captured = captured
+        self.progress_fn = progress_fn
+        self.progress = Progress()
+        self.chunk: Chunk | None = None
+        self.chunk_oid = 0
+        """The relation oid whose streamed changes :meth:`seen` must hear about (0: none)."""
+        self._dirty = False
+        self._unsaved: list[tuple[int, dict[str, Any]]] = []
+        self._conn: psycopg.Connection[Any] | None = None
+        self._key_types: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self, conn: psycopg.Connection[Any]) -> None:
+        data = snapshot_state.load_incremental(conn, self.slot)
+        self.progress = Progress.from_json(data) if data else Progress()
+        self.chunk = None
+        self.chunk_oid = 0
+        self._unsaved.clear()
+        if self.progress.tables:
+            names = ", ".join(task.table for task in self.progress.tables)
+            log.info("incremental snapshot resumes: %s", names)
+        self._gauge()
+
+    def start(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
+        """Queue these tables (``source.snapshot: incremental``) and record it at once."""
+        self.load(conn)
+        self._queue([(name, None) for name in tables])
+        snapshot_state.save_incremental(conn, self.slot, self.progress.to_json())
+        self._dirty = False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.progress.tables)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "tables_remaining": [task.table for task in self.progress.tables],
+            "paused": self.progress.paused,
+            "rows": self.progress.rows,
+            "chunks": self.progress.chunks,
+        }
+
+    # ------------------------------------------------------------------ chunks
+
+    def tick(self) -> None:
+        """Start the next chunk when one is owed and none is waiting for its close watermark."""
+        if self.chunk is not None or not self.progress.tables or self.progress.paused:
+            return
+        try:
+            self._start_chunk()
+        except psycopg.Error as exc:
+            self.close()
+            if (exc.sqlstate or "")[:2] in _REFUSED_READS and self.progress.tables:
+                # A signal's filter (or a table dropped since): that table only, not capture, stops.
+                task = self.progress.tables[0]
+                where = f" where {task.filter}" if task.filter else ""
+                log.warning("incremental snapshot of %s%s skipped: %s", task.table, where, one_line(exc))
+                self.chunk, self.chunk_oid = None, 0
+                self._finish_table()
+                return
+            raise map_pg_error(exc, "reading an incremental snapshot chunk") from exc
+
+    def _start_chunk(self) -> None:
+        task = self.progress.tables[0]
+        codec = self.codec_for(task.table)
+        if codec is None:
+            log.warning("incremental snapshot: %s is not captured; skipped", task.table)
+            self._finish_table()
+            return
+        conn = self._connection()
+        if task.max_key is None:
+            task.max_key = self._max_key(conn, codec, task.filter)
+            task.estimate = estimate_rows(conn, codec.relation.oid)
+            self._report(task, False)
+            if task.max_key is None:
+                self._finish_table()
+                return
+        ident = str(uuid.uuid4())
+        self._watermark(conn, f"{ident}-open", signals.WINDOW_OPEN, "openWindowTimestamp")
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+            invisible, xmax = _snapshot_xids(row[0] if row else "0:0:")
+            rows = list(iter_copy_query(conn, self._chunk_query(conn, codec, task)))
+        self._watermark(conn, f"{ident}-close", signals.WINDOW_CLOSE, "closeWindowTimestamp")
+        positions = [codec.relation.columns.index(col) for col in self._key_cols(codec)]
+        last_key = [rows[-1][i] for i in positions] if rows else task.last_key
+        buffer: dict[bytes, tuple[dict[str, Any] | None, Row]] = {}
+        for values in rows:
+            after = codec.row_text(values)
+            key = codec.key(after)
+            buffer[orjson.dumps(key)] = (key, after)
+        log.debug("chunk %s of %s: %d rows after %s", ident, task.table, len(rows), task.last_key)
+        self.chunk = Chunk(ident, codec, buffer, last_key, len(rows) < self.chunk_size, invisible, xmax)
+        self.chunk_oid = codec.relation.oid
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect_source(self.dsn)
+        return self._conn
+
+    def _watermark(self, conn: psycopg.Connection[Any], ident: str, kind: str, stamp: str) -> None:
+        schema, table = signals.split_name(self.signal_table)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conn.execute(
+            sql.SQL("INSERT INTO {} (id, type, data) VALUES (%s, %s, %s)").format(
+                sql.Identifier(schema, table)
+            ),
+            (ident, kind, orjson.dumps({stamp: now}).decode()),
+        )
+
+    def _key_cols(self, codec: RowCodec) -> list[Any]:
+        wanted = codec.relation.key_columns
+        return [col for name in wanted for col in codec.relation.columns if col.name == name]
+
+    def _types(self, conn: psycopg.Connection[Any], codec: RowCodec) -> list[str]:
+        rel = codec.relation
+        name = rel.qualified_name
+        if name not in self._key_types:
+            found = dict(
+                conn.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s AND attnum > 0",
+                    (rel.oid,),
+                ).fetchall()
+            )
+            self._key_types[name] = [found[col] for col in rel.key_columns]
+        return self._key_types[name]
+
+    def _key_row(
+        self, conn: psycopg.Connection[Any], codec: RowCodec, values: list[str | None]
+    ) -> sql.Composable:
+        cast = [
+            sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(kind))
+            for value, kind in zip(values, self._types(conn, codec), strict=True)
+        ]
+        return sql.SQL("ROW({})").format(sql.SQL(", ").join(cast))
+
+    def _key_expr(self, codec: RowCodec) -> sql.Composable:
+        return sql.SQL("ROW({})").format(
+            sql.SQL(", ").join(sql.Identifier(col) for col in codec.relation.key_columns)
+        )
+
+    def _max_key(
+        self, conn: psycopg.Connection[Any], codec: RowCodec, where: str | None
+    ) -> list[str | None] | None:
+        rel = codec.relation
+        query = sql.SQL("SELECT {cols} FROM {table}{where} ORDER BY {order} LIMIT 1").format(
+            cols=sql.SQL(", ").join(
+                sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"k{i}"))
+                for i, c in enumerate(rel.key_columns)
+            ),
+            table=sql.Identifier(rel.schema, rel.table),
+            where=sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""),
+            order=sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(c)) for c in rel.key_columns),
+        )
+        row = conn.execute(query).fetchone()
+        return list(row) if row is not None else None
+
+    def _chunk_query(self, conn: psycopg.Connection[Any], codec: RowCodec, task: TableTask) -> sql.Composable:
+        rel = codec.relation
+        conditions: list[sql.Composable] = []
+        if task.last_key is not None:
+            conditions.append(
+                sql.SQL("{} > {}").format(self._key_expr(codec), self._key_row(conn, codec, task.last_key))
+            )
+        if task.max_key is not None:
+            conditions.append(
+                sql.SQL("{} <= {}").format(self._key_expr(codec), self._key_row(conn, codec, task.max_key))
+            )
+        if task.filter:
+            conditions.append(sql.SQL("({})").format(sql.SQL(task.filter)))
+        return sql.SQL("SELECT {cols} FROM {table} WHERE {cond} ORDER BY {order} LIMIT {limit}").format(
+            cols=sql.SQL(", ").join(sql.Identifier(col.name) for col in rel.columns),
+            table=sql.Identifier(rel.schema, rel.table),
+            cond=sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true"),
+            order=sql.SQL(", ").join(sql.Identifier(c) for c in rel.key_columns),
+            limit=sql.Literal(self.chunk_size),
+        )
+
+    # ------------------------------------------------------------------ the stream
+
+    def seen(self, key: dict[str, Any] | None, xid: int) -> None:
+        """A streamed change of the chunk's table (``key`` None: a truncate)."""
+        chunk = self.chunk
+        if chunk is None:
+            return
+        if key is None:
+            chunk.buffer.clear()
+            return
+        if chunk.window_open or xid in chunk.invisible or _xid_follows(xid, chunk.xmax):
+            chunk.buffer.pop(orjson.dumps(key), None)
+
+    def on_signal(self, values: dict[str, Any], commit_lsn: int) -> Chunk | None:
+        """A row inserted into the signal table; the chunk whose rows to publish now, at its close."""
+        parsed = signals.parse_signal(values.get("id"), values.get("type"), values.get("data"))
+        if isinstance(parsed, str):
+            log.warning("signal ignored: %s", parsed)
+            return None
+        chunk = self.chunk
+        if parsed.type == signals.WINDOW_OPEN:
+            if chunk is not None and parsed.id == f"{chunk.id}-open":
+                chunk.window_open = True
+            return None
+        if parsed.type == signals.WINDOW_CLOSE:
+            if chunk is None or parsed.id != f"{chunk.id}-close":
+                return None  # a watermark of a chunk before a restart, or of another capture
+            return self._close(chunk)
+        if commit_lsn and commit_lsn < self.progress.lsn:
+            return None  # acted on before the progress now loaded was recorded
+        self._dirty = True
+        if parsed.type == signals.EXECUTE:
+            self._execute(parsed)
+        elif parsed.type == signals.STOP:
+            self._stop(parsed)
+        elif parsed.type == signals.PAUSE:
+            log.info("incremental snapshot paused (signal %s)", parsed.id)
+            self.progress.paused = True
+        elif parsed.type == signals.RESUME:
+            log.info("incremental snapshot resumed (signal %s)", parsed.id)
+            self.progress.paused = False
+        elif parsed.type == signals.LOG:
+            log.info("signal %s: %s", parsed.id, parsed.data.get("message", ""))
+        else:
+            log.warning("signal %s: unknown type %r, ignored", parsed.id, parsed.type)
+        return None
+
+    def _close(self, chunk: Chunk) -> Chunk:
+        self.chunk = None
+        self.chunk_oid = 0
+        task = self.progress.tables[0]
+        task.last_key = chunk.last_key
+        task.rows += len(chunk.buffer)
+        self.progress.rows += len(chunk.buffer)
+        self.progress.chunks += 1
+        self._dirty = True
+        name = task.table
+        metrics.capture.snapshot_rows.labels(table=name).inc(len(chunk.buffer))
+        metrics.capture.incremental_chunks.inc()
+        if chunk.final:
+            self._finish_table()
+        else:
+            self._report(task, False)
+        return chunk
+
+    def _finish_table(self) -> None:
+        task = self.progress.tables.pop(0)
+        self._dirty = True
+        self._report(task, True)
+        log.info("incremental snapshot of %s finished: %d rows", task.table, task.rows)
+        self._gauge()
+
+    def _report(self, task: TableTask, done: bool) -> None:
+        if self.progress_fn is not None:
+            self.progress_fn(task.table, task.rows, task.rows if done else task.estimate, done)
+
+    def _gauge(self) -> None:
+        metrics.capture.incremental_tables_remaining.set(len(self.progress.tables))
+
+    def _execute(self, signal: signals.Signal) -> None:
+        data = signal.data
+        kind = data.get("type", "incremental")
+        if str(kind).lower() != "incremental":
+            log.warning("signal %s: %s snapshots are taken incrementally here", signal.id, kind)
+        collections = data.get("data-collections") or []
+        if not isinstance(collections, list) or not collections:
+            log.warning("signal %s: execute-snapshot without data-collections, ignored", signal.id)
+            return
+        filters: dict[str, str] = {}
+        for condition in data.get("additional-conditions") or []:
+            if isinstance(condition, dict) and condition.get("data-collection") and condition.get("filter"):
+                filters[str(condition["data-collection"])] = str(condition["filter"])
+        single = data.get("additional-condition")  # the form before Debezium 2.2: one for all tables
+        names = list(self._match(collections, signal.id))
+        wanted = [
+            (name, filters.get(name, single if isinstance(single, str) and single else None))
+            for name in names
+        ]
+        log.info("incremental snapshot requested (signal %s): %s", signal.id, ", ".join(names) or "nothing")
+        self._queue(wanted)
+
+    def _match(self, patterns: list[Any], ident: str) -> Iterator[str]:
+        captured = self.captured()
+        for pattern in map(str, patterns):
+            if pattern in captured or (self.codec_for(pattern) is not None):
+                yield pattern
+                continue
+            try:
+                matched = [name for name in captured if re.fullmatch(pattern, name)]
+            except re.error:
+                matched = []
+            if not matched:
+                log.warning("signal %s: no captured table matches %r", ident, pattern)
+            yield from matched
+
+    def _queue(self, wanted: list[tuple[str, str | None]]) -> None:
+        for name, where in wanted:
+            waiting = (
+                [t for t in self.progress.tables[1:] if t.table == name]
+                if self.chunk
+                else [t for t in self.progress.tables if t.table == name and t.max_key is None]
+            )
+            if waiting:
+                waiting[0].filter = where
+                continue
+            self.progress.tables.append(TableTask(name, where))
+        self._gauge()
+
+    def _stop(self, signal: signals.Signal) -> None:
+        names = signal.data.get("data-collections") or []
+        if not names:
+            log.info("incremental snapshot stopped (signal %s)", signal.id)
+            self.progress.tables.clear()
+        else:
+            self.progress.tables = [t for t in self.progress.tables if t.table not in set(map(str, names))]
+            log.info("incremental snapshot of %s stopped (signal %s)", ", ".join(map(str, names)), signal.id)
+        if self.chunk is not None and (
+            not self.progress.tables
+            or self.progress.tables[0].table != self.chunk.codec.relation.qualified_name
+        ):
+            self.chunk = None
+            self.chunk_oid = 0
+        self._gauge()
+
+    # ------------------------------------------------------------------ persistence
+
+    def committed(self, end_lsn: int) -> None:
+        """A transaction ended at ``end_lsn``: the progress as it now stands holds from there."""
+        if self._dirty:
+            self._dirty = False
+            self.progress.lsn = end_lsn
+            self._unsaved.append((end_lsn, self.progress.to_json()))
+
+    def confirmed(self, lsn: int) -> None:
+        """Record the newest progress whose position is confirmed."""
+        if not self._unsaved or self._unsaved[0][0] > lsn:
+            return
+        latest = None
+        while self._unsaved and self._unsaved[0][0] <= lsn:
+            latest = self._unsaved.pop(0)[1]
+        if latest is None:
+            return
+        try:
+            snapshot_state.save_incremental(self._connection(), self.slot, latest)
+        except (psycopg.Error, WalbridgeError) as exc:
+            self.close()
+            log.warning("recording incremental snapshot progress failed (kept for the next chunk): %s", exc)
+            self._unsaved.insert(0, (lsn, latest))
+
+
+_REFUSED_READS = ("42", "22")
+"""SQLSTATE classes of a chunk read refused for its query (syntax, unknown column, data exception)."""
+
+
+def _snapshot_xids(text: str) -> tuple[frozenset[int], int]:
+    """``pg_current_snapshot()`` text → (in-progress xids, xmax), as the 32-bit xids the stream carries."""
+    _xmin, xmax, xip = text.split(":")
+    return frozenset(int(x) & 0xFFFFFFFF for x in xip.split(",") if x), int(xmax) & 0xFFFFFFFF
+
+
+def _xid_follows(xid: int, xmax: int) -> bool:
+    """Whether 32-bit ``xid`` is ``xmax`` or later (modulo wraparound): started after the snapshot."""
+    return ((xid - xmax) & 0xFFFFFFFF) < 0x80000000
