@@ -105,8 +105,8 @@ class Process:
         answer = wait_until(lambda: self.get("/metrics"), timeout_s=30)
         return Scrape(answer.text)
 
-    def health(self) -> int:
-        answer = self.get("/healthz")
+    def health(self, path: str = "/healthz") -> int:
+        answer = self.get(path)
         return 0 if answer is None else answer.status_code
 
     def tail(self) -> str:
@@ -345,11 +345,13 @@ def test_health_and_gauges_follow_progress_while_a_dependency_is_down(
             conn.execute("INSERT INTO public.items SELECT g, 'a' || g FROM generate_series(100, 120) g")
         wait_same_rows(src, dst, ["public.items"])
         wait_until(lambda: capture.health() == 200 and sink.health() == 200, 30)
+        assert capture.health("/readyz") == 200 and sink.health("/readyz") == 200
 
         # Destination down: the sink stops progressing, its lag grows, it turns unhealthy.
         dest_proxy.cut()
         _insert_one(src, 1001)
         wait_until(lambda: sink.health() == 503, 30)
+        assert sink.health("/readyz") == 503
         first = wait_until(lambda: sink.scrape().total("walbridge_sink_lag"), 30)
         _insert_one(src, 1002)
         _insert_one(src, 1003)

@@ -270,10 +270,16 @@ def run_capture(settings: Settings, stop: threading.Event, progress: Any = None)
             "incremental": capture.incremental.status() if getattr(capture, "incremental", None) else None,
         }
 
-    ops = start_ops(settings.metrics, "capture", status, capture.liveness.healthy)
+    reached = threading.Event()  # the source answered: capture is past its start-up wait
+
+    def ready() -> bool:
+        return reached.is_set() and capture.liveness.healthy()
+
+    ops = start_ops(settings.metrics, "capture", status, capture.liveness.healthy, ready=ready)
     monitor = None
     try:
         wait_for_source(settings.source.dsn, settings.source.connect_wait_s, stop)
+        reached.set()
         monitor = CaptureMonitor(settings, capture, capture.liveness).start()
         capture.run(stop)
     finally:

@@ -1,8 +1,9 @@
-"""The operations endpoint of a walbridge process: ``/metrics``, ``/healthz``, ``/status``.
+"""The operations endpoint of a walbridge process: ``/metrics``, ``/healthz``, ``/readyz``, ``/status``.
 
 A small threaded stdlib HTTP server: Prometheus text from the role's own registries (a process
 exports only its own metrics), a liveness answer from a health callback ("making progress, or idle
-with nothing to do": :mod:`walbridge.liveness`), and a JSON (or, for browsers, HTML) status document.
+with nothing to do": :mod:`walbridge.liveness`), a readiness answer ("started: its databases and broker
+reached, its work loop running, and healthy"), and a JSON (or, for browsers, HTML) status document.
 
 :func:`start_ops` starts it for one role (capture, sink-postgres, sink-salesforce) on that role's port
 from ``settings.metrics``. A port already in use is a :class:`~walbridge.errors.ConfigError` (one clear
@@ -46,11 +47,13 @@ class OpsServer:
         status: StatusFn,
         healthy: Callable[[], bool],
         registries: Sequence[CollectorRegistry] = (),
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         record_problems()
         self._registries = tuple(registries)
         self._status: StatusFn = lambda: {**status(), "last_error": last_problem()}
         self._healthy = healthy
+        self._ready = ready or healthy
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="walbridge-ops", daemon=True)
@@ -80,6 +83,9 @@ class OpsServer:
                 elif path == "/healthz":
                     ok = ops._healthy()
                     self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                elif path == "/readyz":
+                    ok = ops._ready()
+                    self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"not ready\n")
                 elif path == "/status":
                     doc = ops._status()
                     if "text/html" in (self.headers.get("Accept") or ""):
@@ -87,7 +93,7 @@ class OpsServer:
                     else:
                         self._send(200, "application/json", json.dumps(doc, default=str, indent=2).encode())
                 else:
-                    self._send(404, "text/plain", b"not found: try /metrics, /healthz or /status\n")
+                    self._send(404, "text/plain", b"not found: try /metrics, /healthz, /readyz or /status\n")
 
             def _send(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)
@@ -115,15 +121,18 @@ def start_ops(
     healthy: Callable[[], bool] = lambda: True,
     port_offset: int = 0,
     exports: bool = True,
+    ready: Callable[[], bool] | None = None,
 ) -> OpsServer | None:
     """The running ops server of ``role`` on its port (+ ``port_offset``), or None when disabled.
 
-    ``exports=False``: an empty ``/metrics`` (a supervisor whose workers export on their own ports)."""
+    ``exports=False``: an empty ``/metrics`` (a supervisor whose workers export on their own ports).
+    ``ready``: the ``/readyz`` answer (default: ``healthy``)."""
     if not metrics.enabled:
         return None
     port = metrics.port_for(role) + port_offset
     try:
-        ops = OpsServer(metrics.host, port, status, healthy, registries_for(role) if exports else ()).start()
+        exported = registries_for(role) if exports else ()
+        ops = OpsServer(metrics.host, port, status, healthy, exported, ready).start()
     except OSError as exc:
         raise ConfigError(
             f"metrics port {port} on {metrics.host} is not available ({exc.strerror}): another process "

@@ -123,6 +123,7 @@ def test_metrics_health_and_status(
         ):
             assert name in metrics_text
         assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/readyz").text == "ready\n"
         status = httpx.get(f"{base}/status").json()
         assert status["mode"] == "logical" and status["confirmed"] > 0
     finally:

@@ -134,8 +134,8 @@ def test_walbridge_containers_are_probed_on_their_metrics_port(
         config = container["args"][container["args"].index("--config") + 1]
         port = _load(data[Path(config).name], container, monkeypatch, tmp_path).metrics.port
         assert {"name": "metrics", "containerPort": port} in container["ports"]
-        for probe in ("livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= 90, "a Salesforce call in flight (60 s) and the commit"
 

@@ -205,6 +205,10 @@ class SinkRunner:
         destination, for longer is not."""
         return self.liveness.healthy()
 
+    def ready(self) -> bool:
+        """Started (destination reached, subscribed to its topics) and :meth:`healthy`."""
+        return self._running and self.healthy()
+
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop_event: threading.Event) -> None:

@@ -189,7 +189,9 @@ def run_sink_process(
         runner.group_id,
         sink_settings.topics or sink_settings.topic_pattern,
     )
-    ops = start_ops(settings.metrics, "sink-postgres", runner.status, runner.healthy, port_offset)
+    ops = start_ops(
+        settings.metrics, "sink-postgres", runner.status, runner.healthy, port_offset, ready=runner.ready
+    )
     try:
         runner.run(stop)
     finally:

@@ -73,7 +73,7 @@ def _start_ops(sink: SalesforceSink, runner: SinkRunner, settings: MetricsSettin
             "api_usage": dict(stats.api_usage) if stats else {},
         }
 
-    return start_ops(settings, "sink-salesforce", status, runner.healthy)
+    return start_ops(settings, "sink-salesforce", status, runner.healthy, ready=runner.ready)
 
 
 def _summary(sink: SalesforceSink) -> None:
