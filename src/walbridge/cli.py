@@ -72,6 +72,7 @@ _COMMANDS = (
     ("walbridge.sinks.cli", "verify", "verify"),
     ("walbridge.cli_status", "status", "status"),
     ("walbridge.demo", "demo", "demo"),
+    ("walbridge.soak.cli", "soak", "soak"),
 )
 
 

@@ -18,10 +18,10 @@ import yaml
 from pg_support import EMPLOYEES_DDL, Pipeline, change, employee, rows
 
 from helpers import consume_all, scratch_database, wait_until, with_dbname
-from tcp_proxy import TcpProxy
 from walbridge.kafka import make_admin
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
+from walbridge.soak.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
