@@ -414,7 +414,9 @@ class _Stream:
                     self._idle()
                     select.select([self.cur], [], [], 0.1)
             self._drain()
-        except psycopg2.OperationalError as exc:
+        except psycopg2.DatabaseError as exc:
+            # Not only OperationalError: a server's shutdown ends the COPY stream, and psycopg2 then
+            # raises a bare DatabaseError ("no COPY in progress"), a lost connection (no SQLSTATE).
             raise map_pg_error(exc, "streaming changes") from exc
         finally:
             self._close_heartbeat_connection()
