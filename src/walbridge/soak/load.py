@@ -112,16 +112,13 @@ class _Writer:
                     count = sum(self._one_change() for _ in range(self.rng.randint(2, 8)))
                 else:
                     count = self._one_change()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            # A lost connection (the source restarts) or a rolled-back transaction: either way, start
+            # again on a new connection, which re-reads this writer's rows.
             log.debug("writer %d: %s; reconnecting", self.index, exc)
             self.conn.close()
             self.conn = None
             self.load.count_failure()
-            return 0
-        except psycopg.Error as exc:  # e.g. a deadlock with a truncate: rolled back, carry on
-            log.debug("writer %d: transaction rolled back: %s", self.index, exc)
-            self.load.count_failure()
-            self._refresh()
             return 0
         self.load.commit(self.pending, count)
         return count

@@ -61,6 +61,14 @@ class Endpoints:
     bootstrap: str
     kafka_options: dict[str, Any] = field(default_factory=dict)
     emulator_url: str = ""
+    pipeline_options: dict[str, Any] = field(default_factory=dict)
+    """Further librdkafka settings for the pipeline's processes only (not the soak's own clients)."""
+
+
+EMBEDDED_BROKER_OPTIONS = {"max.poll.interval.ms": 20_000}
+"""The embedded broker (tansu) can keep a member that left during a rebalance as the group's leader, and
+nothing completes that rebalance until the member's rebalance timeout (``max.poll.interval.ms``, 5 minutes
+by default) expires it: both sink workers leaving at once (the destination stopped) then stall the group."""
 
 
 def start_emulator(seed: int) -> EmulatorServer:
@@ -88,7 +96,12 @@ class EmbeddedStack:
         self.broker.start()
         for server in (self.source, self.dest):
             server.create_database("soak")
-        return Endpoints(self.source.dsn("soak"), self.dest.dsn("soak"), f"127.0.0.1:{self.proxy.port}")
+        return Endpoints(
+            self.source.dsn("soak"),
+            self.dest.dsn("soak"),
+            f"127.0.0.1:{self.proxy.port}",
+            pipeline_options=dict(EMBEDDED_BROKER_OPTIONS),
+        )
 
     def stop(self) -> None:
         for stop in (self.broker.stop, self.proxy.close, self.dest.stop, self.source.stop):
@@ -143,6 +156,7 @@ class Supervisor:
 
     def _write_config(self) -> Path:
         tables = table_names()
+        options = {**self.endpoints.kafka_options, **self.endpoints.pipeline_options}
         doc: dict[str, Any] = {
             "source": {
                 "mode": self.mode,
@@ -158,7 +172,7 @@ class Supervisor:
                 "bootstrap_servers": self.endpoints.bootstrap,
                 "partitions": 3,
                 "session_timeout_ms": 6000,
-                **({"options": self.endpoints.kafka_options} if self.endpoints.kafka_options else {}),
+                **({"options": options} if options else {}),
             },
             "sinks": [
                 {
@@ -232,7 +246,10 @@ class Supervisor:
                 "--config",
                 str(self.config),
             ]
-            proc = subprocess.Popen(argv, env=env, cwd=self.run_dir, stdout=out, stderr=subprocess.STDOUT)
+            # A session of its own: Ctrl-C reaches the soak, which stops the pipeline itself.
+            proc = subprocess.Popen(
+                argv, env=env, cwd=self.run_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         with self._lock:
             self.procs[name] = proc
             self.starts[name] += 1
