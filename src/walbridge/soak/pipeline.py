@@ -61,14 +61,6 @@ class Endpoints:
     bootstrap: str
     kafka_options: dict[str, Any] = field(default_factory=dict)
     emulator_url: str = ""
-    pipeline_options: dict[str, Any] = field(default_factory=dict)
-    """Further librdkafka settings for the pipeline's processes only (not the soak's own clients)."""
-
-
-EMBEDDED_BROKER_OPTIONS = {"max.poll.interval.ms": 20_000}
-"""The embedded broker (tansu) can keep a member that left during a rebalance as the group's leader, and
-nothing completes that rebalance until the member's rebalance timeout (``max.poll.interval.ms``, 5 minutes
-by default) expires it: both sink workers leaving at once (the destination stopped) then stall the group."""
 
 
 def start_emulator(seed: int) -> EmulatorServer:
@@ -100,7 +92,6 @@ class EmbeddedStack:
             self.source.dsn("soak"),
             self.dest.dsn("soak"),
             f"127.0.0.1:{self.proxy.port}",
-            pipeline_options=dict(EMBEDDED_BROKER_OPTIONS),
         )
 
     def stop(self) -> None:
@@ -156,7 +147,7 @@ class Supervisor:
 
     def _write_config(self) -> Path:
         tables = table_names()
-        options = {**self.endpoints.kafka_options, **self.endpoints.pipeline_options}
+        options = self.endpoints.kafka_options
         doc: dict[str, Any] = {
             "source": {
                 "mode": self.mode,
