@@ -68,4 +68,7 @@ def test_two_workers_resume_after_their_destination_restarts(
             process.terminate()
             process.wait(30)
         server.stop()
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "waiting for it in the consumer group" in text
+    assert "leaving the consumer group" not in text  # no rebalance for a restart
