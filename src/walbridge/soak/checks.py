@@ -237,8 +237,8 @@ def dead_letters(
         for message in batch:
             if message.error() is not None:
                 continue
-            value = message.value() or b""
-            headers = {k: (v or b"").decode(errors="replace") for k, v in (message.headers() or [])}
+            value = bytes(message.value() or b"")
+            headers = _headers(message.headers())
             if value.startswith(POISON_PREFIX):
                 number = int(value[len(POISON_PREFIX) :].split(b" ", 1)[0])
                 found.add((number, headers.get(_HEADER_SINK, "?")))
@@ -258,6 +258,14 @@ def dead_letters(
         examples=examples[:5]
         + [f"poison #{n} not dead-lettered by {s}" for n, s in sorted(expected - found)][:5],
     )
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    pairs: list[tuple[str, Any]] = list(raw or [])
+    return {
+        name: value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+        for name, value in pairs
+    }
 
 
 # ---------------------------------------------------------------------------------------------- latency

@@ -212,6 +212,6 @@ class Injector:
         # The destination first: the sink re-reads a table whose events carry a column it does not know.
         for dsn in (self.endpoints.dest_dsn, self.endpoints.source_dsn):
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
         self.added_columns.append(f"{table}.{column}")
         return f"{statement} (destination, then source)"

@@ -141,7 +141,7 @@ class _Writer:
                     table, ""
                 )
                 rows = self.conn.execute(
-                    f"SELECT {key}{extra} FROM {table} WHERE {key} >= %s AND {key} < %s",  # type: ignore[arg-type]
+                    f"SELECT {key}{extra} FROM {table} WHERE {key} >= %s AND {key} < %s",
                     (low, high),
                 ).fetchall()
                 owned.ids[table] = [r[0] for r in rows]
@@ -176,7 +176,7 @@ class _Writer:
 
     def _exec(self, query: str, params: tuple[Any, ...]) -> int:
         assert self.conn is not None
-        return self.conn.execute(query, params).rowcount  # type: ignore[arg-type]
+        return self.conn.execute(query, params).rowcount
 
     def _insert(self, table: str) -> int:
         new, rev = self._id(), self._rev()
@@ -371,7 +371,7 @@ class _Writer:
     def _truncate(self) -> int:
         table = self.rng.choice(["public.employees", "soak.typed"])
         assert self.conn is not None
-        self.conn.execute(f"TRUNCATE {table}")  # type: ignore[arg-type]
+        self.conn.execute(f"TRUNCATE {table}")
         self.owned.ids[table].clear()
         self.load.truncates += 1
         return 1  # one event; the rows it removed are not counted as changes

@@ -297,7 +297,7 @@ def run_soak(options: SoakOptions, stop: threading.Event, console: Console) -> d
         def drain_done() -> bool:
             if time.monotonic() - drain_began > options.drain_timeout_s:
                 return True
-            drained[0] = _drained(supervisor, tail, positions, emulator, endpoints)  # type: ignore[arg-type]
+            drained[0] = _drained(supervisor, tail, positions, emulator, endpoints)
             return drained[0]
 
         _watch(

@@ -70,8 +70,8 @@ class TopicTail:
             with self._lock:
                 for message in messages:
                     if message.error() is None:
-                        key = (message.topic(), message.partition())
-                        self.ends[key] = max(self.ends.get(key, 0), message.offset() + 1)
+                        key = (str(message.topic()), int(message.partition() or 0))
+                        self.ends[key] = max(self.ends.get(key, 0), int(message.offset() or 0) + 1)
             if messages:
                 self.last_read = time.monotonic()
         self._consumer.close()
@@ -121,7 +121,7 @@ class SinkPositions:
                 if conn.execute("SELECT to_regclass(%s)", (OFFSETS_TABLE,)).fetchone() == (None,):
                     return {}
                 rows = conn.execute(
-                    f'SELECT topic, "partition", next_offset FROM {OFFSETS_TABLE} WHERE group_id = %s',  # type: ignore[arg-type]
+                    f'SELECT topic, "partition", next_offset FROM {OFFSETS_TABLE} WHERE group_id = %s',
                     (self.pg_group,),
                 ).fetchall()
         except psycopg.Error:

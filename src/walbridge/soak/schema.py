@@ -113,9 +113,9 @@ def create_source(dsn: str) -> None:
     """Drop what an earlier soak left, create the tables, add the soak columns."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_DROP)
-        conn.execute(ECOMMERCE_SCHEMA + _employees() + _AWKWARD)  # type: ignore[arg-type]
+        conn.execute(ECOMMERCE_SCHEMA + _employees() + _AWKWARD)
         for table in ("inventory.customers", "inventory.orders", "public.employees"):
-            conn.execute(f"ALTER TABLE {table} {_SOAK_COLUMNS}")  # type: ignore[arg-type]
+            conn.execute(f"ALTER TABLE {table} {_SOAK_COLUMNS}")
 
 
 def drop_destination(dsn: str) -> None:
@@ -127,12 +127,10 @@ def drop_destination(dsn: str) -> None:
 def stamp_destination(dsn: str) -> None:
     """Give each destination table the column and trigger that record when a row was written there."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(_STAMP_FUNCTION)  # type: ignore[arg-type]
+        conn.execute(_STAMP_FUNCTION)
         for spec in TABLES:
+            conn.execute(f"ALTER TABLE {spec.name} ADD COLUMN IF NOT EXISTS {APPLIED_COLUMN} timestamptz")
             conn.execute(
-                f"ALTER TABLE {spec.name} ADD COLUMN IF NOT EXISTS {APPLIED_COLUMN} timestamptz"  # type: ignore[arg-type]
-            )
-            conn.execute(
-                f"CREATE TRIGGER soak_stamp BEFORE INSERT OR UPDATE ON {spec.name} "  # type: ignore[arg-type]
+                f"CREATE TRIGGER soak_stamp BEFORE INSERT OR UPDATE ON {spec.name} "
                 "FOR EACH ROW EXECUTE FUNCTION soak.stamp_applied()"
             )
