@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,7 @@ class _Writer:
             log.debug("writer %d: %s; reconnecting", self.index, exc)
             self.conn.close()
             self.conn = None
-            self.load.count_failure()
+            self.load.count_failure(exc)
             return 0
         self.load.commit(self.pending, count)
         return count
@@ -404,6 +405,7 @@ class Load:
         self.changes = 0
         self.transactions = 0
         self.failures = 0
+        self.failure_kinds: Counter[str] = Counter()
         self.truncates = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -414,9 +416,10 @@ class Load:
             self.changes += count
             self.transactions += 1
 
-    def count_failure(self) -> None:
+    def count_failure(self, exc: Exception) -> None:
         with self._lock:
             self.failures += 1
+            self.failure_kinds[type(exc).__name__] += 1
 
     def start(self) -> None:
         for index in range(self.writers):

@@ -446,6 +446,7 @@ def _check(
         "changes_written": load.changes,
         "transactions": load.transactions,
         "rolled_back": load.failures,
+        "rolled_back_by_error": dict(load.failure_kinds),
         "truncates": load.truncates,
         "added_columns": injector.added_columns,
         "unexpected_exits": unexpected,
