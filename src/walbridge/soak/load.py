@@ -4,7 +4,8 @@ Contract: :class:`Load` runs ``writers`` threads, each with its own connection a
 index)``, each owning a disjoint id range (so writers never wait on each other's rows), until ``stop()``.
 A transaction is one change (most often) or several (multi-row transactions, across tables); changes are
 inserts, updates, primary-key changes and deletes; writer 0 truncates ``public.employees`` or
-``soak.typed`` now and then. Every write sets ``soak_ts = clock_timestamp()`` and a new ``soak_rev``.
+``soak.typed`` about every ``truncate_every_s``. Every write sets ``soak_ts = clock_timestamp()`` and a
+new ``soak_rev``.
 Counts are of committed row changes. Each committed change of :data:`~walbridge.soak.schema.SALESFORCE_TABLE`
 is logged as ``(operation, id, soak_rev)`` (a delete names the revision it deleted; a key change is a
 delete of the old key and an insert of the new one, as capture emits it), so the end check can find each
@@ -30,7 +31,8 @@ __all__ = ["CustomerChange", "Load"]
 
 log = logging.getLogger(__name__)
 
-_ID_SPAN = 1_000_000_000
+_ID_LIMIT = 2_000_000_000
+"""Ids stay below this: the seed's tables key by ``integer``."""
 _TABLE_WEIGHTS = {
     "inventory.customers": 25,
     "inventory.orders": 25,
@@ -66,8 +68,9 @@ class _Writer:
         self.index = index
         self.rng = random.Random(f"{load.seed}:{index}")
         self.owned = _Owned()
-        self.next_id = (index + 1) * _ID_SPAN
-        self.next_rev = (index + 1) * _ID_SPAN * 1000
+        self.span = _ID_LIMIT // (load.writers + 1)
+        self.next_id = (index + 1) * self.span
+        self.next_rev = (index + 1) * self.span * 1000
         self.pending: list[CustomerChange] = []
         self.changes = 0
         self.conn: psycopg.Connection[Any] | None = None
@@ -107,7 +110,7 @@ class _Writer:
         roll = self.rng.random()
         try:
             with self.conn.transaction():
-                if self.index == 0 and roll < self.load.truncate_share:
+                if self.index == 0 and time.monotonic() >= self.load.next_truncate:
                     count = self._truncate()
                 elif roll < 0.12:
                     count = sum(self._one_change() for _ in range(self.rng.randint(2, 8)))
@@ -127,7 +130,7 @@ class _Writer:
     def _refresh(self) -> None:
         """Re-read this writer's rows: after a failure the in-memory view may be wrong."""
         assert self.conn is not None
-        low, high = (self.index + 1) * _ID_SPAN, (self.index + 2) * _ID_SPAN
+        low, high = (self.index + 1) * self.span, (self.index + 2) * self.span
         owned = _Owned()
         with self.conn.transaction():
             for table in _TABLE_WEIGHTS:
@@ -375,6 +378,7 @@ class _Writer:
         self.conn.execute(f"TRUNCATE {table}")
         self.owned.ids[table].clear()
         self.load.truncates += 1
+        self.load.next_truncate = time.monotonic() + self.load.truncate_every_s * self.rng.uniform(0.5, 1.5)
         return 1  # one event; the rows it removed are not counted as changes
 
     # ------------------------------------------------------------------ values
@@ -398,8 +402,8 @@ class Load:
         self.rate = rate
         self.seed = seed
         self.writers = writers
-        # writer 0 runs about rate/writers transactions a second
-        self.truncate_share = 1.0 / max(1.0, truncate_every_s * rate / writers)
+        self.truncate_every_s = truncate_every_s
+        self.next_truncate = time.monotonic() + truncate_every_s
         self.stopping = threading.Event()
         self.customer_log: list[CustomerChange] = []
         self.changes = 0
