@@ -8,11 +8,14 @@ connection: capture waits, reconnects, and resumes from the slot's confirmed pos
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 
 from capture_support import RunningCapture, make_settings
 from helpers import consume_all, json_or_none, wait_until
+from walbridge.capture import catalog
 from walbridge.capture.logical import LogicalCapture
 from walbridge.devstack import PostgresServer
 
@@ -41,3 +44,29 @@ def test_capture_survives_a_restart_of_the_source(
         assert {json_or_none(m.key())["id"] for m in messages} == set(range(1, 201))
     finally:
         server.stop()
+
+
+def test_capture_starts_when_the_source_restarts_during_its_checks(
+    tmp_path: Path, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source restarting while capture checks it at startup (the soak's source restart right after a
+    capture kill) ended capture with a traceback; it tries again."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL)")
+    real = catalog.check_logical_capture
+    calls: list[int] = []
+
+    def restarting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "check_logical_capture", restarting)
+    settings = make_settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"])
+    with RunningCapture(LogicalCapture(settings)) as running:
+        assert running.error is None and len(calls) == 2
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO public.items VALUES (1, 'a')")
+        messages = consume_all(kafka_bootstrap, [f"{topic_prefix}.public.items"], min_count=1, timeout_s=30)
+    assert [json_or_none(m.key())["id"] for m in messages] == [1]

@@ -112,10 +112,25 @@ class LogicalCapture:
         self._captured = {(rel.schema, rel.table) for rel in relations}
         return relations
 
+    def _preflight_retrying(self, stop: threading.Event) -> list[RelationInfo] | None:
+        """``preflight``, again after a connection that broke during it (the source restarted while
+        capture started); what it finds wrong still fails at once. None when stopped meanwhile."""
+        reconnect = Reconnect()
+        while not stop.is_set():
+            try:
+                return self.preflight()
+            except psycopg.OperationalError as exc:
+                delay = reconnect.next_delay(False)
+                log.warning("capture could not start (%s); trying again in %.0fs", one_line(exc), delay)
+                stop.wait(delay)
+        return None
+
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
-        relations = self.preflight()
+        relations = self._preflight_retrying(stop)
+        if relations is None:
+            return
         reconnect = Reconnect()
         while not stop.is_set():
             publisher = self._publisher_factory()
