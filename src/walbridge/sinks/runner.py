@@ -74,7 +74,7 @@ from walbridge.logs import ThrottleRepeats
 from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
 from walbridge.sinks.dlq import DlqWriter
 
-__all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers"]
+__all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers", "membership_lost"]
 
 log = logging.getLogger(__name__)
 THROUGHPUT_EVERY_S = 30.0
@@ -136,6 +136,23 @@ class _Batch:
 
 def _record_key(record: SinkRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
+
+
+_MEMBERSHIP_LOST = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
+def membership_lost(error: Any) -> bool:
+    """A commit refused because this member no longer owns its partitions (its session expired during a
+    broker outage, a rebalance): not a failure of the batch, whose records the new owner reads again."""
+    return isinstance(error, KafkaError) and error.code() in _MEMBERSHIP_LOST
 
 
 class SinkRunner:
@@ -388,8 +405,16 @@ class SinkRunner:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=self.sink.owns_offsets)
         except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not self.sink.owns_offsets and not membership_lost(error):
+                raise map_kafka_error(error, "committing offsets") from exc
             if not self.sink.owns_offsets:
-                raise map_kafka_error(exc.args[0] if exc.args else None, "committing offsets") from exc
+                log.warning(
+                    "%s: offsets of a delivered batch not committed (%s): the group took the partitions "
+                    "back; their records are delivered again (at-least-once)",
+                    self.sink.name,
+                    error.str() if isinstance(error, KafkaError) else error,
+                )
             log.debug("async offset commit failed: %s", exc)
         if self._attempts:
             for record in [*batch.records, *(f.record for f, _ in batch.dead)]:
