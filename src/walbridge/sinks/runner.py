@@ -74,7 +74,7 @@ from walbridge.logs import ThrottleRepeats
 from walbridge.sinks.base import OffsetConflict, RecordFailure, Sink, SinkRecord, TopicPartitionKey
 from walbridge.sinks.dlq import DlqWriter
 
-__all__ = ["SinkRunner", "backoff_delay", "install_signal_handlers", "membership_lost"]
+__all__ = ["SinkRunner", "backoff_delay", "commit_can_wait", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
 THROUGHPUT_EVERY_S = 30.0
@@ -138,21 +138,26 @@ def _record_key(record: SinkRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
 
 
-_MEMBERSHIP_LOST = frozenset(
+_COMMIT_CAN_WAIT = frozenset(
     {
         KafkaError.UNKNOWN_MEMBER_ID,
         KafkaError.ILLEGAL_GENERATION,
         KafkaError.REBALANCE_IN_PROGRESS,
         KafkaError.FENCED_INSTANCE_ID,
         KafkaError._ASSIGNMENT_LOST,
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
     }
 )
 
 
-def membership_lost(error: Any) -> bool:
-    """A commit refused because this member no longer owns its partitions (its session expired during a
-    broker outage, a rebalance): not a failure of the batch, whose records the new owner reads again."""
-    return isinstance(error, KafkaError) and error.code() in _MEMBERSHIP_LOST
+def commit_can_wait(error: Any) -> bool:
+    """A commit refused for a reason that passes, not a failure of the delivered batch: this member no
+    longer owns its partitions (its session expired in a broker outage; the new owner reads the records
+    again), or the group's coordinator is not known yet after a reconnect (the next commit covers these
+    offsets; a crash before it delivers them again)."""
+    return isinstance(error, KafkaError) and error.code() in _COMMIT_CAN_WAIT
 
 
 class SinkRunner:
@@ -406,12 +411,12 @@ class SinkRunner:
             self._consumer.commit(offsets=offsets, asynchronous=self.sink.owns_offsets)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if not self.sink.owns_offsets and not membership_lost(error):
+            if not self.sink.owns_offsets and not commit_can_wait(error):
                 raise map_kafka_error(error, "committing offsets") from exc
             if not self.sink.owns_offsets:
                 log.warning(
-                    "%s: offsets of a delivered batch not committed (%s): the group took the partitions "
-                    "back; their records are delivered again (at-least-once)",
+                    "%s: offsets of a delivered batch not committed (%s); records after the last "
+                    "committed offset may be delivered again (at-least-once)",
                     self.sink.name,
                     error.str() if isinstance(error, KafkaError) else error,
                 )
