@@ -47,7 +47,7 @@ LAYERS: list[list[str]] = [
 def _is_command(module: str) -> bool:
     return (
         module in ("walbridge.cli", "walbridge.__main__")
-        or module.startswith(("walbridge.cli_", "walbridge.dev"))
+        or module.startswith(("walbridge.cli_", "walbridge.dev", "walbridge.soak"))
         or module.endswith(".cli")
     )
 

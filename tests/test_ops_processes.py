@@ -30,9 +30,9 @@ from psycopg.conninfo import make_conninfo
 
 from helpers import free_port, wait_until
 from pipeline_support import wait_same_rows
-from tcp_proxy import TcpProxy
 from walbridge.dev.devstack import KafkaBroker
 from walbridge.emulator import DEFAULT_APP, EmulatorConfig, EmulatorServer
+from walbridge.soak.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 ITEMS = "CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL, qty int NOT NULL DEFAULT 0)"

@@ -44,6 +44,7 @@ _COMMANDS = {
     "status": ("walbridge.cli_status", "status"),
     "snapshot": ("walbridge.cli_snapshot", "snapshot"),
     "demo": ("walbridge.dev.demo", "demo"),
+    "soak": ("walbridge.soak.cli", "soak"),
 }
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from capture_support import RunningCapture, history_slot, make_settings, read_history, write_config
 from helpers import consume_all, free_port, json_or_none, run_cli, wait_until
-from tcp_proxy import TcpProxy
 from walbridge.capture.logical import LogicalCapture
 from walbridge.dev.devstack import KafkaBroker, PostgresServer
+from walbridge.soak.tcp_proxy import TcpProxy
 
 ITEMS = "CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL, qty int NOT NULL DEFAULT 0)"
 

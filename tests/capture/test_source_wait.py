@@ -12,7 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 from capture_support import write_config
 from helpers import run_cli, wait_until
-from tcp_proxy import TcpProxy
+from walbridge.soak.tcp_proxy import TcpProxy
 
 ITEMS = "CREATE TABLE public.items (id bigint PRIMARY KEY, label text NOT NULL)"
 

@@ -18,10 +18,10 @@ import yaml
 from pg_support import EMPLOYEES_DDL, Pipeline, change, employee, rows
 
 from helpers import consume_all, scratch_database, wait_until, with_dbname
-from tcp_proxy import TcpProxy
 from walbridge.kafka import make_admin
 from walbridge.sinks.postgres import PostgresSink
 from walbridge.sinks.runner import SinkRunner
+from walbridge.soak.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -205,6 +205,7 @@ def test_member_whose_destination_goes_down_leaves_the_group(
     settings = pipeline.sink_settings.model_copy(update={"dsn": proxied})
     stop = threading.Event()
     runner = SinkRunner(PostgresSink(settings), pipeline.settings, settings)
+    runner.leave_after_s = 3.0  # the production default waits a minute in the group first
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
     try:

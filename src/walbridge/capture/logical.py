@@ -40,7 +40,7 @@ from walbridge.capture.connection import application_name, connect_source, sessi
 from walbridge.capture.incremental import IncrementalSnapshot
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
-from walbridge.capture.reconnect import run_with_reconnect
+from walbridge.capture.reconnect import Reconnect, run_with_reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.signal_topic import SignalTopic
 from walbridge.capture.slot import (
@@ -59,7 +59,7 @@ from walbridge.events import LOGICAL_CONNECTOR, LSN_MARK, ChangeEvent, PreparedS
 from walbridge.kafka import check_broker
 from walbridge.liveness import Liveness
 from walbridge.lsn import Lsn
-from walbridge.pgerrors import map_pg_error
+from walbridge.pgerrors import map_pg_error, one_line
 
 __all__ = ["LogicalCapture", "value_options"]
 
@@ -151,10 +151,25 @@ class LogicalCapture:
             self.signal_topic = SignalTopic(self.settings)
         return relations
 
+    def _preflight_retrying(self, stop: threading.Event) -> list[RelationInfo] | None:
+        """``preflight``, again after a connection that broke during it (the source restarted while
+        capture started); what it finds wrong still fails at once. None when stopped meanwhile."""
+        reconnect = Reconnect()
+        while not stop.is_set():
+            try:
+                return self.preflight()
+            except psycopg.OperationalError as exc:
+                delay = reconnect.next_delay(False)
+                log.warning("capture could not start (%s); trying again in %.0fs", one_line(exc), delay)
+                stop.wait(delay)
+        return None
+
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
-        relations = self.preflight()
+        relations = self._preflight_retrying(stop)
+        if relations is None:
+            return
 
         def attempt() -> None:
             publisher = self.publisher = self._publisher_factory()
@@ -504,7 +519,9 @@ class _Stream:
                     self._idle()
                     select.select([self.cur], [], [], 0.1)
             self._drain()
-        except psycopg2.OperationalError as exc:
+        except psycopg2.DatabaseError as exc:
+            # Not only OperationalError: a server's shutdown ends the COPY stream, and psycopg2 then
+            # raises a bare DatabaseError ("no COPY in progress"), a lost connection (no SQLSTATE).
             raise map_pg_error(exc, "streaming changes") from exc
         finally:
             self._close_heartbeat_connection()

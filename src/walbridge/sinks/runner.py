@@ -39,7 +39,8 @@ truncate is applied (asked about twice a second); a partition assigned while
 Destination down: with a sink that has ``probe()`` (raises :class:`TransientError` while its
 destination does not answer), the consumer joins the group only once the destination answers, and
 leaves it (dropping the uncommitted batch) when a batch fails on a lost connection and the probe
-fails too, so that a healthy member takes the partitions. Transient failures are logged as one
+still fails after :data:`LEAVE_AFTER_S` (waited paused in the group), so that a healthy member takes
+the partitions. Transient failures are logged as one
 warning a minute; the retries in between at debug level. A non-transient error that is not a
 record's (:class:`~walbridge.errors.FatalError`, :class:`~walbridge.errors.ConfigError`) raised by
 the sink stops the runner: nothing of the batch is committed or sent to the DLQ.
@@ -85,7 +86,7 @@ from walbridge.sinks.base import (
 from walbridge.sinks.dlq import DlqWriter
 from walbridge.sinks.lag import LagMonitor
 
-__all__ = ["SinkRunner", "backoff_delay"]
+__all__ = ["SinkRunner", "backoff_delay", "commit_can_wait"]
 
 log = logging.getLogger(__name__)
 THROUGHPUT_EVERY_S = 30.0
@@ -100,6 +101,11 @@ _PREFETCH_POLL_S = 0.02
 _PREFETCH_STEP = 250
 _BARRIER_CHECK_S = 0.5
 _WARN_EVERY_S = 60.0
+LEAVE_AFTER_S = 60.0
+"""How long a member waits, paused in its group, for a destination that stopped answering before it
+leaves the group. A restart or failover (seconds) then costs no rebalance, and members sharing one
+destination do not all leave at once (the test broker never completes a rebalance that a member left
+during: the group stalls; found by the soak, issue 12)."""
 
 
 def backoff_delay(attempt: int, dlq: DlqSettings, rng: random.Random | None = None) -> float:
@@ -134,6 +140,28 @@ def _record_key(record: SinkRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
 
 
+_COMMIT_CAN_WAIT = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    }
+)
+
+
+def commit_can_wait(error: Any) -> bool:
+    """A commit refused for a reason that passes, not a failure of the delivered batch: this member no
+    longer owns its partitions (its session expired in a broker outage; the new owner reads the records
+    again), or the group's coordinator is not known yet after a reconnect (the next commit covers these
+    offsets; a crash before it delivers them again)."""
+    return isinstance(error, KafkaError) and error.code() in _COMMIT_CAN_WAIT
+
+
 class SinkRunner:
     """Runs one :class:`Sink` in a consumer group (see the module docstring)."""
 
@@ -151,6 +179,7 @@ class SinkRunner:
         self.settings = settings
         self.sink_settings = sink_settings
         self.group_id = sink_settings.consumer_group
+        self.leave_after_s = LEAVE_AFTER_S
         self.metrics = metrics
         self.dlq = dlq or DlqWriter(settings, sink.name)
         self._consumer: Any = None
@@ -410,8 +439,16 @@ class SinkRunner:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=self.sink.owns_offsets)
         except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not self.sink.owns_offsets and not commit_can_wait(error):
+                raise map_kafka_error(error, "committing offsets") from exc
             if not self.sink.owns_offsets:
-                raise map_kafka_error(exc.args[0] if exc.args else None, "committing offsets") from exc
+                log.warning(
+                    "%s: offsets of a delivered batch not committed (%s); records after the last "
+                    "committed offset may be delivered again (at-least-once)",
+                    self.sink.name,
+                    error.str() if isinstance(error, KafkaError) else error,
+                )
             log.debug("async offset commit failed: %s", exc)
         if self._attempts:
             for record in [*batch.records, *(f.record for f, _ in batch.dead)]:
@@ -676,11 +713,22 @@ class SinkRunner:
         probe = getattr(self.sink, "probe", None)
         if probe is None or not self.sink.owns_offsets:
             return False
-        try:
-            probe()
+        if self._answers(probe):
             return False  # it answers again: retry the batch as usual
-        except TransientError:
-            pass
+        deadline = time.monotonic() + self.leave_after_s
+        while (left := deadline - time.monotonic()) > 0 and not stop_event.is_set():
+            self._warn(
+                "%s: destination unavailable (%s); waiting for it in the consumer group (%.0fs at most)",
+                self.sink.name,
+                exc,
+                left,
+            )
+            self._wait(min(left, 2.0), stop_event)
+            if self._answers(probe):
+                return False
+        if stop_event.is_set():
+            return False
+        self._warned_at = None
         self._warn(
             "%s: destination unavailable (%s); leaving the consumer group until it answers",
             self.sink.name,
@@ -694,6 +742,14 @@ class SinkRunner:
         if self._await_destination(stop_event):
             log.info("%s: destination answers again; rejoining the consumer group", self.sink.name)
             self._consumer = self._subscribe(stop_event)
+        return True
+
+    @staticmethod
+    def _answers(probe: Callable[[], None]) -> bool:
+        try:
+            probe()
+        except TransientError:
+            return False
         return True
 
     def _warn(self, message: str, *args: Any) -> None:
