@@ -11,9 +11,9 @@ twice. Use at least as many partitions as workers; extra workers sit idle.
 The parent supervises: a worker killed or crashed is restarted (with a growing delay), a worker
 that stops on a walbridge error (a configuration problem, Kafka refusing the client) stops them
 all and the command exits 2, and SIGINT/SIGTERM stop every worker cleanly (the parent sends each
-a SIGTERM; it finishes its batch). A worker whose parent died stops too. The parent serves
-``/healthz`` and ``/status`` (the workers, their pids and restarts) on the sink's metrics port; worker
-*i* (1-based) serves its own ``/metrics`` and ``/status`` on that port + *i*.
+a SIGTERM in turn, a few seconds apart; each finishes its batch). A worker whose parent died stops
+too. The parent serves ``/healthz`` and ``/status`` (the workers, their pids and restarts) on the
+sink's metrics port; worker *i* (1-based) serves its own ``/metrics`` and ``/status`` on that port + *i*.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 _MAX_RESTART_DELAY_S = 30.0
 _STABLE_AFTER_S = 60.0
 """A worker that ran this long is restarted at once again the next time it dies."""
+_LEAVE_GAP_S = 5.0
+"""Pause between two workers leaving the group at shutdown: the remaining members rejoin meanwhile."""
 _STOP_TIMEOUT_S = 60.0
 ERROR_EXIT = 2
 
@@ -131,15 +133,19 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _stop_all(workers: list[_Worker]) -> None:
+    """Stop the workers one after another, each finishing its batch and leaving the group, with a pause
+    between: a member that leaves while the rebalance another's leave began is still running can stall
+    the group on some brokers (the embedded test broker never assigns its partitions again)."""
     # SIGTERM, not a shared multiprocessing.Event: a worker SIGKILLed while waiting on such an
     # event leaves its lock held, and setting it then blocks forever.
-    for worker in workers:
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    running = [w for w in workers if w.alive]
+    for number, worker in enumerate(running):
+        assert worker.process is not None
+        if number and worker.alive:
+            time.sleep(min(_LEAVE_GAP_S, max(0.0, deadline - time.monotonic())))
         if worker.alive:
             worker.process.terminate()
-    deadline = time.monotonic() + _STOP_TIMEOUT_S
-    for worker in workers:
-        if worker.process is None:
-            continue
         worker.process.join(max(0.0, deadline - time.monotonic()))
         if worker.process.is_alive():
             log.warning("worker %d did not stop in %.0fs; killing it", worker.index, _STOP_TIMEOUT_S)
