@@ -171,11 +171,15 @@ def _announce_ready(wait: Callable[[], Any], job: dict[str, Any], done: threadin
 
 
 def _until_incremental_done(capture: Any, done: threading.Event) -> None:
-    """The live run ends once the incremental snapshot is read and acknowledged."""
+    """The live run ends once the incremental snapshot is read and acknowledged: the position received
+    when its last chunk was read is confirmed (live writes go on meanwhile, so "confirmed everything
+    received" may never hold)."""
+    target = None
     while not done.wait(0.2):
         inc = capture.incremental
-        finished = inc is not None and inc.progress.chunks and not inc.active
-        if finished and capture.confirmed >= capture.received:
+        if target is None and inc is not None and inc.progress.chunks and not inc.active:
+            target = capture.received
+        if target is not None and capture.confirmed >= target:
             done.set()
 
 
