@@ -321,7 +321,7 @@ def run_soak(options: SoakOptions, stop: threading.Event, console: Console) -> d
             achieved_rate=round(load.changes / max(load_s, 1), 1),
             skipped_fault_kinds=skipped,
             started_at=started_wall,
-            run_dir=str(run_dir),
+            run_dir=run_dir.name,  # beside the JSON file (logs, config, databases)
         )
         report["faults"] = progress.faults
         report["fault_counts"] = {k: sum(1 for f in progress.faults if f["kind"] == k) for k in kinds}
