@@ -40,7 +40,7 @@ from walbridge.capture.connection import application_name, connect_source, sessi
 from walbridge.capture.incremental import IncrementalSnapshot
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
-from walbridge.capture.reconnect import Reconnect, run_with_reconnect
+from walbridge.capture.reconnect import run_with_reconnect
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.signal_topic import SignalTopic
 from walbridge.capture.slot import (
@@ -59,7 +59,7 @@ from walbridge.events import LOGICAL_CONNECTOR, LSN_MARK, ChangeEvent, PreparedS
 from walbridge.kafka import check_broker
 from walbridge.liveness import Liveness
 from walbridge.lsn import Lsn
-from walbridge.pgerrors import map_pg_error, one_line
+from walbridge.pgerrors import map_pg_error
 
 __all__ = ["LogicalCapture", "value_options"]
 
@@ -154,15 +154,16 @@ class LogicalCapture:
     def _preflight_retrying(self, stop: threading.Event) -> list[RelationInfo] | None:
         """``preflight``, again after a connection that broke during it (the source restarted while
         capture started); what it finds wrong still fails at once. None when stopped meanwhile."""
-        reconnect = Reconnect()
-        while not stop.is_set():
-            try:
-                return self.preflight()
-            except psycopg.OperationalError as exc:
-                delay = reconnect.next_delay(False)
-                log.warning("capture could not start (%s); trying again in %.0fs", one_line(exc), delay)
-                stop.wait(delay)
-        return None
+        found: list[list[RelationInfo]] = []
+        run_with_reconnect(
+            stop,
+            lambda: found.append(self.preflight()),
+            ready=self.ready,
+            position=lambda: self.confirmed,
+            transient=(psycopg.OperationalError,),
+            warning="capture could not start (%s); trying again in %.0fs",
+        )
+        return found[0] if found else None
 
     # ------------------------------------------------------------------ main loop
 

@@ -44,12 +44,13 @@ def run_with_reconnect(
     ready: threading.Event,
     position: Callable[[], object],
     transient: tuple[type[BaseException], ...],
+    warning: str = "capture interrupted (%s); resuming from the confirmed position in %.0fs",
 ) -> None:
     """The capture loop of both modes: run ``attempt`` until it returns or ``stop`` is set.
 
-    A ``transient`` failure is logged as one warning, counted, and followed by a :class:`Reconnect`
-    pause; the pause starts over when the failed attempt was streaming (``ready``) and moved the
-    confirmed ``position``. ``ready`` is cleared after every attempt.
+    A ``transient`` failure is logged as one ``warning`` (its reason, then the pause), counted, and
+    followed by a :class:`Reconnect` pause; the pause starts over when the failed attempt was streaming
+    (``ready``) and moved the confirmed ``position``. ``ready`` is cleared after every attempt.
     """
     reconnect = Reconnect()
     while not stop.is_set():
@@ -61,11 +62,7 @@ def run_with_reconnect(
             message = exc.message if isinstance(exc, WalbridgeError) else one_line(exc)
             metrics.capture.errors.labels(type(exc).__name__).inc()
             delay = reconnect.next_delay(ready.is_set() and position() != before)
-            log.warning(
-                "capture interrupted (%s); resuming from the confirmed position in %.0fs",
-                message,
-                delay,
-            )
+            log.warning(warning, message, delay)
             stop.wait(delay)
         finally:
             ready.clear()
