@@ -407,13 +407,11 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
             codec = self._codecs.get(definition)
             if codec is None:
                 schema = event_schema(definition.name, ((f.name, f.type) for f in definition.fields))
-                codec = AvroCodec(orjson.dumps(schema).decode())
+                text = orjson.dumps(schema).decode()
+                codec = AvroCodec(text)
                 self._codecs[definition] = codec
-                self._schemas[codec.id] = orjson.dumps(schema).decode()
+                self._schemas[codec.id] = text
             return codec
-
-    def stop(self) -> None:
-        """Nothing to stop: each PublishStream's reader ends with its RPC."""
 
 
 class _Flow:

@@ -421,8 +421,7 @@ class EmulatorServer:
 
     def stop(self) -> None:
         if self._grpc is not None:
-            self._grpc.stop(grace=0.5).wait(5)
-            self.state.pubsub.stop()
+            self._grpc.stop(grace=0.5).wait(5)  # each PublishStream's reader ends with its RPC
         if self.state.handler is not None:
             self.state.handler.stop()
         self._httpd.shutdown()
