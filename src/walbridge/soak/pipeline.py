@@ -196,9 +196,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ commands
 
-    def cli(self, *args: str, timeout: float = 300) -> tuple[int, str]:
-        """``walbridge ARGS --config <config>`` to completion: exit code and output."""
-        argv = [
+    def _argv(self, args: list[str] | tuple[str, ...]) -> list[str]:
+        """``walbridge --log-format plain ARGS --config <config>`` as this interpreter runs it."""
+        return [
             sys.executable,
             "-m",
             "walbridge.cli",
@@ -208,9 +208,17 @@ class Supervisor:
             "--config",
             str(self.config),
         ]
+
+    def cli(self, *args: str, timeout: float = 300) -> tuple[int, str]:
+        """``walbridge ARGS --config <config>`` to completion: exit code and output."""
         try:
             done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.run_dir
+                self._argv(args),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self.env,
+                cwd=self.run_dir,
             )
         except subprocess.TimeoutExpired:
             return 124, f"walbridge {' '.join(args)} did not finish within {timeout:.0f}s"
@@ -227,19 +235,14 @@ class Supervisor:
         with (self.log_dir / f"{name}.log").open("ab") as out:
             out.write(f"--- soak t={self.clock():.1f}s: walbridge {' '.join(PROCESSES[name])}\n".encode())
             out.flush()
-            argv = [
-                sys.executable,
-                "-m",
-                "walbridge.cli",
-                "--log-format",
-                "plain",
-                *PROCESSES[name],
-                "--config",
-                str(self.config),
-            ]
             # A session of its own: Ctrl-C reaches the soak, which stops the pipeline itself.
             proc = subprocess.Popen(
-                argv, env=env, cwd=self.run_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self._argv(PROCESSES[name]),
+                env=env,
+                cwd=self.run_dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         with self._lock:
             self.procs[name] = proc
