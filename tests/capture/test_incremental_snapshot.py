@@ -165,13 +165,16 @@ def test_concurrent_writers_during_incremental_snapshot(
         with Hammer(pg_dsn, capture) as hammer:
             wait_until(lambda: not capture.incremental.active, timeout_s=120)  # type: ignore[union-attr]
         assert hammer.count > 100, hammer.count
-        assert capture.incremental.progress.chunks >= 20
+        # The writers delete and move keys out of the snapshot's range while it runs, so how many chunks
+        # the table takes depends on the machine's speed: ~30 on a quiet one, fewer on a loaded one.
+        chunks = capture.incremental.progress.chunks
+        assert chunks >= 10, chunks
         wait_same_rows(pg_dsn, dest_dsn, ["public.items"])
     snapshot = _snapshot_events(kafka_bootstrap, f"{topic_prefix}.public.items", 2000)
     assert snapshot and {e["source"]["snapshot"] for e in snapshot} == {"incremental"}
     with psycopg.connect(pg_dsn) as conn:  # the watermarks went to the signal table, not to Kafka
         windows = conn.execute("SELECT count(*) FROM public.wb_signal WHERE type = 'snapshot-window-close'")
-        assert windows.fetchone()[0] >= 20  # type: ignore[index]
+        assert windows.fetchone()[0] >= chunks  # type: ignore[index]
 
 
 @pytest.mark.parametrize("mode", ["logical", "trigger"])
