@@ -55,7 +55,13 @@ def test_setup_capture_teardown_via_cli(
         )
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        try:
+            code = proc.wait(60)  # a graceful stop waits up to 30 s for Kafka to acknowledge
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+        log.close()
+        assert code == 0, (tmp_path / "capture.log").read_text()
     # order is guaranteed per key (one partition per key), not across keys
     by_key: dict[int, list[dict | None]] = {}
     for m in messages:

@@ -108,7 +108,7 @@ def logged_db(employees_db: str) -> str:
 def test_sigkill_mid_batch_repeated(pipeline: Pipeline, logged_db: str, tmp_path: Path) -> None:
     load(pipeline, logged_db, versions=40)  # 12,000 events pre-loaded
     rng = random.Random(7)
-    for _ in range(5):
+    for _ in range(3):
         before = applied_count(logged_db)
         proc = sink_process(pipeline, tmp_path, logged_db, batch_size=50)
         try:
