@@ -1,5 +1,6 @@
-"""walbridge.pubsub_api.avro: the compiled encoder writes exactly what fastavro's writer writes, and values
-round-trip between their REST form and Avro."""
+"""walbridge.pubsub_api.avro: the flat encoder writes exactly what fastavro's writer writes, the flat decoder
+reads exactly what fastavro's reader reads (and refuses what it refuses), and values round-trip between
+their REST form and Avro."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def test_compiled_encoder_matches_fastavro_and_round_trips(values: dict[str, Any
     generic._flat = None  # fastavro's writer
     assert payload == generic.encode(values, created, "005xx0000012345AAA")
     decoded = CODEC.decode(payload)
+    assert decoded == generic.decode(payload)  # fastavro's reader
     assert decoded["CreatedDate"] == created
     for name, value in values.items():
         spelled = CODEC.field_name(name)
@@ -53,3 +55,20 @@ def test_a_field_the_schema_lacks_is_a_key_error_and_the_id_follows_the_definiti
         CODEC.encode({"Gone__c": 1}, 0, "005")
     changed = event_schema("Test__e", [*FIELDS, ("New__c", "Text")])
     assert schema_id(changed) != CODEC.id == schema_id(CODEC.raw)
+
+
+def test_flat_decoder_refuses_what_fastavro_refuses() -> None:
+    generic = AvroCodec(orjson.dumps(CODEC.raw).decode())
+    generic._flat = None
+    payload = CODEC.encode({"Text__c": "plain", "Number__c": 1.5, "At__c": 5}, 1, "005xx0000012345AAA")
+    refused = (ValueError, TypeError, EOFError, IndexError, UnicodeDecodeError)  # as the emulator catches
+    for cut in range(len(payload)):
+        with pytest.raises(refused):
+            CODEC.decode(payload[:cut])
+        with pytest.raises(refused):
+            generic.decode(payload[:cut])
+    bad_branch = bytearray(payload)
+    bad_branch[payload.index(b"plain") - 2] = 4  # the text field's union branch: 2 does not exist
+    for codec in (CODEC, generic):
+        with pytest.raises(refused):
+            codec.decode(bytes(bad_branch))

@@ -216,14 +216,16 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
         context: grpc.ServicerContext,
         answers: queue.SimpleQueue[tuple[float, pb2.PublishResponse | _Abort] | None],
     ) -> None:
-        """Publish each request as it arrives and queue its answer with the time it is due (arrival +
-        latency). The work is done here, one request after the other, rather than in a thread per
-        request: threads contending for the GIL made each stream message wait, and the emulator, not
-        the simulated latency, bounded the stream."""
+        """Publish each request and queue its answer with the time it is due (arrival + latency).
+        The work is done here, one request after the other, rather than in a thread per request:
+        threads contending for the GIL made each stream message wait. Arrival is stamped by a thread of
+        its own (:func:`_stamp_arrivals`), so the emulator's work on the requests ahead counts within
+        the simulated round trip, as a server's does, instead of being added to it."""
         topic: str | None = None
+        inbox: queue.SimpleQueue[tuple[float, pb2.PublishRequest] | None] = queue.SimpleQueue()
+        threading.Thread(target=_stamp_arrivals, args=(requests, inbox), daemon=True).start()
         try:
-            for request in requests:
-                arrived = time.monotonic()
+            for arrived, request in iter(inbox.get, None):
                 if topic is None:
                     topic = request.topic_name
                 elif request.topic_name and request.topic_name != topic:
@@ -241,8 +243,6 @@ class PubSubEmulator(pb2_grpc.PubSubServicer):
                 except _Abort as abort:
                     answer = abort
                 answers.put((arrived + latency, answer))
-        except grpc.RpcError:
-            pass  # the client went away
         finally:
             answers.put(None)
 
@@ -444,6 +444,19 @@ class _Flow:
     def wait(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)
+
+
+def _stamp_arrivals(
+    requests: Iterator[pb2.PublishRequest], inbox: queue.SimpleQueue[tuple[float, pb2.PublishRequest] | None]
+) -> None:
+    """Each request of a stream with the moment it arrived; None when the client ends or leaves."""
+    try:
+        for request in requests:
+            inbox.put((time.monotonic(), request))
+    except grpc.RpcError:
+        pass  # the client went away
+    finally:
+        inbox.put(None)
 
 
 def _custom_fields(record: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class EventStore:
         self._events: list[dict[str, Any]] = []
         self._replay_ids: list[int] = []
         self._next_replay = itertools.count(1)
+        self._uuid_prefix = str(uuid.uuid4())[:24]
+        """Event UUIDs: a random version-4 prefix per store, then the replay id in the last 12 hex
+        digits (unique within the store; a urandom call per event cost a tenth of the emulator's time)."""
         self._next_id = itertools.count()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -75,7 +78,7 @@ class EventStore:
                 event = {
                     "type": event_type,
                     "ReplayId": str(replay),
-                    "EventUuid": str(uuid.uuid4()),
+                    "EventUuid": f"{self._uuid_prefix}{replay:012x}",
                     "CreatedDate": created,
                     "CreatedById": user_id,
                     "fields": values,

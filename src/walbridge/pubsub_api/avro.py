@@ -99,7 +99,8 @@ class AvroCodec:
         self._lower = {name.lower(): name for name in self.kinds}
         self._flat = _flat_layout(self.raw)
         """``[(field, avro type, nullable)]`` when every field is a primitive or ``["null", primitive]``
-        (Salesforce's event schemas): encoded by :func:`_write_flat`, ~5x faster than fastavro's writer."""
+        (Salesforce's event schemas): encoded by :func:`_write_flat`, ~5x faster than fastavro's writer,
+        and decoded by :func:`_read_flat`."""
         self._positions = {name: i for i, (name, _, _) in enumerate(self._flat or ())}
         self._system = (self._positions.get("CreatedDate", -1), self._positions.get("CreatedById", -1))
         self._plans: dict[tuple[str, ...], list[tuple[int, str]]] = {}
@@ -150,7 +151,10 @@ class AvroCodec:
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """The record of a payload, custom fields in REST form (system fields as Avro has them)."""
-        record = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed, None)
+        if self._flat is not None:
+            record: Any = _read_flat(self._flat, payload)
+        else:
+            record = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed, None)
         if not isinstance(record, dict):
             raise ValueError("the schema is not a record schema")
         for name, kind in self.kinds.items():
@@ -214,6 +218,58 @@ def _write_flat(layout: list[tuple[str, str, bool]], slots: list[Any]) -> bytes:
         else:
             out.append(1 if value else 0)
     return bytes(out)
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """The zig-zag varint at ``pos`` and the position after it (IndexError when truncated)."""
+    byte = data[pos]
+    if byte < 0x80:
+        return (byte >> 1) ^ -(byte & 1), pos + 1
+    number, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = data[pos]
+        number |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (number >> 1) ^ -(number & 1), pos + 1
+        shift += 7
+        if shift > 63:
+            raise ValueError("a variable-length long of more than 10 bytes")
+
+
+def _read_flat(layout: list[tuple[str, str, bool]], data: bytes) -> dict[str, Any]:
+    """The record of an Avro binary payload written in the layout (the reverse of :func:`_write_flat`).
+    Raises as fastavro's reader does on a payload that does not fit: IndexError/EOFError when it is
+    cut short, ValueError for a union branch the field lacks, UnicodeDecodeError for text."""
+    record: dict[str, Any] = {}
+    pos = 0
+    for name, kind, nullable in layout:
+        if nullable:
+            branch = data[pos]
+            pos += 1
+            if branch == 0:
+                record[name] = None
+                continue
+            if branch != 2:
+                raise ValueError(f"{name}: union branch {branch} does not exist")
+        if kind == "string":
+            size, pos = _read_long(data, pos)
+            end = pos + size
+            if size < 0 or end > len(data):
+                raise EOFError(f"{name}: a string of {size} bytes runs past the payload")
+            record[name] = data[pos:end].decode()
+            pos = end
+        elif kind == "double":
+            if pos + 8 > len(data):
+                raise EOFError(f"{name}: the payload ends inside a double")
+            record[name] = _DOUBLE.unpack_from(data, pos)[0]
+            pos += 8
+        elif kind == "boolean":
+            record[name] = data[pos] == 1
+            pos += 1
+        else:
+            record[name], pos = _read_long(data, pos)
+    return record
 
 
 def _to_avro(kind: str, value: Any) -> Any:
