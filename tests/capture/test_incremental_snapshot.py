@@ -72,7 +72,7 @@ def _snapshot_events(bootstrap: str, topic: str, min_count: int) -> list[dict[st
 
 class Hammer:
     """Writers on the table while its snapshot runs: updates, deletes, inserts, primary-key changes,
-    half of them aimed at the keys of the chunk being read next."""
+    half of them aimed at the keys of the chunks being read next."""
 
     def __init__(self, dsn: str, capture: Any, threads: int = 3) -> None:
         self.dsn = dsn
@@ -97,7 +97,7 @@ class Hammer:
         inc = self.capture.incremental
         tasks = inc.progress.tables if inc is not None else []
         last = tasks[0].last_key if tasks and tasks[0].last_key else ["0"]
-        return int(last[0] or 0) + rng.randint(1, 150)
+        return int(last[0] or 0) + rng.randint(1, 250)  # the chunk waiting for its close, and the next
 
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)

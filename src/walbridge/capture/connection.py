@@ -7,9 +7,12 @@ import os
 import socket
 import threading
 import time
+from functools import cache
 from typing import Any
 
 import psycopg
+from psycopg.adapt import AdaptersMap
+from psycopg.types.string import TextLoader
 
 from walbridge.capture.values import SESSION_SETTINGS
 from walbridge.errors import ConnectionLost
@@ -21,6 +24,7 @@ __all__ = [
     "connect_source",
     "session_options",
     "slot_holder",
+    "text_values",
     "wait_for_source",
 ]
 
@@ -57,6 +61,19 @@ def session_options() -> str:
     """libpq ``options`` that set every session setting capture relies on."""
     settings = {**SESSION_SETTINGS, "client_encoding": CLIENT_ENCODING}
     return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
+@cache
+def text_values() -> AdaptersMap:
+    """Adapters that load every column as its text (``connect_source(dsn, context=text_values())``): the
+    text the stream and COPY carry, for :class:`~walbridge.capture.rows.RowCodec`, fetched by libpq
+    without a COPY message per row."""
+    adapters = AdaptersMap(psycopg.adapters)
+    for info in psycopg.adapters.types:
+        for oid in (info.oid, info.array_oid):
+            if oid:
+                adapters.register_loader(oid, TextLoader)
+    return adapters
 
 
 def connect_source(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:

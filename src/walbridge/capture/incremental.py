@@ -17,6 +17,13 @@ published as ``op: r`` events with ``source.snapshot: "incremental"``, inside th
 transaction: the slot confirms past it only once they are acknowledged. So the snapshot never
 publishes a row state older than one already streamed for that key.
 
+The next chunk is read ahead, by a thread of its own, right after the current one: while the stream
+carries the current one's window and its rows are published, the database's work for the next one
+goes on. The next chunk's window follows the current one's in the stream (its open watermark is
+committed after the current close watermark), and each chunk keeps its own window. A chunk is known
+to the capture before its open watermark is written; the changes streamed while it is still being
+read are noted and applied to its rows once they are in (:attr:`Chunk.heard`).
+
 Progress (tables left, last key, filter, paused) is recorded in the source
 (:func:`walbridge.capture.state.save_incremental`) once the stream position that holds it is
 confirmed; after a restart the snapshot resumes from the last confirmed chunk, and a signal the
@@ -30,6 +37,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,9 +48,9 @@ from psycopg import sql
 from walbridge import metrics
 from walbridge.capture import signals
 from walbridge.capture import state as snapshot_state
-from walbridge.capture.connection import connect_source
+from walbridge.capture.connection import connect_source, text_values
 from walbridge.capture.rows import RowCodec
-from walbridge.capture.snapshot import ProgressFn, estimate_rows, iter_copy_query
+from walbridge.capture.snapshot import ProgressFn, estimate_rows
 from walbridge.errors import WalbridgeError
 from walbridge.pgerrors import map_pg_error, one_line
 
@@ -89,18 +97,49 @@ class Progress:
         )
 
 
+Buffer = dict[bytes, tuple[dict[str, Any] | None, Row]]
+"""A chunk's rows by event key (JSON bytes): (key, row)."""
+
+READ_AHEAD = 2
+"""Chunks read and waiting for their close watermark at once: the current one and the next."""
+
+Key = list[str | None]
+"""A primary key as the text of its columns."""
+
+
+@dataclass
+class ChunkRead:
+    """What a chunk's read (in the reader thread) found."""
+
+    rows: list[Any]
+    """Each a sequence of the columns' text (or None), in the codec's column order."""
+    last_key: list[str | None] | None
+    invisible: frozenset[int]
+    xmax: int
+    max_key: list[str | None] | None
+    estimate: int | None
+
+
+ChunkStart = tuple[Key | None, Key | None] | Future[ChunkRead | None]
+"""Where a chunk's read starts: (after this key, up to this key), or where the read before it ends."""
+
+
 @dataclass
 class Chunk:
-    """One chunk read, waiting for its close watermark in the stream."""
+    """One chunk: being read, then waiting for its close watermark in the stream."""
 
     id: str
     codec: RowCodec
-    buffer: dict[bytes, tuple[dict[str, Any] | None, Row]]
-    last_key: list[str | None] | None
-    final: bool
-    invisible: frozenset[int]
-    xmax: int
+    read: Future[ChunkRead | None]
     window_open: bool = False
+    buffer: Buffer | None = None
+    """None while the read is not taken yet."""
+    last_key: list[str | None] | None = None
+    final: bool = False
+    invisible: frozenset[int] = frozenset()
+    xmax: int = 0
+    heard: list[tuple[bytes | None, int, bool]] = field(default_factory=list)
+    """Changes streamed before the read was taken: (event key or None for a truncate, xid, window open)."""
 
 
 class IncrementalSnapshot:
@@ -129,12 +168,19 @@ class IncrementalSnapshot:
         self.captured = captured
         self.progress_fn = progress_fn
         self.progress = Progress()
-        self.chunk: Chunk | None = None
+        self.chunks: list[Chunk] = []
+        """Chunks of the table in progress, in stream order: being read or waiting for their close."""
         self.chunk_oid = 0
         """The relation oid whose streamed changes :meth:`seen` must hear about (0: none)."""
         self._dirty = False
         self._unsaved: list[tuple[int, dict[str, Any]]] = []
         self._conn: psycopg.Connection[Any] | None = None
+        """Progress records (the capture's thread)."""
+        self._reader_conn: psycopg.Connection[Any] | None = None
+        """Watermarks and chunk reads (the reader thread)."""
+        self._reader: ThreadPoolExecutor | None = None
+        self._reading: Future[ChunkRead | None] | None = None
+        """The read last submitted; the reader's connection is busy until it is done."""
         self._key_types: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -142,8 +188,7 @@ class IncrementalSnapshot:
     def load(self, conn: psycopg.Connection[Any]) -> None:
         data = snapshot_state.load_incremental(conn, self.slot)
         self.progress = Progress.from_json(data) if data else Progress()
-        self.chunk = None
-        self.chunk_oid = 0
+        self._drop_chunks()
         self._unsaved.clear()
         if self.progress.tables:
             names = ", ".join(task.table for task in self.progress.tables)
@@ -158,13 +203,23 @@ class IncrementalSnapshot:
         self._dirty = False
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+            self._reading = None
+        for conn in (self._conn, self._reader_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._reader_conn = None
 
     @property
     def active(self) -> bool:
         return bool(self.progress.tables)
+
+    @property
+    def chunk(self) -> Chunk | None:
+        """The chunk whose close watermark the stream reaches next."""
+        return self.chunks[0] if self.chunks else None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -177,61 +232,141 @@ class IncrementalSnapshot:
     # ------------------------------------------------------------------ chunks
 
     def tick(self) -> None:
-        """Start the next chunk when one is owed and none is waiting for its close watermark."""
-        if self.chunk is not None or not self.progress.tables or self.progress.paused:
-            return
+        """Take a finished read; start the next one when a chunk is owed and the reader is free."""
         try:
-            self._start_chunk()
+            self._take_finished()
+            while self._may_read():
+                self._submit()
         except psycopg.Error as exc:
-            self.close()
+            self._close_reader()
             if (exc.sqlstate or "")[:2] in _REFUSED_READS and self.progress.tables:
                 # A signal's filter (or a table dropped since): that table only, not capture, stops.
                 task = self.progress.tables[0]
                 where = f" where {task.filter}" if task.filter else ""
                 log.warning("incremental snapshot of %s%s skipped: %s", task.table, where, one_line(exc))
-                self.chunk, self.chunk_oid = None, 0
+                self._drop_chunks()
                 self._finish_table()
                 return
             raise map_pg_error(exc, "reading an incremental snapshot chunk") from exc
 
-    def _start_chunk(self) -> None:
+    def _may_read(self) -> bool:
+        if not self.progress.tables or self.progress.paused or len(self.chunks) >= READ_AHEAD:
+            return False
+        if not self.chunks:  # a read of chunks dropped since must be done: the reader is free
+            return self._reading is None or self._reading.done()
+        newest = self.chunks[-1]
+        return newest.buffer is None or not newest.final
+
+    def _submit(self) -> None:
+        """Register the next chunk (before its open watermark exists) and queue its read; the reader
+        thread reads the chunks in order, each from where the one before ended."""
         task = self.progress.tables[0]
         codec = self.codec_for(task.table)
         if codec is None:
             log.warning("incremental snapshot: %s is not captured; skipped", task.table)
             self._finish_table()
             return
-        conn = self._connection()
-        if task.max_key is None:
-            task.max_key = self._max_key(conn, codec, task.filter)
-            task.estimate = estimate_rows(conn, codec.relation.oid)
-            self._report(task, False)
-            if task.max_key is None:
-                self._finish_table()
-                return
         ident = str(uuid.uuid4())
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="incremental-read")
+        newest = self.chunks[-1] if self.chunks else None
+        if newest is None:
+            start: ChunkStart = (task.last_key, task.max_key)
+        elif newest.buffer is not None:
+            start = (newest.last_key, task.max_key)
+        else:
+            start = newest.read  # where it ends, once read
+        self._reading = self._reader.submit(self._read, ident, codec, task.filter, start)
+        self.chunks.append(Chunk(ident, codec, self._reading))
+        self.chunk_oid = codec.relation.oid
+
+    def _take_finished(self) -> None:
+        for chunk in list(self.chunks):
+            if chunk in self.chunks and chunk.buffer is None and chunk.read.done():
+                self._take(chunk)
+
+    def _take(self, chunk: Chunk) -> None:
+        """The chunk's rows are in: note them, and drop the keys the stream carried meanwhile."""
+        found = chunk.read.result()  # waits only when the close watermark overtook the thread
+        task = self.progress.tables[0]
+        if found is None:
+            place = self.chunks.index(chunk)
+            if place:  # the chunk before it was the table's last
+                del self.chunks[place:]
+            else:  # nothing in the table to read
+                self._drop_chunks()
+                self._finish_table()
+            return
+        if task.max_key is None:
+            task.max_key, task.estimate = found.max_key, found.estimate
+            self._report(task, False)
+        place = self.chunks.index(chunk)
+        before = self.chunks[place - 1].last_key if place else task.last_key
+        buffer: Buffer = {}
+        codec = chunk.codec
+        for values in found.rows:
+            row = codec.row_text(values)
+            key = codec.key(row)
+            buffer[orjson.dumps(key)] = (key, row)
+        chunk.buffer = buffer
+        chunk.last_key = found.last_key if found.last_key is not None else before
+        chunk.final = len(found.rows) < self.chunk_size
+        chunk.invisible, chunk.xmax = found.invisible, found.xmax
+        for heard_key, xid, window_open in chunk.heard:
+            _drop_seen(chunk, heard_key, xid, window_open)
+        chunk.heard.clear()
+
+    def _read(self, ident: str, codec: RowCodec, where: str | None, start: ChunkStart) -> ChunkRead | None:
+        """In the reader thread: open watermark, the chunk's rows, close watermark (None: no rows left)."""
+        if isinstance(start, Future):
+            before = start.result()  # done: the reader runs the reads in order
+            if before is None or len(before.rows) < self.chunk_size:
+                return None
+            after, max_key = before.last_key, before.max_key
+        else:
+            after, max_key = start
+        conn = self._reader_connection()
+        estimate = None
+        if max_key is None:
+            max_key = self._max_key(conn, codec, where)
+            estimate = estimate_rows(conn, codec.relation.oid)
+            if max_key is None:
+                return None
         self._watermark(conn, f"{ident}-open", signals.WINDOW_OPEN, "openWindowTimestamp")
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
             invisible, xmax = _snapshot_xids(row[0] if row else "0:0:")
-            rows = list(iter_copy_query(conn, self._chunk_query(conn, codec, task)))
+            rows = conn.execute(self._chunk_query(conn, codec, where, after, max_key)).fetchall()
         self._watermark(conn, f"{ident}-close", signals.WINDOW_CLOSE, "closeWindowTimestamp")
         positions = [codec.relation.columns.index(col) for col in self._key_cols(codec)]
-        last_key = [rows[-1][i] for i in positions] if rows else task.last_key
-        buffer: dict[bytes, tuple[dict[str, Any] | None, Row]] = {}
-        for values in rows:
-            after = codec.row_text(values)
-            key = codec.key(after)
-            buffer[orjson.dumps(key)] = (key, after)
-        log.debug("chunk %s of %s: %d rows after %s", ident, task.table, len(rows), task.last_key)
-        self.chunk = Chunk(ident, codec, buffer, last_key, len(rows) < self.chunk_size, invisible, xmax)
-        self.chunk_oid = codec.relation.oid
+        log.debug("chunk %s of %s: %d rows after %s", ident, codec.relation.qualified_name, len(rows), after)
+        last_key = [rows[-1][i] for i in positions] if rows else None
+        return ChunkRead(rows, last_key, invisible, xmax, max_key, estimate)
+
+    def _drop_chunks(self) -> None:
+        """Forget the chunks in progress: reads not begun are cancelled; one running finishes unheard
+        (its watermarks are not known any more)."""
+        for chunk in self.chunks:
+            chunk.read.cancel()
+        self.chunks.clear()
+        self.chunk_oid = 0
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = connect_source(self.dsn)
         return self._conn
+
+    def _reader_connection(self) -> psycopg.Connection[Any]:
+        if self._reader_conn is None or self._reader_conn.closed:
+            self._reader_conn = connect_source(self.dsn, context=text_values())
+        return self._reader_conn
+
+    def _close_reader(self) -> None:
+        """After a failed read (the reader is idle: its read is done)."""
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+            self._reader_conn = None
 
     def _watermark(self, conn: psycopg.Connection[Any], ident: str, kind: str, stamp: str) -> None:
         schema, table = signals.split_name(self.signal_table)
@@ -291,19 +426,26 @@ class IncrementalSnapshot:
         row = conn.execute(query).fetchone()
         return list(row) if row is not None else None
 
-    def _chunk_query(self, conn: psycopg.Connection[Any], codec: RowCodec, task: TableTask) -> sql.Composable:
+    def _chunk_query(
+        self,
+        conn: psycopg.Connection[Any],
+        codec: RowCodec,
+        where: str | None,
+        after: list[str | None] | None,
+        max_key: list[str | None] | None,
+    ) -> sql.Composed:
         rel = codec.relation
         conditions: list[sql.Composable] = []
-        if task.last_key is not None:
+        if after is not None:
             conditions.append(
-                sql.SQL("{} > {}").format(self._key_expr(codec), self._key_row(conn, codec, task.last_key))
+                sql.SQL("{} > {}").format(self._key_expr(codec), self._key_row(conn, codec, after))
             )
-        if task.max_key is not None:
+        if max_key is not None:
             conditions.append(
-                sql.SQL("{} <= {}").format(self._key_expr(codec), self._key_row(conn, codec, task.max_key))
+                sql.SQL("{} <= {}").format(self._key_expr(codec), self._key_row(conn, codec, max_key))
             )
-        if task.filter:
-            conditions.append(sql.SQL("({})").format(sql.SQL(task.filter)))
+        if where:
+            conditions.append(sql.SQL("({})").format(sql.SQL(where)))
         return sql.SQL("SELECT {cols} FROM {table} WHERE {cond} ORDER BY {order} LIMIT {limit}").format(
             cols=sql.SQL(", ").join(sql.Identifier(col.name) for col in rel.columns),
             table=sql.Identifier(rel.schema, rel.table),
@@ -315,15 +457,15 @@ class IncrementalSnapshot:
     # ------------------------------------------------------------------ the stream
 
     def seen(self, key: dict[str, Any] | None, xid: int) -> None:
-        """A streamed change of the chunk's table (``key`` None: a truncate)."""
-        chunk = self.chunk
-        if chunk is None:
+        """A streamed change of the chunks' table (``key`` None: a truncate)."""
+        if not self.chunks:
             return
-        if key is None:
-            chunk.buffer.clear()
-            return
-        if chunk.window_open or xid in chunk.invisible or _xid_follows(xid, chunk.xmax):
-            chunk.buffer.pop(orjson.dumps(key), None)
+        encoded = None if key is None else orjson.dumps(key)
+        for chunk in self.chunks:
+            if chunk.buffer is None:
+                chunk.heard.append((encoded, xid, chunk.window_open))
+            else:
+                _drop_seen(chunk, encoded, xid, chunk.window_open)
 
     def on_signal(self, values: dict[str, Any], commit_lsn: int) -> Chunk | None:
         """A row inserted into the signal table; the chunk whose rows to publish now, at its close."""
@@ -331,14 +473,17 @@ class IncrementalSnapshot:
         if isinstance(parsed, str):
             log.warning("signal ignored: %s", parsed)
             return None
-        chunk = self.chunk
         if parsed.type == signals.WINDOW_OPEN:
-            if chunk is not None and parsed.id == f"{chunk.id}-open":
-                chunk.window_open = True
+            for pending in self.chunks:
+                if parsed.id == f"{pending.id}-open":
+                    pending.window_open = True
             return None
         if parsed.type == signals.WINDOW_CLOSE:
+            chunk = self.chunk
             if chunk is None or parsed.id != f"{chunk.id}-close":
                 return None  # a watermark of a chunk before a restart, or of another capture
+            if chunk.buffer is None:
+                self._take(chunk)  # its close watermark overtook the reader thread's last steps
             return self._close(chunk)
         if commit_lsn and commit_lsn < self.progress.lsn:
             return None  # acted on before the progress now loaded was recorded
@@ -360,8 +505,10 @@ class IncrementalSnapshot:
         return None
 
     def _close(self, chunk: Chunk) -> Chunk:
-        self.chunk = None
-        self.chunk_oid = 0
+        assert chunk.buffer is not None
+        self.chunks.pop(0)
+        if not self.chunks:
+            self.chunk_oid = 0
         task = self.progress.tables[0]
         task.last_key = chunk.last_key
         task.rows += len(chunk.buffer)
@@ -372,6 +519,7 @@ class IncrementalSnapshot:
         metrics.capture.snapshot_rows.labels(table=name).inc(len(chunk.buffer))
         metrics.capture.incremental_chunks.inc()
         if chunk.final:
+            self._drop_chunks()  # reads queued after the table's last chunk: nothing to read
             self._finish_table()
         else:
             self._report(task, False)
@@ -431,7 +579,7 @@ class IncrementalSnapshot:
         for name, where in wanted:
             waiting = (
                 [t for t in self.progress.tables[1:] if t.table == name]
-                if self.chunk
+                if self.chunks
                 else [t for t in self.progress.tables if t.table == name and t.max_key is None]
             )
             if waiting:
@@ -448,12 +596,11 @@ class IncrementalSnapshot:
         else:
             self.progress.tables = [t for t in self.progress.tables if t.table not in set(map(str, names))]
             log.info("incremental snapshot of %s stopped (signal %s)", ", ".join(map(str, names)), signal.id)
-        if self.chunk is not None and (
+        if self.chunks and (
             not self.progress.tables
-            or self.progress.tables[0].table != self.chunk.codec.relation.qualified_name
+            or self.progress.tables[0].table != self.chunks[0].codec.relation.qualified_name
         ):
-            self.chunk = None
-            self.chunk_oid = 0
+            self._drop_chunks()
         self._gauge()
 
     # ------------------------------------------------------------------ persistence
@@ -490,6 +637,16 @@ def _snapshot_xids(text: str) -> tuple[frozenset[int], int]:
     """``pg_current_snapshot()`` text → (in-progress xids, xmax), as the 32-bit xids the stream carries."""
     _xmin, xmax, xip = text.split(":")
     return frozenset(int(x) & 0xFFFFFFFF for x in xip.split(",") if x), int(xmax) & 0xFFFFFFFF
+
+
+def _drop_seen(chunk: Chunk, key: bytes | None, xid: int, window_open: bool) -> None:
+    """A streamed change of one of the chunk's keys makes the row read stale when it falls in the window
+    or comes from a transaction the read did not see; a truncate empties the chunk."""
+    assert chunk.buffer is not None
+    if key is None:
+        chunk.buffer.clear()
+    elif window_open or xid in chunk.invisible or _xid_follows(xid, chunk.xmax):
+        chunk.buffer.pop(key, None)
 
 
 def _xid_follows(xid: int, xmax: int) -> bool:

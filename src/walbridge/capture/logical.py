@@ -66,7 +66,6 @@ __all__ = ["LogicalCapture", "value_options"]
 log = logging.getLogger(__name__)
 
 
-
 def value_options(settings: Settings) -> ValueOptions:
     ev = settings.events
     return ValueOptions(

@@ -174,18 +174,7 @@ class LogicalMessage:
     content: bytes
 
 
-Message = (
-    Begin
-    | Commit
-    | Origin
-    | Relation
-    | Type
-    | Insert
-    | Update
-    | Delete
-    | Truncate
-    | LogicalMessage
-)
+Message = Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | LogicalMessage
 
 
 # --------------------------------------------------------------------------- fixed-width fields

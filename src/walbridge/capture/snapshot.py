@@ -41,7 +41,7 @@ ProgressFn = Callable[[str, int, int | None, bool], None]
 """``progress(schema.table, rows read so far, estimated total or None, done)`` during a snapshot."""
 
 _ESTIMATE_SQL = """
-SELECT sum(greatest(c.reltuples, 0))::bigint, bool_and(c.reltuples >= 0)
+SELECT CASE WHEN bool_and(c.reltuples >= 0) THEN sum(c.reltuples)::bigint END
 FROM pg_class c
 WHERE (c.oid = %(oid)s AND c.relkind <> 'p')
    OR c.oid IN (SELECT relid FROM pg_partition_tree(%(oid)s::oid::regclass) WHERE isleaf)
@@ -51,9 +51,7 @@ WHERE (c.oid = %(oid)s AND c.relkind <> 'p')
 def estimate_rows(conn: psycopg.Connection[Any], oid: int) -> int | None:
     """The planner's row estimate of a table (partitions summed); None when never analyzed."""
     row = conn.execute(_ESTIMATE_SQL, {"oid": oid}).fetchone()
-    if row is None or row[0] is None or not row[1]:
-        return None
-    return int(row[0])
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def iter_copy_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[list[str | None]]:
