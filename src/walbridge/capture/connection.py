@@ -22,6 +22,7 @@ __all__ = [
     "CLIENT_ENCODING",
     "application_name",
     "connect_source",
+    "load_as_text",
     "session_options",
     "slot_holder",
     "text_values",
@@ -63,16 +64,21 @@ def session_options() -> str:
     return " ".join(f"-c {name}={value}" for name, value in settings.items())
 
 
-@cache
-def text_values() -> AdaptersMap:
-    """Adapters that load every column as its text (``connect_source(dsn, context=text_values())``): the
-    text the stream and COPY carry, for :class:`~walbridge.capture.rows.RowCodec`, fetched by libpq
-    without a COPY message per row."""
-    adapters = AdaptersMap(psycopg.adapters)
+def load_as_text(adapters: AdaptersMap) -> None:
+    """Make ``adapters`` (a connection's or a cursor's) load every column as its text: the text the
+    stream carries, which :class:`~walbridge.capture.rows.RowCodec` converts. Types psycopg does not
+    know load as text already."""
     for info in psycopg.adapters.types:
         for oid in (info.oid, info.array_oid):
             if oid:
                 adapters.register_loader(oid, TextLoader)
+
+
+@cache
+def text_values() -> AdaptersMap:
+    """Adapters for a connection whose queries return text (``connect_source(dsn, context=...)``)."""
+    adapters = AdaptersMap(psycopg.adapters)
+    load_as_text(adapters)
     return adapters
 
 

@@ -6,7 +6,7 @@ A table is read in primary-key chunks (``source.incremental_chunk_size`` rows, D
 1. an open watermark row is committed into the signal table;
 2. the chunk is read (``key > last key AND key <= the table's largest key at its start``, ordered by
    key, with the signal's filter) in a REPEATABLE READ transaction that also notes its snapshot;
-3. a close watermark row is committed; the rows wait in a buffer, keyed by event key.
+3. a close watermark row is committed; the rows wait in a buffer.
 
 The stream then reaches the open watermark (the window opens), the changes committed meanwhile, and
 the close watermark. A streamed change of a buffered key while the window is open drops that key from
@@ -97,10 +97,10 @@ class Progress:
         )
 
 
-Buffer = dict[bytes, tuple[dict[str, Any] | None, Row]]
-"""A chunk's rows by event key (JSON bytes): (key, row)."""
+KeyedRow = tuple[dict[str, Any] | None, Row]
+"""A row read, with its event key."""
 
-READ_AHEAD = 2
+READ_AHEAD = 3
 """Chunks read and waiting for their close watermark at once: the current one and the next."""
 
 Key = list[str | None]
@@ -132,14 +132,28 @@ class Chunk:
     codec: RowCodec
     read: Future[ChunkRead | None]
     window_open: bool = False
-    buffer: Buffer | None = None
-    """None while the read is not taken yet."""
+    buffer: list[KeyedRow] | None = None
+    """The rows read; None while the read is not taken yet."""
+    dropped: set[bytes] = field(default_factory=set)
+    """Event keys (JSON) whose rows the stream overtook."""
+    cleared: bool = False
+    """The table was truncated: no row read stands."""
     last_key: list[str | None] | None = None
     final: bool = False
     invisible: frozenset[int] = frozenset()
     xmax: int = 0
     heard: list[tuple[bytes | None, int, bool]] = field(default_factory=list)
     """Changes streamed before the read was taken: (event key or None for a truncate, xid, window open)."""
+
+    def rows(self) -> list[KeyedRow]:
+        """The rows to publish at the close watermark: those the stream did not overtake. (Keys are
+        encoded only when the stream overtook some: in a bulk snapshot, mostly none.)"""
+        assert self.buffer is not None, "a chunk closes only once its rows are in"
+        if self.cleared:
+            return []
+        if not self.dropped:
+            return self.buffer
+        return [(key, row) for key, row in self.buffer if orjson.dumps(key) not in self.dropped]
 
 
 class IncrementalSnapshot:
@@ -235,8 +249,7 @@ class IncrementalSnapshot:
         """Take a finished read; start the next one when a chunk is owed and the reader is free."""
         try:
             self._take_finished()
-            while self._may_read():
-                self._submit()
+            self._queue_reads()
         except psycopg.Error as exc:
             self._close_reader()
             if (exc.sqlstate or "")[:2] in _REFUSED_READS and self.progress.tables:
@@ -248,6 +261,10 @@ class IncrementalSnapshot:
                 self._finish_table()
                 return
             raise map_pg_error(exc, "reading an incremental snapshot chunk") from exc
+
+    def _queue_reads(self) -> None:
+        while self._may_read():
+            self._submit()
 
     def _may_read(self) -> bool:
         if not self.progress.tables or self.progress.paused or len(self.chunks) >= READ_AHEAD:
@@ -302,12 +319,11 @@ class IncrementalSnapshot:
             self._report(task, False)
         place = self.chunks.index(chunk)
         before = self.chunks[place - 1].last_key if place else task.last_key
-        buffer: Buffer = {}
         codec = chunk.codec
+        buffer: list[KeyedRow] = []
         for values in found.rows:
             row = codec.row_text(values)
-            key = codec.key(row)
-            buffer[orjson.dumps(key)] = (key, row)
+            buffer.append((codec.key(row), row))
         chunk.buffer = buffer
         chunk.last_key = found.last_key if found.last_key is not None else before
         chunk.final = len(found.rows) < self.chunk_size
@@ -332,13 +348,25 @@ class IncrementalSnapshot:
             estimate = estimate_rows(conn, codec.relation.oid)
             if max_key is None:
                 return None
-        self._watermark(conn, f"{ident}-open", signals.WINDOW_OPEN, "openWindowTimestamp")
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-            invisible, xmax = _snapshot_xids(row[0] if row else "0:0:")
-            rows = conn.execute(self._chunk_query(conn, codec, where, after, max_key)).fetchall()
-        self._watermark(conn, f"{ident}-close", signals.WINDOW_CLOSE, "closeWindowTimestamp")
+        # The open watermark committed, the chunk read in a REPEATABLE READ transaction begun after it,
+        # the close watermark committed: several statements in one simple query, one round trip.
+        opening = sql.SQL(
+            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_current_snapshot()::text"
+        ).format(self._watermark(f"{ident}-open", signals.WINDOW_OPEN, "openWindowTimestamp"))
+        closing = sql.SQL("COMMIT; {}").format(
+            self._watermark(f"{ident}-close", signals.WINDOW_CLOSE, "closeWindowTimestamp")
+        )
+        if not where:
+            query = self._chunk_query(conn, codec, where, after, max_key, sql.Literal(self.chunk_size))
+            snapshot, rows = _selected(conn.execute(sql.SQL("{}; {}; {}").format(opening, query, closing)), 2)
+        else:
+            # A filter is a signal's text: read with a parameter, so in the extended protocol, where the
+            # server takes one statement only (a filter that ends the query and begins another fails).
+            (snapshot,) = _selected(conn.execute(opening), 1)
+            query = self._chunk_query(conn, codec, where, after, max_key, sql.Placeholder())
+            rows = conn.execute(query, (self.chunk_size,)).fetchall()
+            conn.execute(closing)
+        invisible, xmax = _snapshot_xids(snapshot[0][0] if snapshot else "0:0:")
         positions = [codec.relation.columns.index(col) for col in self._key_cols(codec)]
         log.debug("chunk %s of %s: %d rows after %s", ident, codec.relation.qualified_name, len(rows), after)
         last_key = [rows[-1][i] for i in positions] if rows else None
@@ -368,14 +396,13 @@ class IncrementalSnapshot:
             self._reader_conn.close()
             self._reader_conn = None
 
-    def _watermark(self, conn: psycopg.Connection[Any], ident: str, kind: str, stamp: str) -> None:
+    def _watermark(self, ident: str, kind: str, stamp: str) -> sql.Composed:
+        """The INSERT of a watermark row into the signal table."""
         schema, table = signals.split_name(self.signal_table)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        conn.execute(
-            sql.SQL("INSERT INTO {} (id, type, data) VALUES (%s, %s, %s)").format(
-                sql.Identifier(schema, table)
-            ),
-            (ident, kind, orjson.dumps({stamp: now}).decode()),
+        data = orjson.dumps({stamp: now}).decode()
+        return sql.SQL("INSERT INTO {} (id, type, data) VALUES ({}, {}, {})").format(
+            sql.Identifier(schema, table), sql.Literal(ident), sql.Literal(kind), sql.Literal(data)
         )
 
     def _key_cols(self, codec: RowCodec) -> list[Any]:
@@ -414,7 +441,7 @@ class IncrementalSnapshot:
         self, conn: psycopg.Connection[Any], codec: RowCodec, where: str | None
     ) -> list[str | None] | None:
         rel = codec.relation
-        query = sql.SQL("SELECT {cols} FROM {table}{where} ORDER BY {order} LIMIT 1").format(
+        query = sql.SQL("SELECT {cols} FROM {table}{where} ORDER BY {order} LIMIT %s").format(
             cols=sql.SQL(", ").join(
                 sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"k{i}"))
                 for i, c in enumerate(rel.key_columns)
@@ -423,7 +450,7 @@ class IncrementalSnapshot:
             where=sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""),
             order=sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(c)) for c in rel.key_columns),
         )
-        row = conn.execute(query).fetchone()
+        row = conn.execute(query, (1,)).fetchone()  # a parameter: one statement only (see _read)
         return list(row) if row is not None else None
 
     def _chunk_query(
@@ -433,6 +460,7 @@ class IncrementalSnapshot:
         where: str | None,
         after: list[str | None] | None,
         max_key: list[str | None] | None,
+        limit: sql.Composable,
     ) -> sql.Composed:
         rel = codec.relation
         conditions: list[sql.Composable] = []
@@ -451,7 +479,7 @@ class IncrementalSnapshot:
             table=sql.Identifier(rel.schema, rel.table),
             cond=sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true"),
             order=sql.SQL(", ").join(sql.Identifier(c) for c in rel.key_columns),
-            limit=sql.Literal(self.chunk_size),
+            limit=limit,
         )
 
     # ------------------------------------------------------------------ the stream
@@ -484,7 +512,9 @@ class IncrementalSnapshot:
                 return None  # a watermark of a chunk before a restart, or of another capture
             if chunk.buffer is None:
                 self._take(chunk)  # its close watermark overtook the reader thread's last steps
-            return self._close(chunk)
+            closed = self._close(chunk)
+            self._queue_reads()  # now, not at the next tick: the reader keeps a chunk ahead
+            return closed
         if commit_lsn and commit_lsn < self.progress.lsn:
             return None  # acted on before the progress now loaded was recorded
         self._dirty = True
@@ -505,18 +535,19 @@ class IncrementalSnapshot:
         return None
 
     def _close(self, chunk: Chunk) -> Chunk:
-        assert chunk.buffer is not None
+        published = chunk.buffer = chunk.rows()  # settled: the window is over
+        chunk.dropped, chunk.cleared = set(), False
         self.chunks.pop(0)
         if not self.chunks:
             self.chunk_oid = 0
         task = self.progress.tables[0]
         task.last_key = chunk.last_key
-        task.rows += len(chunk.buffer)
-        self.progress.rows += len(chunk.buffer)
+        task.rows += len(published)
+        self.progress.rows += len(published)
         self.progress.chunks += 1
         self._dirty = True
         name = task.table
-        metrics.capture.snapshot_rows.labels(table=name).inc(len(chunk.buffer))
+        metrics.capture.snapshot_rows.labels(table=name).inc(len(published))
         metrics.capture.incremental_chunks.inc()
         if chunk.final:
             self._drop_chunks()  # reads queued after the table's last chunk: nothing to read
@@ -633,6 +664,19 @@ _REFUSED_READS = ("42", "22")
 """SQLSTATE classes of a chunk read refused for its query (syntax, unknown column, data exception)."""
 
 
+def _selected(cur: psycopg.Cursor[Any], count: int) -> list[list[Any]]:
+    """The rows of each statement that returned rows, of a query of several statements."""
+    found: list[list[Any]] = []
+    while True:
+        if cur.description is not None:
+            found.append(cur.fetchall())
+        if not cur.nextset():
+            break
+    if len(found) != count:
+        raise WalbridgeError(f"expected {count} results from a chunk read, got {len(found)}")
+    return found
+
+
 def _snapshot_xids(text: str) -> tuple[frozenset[int], int]:
     """``pg_current_snapshot()`` text → (in-progress xids, xmax), as the 32-bit xids the stream carries."""
     _xmin, xmax, xip = text.split(":")
@@ -642,11 +686,10 @@ def _snapshot_xids(text: str) -> tuple[frozenset[int], int]:
 def _drop_seen(chunk: Chunk, key: bytes | None, xid: int, window_open: bool) -> None:
     """A streamed change of one of the chunk's keys makes the row read stale when it falls in the window
     or comes from a transaction the read did not see; a truncate empties the chunk."""
-    assert chunk.buffer is not None
     if key is None:
-        chunk.buffer.clear()
+        chunk.cleared = True
     elif window_open or xid in chunk.invisible or _xid_follows(xid, chunk.xmax):
-        chunk.buffer.pop(key, None)
+        chunk.dropped.add(key)
 
 
 def _xid_follows(xid: int, xmax: int) -> bool:

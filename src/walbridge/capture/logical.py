@@ -702,7 +702,7 @@ class _Stream:
         ts_ms = time.time_ns() // 1_000_000
         source = dataclasses.replace(self._source(codec, lsn), snapshot="incremental", ts_ms=ts_ms)
         prepared = self.publisher.prepare(dataclasses.replace(source, lsn=LSN_MARK), codec.table_schema)
-        for key, after in chunk.buffer.values():
+        for key, after in chunk.rows():
             if prepared is not None:
                 self.publisher.publish_prepared(prepared, "r", key, None, after, lsn, ts_ms)
             else:

@@ -184,7 +184,7 @@ class RowCodec:
         """:attr:`column_names` as a set."""
         return self._column_set
 
-    def row_text(self, values: list[str | None]) -> dict[str, Any]:
+    def row_text(self, values: Sequence[str | None]) -> dict[str, Any]:
         """Like :meth:`row` for values that are all ``str`` or ``None`` (COPY lines)."""
         if len(values) != self._width:
             return self.row(values)

@@ -661,7 +661,7 @@ class _Poller:
             None,
             row.id,
         )
-        for key, after in chunk.buffer.values():
+        for key, after in chunk.rows():
             self.publisher.publish(ChangeEvent("r", source, key, None, after, now_ms, codec.table_schema))
 
     def _throttle(self) -> None:
