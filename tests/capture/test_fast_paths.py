@@ -12,7 +12,7 @@ import pytest
 from walbridge.capture import pgoutput as pg
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.rows import RowCodec
-from walbridge.capture.values import TypeRegistry, ValueOptions, parse_copy_line
+from walbridge.capture.values import TypeRegistry, ValueOptions
 from walbridge.events import (
     LSN_MARK,
     ChangeEvent,
@@ -130,11 +130,6 @@ def test_timestamptz_shortcut() -> None:
         ("infinity", "infinity"),
     ]:
         assert convert({"id": "1", "note": None, "at": text})["at"] == want
-
-
-def test_copy_line_without_escapes() -> None:
-    assert parse_copy_line(b"1\tab c\t\n") == ["1", "ab c", ""]
-    assert parse_copy_line(b"1\t\\N\ta\\tb") == ["1", None, "a\tb"]
 
 
 REL = TableSchema(

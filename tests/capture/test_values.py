@@ -18,7 +18,6 @@ from walbridge.capture.values import (
     column_schema,
     converter_for,
     parse_array_literal,
-    parse_copy_line,
     parse_record_literal,
 )
 from walbridge.metrics import CAPTURE
@@ -243,17 +242,6 @@ def test_parse_record_literal() -> None:
     assert parse_record_literal('("",)') == ["", None]
     assert parse_record_literal('(1,"a\\\\b")') == ["1", "a\\b"]
     assert parse_record_literal("()") == [None]
-
-
-def test_parse_copy_line() -> None:
-    line = b"1\t\\N\tline\\nbreak\ttab\\there\tback\\\\slash\t\\101\\x42\n"
-    assert parse_copy_line(line) == ["1", None, "line\nbreak", "tab\there", "back\\slash", "AB"]
-    assert parse_copy_line("é\t".encode()) == ["é", ""]
-
-
-# --------------------------------------------------------------------------- values at the edge of their type
-# Expected numbers are what Debezium 3.6.3 emits while streaming (pgoutput) the same values; checked with
-# the real connector (tests/compat/test_debezium_compat.py compares them event for event).
 
 
 def test_date_infinity_bc_and_beyond_9999() -> None:

@@ -1,7 +1,7 @@
 """Rows of one table: PostgreSQL text values → Debezium-encoded JSON rows and keys.
 
 One :class:`RowCodec` per captured table, built from its catalog description; both capture
-modes (pgoutput tuples, COPY lines of the snapshot, trigger change-log rows) go through it,
+modes (pgoutput tuples, the snapshot's rows as text, trigger change-log rows) go through it,
 which is what makes them emit identical ``before``/``after``/``key``.
 """
 
@@ -185,7 +185,7 @@ class RowCodec:
         return self._column_set
 
     def row_text(self, values: Sequence[str | None]) -> dict[str, Any]:
-        """Like :meth:`row` for values that are all ``str`` or ``None`` (COPY lines)."""
+        """Like :meth:`row` for values that are all ``str`` or ``None`` (snapshot rows)."""
         if len(values) != self._width:
             return self.row(values)
         return self.convert_text_row(dict(zip(self._all_names, values, strict=True)))

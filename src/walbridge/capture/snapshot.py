@@ -3,8 +3,8 @@
 The caller opens the transaction that fixes what the snapshot sees (logical mode: the
 slot's exported snapshot; trigger mode: a REPEATABLE READ transaction whose snapshot is
 recorded beside the change log), so that streaming continues exactly where the snapshot
-ends. Rows are read with ``COPY ... TO STDOUT`` (text format, the same text the stream
-carries) and converted by the table's :class:`RowCodec`.
+ends. Rows are read as their columns' text (the same text the stream carries) and converted by the
+table's :class:`RowCodec`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from walbridge import metrics
 from walbridge.capture.connection import load_as_text
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
-from walbridge.capture.values import parse_copy_line
 from walbridge.events import ChangeEvent, PreparedSource, Source
 
-__all__ = ["SnapshotSource", "iter_copy_query", "iter_table_rows", "snapshot_tables"]
+__all__ = ["SnapshotSource", "iter_table_rows", "snapshot_tables"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +73,6 @@ def iter_table_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[
         cur.execute(query)
         while batch := cur.fetchmany(FETCH_ROWS):
             yield from batch
-
-
-def iter_copy_query(conn: psycopg.Connection[Any], query: sql.Composable) -> Iterator[list[str | None]]:
-    """The rows of a SELECT as text values (COPY text format)."""
-    query = sql.SQL("COPY ({}) TO STDOUT").format(query)
-    pending = b""
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        for block in copy:
-            data = bytes(block)
-            if not data:
-                continue
-            if pending:
-                data, pending = pending + data, b""
-            # The server sends one row per block: split only when that is not the case.
-            if data.find(b"\n") == len(data) - 1:
-                yield parse_copy_line(data)
-                continue
-            lines = data.split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                yield parse_copy_line(line)
-    if pending:
-        yield parse_copy_line(pending)
 
 
 def _snapshot_flag(first_overall: bool, first_in_table: bool, last_in_table: bool, last_overall: bool) -> str:

@@ -85,7 +85,6 @@ __all__ = [
     "converter_for",
     "is_passthrough",
     "parse_array_literal",
-    "parse_copy_line",
     "parse_record_literal",
 ]
 
@@ -832,54 +831,3 @@ def _quoted_field(text: str, pos: int, end: int) -> tuple[str, int]:
     stop = text.find(",", pos, end)
     stop = end if stop < 0 else stop
     return value + text[pos:stop], stop
-
-
-_COPY_ESCAPES = {
-    ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("v"): 11, ord("\\"): 92,
-}  # fmt: skip
-
-
-def parse_copy_line(line: bytes) -> list[str | None]:
-    """One line of ``COPY ... TO STDOUT`` text format → fields (``\\N`` is NULL)."""
-    if line.endswith(b"\n"):
-        line = line[:-1]
-    if b"\\" not in line:  # no NULL (\\N) and no escapes: one decode, one split
-        return line.decode().split("\t")  # type: ignore[return-value]
-    return [None if raw == b"\\N" else _copy_field(raw) for raw in line.split(b"\t")]
-
-
-def _copy_field(raw: bytes) -> str:
-    if b"\\" not in raw:
-        return raw.decode()
-    out = bytearray()
-    pos, size = 0, len(raw)
-    while pos < size:
-        byte = raw[pos]
-        if byte != 92 or pos + 1 == size:
-            out.append(byte)
-            pos += 1
-            continue
-        pos = _copy_escape(raw, pos + 1, out)
-    return out.decode()
-
-
-def _copy_escape(raw: bytes, pos: int, out: bytearray) -> int:
-    """Decode one escape after its backslash; return the position after it."""
-    code = raw[pos]
-    if code in _COPY_ESCAPES:
-        out.append(_COPY_ESCAPES[code])
-        return pos + 1
-    if 48 <= code <= 55:  # octal \ooo, up to three digits
-        end = pos
-        while end < min(pos + 3, len(raw)) and 48 <= raw[end] <= 55:
-            end += 1
-        out.append(int(raw[pos:end], 8) & 0xFF)
-        return end
-    if code == ord("x") and pos + 1 < len(raw) and chr(raw[pos + 1]) in "0123456789abcdefABCDEF":
-        end = pos + 1
-        while end < min(pos + 3, len(raw)) and chr(raw[end]) in "0123456789abcdefABCDEF":
-            end += 1
-        out.append(int(raw[pos + 1 : end], 16))
-        return end
-    out.append(code)
-    return pos + 1
