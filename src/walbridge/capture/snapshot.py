@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import psycopg
@@ -55,7 +56,10 @@ def estimate_rows(conn: psycopg.Connection[Any], oid: int) -> int | None:
 
 
 FETCH_ROWS = 2_000
-"""Rows per round trip of a snapshot's server-side cursor."""
+"""Rows per round trip of a snapshot's server-side cursor, at most."""
+
+FETCH_BYTES = 8 << 20
+"""About this much text per round trip: wide rows (large text, bytea, JSON) are fetched fewer at a time."""
 
 
 def iter_table_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[Sequence[str | None]]:
@@ -71,8 +75,16 @@ def iter_table_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[
     with conn.cursor(name=f"walbridge_snapshot_{rel.oid}") as cur:
         load_as_text(cur.adapters)
         cur.execute(query)
-        while batch := cur.fetchmany(FETCH_ROWS):
+        size = 64
+        while batch := cur.fetchmany(size):
+            size = _next_fetch(batch)
             yield from batch
+
+
+def _next_fetch(batch: list[Sequence[str | None]]) -> int:
+    """Rows to fetch next, from the text width of the rows just fetched."""
+    width = sum(map(len, filter(None, chain.from_iterable(batch)))) / len(batch) + 1
+    return max(1, min(FETCH_ROWS, int(FETCH_BYTES / width)))
 
 
 def _snapshot_flag(first_overall: bool, first_in_table: bool, last_in_table: bool, last_overall: bool) -> str:
