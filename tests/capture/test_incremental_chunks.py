@@ -131,3 +131,24 @@ def test_a_close_watermark_of_a_chunk_not_waited_for_is_ignored(snapshot: Increm
     stale: Any = {"id": "0000-close", "type": signals.WINDOW_CLOSE, "data": "{}"}
     assert inc.on_signal(stale, 0) is None
     assert inc.chunk is first
+
+
+def test_a_chunk_read_leaves_no_warning(snapshot: IncrementalSnapshot, pg_dsn: str) -> None:
+    """Its statements go in one query: each COMMIT ends a transaction begun explicitly."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.items SELECT g, g FROM generate_series(11, 40) g")
+    notices: list[str] = []
+    inc = snapshot
+    inc.tick()
+    first = inc.chunk
+    assert first is not None
+    _read(first)
+    reader = inc._reader_conn
+    assert reader is not None
+    reader.add_notice_handler(lambda diag: notices.append(f"{diag.severity}: {diag.message_primary}"))
+    _open(inc, first)
+    _close(inc, first)  # queues the next read, on the same connection
+    fourth = inc.chunks[-1]
+    _read(fourth)
+    assert fourth.read.result() is not None
+    assert not notices, notices

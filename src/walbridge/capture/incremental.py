@@ -350,8 +350,10 @@ class IncrementalSnapshot:
                 return None
         # The open watermark committed, the chunk read in a REPEATABLE READ transaction begun after it,
         # the close watermark committed: several statements in one simple query, one round trip.
+        # (Each COMMIT ends an explicit BEGIN: one of a statement's implicit transaction warns in the log.)
         opening = sql.SQL(
-            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_current_snapshot()::text"
+            "BEGIN; {}; COMMIT; "
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_current_snapshot()::text"
         ).format(self._watermark(f"{ident}-open", signals.WINDOW_OPEN, "openWindowTimestamp"))
         closing = sql.SQL("COMMIT; {}").format(
             self._watermark(f"{ident}-close", signals.WINDOW_CLOSE, "closeWindowTimestamp")
