@@ -101,7 +101,8 @@ KeyedRow = tuple[dict[str, Any] | None, Row]
 """A row read, with its event key."""
 
 READ_AHEAD = 3
-"""Chunks read and waiting for their close watermark at once: the current one and the next."""
+"""Chunks read (or being read) and waiting for their close watermark at once: the current one and the
+next two. Enough that the stream does not wait for the reader."""
 
 Key = list[str | None]
 """A primary key as the text of its columns."""
@@ -218,7 +219,7 @@ class IncrementalSnapshot:
 
     def close(self) -> None:
         if self._reader is not None:
-            self._reader.shutdown(wait=True)
+            self._reader.shutdown(wait=True, cancel_futures=True)
             self._reader = None
             self._reading = None
         for conn in (self._conn, self._reader_conn):
