@@ -171,6 +171,22 @@ class EnvelopeEncoder:
         parts = _source_parts(source, opts.topic_prefix)
         if parts is None:
             return None
+        return self._prepared(source, relation, parts, None)
+
+    def prepare_per_event(self, source: Source, relation: TableSchema | None) -> PreparedSource | None:
+        """Like :meth:`prepare` for events whose ``ts_ms``, ``ts_us``, ``txId`` and ``change_id`` differ
+        (trigger mode): encode with :meth:`PreparedSource.source_for`. ``None`` as :meth:`prepare`."""
+        if self.options.unwrap:
+            return None
+        template = _source_template(source, self.options.topic_prefix)
+        if template is None:
+            return None
+        return self._prepared(source, relation, [], template)
+
+    def _prepared(
+        self, source: Source, relation: TableSchema | None, parts: list[bytes], template: bytes | None
+    ) -> PreparedSource | None:
+        opts = self.options
         value_schema = key_schema = None
         if opts.schemas_enable:
             if relation is None:
@@ -185,6 +201,7 @@ class EnvelopeEncoder:
             opts.tombstones_on_delete,
             value_schema,
             key_schema,
+            template,
         )
 
     def encode(self, event: ChangeEvent) -> list[KafkaRecord]:
@@ -275,6 +292,37 @@ def _source_parts(source: Source, name: str) -> list[bytes] | None:
     return parts if parts == split(_OTHER_MARK) else None
 
 
+# Per-event source fields of a template and two sets of marks for them. ts_ns is ts_us * 1000, so its
+# text is the ts_us mark followed by "000" (marks fit int64 * 1000): it becomes a field of its own.
+_TEMPLATE_MARKS = (
+    {"ts_ms": 3_141_592_653_589_793, "ts_us": 2_718_281_828_459_045, "tx_id": 1_414_213_562_373_095,
+     "change_id": 1_732_050_807_568_877},
+    {"ts_ms": 6_022_140_760_000_001, "ts_us": 1_602_176_634_000_003, "tx_id": 2_997_924_580_000_007,
+     "change_id": 6_674_300_000_000_009},
+)  # fmt: skip
+
+
+def _source_template(source: Source, name: str) -> bytes | None:
+    """The source block's JSON as a ``%``-template of :data:`_TEMPLATE_MARKS`' fields; None if ambiguous."""
+
+    def build(marks: dict[str, int]) -> bytes:
+        marked = replace(
+            source,
+            ts_ms=marks["ts_ms"],
+            ts_us=marks["ts_us"],
+            tx_id=marks["tx_id"],
+            change_id=marks["change_id"],
+        )
+        text = orjson.dumps(source_block(marked, name)).replace(b"%", b"%%")
+        text = text.replace(b'"ts_ns":%d' % (marks["ts_us"] * 1000), b'"ts_ns":%(ts_ns)d')
+        for field_name, mark in marks.items():
+            text = text.replace(str(mark).encode(), b"%%(%b)d" % field_name.encode())
+        return text
+
+    first, second = (build(marks) for marks in _TEMPLATE_MARKS)
+    return first if first == second else None
+
+
 class PreparedSource:
     """Envelope records of one table with a fixed ``source`` block but for the LSN: bytes spliced, no dicts.
 
@@ -282,7 +330,7 @@ class PreparedSource:
     hot path: stream transactions and snapshot tables).
     """
 
-    __slots__ = ("_key_schema", "_parts", "_value_schema", "label", "tombstones", "topic")
+    __slots__ = ("_key_schema", "_parts", "_template", "_value_schema", "label", "tombstones", "topic")
 
     def __init__(
         self,
@@ -292,6 +340,7 @@ class PreparedSource:
         tombstones: bool,
         value_schema: bytes | None,
         key_schema: bytes | None,
+        template: bytes | None = None,
     ) -> None:
         self.topic = topic
         self.label = label
@@ -301,12 +350,30 @@ class PreparedSource:
         self._parts = parts
         self._value_schema = value_schema
         self._key_schema = key_schema
+        self._template = template
 
     def encode(
         self, op: str, key: Row | None, before: Row | None, after: Row | None, lsn: int, ts_ms: int
     ) -> tuple[bytes | None, bytes]:
         """(key, value) of one event with op c, u, d or r."""
-        source = (b"%d" % lsn).join(self._parts)
+        return self.encode_with_source((b"%d" % lsn).join(self._parts), op, key, before, after, ts_ms)
+
+    def source_for(self, ts_ms: int, ts_us: int, tx_id: int, change_id: int) -> bytes:
+        """The source block of one event (a :meth:`EnvelopeEncoder.prepare_per_event` encoder only)."""
+        assert self._template is not None
+        fields = {
+            b"ts_ms": ts_ms,
+            b"ts_us": ts_us,
+            b"ts_ns": ts_us * 1000,
+            b"tx_id": tx_id,
+            b"change_id": change_id,
+        }
+        return self._template % fields
+
+    def encode_with_source(
+        self, source: bytes, op: str, key: Row | None, before: Row | None, after: Row | None, ts_ms: int
+    ) -> tuple[bytes | None, bytes]:
+        """(key, value) of one event with op c, u, d or r and this source block."""
         value = _ENVELOPE_BYTES % (
             _dumps(before), _dumps(after), source, op.encode(), ts_ms, ts_ms * 1000, ts_ms * 1_000_000
         )  # fmt: skip
