@@ -160,11 +160,13 @@ txid >= pg_snapshot_xmin(%(lo)s::pg_snapshot) AND txid < pg_snapshot_xmax(%(hi)s
   AND pg_visible_in_snapshot(txid, %(hi)s::pg_snapshot)
 """
 
-# The interval's lowest id (its first page starts there) and the highest id of the log. OFFSET 0 keeps the
-# planner from answering min(id) by walking the primary key from the log's oldest row: the txid range does.
+# The highest id of the log, and (first page only) the interval's lowest id, where its first page starts.
+# OFFSET 0 keeps the planner from answering min(id) by walking the primary key from the log's oldest row:
+# the txid range does.
+_TOP_SQL = f"SELECT max(id), NULL FROM {SCHEMA}.{CHANGE_LOG}"
 _BOUNDS_SQL = f"""
-SELECT (SELECT min(id) FROM (SELECT id FROM {SCHEMA}.{CHANGE_LOG} WHERE {_IN_INTERVAL} OFFSET 0) i),
-       (SELECT max(id) FROM {SCHEMA}.{CHANGE_LOG})
+SELECT (SELECT max(id) FROM {SCHEMA}.{CHANGE_LOG}),
+       (SELECT min(id) FROM (SELECT id FROM {SCHEMA}.{CHANGE_LOG} WHERE {_IN_INTERVAL} OFFSET 0) i)
 """
 
 # One page: the interval's rows in a window of ids, so that a page costs the window, not the whole interval
@@ -225,12 +227,12 @@ def read_changes(
         if hi == pos.lo:
             return hi, [], None
         params: dict[str, Any] = {"lo": pos.lo, "hi": hi}
-        bounds = conn.execute(_BOUNDS_SQL, params).fetchone()
+        bounds = conn.execute(_TOP_SQL if pos.after_id else _BOUNDS_SQL, params).fetchone()
         assert bounds is not None
-        first, last = bounds
-        if first is None and pos.after_id == 0:
+        last, first = bounds
+        if not pos.after_id and first is None:
             return hi, [], None  # no row in the interval
-        start = pos.after_id if pos.after_id else int(first) - 1
+        start = pos.after_id or int(first) - 1
         until = start + limit
         params.update(after_id=start, until=until)
         rows = conn.execute(_READ_SQL, params).fetchall()
