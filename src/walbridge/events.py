@@ -292,8 +292,7 @@ def _source_parts(source: Source, name: str) -> list[bytes] | None:
     return parts if parts == split(_OTHER_MARK) else None
 
 
-# Per-event source fields of a template and two sets of marks for them. ts_ns is ts_us * 1000, so its
-# text is the ts_us mark followed by "000" (marks fit int64 * 1000): it becomes a field of its own.
+# Two sets of marks for the per-event fields of a source template (ts_ns = ts_us * 1000 fits int64 too).
 _TEMPLATE_MARKS = (
     {"ts_ms": 3_141_592_653_589_793, "ts_us": 2_718_281_828_459_045, "tx_id": 1_414_213_562_373_095,
      "change_id": 1_732_050_807_568_877},
@@ -303,9 +302,10 @@ _TEMPLATE_MARKS = (
 
 
 def _source_template(source: Source, name: str) -> bytes | None:
-    """The source block's JSON as a ``%``-template of :data:`_TEMPLATE_MARKS`' fields; None if ambiguous."""
+    """The source block's JSON as a ``%``-template of ts_ms, ts_us, ts_ns, txId and change_id (in that
+    order); None if ambiguous."""
 
-    def build(marks: dict[str, int]) -> bytes:
+    def build(marks: dict[str, int]) -> bytes | None:
         marked = replace(
             source,
             ts_ms=marks["ts_ms"],
@@ -314,13 +314,25 @@ def _source_template(source: Source, name: str) -> bytes | None:
             change_id=marks["change_id"],
         )
         text = orjson.dumps(source_block(marked, name)).replace(b"%", b"%%")
-        text = text.replace(b'"ts_ns":%d' % (marks["ts_us"] * 1000), b'"ts_ns":%(ts_ns)d')
-        for field_name, mark in marks.items():
-            text = text.replace(str(mark).encode(), b"%%(%b)d" % field_name.encode())
-        return text
+        pieces, pos = [], 0
+        for value in (
+            marks["ts_ms"],
+            marks["ts_us"],
+            marks["ts_us"] * 1000,
+            marks["tx_id"],
+            marks["change_id"],
+        ):
+            digits = b"%d" % value
+            at = text.find(digits, pos)
+            if at < 0:
+                return None
+            pieces.append(text[pos:at])
+            pos = at + len(digits)
+        pieces.append(text[pos:])
+        return b"%d".join(pieces)
 
     first, second = (build(marks) for marks in _TEMPLATE_MARKS)
-    return first if first == second else None
+    return first if first is not None and first == second else None
 
 
 class PreparedSource:
@@ -361,14 +373,7 @@ class PreparedSource:
     def source_for(self, ts_ms: int, ts_us: int, tx_id: int, change_id: int) -> bytes:
         """The source block of one event (a :meth:`EnvelopeEncoder.prepare_per_event` encoder only)."""
         assert self._template is not None
-        fields = {
-            b"ts_ms": ts_ms,
-            b"ts_us": ts_us,
-            b"ts_ns": ts_us * 1000,
-            b"tx_id": tx_id,
-            b"change_id": change_id,
-        }
-        return self._template % fields
+        return self._template % (ts_ms, ts_us, ts_us * 1000, tx_id, change_id)
 
     def encode_with_source(
         self, source: bytes, op: str, key: Row | None, before: Row | None, after: Row | None, ts_ms: int

@@ -218,8 +218,9 @@ def test_per_event_source_encodes_like_encode(options: EncodingOptions) -> None:
 
 
 def test_per_event_source_declines_text_holding_a_mark() -> None:
+    # the database name (before txId in the block) holds the digits of txId's first mark
     odd = Source(
-        "postgresql-trigger", "shop", "3141592653589793", "public", "orders", 0, tx_id=0, change_id=0
+        "postgresql-trigger", "shop", "1414213562373095", "public", "orders", 0, tx_id=0, change_id=0
     )
     assert EnvelopeEncoder(EncodingOptions()).prepare_per_event(odd, REL) is None
     assert EnvelopeEncoder(EncodingOptions(unwrap=True)).prepare_per_event(replace(odd, db="db"), REL) is None

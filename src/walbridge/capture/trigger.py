@@ -779,7 +779,8 @@ class _Poller:
         now_ms = time.time_ns() // 1_000_000
         publish = self.publisher.publish_with_source
         for op, key, old, new in changes:
-            self._seen(inc, row, key)
+            if inc is not None:
+                self._seen(inc, row, key)
             publish(prepared, op, key, old, new, source, now_ms, row.id)
         return True
 
