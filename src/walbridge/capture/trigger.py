@@ -22,7 +22,8 @@ and the trigger of the second runs (and takes its id) only after the first commi
 one's row has the smaller id and commits in the same or an earlier interval. Across keys, events
 are ordered by commit interval (one poll period wide), then by id.
 
-Latency cost: one poll interval (``source.poll_interval_ms``) plus the read; a long transaction
+Latency cost: one poll interval (``source.poll_interval_ms``, the period at which polls start: the next
+one starts at once when publishing an interval took longer) plus the read; a long transaction
 holds back only its own rows. (The simpler "read below ``pg_snapshot_xmin``" method would delay
 *every* change behind the oldest running transaction.) The price is on the read side: the scan
 covers ``txid >= xmin(lo)``, so while a transaction stays open for a long time, already-published
@@ -601,7 +602,10 @@ class _Poller:
 
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
+        polled_at = time.monotonic()
         while not stop.is_set():
+            if self.position.hi is None:  # this read starts the next commit interval
+                polled_at = time.monotonic()
             if self.capture.signal_topic is not None:
                 self.capture.signal_topic.relay()
             if self.incremental is not None:
@@ -618,7 +622,9 @@ class _Poller:
                     self.capture.liveness.touch()  # idle with nothing to do
                 # A chunk waiting for its close watermark: poll again soon.
                 waiting = self.incremental is not None and self.incremental.chunk is not None
-                stop.wait(min(self.interval_s, 0.01) if waiting else self.interval_s)
+                period = min(self.interval_s, 0.01) if waiting else self.interval_s
+                # Polls start one period apart: after an interval that took longer to publish, at once.
+                stop.wait(max(0.0, period - (time.monotonic() - polled_at)))
 
     def step(self) -> bool:
         """Read and publish one page; True when more of the interval is waiting."""
