@@ -171,6 +171,22 @@ class EnvelopeEncoder:
         parts = _source_parts(source, opts.topic_prefix)
         if parts is None:
             return None
+        return self._prepared(source, relation, parts, None)
+
+    def prepare_per_event(self, source: Source, relation: TableSchema | None) -> PreparedSource | None:
+        """Like :meth:`prepare` for events whose ``ts_ms``, ``ts_us``, ``txId`` and ``change_id`` differ
+        (trigger mode): encode with :meth:`PreparedSource.source_for`. ``None`` as :meth:`prepare`."""
+        if self.options.unwrap:
+            return None
+        template = _source_template(source, self.options.topic_prefix)
+        if template is None:
+            return None
+        return self._prepared(source, relation, [], template)
+
+    def _prepared(
+        self, source: Source, relation: TableSchema | None, parts: list[bytes], template: bytes | None
+    ) -> PreparedSource | None:
+        opts = self.options
         value_schema = key_schema = None
         if opts.schemas_enable:
             if relation is None:
@@ -185,6 +201,7 @@ class EnvelopeEncoder:
             opts.tombstones_on_delete,
             value_schema,
             key_schema,
+            template,
         )
 
     def encode(self, event: ChangeEvent) -> list[KafkaRecord]:
@@ -275,6 +292,49 @@ def _source_parts(source: Source, name: str) -> list[bytes] | None:
     return parts if parts == split(_OTHER_MARK) else None
 
 
+# Two sets of marks for the per-event fields of a source template (ts_ns = ts_us * 1000 fits int64 too).
+_TEMPLATE_MARKS = (
+    {"ts_ms": 3_141_592_653_589_793, "ts_us": 2_718_281_828_459_045, "tx_id": 1_414_213_562_373_095,
+     "change_id": 1_732_050_807_568_877},
+    {"ts_ms": 6_022_140_760_000_001, "ts_us": 1_602_176_634_000_003, "tx_id": 2_997_924_580_000_007,
+     "change_id": 6_674_300_000_000_009},
+)  # fmt: skip
+
+
+def _source_template(source: Source, name: str) -> bytes | None:
+    """The source block's JSON as a ``%``-template of ts_ms, ts_us, ts_ns, txId and change_id (in that
+    order); None if ambiguous."""
+
+    def build(marks: dict[str, int]) -> bytes | None:
+        marked = replace(
+            source,
+            ts_ms=marks["ts_ms"],
+            ts_us=marks["ts_us"],
+            tx_id=marks["tx_id"],
+            change_id=marks["change_id"],
+        )
+        text = orjson.dumps(source_block(marked, name)).replace(b"%", b"%%")
+        pieces, pos = [], 0
+        for value in (
+            marks["ts_ms"],
+            marks["ts_us"],
+            marks["ts_us"] * 1000,
+            marks["tx_id"],
+            marks["change_id"],
+        ):
+            digits = b"%d" % value
+            at = text.find(digits, pos)
+            if at < 0:
+                return None
+            pieces.append(text[pos:at])
+            pos = at + len(digits)
+        pieces.append(text[pos:])
+        return b"%d".join(pieces)
+
+    first, second = (build(marks) for marks in _TEMPLATE_MARKS)
+    return first if first is not None and first == second else None
+
+
 class PreparedSource:
     """Envelope records of one table with a fixed ``source`` block but for the LSN: bytes spliced, no dicts.
 
@@ -282,7 +342,7 @@ class PreparedSource:
     hot path: stream transactions and snapshot tables).
     """
 
-    __slots__ = ("_key_schema", "_parts", "_value_schema", "label", "tombstones", "topic")
+    __slots__ = ("_key_schema", "_parts", "_template", "_value_schema", "label", "tombstones", "topic")
 
     def __init__(
         self,
@@ -292,6 +352,7 @@ class PreparedSource:
         tombstones: bool,
         value_schema: bytes | None,
         key_schema: bytes | None,
+        template: bytes | None = None,
     ) -> None:
         self.topic = topic
         self.label = label
@@ -301,12 +362,23 @@ class PreparedSource:
         self._parts = parts
         self._value_schema = value_schema
         self._key_schema = key_schema
+        self._template = template
 
     def encode(
         self, op: str, key: Row | None, before: Row | None, after: Row | None, lsn: int, ts_ms: int
     ) -> tuple[bytes | None, bytes]:
         """(key, value) of one event with op c, u, d or r."""
-        source = (b"%d" % lsn).join(self._parts)
+        return self.encode_with_source((b"%d" % lsn).join(self._parts), op, key, before, after, ts_ms)
+
+    def source_for(self, ts_ms: int, ts_us: int, tx_id: int, change_id: int) -> bytes:
+        """The source block of one event (a :meth:`EnvelopeEncoder.prepare_per_event` encoder only)."""
+        assert self._template is not None
+        return self._template % (ts_ms, ts_us, ts_us * 1000, tx_id, change_id)
+
+    def encode_with_source(
+        self, source: bytes, op: str, key: Row | None, before: Row | None, after: Row | None, ts_ms: int
+    ) -> tuple[bytes | None, bytes]:
+        """(key, value) of one event with op c, u, d or r and this source block."""
         value = _ENVELOPE_BYTES % (
             _dumps(before), _dumps(after), source, op.encode(), ts_ms, ts_ms * 1000, ts_ms * 1_000_000
         )  # fmt: skip

@@ -189,3 +189,33 @@ def test_prepare_declines_what_it_cannot_splice() -> None:
     # a database name holding the mark's digits: splitting on them would be ambiguous
     odd = replace(STREAM_SOURCE, db=str(LSN_MARK), lsn=LSN_MARK)
     assert EnvelopeEncoder(EncodingOptions()).prepare(odd, REL) is None
+
+
+@pytest.mark.parametrize(
+    "options", [EncodingOptions(topic_prefix="shop%s"), EncodingOptions(schemas_enable=True)]
+)
+def test_per_event_source_encodes_like_encode(options: EncodingOptions) -> None:
+    """Trigger mode's spliced source block (ts, txId and change_id per event) gives encode()'s bytes."""
+    encoder = EnvelopeEncoder(options)
+    template = Source(
+        "postgresql-trigger", options.topic_prefix, "db%d", "public", "orders", 0, tx_id=0, change_id=0
+    )
+    prepared = encoder.prepare_per_event(template, REL)
+    assert prepared is not None
+    after = {"id": 5, "note": "100% é"}
+    for ts_us, tx_id, change_id in ((1_700_000_000_123_456, 755, 1), (0, 2**40, 2**62), (-1_001, 1, 9)):
+        source = replace(template, ts_ms=ts_us // 1000, ts_us=ts_us, tx_id=tx_id, change_id=change_id)
+        for op, before, aft in (("c", None, after), ("u", after, after), ("d", after, None)):
+            event = ChangeEvent(op, source, {"id": 5}, before, aft, 1_700_000_000_999, REL)
+            spliced = prepared.source_for(ts_us // 1000, ts_us, tx_id, change_id)
+            key, value = prepared.encode_with_source(spliced, op, {"id": 5}, before, aft, 1_700_000_000_999)
+            assert (key, value) == (encoder.encode(event)[0].key, encoder.encode(event)[0].value)
+
+
+def test_per_event_source_declines_text_holding_a_mark() -> None:
+    # the database name (before txId in the block) holds the digits of txId's first mark
+    odd = Source(
+        "postgresql-trigger", "shop", "1414213562373095", "public", "orders", 0, tx_id=0, change_id=0
+    )
+    assert EnvelopeEncoder(EncodingOptions()).prepare_per_event(odd, REL) is None
+    assert EnvelopeEncoder(EncodingOptions(unwrap=True)).prepare_per_event(replace(odd, db="db"), REL) is None

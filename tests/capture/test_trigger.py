@@ -96,9 +96,9 @@ def values(bootstrap: str, topic: str, count: int) -> list[dict[str, Any] | None
 def test_next_position_pages_and_closes_interval() -> None:
     start = TriggerPosition("10:12:10")
     rows: list[Any] = [type("R", (), {"id": i})() for i in (3, 7)]
-    assert next_position(start, "15:15:", rows, 2) == TriggerPosition("10:12:10", "15:15:", 7)
-    assert next_position(start, "15:15:", rows[:1], 2) == TriggerPosition("15:15:")
-    assert next_position(start, "15:15:", rows, 5).rows == 2
+    assert next_position(start, "15:15:", rows, 9) == TriggerPosition("10:12:10", "15:15:", 9)
+    assert next_position(start, "15:15:", rows[:1], None) == TriggerPosition("15:15:")
+    assert next_position(start, "15:15:", rows, None).rows == 2
 
 
 def test_setup_is_idempotent_and_teardown_removes_everything(pg_dsn: str) -> None:

@@ -116,9 +116,38 @@ class EventPublisher(Generic[P]):
     ) -> None:
         """Like :meth:`publish` for an event of ``prepared``'s table (op c, u, d or r), no objects built."""
         key_bytes, value = prepared.encode(op, key, before, after, lsn, ts_ms)
+        self._produce_prepared(prepared, op, key, key_bytes, value, lsn, None)
+
+    def publish_with_source(
+        self,
+        prepared: PreparedSource,
+        op: str,
+        key: Row | None,
+        before: Row | None,
+        after: Row | None,
+        source: bytes,
+        ts_ms: int,
+        change_id: int,
+    ) -> None:
+        """Like :meth:`publish_prepared` with the event's own source block (trigger mode's change-log rows:
+        see :meth:`PreparedSource.source_for`); ``change_id`` names the change in errors."""
+        key_bytes, value = prepared.encode_with_source(source, op, key, before, after, ts_ms)
+        self._produce_prepared(prepared, op, key, key_bytes, value, None, change_id)
+
+    def _produce_prepared(
+        self,
+        prepared: PreparedSource,
+        op: str,
+        key: Row | None,
+        key_bytes: bytes | None,
+        value: bytes,
+        lsn: int | None,
+        change_id: int | None,
+    ) -> None:
+        """Hand one encoded event (and a delete's tombstone) to the producer; lsn/change_id for errors."""
         topic = prepared.topic
         if len(value) > self.max_bytes:
-            self._check_size(key_bytes, value, _Where(prepared.label, lsn), key)
+            self._check_size(key_bytes, value, _Where(prepared.label, lsn, change_id), key)
         callback = self.tracker.open()
         try:
             try:
@@ -131,7 +160,7 @@ class EventPublisher(Generic[P]):
                 self._produce(topic, key_bytes, None)
                 self.published += 1
         except KafkaException as exc:
-            raise self._refused(exc, _Where(prepared.label, lsn), key, key_bytes, value) from exc
+            raise self._refused(exc, _Where(prepared.label, lsn, change_id), key, key_bytes, value) from exc
         counts = self._unreported
         slot = (prepared.label, op)
         counts[slot] = counts.get(slot, 0) + 1

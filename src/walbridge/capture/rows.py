@@ -194,6 +194,14 @@ class RowCodec:
         """``{column: text or None}`` for every column (in order) → the event row; converts in place."""
         for name in self._excluded:
             del row[name]
+        return self._convert_typed(row)
+
+    def row_from_fitting_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
+        """:meth:`row_from_mapping` of a mapping whose keys are exactly :attr:`column_set`."""
+        return self._convert_typed({name: mapping[name] for name in self._names})
+
+    def _convert_typed(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Convert the text of the typed kept columns of ``row`` in place (the others stay text)."""
         name = ""
         try:
             for name, convert in self._typed:

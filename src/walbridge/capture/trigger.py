@@ -14,14 +14,16 @@ the last PostgreSQL snapshot fully published and ``hi`` a fresh ``pg_current_sna
 interval is exactly the rows whose transaction is visible in ``hi`` but not in ``lo``
 (``pg_visible_in_snapshot``): the transactions that committed between the two snapshots, whatever
 their ids. A transaction still running at ``hi`` is in neither, so it falls into a later interval,
-complete. Inside an interval rows go out in id order; ``hi`` may be read in pages (``after_id``).
+complete. Inside an interval rows go out in id order, read in pages of consecutive ids (``after_id``:
+the last id read), so that a page costs its own rows, not the rest of the interval.
 
 Why that is commit order per key: two transactions changing the same row serialize on its row lock,
 and the trigger of the second runs (and takes its id) only after the first committed. So the first
 one's row has the smaller id and commits in the same or an earlier interval. Across keys, events
 are ordered by commit interval (one poll period wide), then by id.
 
-Latency cost: one poll interval (``source.poll_interval_ms``) plus the read; a long transaction
+Latency cost: one poll interval (``source.poll_interval_ms``, the period at which polls start: the next
+one starts at once when publishing an interval took longer) plus the read; a long transaction
 holds back only its own rows. (The simpler "read below ``pg_snapshot_xmin``" method would delay
 *every* change behind the oldest running transaction.) The price is on the read side: the scan
 covers ``txid >= xmin(lo)``, so while a transaction stays open for a long time, already-published
@@ -57,7 +59,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -86,7 +88,7 @@ from walbridge.capture.trigger_setup import (
 )
 from walbridge.config import Settings
 from walbridge.errors import ConfigError, DecodeError, TransientError
-from walbridge.events import TRIGGER_CONNECTOR, ChangeEvent, Source
+from walbridge.events import TRIGGER_CONNECTOR, ChangeEvent, PreparedSource, Source
 from walbridge.liveness import Liveness
 from walbridge.pgerrors import map_pg_error
 
@@ -127,9 +129,8 @@ class TriggerPosition:
     """Change rows read by this process when the position was sealed (not stored)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeRow:
-    """One ``walbridge.change_log`` row as read by the poller."""
+class ChangeRow(NamedTuple):
+    """One ``walbridge.change_log`` row as read by the poller (a tuple: cheap to build per row)."""
 
     id: int
     txid: int
@@ -141,26 +142,42 @@ class ChangeRow:
     changed_us: int
 
 
-def next_position(pos: TriggerPosition, hi: str, batch: Sequence[ChangeRow], limit: int) -> TriggerPosition:
-    """The position after reading ``batch`` (at most ``limit`` rows) of interval (pos.lo, hi]."""
+def next_position(
+    pos: TriggerPosition, hi: str, batch: Sequence[ChangeRow], until: int | None
+) -> TriggerPosition:
+    """The position after reading ``batch``, the rows of interval (pos.lo, hi] with ids up to ``until``
+    (``None``: the rest of the interval)."""
     rows = pos.rows + len(batch)
-    if len(batch) < limit:
+    if until is None:
         return TriggerPosition(hi, None, 0, rows)
-    return TriggerPosition(pos.lo, hi, batch[-1].id, rows)
+    return TriggerPosition(pos.lo, hi, until, rows)
 
 
 # ----------------------------------------------------------------------------- SQL
 
+_IN_INTERVAL = """
+txid >= pg_snapshot_xmin(%(lo)s::pg_snapshot) AND txid < pg_snapshot_xmax(%(hi)s::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(txid, %(lo)s::pg_snapshot)
+  AND pg_visible_in_snapshot(txid, %(hi)s::pg_snapshot)
+"""
+
+# The highest id of the log, and (first page only) the interval's lowest id, where its first page starts.
+# OFFSET 0 keeps the planner from answering min(id) by walking the primary key from the log's oldest row:
+# the txid range does.
+_TOP_SQL = f"SELECT max(id), NULL FROM {SCHEMA}.{CHANGE_LOG}"
+_BOUNDS_SQL = f"""
+SELECT (SELECT max(id) FROM {SCHEMA}.{CHANGE_LOG}),
+       (SELECT min(id) FROM (SELECT id FROM {SCHEMA}.{CHANGE_LOG} WHERE {_IN_INTERVAL} OFFSET 0) i)
+"""
+
+# One page: the interval's rows in a window of ids, so that a page costs the window, not the whole interval
+# (a LIMIT after ORDER BY id sorted every remaining row of the interval for each page of a backlog).
 _READ_SQL = f"""
 SELECT id, txid::text, schema_name, table_name, op, before::text, after::text,
        (extract(epoch FROM changed_at) * 1000000)::bigint
 FROM {SCHEMA}.{CHANGE_LOG}
-WHERE txid >= pg_snapshot_xmin(%(lo)s::pg_snapshot) AND txid < pg_snapshot_xmax(%(hi)s::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(txid, %(lo)s::pg_snapshot)
-  AND pg_visible_in_snapshot(txid, %(hi)s::pg_snapshot)
-  AND id > %(after_id)s
+WHERE id > %(after_id)s AND id <= %(until)s AND {_IN_INTERVAL}
 ORDER BY id
-LIMIT %(limit)s
 """
 
 _RECORD_SQL = f"""
@@ -196,8 +213,12 @@ def load_position(conn: psycopg.Connection[Any], name: str) -> TriggerPosition |
 
 def read_changes(
     conn: psycopg.Connection[Any], pos: TriggerPosition, limit: int
-) -> tuple[str, list[ChangeRow]]:
-    """One page of the next commit interval, in one REPEATABLE READ transaction: (hi, rows)."""
+) -> tuple[str, list[ChangeRow], int | None]:
+    """One page of the next commit interval, in one REPEATABLE READ transaction: (hi, rows, until).
+
+    A page holds the interval's rows among the next ``limit`` ids (from the interval's lowest id on its
+    first page); ``until`` is the last id it covered, ``None`` when no id of the log is left after it.
+    """
     with conn.transaction():
         hi = pos.hi
         if hi is None:
@@ -205,11 +226,20 @@ def read_changes(
             assert row is not None
             hi = str(row[0])
         if hi == pos.lo:
-            return hi, []
-        params = {"lo": pos.lo, "hi": hi, "after_id": pos.after_id, "limit": limit}
+            return hi, [], None
+        params: dict[str, Any] = {"lo": pos.lo, "hi": hi}
+        bounds = conn.execute(_TOP_SQL if pos.after_id else _BOUNDS_SQL, params).fetchone()
+        assert bounds is not None
+        last, first = bounds
+        if not pos.after_id and first is None:
+            return hi, [], None  # no row in the interval
+        start = pos.after_id or int(first) - 1
+        until = start + limit
+        params.update(after_id=start, until=until)
         rows = conn.execute(_READ_SQL, params).fetchall()
+    more = until if last is not None and until < int(last) else None
     loads = orjson.loads
-    return hi, [
+    changes = [
         ChangeRow(
             int(r[0]),
             int(r[1]),
@@ -222,6 +252,7 @@ def read_changes(
         )
         for r in rows
     ]
+    return hi, changes, more
 
 
 # ----------------------------------------------------------------------------- capture
@@ -549,7 +580,7 @@ class _Poller:
         self.limit = capture.source.poll_batch_size
         self.interval_s = capture.source.poll_interval_ms / 1000.0
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="walbridge-log-read")
-        self._ahead: Future[tuple[str, list[ChangeRow]]] | None = None
+        self._ahead: Future[tuple[str, list[ChangeRow], int | None]] | None = None
         """The next page of the same interval, read while this one is published (a backlog only)."""
         self.prefix = capture.settings.events.topic_prefix
         self.db = capture._dbname
@@ -566,10 +597,15 @@ class _Poller:
         self.signal_table = tuple(signals.split_name(signal)) if signal else None
         self.sealed: list[tuple[int, TriggerPosition]] = []
         """Positions sealed in this process, numbered: the incremental snapshot's progress points."""
+        self._prepared: dict[tuple[str, str], tuple[RowCodec, PreparedSource | None]] = {}
+        """Per table: the codec its spliced encoder was made for, and that encoder (None: general path)."""
 
     def loop(self, stop: threading.Event) -> None:
         self.capture.ready.set()
+        polled_at = time.monotonic()
         while not stop.is_set():
+            if self.position.hi is None:  # this read starts the next commit interval
+                polled_at = time.monotonic()
             if self.capture.signal_topic is not None:
                 self.capture.signal_topic.relay()
             if self.incremental is not None:
@@ -586,12 +622,14 @@ class _Poller:
                     self.capture.liveness.touch()  # idle with nothing to do
                 # A chunk waiting for its close watermark: poll again soon.
                 waiting = self.incremental is not None and self.incremental.chunk is not None
-                stop.wait(min(self.interval_s, 0.01) if waiting else self.interval_s)
+                period = min(self.interval_s, 0.01) if waiting else self.interval_s
+                # Polls start one period apart: after an interval that took longer to publish, at once.
+                stop.wait(max(0.0, period - (time.monotonic() - polled_at)))
 
     def step(self) -> bool:
-        """Read and publish one page; True when the page was full (more is waiting)."""
+        """Read and publish one page; True when more of the interval is waiting."""
         try:
-            hi, batch = self._read()
+            hi, batch, until = self._read()
         except psycopg.Error as exc:
             raise map_pg_error(exc, f"reading {SCHEMA}.{CHANGE_LOG}") from exc
         inc = self.incremental
@@ -600,36 +638,35 @@ class _Poller:
                 if row.op == "c" and row.after is not None:
                     self._signal(inc, row)
                 continue
+            if self._publish_fast(row, inc):
+                continue
             for event in self.events(row):
-                if inc is not None and inc.chunk is not None:
-                    relation = inc.chunk.codec.relation
-                    if (relation.schema, relation.table) == (row.schema, row.table):
-                        inc.seen(event.key, row.txid & 0xFFFFFFFF)
+                self._seen(inc, row, event.key)
                 self.publisher.publish(event)
         if batch:
             metrics.capture.behind_source_ms.set(max(0.0, time.time() * 1000 - batch[-1].changed_us / 1000))
-        self.position = next_position(self.position, hi, batch, self.limit)
+        self.position = next_position(self.position, hi, batch, until)
         self.publisher.seal(self.position)
         if inc is not None:
             number = self.sealed[-1][0] + 1 if self.sealed else 1
             self.sealed.append((number, self.position))
             inc.committed(number)
         self._throttle()
-        return len(batch) == self.limit
+        return until is not None
 
-    def _read(self) -> tuple[str, list[ChangeRow]]:
-        """The page at ``position``. After a full page the next one (same interval, rows after its last
-        id) is read in a thread while this one is converted and published: the database's work
+    def _read(self) -> tuple[str, list[ChangeRow], int | None]:
+        """The page at ``position``. When the interval goes on, its next page (the following ids) is read
+        in a thread while this one is converted and published: the database's work
         overlaps capture's."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            hi, batch = ahead.result()
+            hi, batch, until = ahead.result()
         else:
-            hi, batch = read_changes(self.reader, self.position, self.limit)
-        if len(batch) == self.limit:
-            following = next_position(self.position, hi, batch, self.limit)
+            hi, batch, until = read_changes(self.reader, self.position, self.limit)
+        if until is not None:
+            following = next_position(self.position, hi, batch, until)
             self._ahead = self._reads.submit(read_changes, self.reader, following, self.limit)
-        return hi, batch
+        return hi, batch, until
 
     def _settle(self) -> None:
         """Wait for the page being read ahead (kept): the reader connection is free afterwards."""
@@ -663,6 +700,14 @@ class _Poller:
         )
         for key, after in chunk.rows():
             self.publisher.publish(ChangeEvent("r", source, key, None, after, now_ms, codec.table_schema))
+
+    @staticmethod
+    def _seen(inc: IncrementalSnapshot | None, row: ChangeRow, key: dict[str, Any] | None) -> None:
+        """Tell the incremental snapshot's open chunk about a streamed change of its table."""
+        if inc is not None and inc.chunk is not None:
+            relation = inc.chunk.codec.relation
+            if (relation.schema, relation.table) == (row.schema, row.table):
+                inc.seen(key, row.txid & 0xFFFFFFFF)
 
     def _throttle(self) -> None:
         limit = self.capture.source.max_in_flight
@@ -714,6 +759,62 @@ class _Poller:
         self.misfits[(row.schema, row.table)] = shape
         return False
 
+    def _publish_fast(self, row: ChangeRow, inc: IncrementalSnapshot | None) -> bool:
+        """Publish a row change whose images have exactly its table's columns without building event
+        objects (source block spliced); False for everything else (:meth:`events` handles it)."""
+        codec = self.capture._codecs.get((row.schema, row.table))
+        if codec is None or row.op == "t":
+            return False
+        columns = codec.column_set
+        before, after = row.before, row.after
+        if (before is not None and before.keys() != columns) or (
+            after is not None and after.keys() != columns
+        ):
+            return False
+        prepared = self._prepared_for(codec)
+        if prepared is None:
+            return False
+        convert = codec.row_from_fitting_mapping
+        changes = _changes(
+            row,
+            codec,
+            convert(before) if before is not None else None,
+            convert(after) if after is not None else None,
+        )
+        source = prepared.source_for(row.changed_us // 1000, row.changed_us, row.txid, row.id)
+        now_ms = time.time_ns() // 1_000_000
+        publish = self.publisher.publish_with_source
+        for op, key, old, new in changes:
+            if inc is not None:
+                self._seen(inc, row, key)
+            publish(prepared, op, key, old, new, source, now_ms, row.id)
+        return True
+
+    def _prepared_for(self, codec: RowCodec) -> PreparedSource | None:
+        """The spliced encoder of ``codec``'s table, made again when the codec is (ALTER TABLE)."""
+        rel = codec.relation
+        cached = self._prepared.get((rel.schema, rel.table))
+        if cached is None or cached[0] is not codec:
+            template = Source(
+                TRIGGER_CONNECTOR,
+                self.prefix,
+                self.db,
+                rel.schema,
+                rel.table,
+                0,
+                "false",
+                0,
+                None,
+                None,
+                0,
+                0,
+            )
+            cached = self._prepared[(rel.schema, rel.table)] = (
+                codec,
+                self.publisher.encoder.prepare_per_event(template, codec.table_schema),
+            )
+        return cached[1]
+
     def _decode(self, row: ChangeRow, codec: RowCodec) -> list[ChangeEvent]:
         source = Source(
             TRIGGER_CONNECTOR,
@@ -735,22 +836,10 @@ class _Poller:
             return [ChangeEvent("t", source, None, None, None, now_ms, schema)]
         before = codec.row_from_mapping(row.before) if row.before is not None else None
         after = codec.row_from_mapping(row.after) if row.after is not None else None
-        if row.op == "c" and after is not None:
-            return [ChangeEvent("c", source, codec.key(after), None, after, now_ms, schema)]
-        if row.op == "d" and before is not None:
-            return [ChangeEvent("d", source, codec.key(before), before, None, now_ms, schema)]
-        if row.op == "u" and before is not None and after is not None:
-            old_key, new_key = codec.key(before), codec.key(after)
-            if old_key != new_key:
-                # Primary key changed: as Debezium, a delete (+ tombstone) under the old key, then a create.
-                return [
-                    ChangeEvent("d", source, old_key, before, None, now_ms, schema),
-                    ChangeEvent("c", source, new_key, None, after, now_ms, schema),
-                ]
-            return [ChangeEvent("u", source, new_key, before, after, now_ms, schema)]
-        raise DecodeError(
-            f"change-log row {row.id} has op {row.op!r} without its row images", change_id=row.id
-        )
+        return [
+            ChangeEvent(op, source, key, old, new, now_ms, schema)
+            for op, key, old, new in _changes(row, codec, before, after)
+        ]
 
     # ------------------------------------------------------------------ offsets and upkeep
 
@@ -790,6 +879,26 @@ class _Poller:
                 _describe(self.recorded),
             )
             self.progress_at, self.progress_rows = now, self.position.rows
+
+
+Row = dict[str, Any]
+
+
+def _changes(
+    row: ChangeRow, codec: RowCodec, before: Row | None, after: Row | None
+) -> list[tuple[str, Row | None, Row | None, Row | None]]:
+    """(op, key, before, after) of each event of a row change (``before``/``after`` converted)."""
+    if row.op == "c" and after is not None:
+        return [("c", codec.key(after), None, after)]
+    if row.op == "d" and before is not None:
+        return [("d", codec.key(before), before, None)]
+    if row.op == "u" and before is not None and after is not None:
+        old_key, new_key = codec.key(before), codec.key(after)
+        if old_key != new_key:
+            # Primary key changed: as Debezium, a delete (+ tombstone) under the old key, then a create.
+            return [("d", old_key, before, None), ("c", new_key, None, after)]
+        return [("u", new_key, before, after)]
+    raise DecodeError(f"change-log row {row.id} has op {row.op!r} without its row images", change_id=row.id)
 
 
 def _describe(pos: TriggerPosition | None) -> str:
