@@ -5,6 +5,7 @@ with the destination compared with the source by SQL (capture → Kafka, 3 parti
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Iterator
@@ -160,11 +161,14 @@ def test_concurrent_writers_during_incremental_snapshot(
     settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], mode)
     _setup(settings)
     capture = _capture(settings)
-    with sink_for("public.items"), RunningCapture(capture):
-        assert capture.incremental is not None
+    # The writers start first: the snapshot (a second or so) runs under them from its first chunk; the
+    # capture goes on streaming after they stop.
+    with sink_for("public.items"), contextlib.ExitStack() as running:
         with Hammer(pg_dsn, capture) as hammer:
-            wait_until(lambda: not capture.incremental.active, timeout_s=120)  # type: ignore[union-attr]
-        assert hammer.count > 100, hammer.count
+            wait_until(lambda: hammer.count > 100)
+            running.enter_context(RunningCapture(capture))
+            wait_until(lambda: capture.incremental is not None and not capture.incremental.active, 120)
+            assert hammer.count > 200, hammer.count
         # The writers delete and move keys out of the snapshot's range while it runs, so how many chunks
         # the table takes depends on the machine's speed: ~30 on a quiet one, fewer on a loaded one.
         chunks = capture.incremental.progress.chunks
@@ -187,7 +191,7 @@ def test_restart_resumes_from_the_last_chunk(
     topic_prefix: str,
     sink_for: Any,
 ) -> None:
-    rows = 2000
+    rows = 20_000  # 200 chunks: capture is stopped in the middle, whatever the machine's speed
     _source(pg_dsn, rows, "items")
     settings = _settings(pg_dsn, kafka_bootstrap, topic_prefix, tmp_path, ["public.items"], mode)
     _setup(settings)
