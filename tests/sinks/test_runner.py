@@ -237,6 +237,33 @@ def test_the_batch_read_ahead_is_prepared_while_the_one_before_is_written(
         harness.close()
 
 
+def test_a_failed_prepare_is_not_the_failure_of_the_batch_being_written(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    harness = Harness(kafka_bootstrap, topic_prefix)
+    try:
+
+        class Unprepared(PreparingSink):
+            def prepare(self, records: list[SinkRecord]) -> None:
+                super().prepare(records)
+                raise RateLimited("no token for preparing")
+
+        def slow(_call: int, _records: list[SinkRecord]) -> list[RecordFailure]:
+            time.sleep(0.1)
+            return []
+
+        sink = Unprepared(slow)
+        harness.send(range(200))
+        runner = harness.start(sink)
+        wait_until(lambda: len(sink.applied) == 200, timeout_s=60)
+        assert any(step == "prepare" for step, _, _ in sink.steps)
+        assert sorted(_emp_ids(sink.applied)) == list(range(200))
+        written = sorted(offset for _, _, offsets in sink.calls for offset in offsets)
+        assert written == list(range(200)) and runner.status()["retries"] == 0  # each batch written once
+    finally:
+        harness.close()
+
+
 def test_sink_started_before_its_topic_exists_consumes_once_it_is_created(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:

@@ -393,8 +393,7 @@ class SinkRunner:
         if prefetch and self._worker is not None and stop_event is not None and not len(self._ahead):
             busy = self._worker.submit(self.sink.write_batch, batch.records)
             self._ahead = self.poll_batch(stop_event, busy)
-            if self._prepare is not None and self._ahead.records:
-                self._prepare(self._ahead.records)
+            self._prepare_ahead()
             failures = busy.result()
         else:
             failures = self.sink.write_batch(batch.records)
@@ -420,6 +419,16 @@ class SinkRunner:
                 )
         batch.records = [r for r in batch.records if _record_key(r) not in exhausted]
         return retry
+
+    def _prepare_ahead(self) -> None:
+        """``sink.prepare`` on the batch read ahead; its failure only leaves the work to ``write_batch``
+        (which reports what is wrong), it is not the failure of the batch being written."""
+        if self._prepare is None or not self._ahead.records:
+            return
+        try:
+            self._prepare(self._ahead.records)
+        except WalbridgeError as exc:
+            log.debug("%s: preparing the next batch: %s", self.sink.name, exc)
 
     def route_to_dlq(self, batch: _Batch) -> None:
         if not batch.dead:

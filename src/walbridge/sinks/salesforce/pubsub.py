@@ -295,7 +295,10 @@ class PubSubPublisher(Publisher):
         """Avro-encode records about to be published, while the batch before waits for its answers
         (their ``CreatedDate`` is this moment). A payload is used only for the record it was made for,
         with the schema and user of that moment; any other is encoded again when sent."""
-        token = self.auth.current(self.client)
+        try:
+            token = self.auth.current(self.client)
+        except TransientError:
+            return  # no token now: everything is encoded when sent
         now_ms = int(time.time() * 1000)
         payloads: dict[int, _Payload] = {}
         for record in records:

@@ -237,8 +237,8 @@ class SalesforceSink:
                 prepared[_key(record)] = self.mapper.map(record)
             except WalbridgeError as exc:
                 prepared[_key(record)] = exc
-        self.publisher.prepare([m for m in prepared.values() if isinstance(m, EventRecord)])
         self._prepared = prepared
+        self.publisher.prepare([m for m in prepared.values() if isinstance(m, EventRecord)])
 
     def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
         self._accepted = {k for k in self._accepted if k[2] >= next_offsets.get((k[0], k[1]), -1)}
