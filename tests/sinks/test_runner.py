@@ -191,6 +191,79 @@ def test_next_batch_is_read_while_the_sink_works(kafka_bootstrap: str, topic_pre
         harness.close()
 
 
+class PreparingSink(ListSink):
+    """A ListSink with ``prepare``; ``steps`` notes each write and prepare (with a write in progress?)."""
+
+    def __init__(self, behaviour: Callable[[int, list[SinkRecord]], list[RecordFailure]]) -> None:
+        super().__init__(behaviour)
+        self.writing = False
+        self.steps: list[tuple[str, list[int], bool]] = []
+
+    def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
+        self.steps.append(("write", [r.offset for r in records], False))
+        self.writing = True
+        try:
+            return super().write_batch(records)
+        finally:
+            self.writing = False
+
+    def prepare(self, records: list[SinkRecord]) -> None:
+        self.steps.append(("prepare", [r.offset for r in records], self.writing))
+
+
+def test_the_batch_read_ahead_is_prepared_while_the_one_before_is_written(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    harness = Harness(kafka_bootstrap, topic_prefix)
+    try:
+
+        def slow(_call: int, _records: list[SinkRecord]) -> list[RecordFailure]:
+            time.sleep(0.2)
+            return []
+
+        sink = PreparingSink(slow)
+        harness.send(range(300))  # 50 a batch: several batches read ahead
+        harness.start(sink)
+        wait_until(lambda: len(sink.applied) == 300, timeout_s=60)
+        prepares = [
+            (n, offsets, during) for n, (step, offsets, during) in enumerate(sink.steps) if step == "prepare"
+        ]
+        assert len(prepares) >= 3
+        assert any(during for _, _, during in prepares)  # while the batch before was being written
+        for n, offsets, _ in prepares:
+            assert ("write", offsets, False) in sink.steps[n + 1 :]  # and written afterwards
+        assert sorted(_emp_ids(sink.applied)) == list(range(300))
+    finally:
+        harness.close()
+
+
+def test_a_failed_prepare_is_not_the_failure_of_the_batch_being_written(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    harness = Harness(kafka_bootstrap, topic_prefix)
+    try:
+
+        class Unprepared(PreparingSink):
+            def prepare(self, records: list[SinkRecord]) -> None:
+                super().prepare(records)
+                raise RateLimited("no token for preparing")
+
+        def slow(_call: int, _records: list[SinkRecord]) -> list[RecordFailure]:
+            time.sleep(0.1)
+            return []
+
+        sink = Unprepared(slow)
+        harness.send(range(200))
+        runner = harness.start(sink)
+        wait_until(lambda: len(sink.applied) == 200, timeout_s=60)
+        assert any(step == "prepare" for step, _, _ in sink.steps)
+        assert sorted(_emp_ids(sink.applied)) == list(range(200))
+        written = sorted(offset for _, _, offsets in sink.calls for offset in offsets)
+        assert written == list(range(200)) and runner.status()["retries"] == 0  # each batch written once
+    finally:
+        harness.close()
+
+
 def test_sink_started_before_its_topic_exists_consumes_once_it_is_created(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:

@@ -7,8 +7,10 @@
    one, else :func:`~walbridge.events.decode_record`; a :class:`DecodeError` makes a failure);
 2. :meth:`apply` hands the decoded records to ``sink.write_batch``. With ``prefetch`` (the
    default) the first attempt runs in a worker thread while the main thread polls and decodes
-   the next batch; every consumer call stays on the main thread and the sink is used by one
-   thread at a time, so batches are still applied, sent to the DLQ and committed in order;
+   the next batch, and hands it to ``sink.prepare`` when the sink has one (work that needs no
+   answer from the destination, e.g. the Salesforce sink's mapping, done while the batch before
+   waits for its answers; the only call that overlaps another); every consumer call stays on the
+   main thread, so batches are still applied, sent to the DLQ and committed in order;
 3. :meth:`route_to_dlq` produces refused records to the DLQ and waits for the acknowledgement;
 4. :meth:`commit` commits the sink (with the offsets when it owns them), then Kafka.
 
@@ -199,6 +201,7 @@ class SinkRunner:
         self._last_commit: float | None = None
         self._running = False
         self._barrier_of: Callable[[SinkRecord], str | None] | None = getattr(sink, "barrier_of", None)
+        self._prepare: Callable[[list[SinkRecord]], None] | None = getattr(sink, "prepare", None)
         self._held: dict[TopicPartitionKey, tuple[int | None, str | None]] = {}
         """Partitions paused at a truncate: (offset to resume at, truncate id; None: not known yet)."""
         self._held_checked = 0.0
@@ -390,6 +393,7 @@ class SinkRunner:
         if prefetch and self._worker is not None and stop_event is not None and not len(self._ahead):
             busy = self._worker.submit(self.sink.write_batch, batch.records)
             self._ahead = self.poll_batch(stop_event, busy)
+            self._prepare_ahead()
             failures = busy.result()
         else:
             failures = self.sink.write_batch(batch.records)
@@ -415,6 +419,16 @@ class SinkRunner:
                 )
         batch.records = [r for r in batch.records if _record_key(r) not in exhausted]
         return retry
+
+    def _prepare_ahead(self) -> None:
+        """``sink.prepare`` on the batch read ahead; its failure only leaves the work to ``write_batch``
+        (which reports what is wrong), it is not the failure of the batch being written."""
+        if self._prepare is None or not self._ahead.records:
+            return
+        try:
+            self._prepare(self._ahead.records)
+        except WalbridgeError as exc:
+            log.debug("%s: preparing the next batch: %s", self.sink.name, exc)
 
     def route_to_dlq(self, batch: _Batch) -> None:
         if not batch.dead:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from walbridge import metrics
 from walbridge.errors import AuthExpired, ConfigError, RateLimited, ServerBusy
+from walbridge.sinks.salesforce.chunks import ChunkPlanner
 from walbridge.sinks.salesforce.mapping import EventRecord
 from walbridge.sinks.salesforce.publisher import CallBudget, Publisher, SchemaRefused
 
@@ -234,7 +236,7 @@ def test_transient_record_failure_anywhere_in_a_chunk_never_reorders_a_row(posit
     records = _keyed(1200, keys=200, run=2)
     org = Unavailable(call=0, positions={position}, latency=0.005)
     publisher = _publisher(org, in_flight=4)
-    first = publisher.publish(records)
+    first = publisher.publish(_slowly(records))  # calls start while later records are still coming
     assert isinstance(first.transient, ServerBusy)
     done = set(first.accepted)
     rest = [i for i in range(len(records)) if i not in done]
@@ -244,6 +246,57 @@ def test_transient_record_failure_anywhere_in_a_chunk_never_reorders_a_row(posit
         assert numbers == sorted(numbers), (key, numbers)
         assert len(numbers) == 6
     assert org.overlaps == []
+
+
+def _slowly(records: list[EventRecord], pause_every: int = 100) -> Iterator[EventRecord]:
+    """The records as a lazily mapped batch gives them: a pause now and then."""
+    for number, record in enumerate(records):
+        if number and number % pause_every == 0:
+            time.sleep(0.01)
+        yield record
+
+
+def test_a_lazily_given_batch_has_calls_in_flight_before_its_last_record() -> None:
+    taken = [0]
+    seen_at_call: list[int] = []
+    org = Collections(latency=0.02)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen_at_call.append(taken[0])
+        return org(request)
+
+    def lazily() -> Iterator[EventRecord]:
+        for record in _slowly(_records(800)):
+            taken[0] += 1
+            yield record
+
+    outcome = _publisher(handler, in_flight=4).publish(lazily())
+    assert sorted(outcome.accepted) == list(range(800)) and outcome.transient is None
+    assert seen_at_call[0] < 800  # the first call went out while the batch was still being taken
+    assert [r["N__c"] for r in org.stored] == list(range(800))
+
+
+def test_a_full_chunk_waits_for_the_chunk_it_follows_to_be_ready() -> None:
+    planner = ChunkPlanner(2)
+    a1, b1, b2, a2, c1 = (
+        EventRecord(t, {}, k) for t, k in [("X", "a"), ("X", "b"), ("Y", "b"), ("X", "a"), ("Y", "c")]
+    )
+    assert planner.add(a1) == []
+    ready = planner.add(b1)  # chunk 0 (X) is full and follows nothing
+    assert [(c.number, c.indexes) for c in ready] == [(0, [0, 1])]
+    assert planner.add(b2) == []  # chunk 1 (Y), after chunk 0
+    assert planner.add(a2) == []  # chunk 2 (X), after chunk 0: not full
+    ready = planner.add(c1)  # chunk 1 is full, and chunk 0 was released
+    assert [(c.number, c.indexes, c.after) for c in ready] == [(1, [2, 4], {0})]
+    assert [(c.number, c.indexes, c.after) for c in planner.finish()] == [(2, [3], {0})]
+
+
+def test_a_full_chunk_after_a_chunk_still_filling_is_held_until_the_end() -> None:
+    planner = ChunkPlanner(2)
+    first = EventRecord("X", {}, "a")  # chunk 0 (X), never full
+    later = [EventRecord("Y", {}, "a"), EventRecord("Y", {}, "b")]  # chunk 1 (Y), full, after chunk 0
+    assert planner.add(first) == [] and all(planner.add(r) == [] for r in later)
+    assert [(c.number, c.after) for c in planner.finish()] == [(0, set()), (1, {0})]
 
 
 def test_a_row_is_never_in_two_calls_in_flight_and_calls_stay_full() -> None:

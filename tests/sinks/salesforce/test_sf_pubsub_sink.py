@@ -187,6 +187,34 @@ def test_requests_stay_under_3_mb(emulator: Any) -> None:
     assert len(stored_events(server)) == 60
 
 
+def test_payloads_encoded_ahead_serve_only_the_records_they_were_made_for(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink's prepare Avro-encodes the next batch ahead; publishing uses those payloads for those
+    records once, and encodes anything else when it is sent."""
+    server = emulator(pubsub_port=0)
+    sink, publisher = _publisher(server)
+    try:
+        ahead = _records(["a", "b", "c"])
+        publisher.prepare(ahead)
+        codec = publisher.topic(EVENT).codec
+        encode = codec.encode
+        encoded: list[str] = []
+
+        def counting(values: dict[str, Any], *args: Any) -> bytes:
+            encoded.append(values["Payload__c"])
+            return encode(values, *args)
+
+        monkeypatch.setattr(codec, "encode", counting)
+        first = publisher.publish([*ahead[:2], *_records(["d"])])
+        second = publisher.publish(ahead[2:])  # prepared for the publish before: encoded now
+    finally:
+        sink.close()
+    assert sorted(first.accepted) == [0, 1, 2] and second.accepted == [0]
+    assert encoded == ["d", "c"]
+    assert sorted(e["fields"]["Payload__c"] for e in stored_events(server)) == ["a", "b", "c", "d"]
+
+
 def test_transient_record_failures_never_reorder_a_row(
     kafka_bootstrap: str, topic_prefix: str, emulator: Any
 ) -> None:

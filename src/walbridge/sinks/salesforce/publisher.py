@@ -7,15 +7,17 @@ per-record rejections (:class:`~walbridge.errors.RecordRejected` with ``status_c
 that error (``RateLimited``, ``ServerBusy``, ``AuthExpired``, ``ConnectionLost``…). A record is
 in exactly one of: accepted, rejected, or not done (transient) — the caller retries only the last.
 
-Ordering (:func:`plan_chunks`): Salesforce publishes the other records of a call whatever happens to
-one of them, so a failed event could be overtaken by a later event of its row in the same call, and
-no retry can undo that. Hence two events of one row (``order_key``) are never in flight together: a
-chunk holds at most one event per row, and the chunk with a row's next event waits for the chunk
-with its previous one, and is not sent at all if that one did not fully go through. Events of
-different rows fill each call to 200. Each call holds one event type (Salesforce splits a call into
-at most 10 type-chunks). Up to ``max_in_flight`` calls run at once; after the first transient
-failure no new call starts. (A per-record ``LIMIT_EXCEEDED`` or ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE``
-inside an accepted call is a transient failure of that record.)
+Ordering (:mod:`~walbridge.sinks.salesforce.chunks`): Salesforce publishes the other records of a
+call whatever happens to one of them, so a failed event could be overtaken by a later event of its row
+in the same call, and no retry can undo that. Hence two events of one row (``order_key``) are never in
+flight together: a chunk holds at most one event per row, and the chunk with a row's next event waits
+for the chunk with its previous one, and is not sent at all if that one did not fully go through.
+Events of different rows fill each call to 200. Each call holds one event type (Salesforce splits a
+call into at most 10 type-chunks). A chunk is sent as soon as it is full and the chunks it follows
+were sent, while later records are still being taken (:meth:`Publisher.publish`). Up to
+``max_in_flight`` calls run at once; after the first transient failure no new call starts. (A
+per-record ``LIMIT_EXCEEDED`` or ``PLATFORM_EVENT_PUBLISHING_UNAVAILABLE`` inside an accepted call is
+a transient failure of that record.)
 
 Errors: HTTP 200 → per-record SaveResults (``success: true`` is success even with an
 ``OPERATION_ENQUEUED`` entry); 429 and ``REQUEST_LIMIT_EXCEEDED``/``LIMIT_EXCEEDED`` → ``RateLimited``
@@ -36,9 +38,10 @@ import gzip
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -53,6 +56,7 @@ from walbridge.errors import (
     TransientError,
 )
 from walbridge.sinks.salesforce.allocation import DAILY_API, HOURLY_PUBLISH, Allocation
+from walbridge.sinks.salesforce.chunks import Chunk, ChunkPlanner
 from walbridge.sinks.salesforce.mapping import EventRecord
 from walbridge.sinks.salesforce.transport import http_errors, parse_limit_info, salesforce_error
 
@@ -64,7 +68,6 @@ __all__ = [
     "Publisher",
     "PublisherStats",
     "SchemaRefused",
-    "plan_chunks",
 ]
 
 MAX_RECORDS_PER_CALL = 200
@@ -215,44 +218,6 @@ def _rejection(code: str, message: str, fields: list[str]) -> RecordRejected:
     return RecordRejected(f"{code}: {message}{shown}", status_code=code, sf_message=message, fields=fields)
 
 
-@dataclass(slots=True)
-class _Chunk:
-    sobject: str
-    indexes: list[int] = field(default_factory=list)
-    after: set[int] = field(default_factory=set)
-    """Chunks holding the previous event of one of this chunk's rows."""
-
-
-def plan_chunks(records: Sequence[EventRecord], size: int = MAX_RECORDS_PER_CALL) -> list[_Chunk]:
-    """Calls of at most ``size`` records of one event type and at most one event per row, each
-    after the calls holding its rows' previous events (see the module docstring)."""
-    chunks: list[_Chunk] = []
-    open_from: dict[str, int] = {}  # per type: chunks before this index are full or of another type
-    row_chunk: dict[Hashable, int] = {}
-    for index, record in enumerate(records):
-        previous = row_chunk.get(record.order_key)
-        start = max(open_from.get(record.sobject, 0), -1 if previous is None else previous + 1)
-        number = start
-        while number < len(chunks) and (
-            chunks[number].sobject != record.sobject or len(chunks[number].indexes) >= size
-        ):
-            number += 1
-        if number == len(chunks):
-            chunks.append(_Chunk(record.sobject))
-        chunk = chunks[number]
-        chunk.indexes.append(index)
-        if previous is not None:
-            chunk.after.add(previous)
-        row_chunk[record.order_key] = number
-        first_open = open_from.get(record.sobject, 0)
-        while first_open < len(chunks) and (
-            chunks[first_open].sobject != record.sobject or len(chunks[first_open].indexes) >= size
-        ):
-            first_open += 1
-        open_from[record.sobject] = first_open
-    return chunks
-
-
 class Publisher:
     """Sends event records to ``composite/sobjects`` (see the module docstring)."""
 
@@ -284,33 +249,67 @@ class Publisher:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def publish(self, records: Sequence[EventRecord]) -> Outcome:
+    def prepare(self, records: Sequence[EventRecord]) -> None:
+        """Work on records about to be published that needs no call, done ahead (see
+        :meth:`~walbridge.sinks.salesforce.sink.SalesforceSink.prepare`): none here, a JSON body is
+        cheap to build per call."""
+
+    def publish(self, records: Iterable[EventRecord]) -> Outcome:
+        """Publish ``records`` (indexes in the outcome: positions in ``records``). Records are taken one
+        at a time and each chunk is sent as soon as it is ready (:mod:`~walbridge.sinks.salesforce.chunks`),
+        so a lazily mapped batch has its first calls in flight while the rest is still being mapped."""
         halt = threading.Event()
-        futures: list[Future[Outcome]] = []
-        for chunk in plan_chunks(records, self.chunk_size):
-            wait_for = [futures[d] for d in sorted(chunk.after)]
-            futures.append(self._pool.submit(self._run_chunk, records, chunk.indexes, wait_for, halt))
+        taken: list[EventRecord] = []
+        futures: dict[int, Future[Outcome]] = {}
+        planner = ChunkPlanner(self.chunk_size)
+
+        def send(chunks: list[Chunk]) -> None:
+            for chunk in chunks:
+                wait_for = [futures[number] for number in sorted(chunk.after)]
+                futures[chunk.number] = self._start(taken, chunk.indexes, wait_for, halt)
+
+        try:
+            for record in records:
+                taken.append(record)
+                send(planner.add(record))
+        except BaseException:
+            halt.set()  # nothing more starts; what is in flight ends before the error goes up
+            wait(futures.values())
+            raise
+        send(planner.finish())
         outcome = Outcome()
-        for future in futures:
-            outcome.merge(future.result())
+        for number in sorted(futures):
+            outcome.merge(futures[number].result())
         self.stats.count_results(outcome)
         return outcome
 
-    def _run_chunk(
+    def _start(
         self,
         records: Sequence[EventRecord],
         chunk: list[int],
         wait_for: list[Future[Outcome]],
         halt: threading.Event,
+    ) -> Future[Outcome]:
+        """The call of one chunk, run by a pool thread once the chunks in ``wait_for`` went through."""
+        return self._pool.submit(self._run_chunk, partial(self._send, records, chunk), wait_for, halt)
+
+    def _run_chunk(
+        self,
+        send: Callable[[], Outcome],
+        wait_for: list[Future[Outcome]],
+        halt: threading.Event,
+        started: bool = False,
     ) -> Outcome:
+        """``send()`` after ``wait_for`` went through and unless ``halt`` is set (``started``: the call
+        is already under way, it is only finished here)."""
         for dep in wait_for:
             failed = dep.result().transient
             if failed is not None:
                 return Outcome(transient=failed)
-        if halt.is_set():
+        if halt.is_set() and not started:
             return Outcome(transient=ServerBusy("not sent: an earlier call of this batch failed"))
         try:
-            outcome = self._send(records, chunk)
+            outcome = send()
         except TransientError as exc:
             outcome = Outcome(transient=exc)
         if outcome.transient is not None:

@@ -2,7 +2,7 @@
 
 Contract: :class:`PubSubPublisher` is a :class:`~walbridge.sinks.salesforce.publisher.Publisher` whose
 calls go to the Pub/Sub API instead of ``composite/sobjects``. Everything else is the REST path's:
-:func:`~walbridge.sinks.salesforce.publisher.plan_chunks` (at most one event per row per request, a row's
+the chunk plan of :mod:`~walbridge.sinks.salesforce.chunks` (at most one event per row per request, a row's
 next request after its previous one went through, at most ``events_per_request`` events, default 200 as
 Salesforce recommends), the calls in flight and the halt
 after a transient failure, and the classification of per-event results into accepted / rejected (the DLQ)
@@ -28,10 +28,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -42,8 +43,10 @@ from walbridge.errors import (
     ConfigError,
     OperationTimeout,
     RateLimited,
+    RecordRejected,
     ServerBusy,
     TransientError,
+    WalbridgeError,
 )
 from walbridge.pubsub_api import (
     AUTH_ERROR,
@@ -122,6 +125,31 @@ def rpc_errors(what: str) -> Iterator[None]:
 class _Topic:
     name: str
     codec: AvroCodec
+
+
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    """An event's Avro payload encoded ahead, and what it was encoded for."""
+
+    record: EventRecord
+    schema_id: str
+    user_id: str
+    payload: bytes
+
+    def fits(self, record: EventRecord, schema_id: str, user_id: str) -> bool:
+        return record is self.record and schema_id == self.schema_id and user_id == self.user_id
+
+
+@dataclass(slots=True)
+class _Encoded:
+    """One chunk ready to publish: its requests (with the records' indexes), the records refused while
+    encoding, and the answer to come of the first request when it was sent already."""
+
+    event: str
+    topic: _Topic
+    requests: list[tuple[list[int], pb2.PublishRequest]] = field(default_factory=list)
+    rejected: list[tuple[int, RecordRejected]] = field(default_factory=list)
+    first: Future[pb2.PublishResponse] | None = None
 
 
 class _PublishStream:
@@ -216,6 +244,10 @@ class PubSubPublisher(Publisher):
         self._topics: dict[str, _Topic] = {}
         self._codecs: dict[str, AvroCodec] = {}
         self._topic_lock = threading.Lock()
+        self._payloads: dict[int, _Payload] = {}
+        """Payloads encoded ahead (:meth:`prepare`) for the next :meth:`publish`, by record id."""
+        self._ready: dict[int, _Payload] = {}
+        """The ones of the records being published."""
         prefix, numbers = uuid.uuid4().hex[:16], itertools.count()
         self._next_id: Callable[[], str] = lambda: f"{prefix}-{next(numbers)}"
         """Event ids (correlation keys): unique per publisher, cheaper than a uuid each."""
@@ -257,72 +289,156 @@ class PubSubPublisher(Publisher):
             topic = self._topics[event] = _Topic(info.topic_name, codec)
             return topic
 
+    # ------------------------------------------------------------------ encoding ahead
+
+    def prepare(self, records: Sequence[EventRecord]) -> None:
+        """Avro-encode records about to be published, while the batch before waits for its answers
+        (their ``CreatedDate`` is this moment). A payload is used only for the record it was made for,
+        with the schema and user of that moment; any other is encoded again when sent."""
+        try:
+            token = self.auth.current(self.client)
+        except TransientError:
+            return  # no token now: everything is encoded when sent
+        now_ms = int(time.time() * 1000)
+        payloads: dict[int, _Payload] = {}
+        for record in records:
+            topic = self._topics.get(record.sobject)
+            if topic is None:
+                continue
+            try:
+                payload = topic.codec.encode(record.values, now_ms, token.user_id)
+            except (KeyError, ValueError, TypeError):
+                continue  # encoded again when sent, which says what is wrong
+            payloads[id(record)] = _Payload(record, topic.codec.id, token.user_id, payload)
+        self._payloads = payloads
+
+    def publish(self, records: Iterable[EventRecord]) -> Outcome:
+        self._ready, self._payloads = self._payloads, {}
+        try:
+            return super().publish(records)
+        finally:
+            self._ready = {}
+
     # ------------------------------------------------------------------ one chunk
 
-    def _send(self, records: Sequence[EventRecord], chunk: list[int]) -> Outcome:
+    def _start(
+        self,
+        records: Sequence[EventRecord],
+        chunk: list[int],
+        wait_for: list[Future[Outcome]],
+        halt: threading.Event,
+    ) -> Future[Outcome]:
+        """On a stream, a chunk free to go (the chunks it follows went through, nothing failed) is encoded
+        and its first request sent here, by the thread taking the records, so that it is in flight while
+        the next records are mapped; a pool thread then only waits for the answer. Any other chunk, or one
+        this step fails for (the pool thread does it again and reports the error), goes the REST way."""
+        if self.use_stream and not halt.is_set() and all(_went_through(dep) for dep in wait_for):
+            try:
+                early = self._send_first(records, chunk)
+            except (WalbridgeError, _StaleSchema, _StreamClosed):
+                pass
+            else:
+                send = partial(self._send, records, chunk, early)
+                return self._pool.submit(self._run_chunk, send, [], halt, True)
+        return super()._start(records, chunk, wait_for, halt)
+
+    def _send_first(self, records: Sequence[EventRecord], chunk: list[int]) -> _Encoded:
+        encoded = self._encode(records, chunk, self.topic(records[chunk[0]].sobject))
+        if encoded.requests:
+            if self.allocation is not None:
+                self.allocation.before_call(len(encoded.requests[0][0]))
+            encoded.first = self._stream_send(encoded.requests[0][1])
+        return encoded
+
+    def _send(
+        self, records: Sequence[EventRecord], chunk: list[int], early: _Encoded | None = None
+    ) -> Outcome:
         event = records[chunk[0]].sobject
         for attempt in range(2):
-            topic = self.topic(event, refresh=attempt > 0)
             try:
-                return self._send_encoded(records, chunk, topic)
+                if early is not None and not attempt:
+                    return self._publish(early)
+                return self._publish(self._encode(records, chunk, self.topic(event, refresh=attempt > 0)))
             except _StaleSchema:
                 if attempt:
                     raise SchemaRefused(f"Pub/Sub API: {event}'s schema keeps changing") from None
         raise AssertionError("unreachable")
 
-    def _send_encoded(self, records: Sequence[EventRecord], chunk: list[int], topic: _Topic) -> Outcome:
-        outcome = Outcome()
+    def _encode(self, records: Sequence[EventRecord], chunk: list[int], topic: _Topic) -> _Encoded:
+        """The chunk's events Avro-encoded into requests under 3 MB; the ones refused here in ``rejected``."""
+        encoded = _Encoded(records[chunk[0]].sobject, topic)
         token = self.auth.current(self.client)
         now_ms = int(time.time() * 1000)
-        batches: list[list[tuple[int, pb2.ProducerEvent]]] = [[]]
+        batches: list[tuple[list[int], list[pb2.ProducerEvent]]] = [([], [])]
         size = 0
+        ready = self._ready
         for index in chunk:
+            record = records[index]
+            ahead = ready.get(id(record))
             try:
-                payload = topic.codec.encode(records[index].values, now_ms, token.user_id)
+                if ahead is not None and ahead.fits(record, topic.codec.id, token.user_id):
+                    payload = ahead.payload
+                else:
+                    payload = topic.codec.encode(record.values, now_ms, token.user_id)
             except KeyError as missing:
                 raise _StaleSchema(f"the schema of {topic.name} has no field {missing}") from None
             except (ValueError, TypeError) as exc:
                 rejection = _rejection("INVALID_TYPE_ON_FIELD_IN_RECORD", f"not encodable as Avro: {exc}", [])
-                outcome.rejected.append((index, rejection))
+                encoded.rejected.append((index, rejection))
                 continue
             if len(payload) > MAX_EVENT_BYTES:
                 message = f"event of {len(payload):,} bytes exceeds the maximum event size of 1 MB"
-                outcome.rejected.append((index, _rejection("EVENT_TOO_LARGE", message, [])))
+                encoded.rejected.append((index, _rejection("EVENT_TOO_LARGE", message, [])))
                 continue
-            if batches[-1] and size + len(payload) + _EVENT_OVERHEAD > MAX_REQUEST_BYTES:
-                batches.append([])
+            if batches[-1][0] and size + len(payload) + _EVENT_OVERHEAD > MAX_REQUEST_BYTES:
+                batches.append(([], []))
                 size = 0
             size += len(payload) + _EVENT_OVERHEAD
-            produced = pb2.ProducerEvent(id=self._next_id(), schema_id=topic.codec.id, payload=payload)
-            batches[-1].append((index, produced))
-        for batch in filter(None, batches):
-            if self.allocation is not None:
-                self.allocation.before_call(len(batch))
-            request = pb2.PublishRequest(topic_name=topic.name, events=[e for _, e in batch])
+            batches[-1][0].append(index)
+            batches[-1][1].append(
+                pb2.ProducerEvent(id=self._next_id(), schema_id=topic.codec.id, payload=payload)
+            )
+        encoded.requests = [
+            (indexes, pb2.PublishRequest(topic_name=topic.name, events=events))
+            for indexes, events in batches
+            if indexes
+        ]
+        return encoded
+
+    def _publish(self, encoded: _Encoded) -> Outcome:
+        """The encoded requests one after the other (the first maybe sent already), until one fails."""
+        outcome = Outcome(rejected=list(encoded.rejected))
+        for indexes, request in encoded.requests:
+            sent, encoded.first = encoded.first, None
             try:
-                response = self._publish_request(request)
+                if sent is None and self.allocation is not None:
+                    self.allocation.before_call(len(indexes))
+                response = self._publish_request(request, sent)
             except TransientError as exc:
                 outcome.transient = exc  # what earlier requests of the chunk published stays accepted
                 break
-            self.stats.count_call(200, len(batch))
-            if response.schema_id and response.schema_id != topic.codec.id:
-                self._topics.pop(records[chunk[0]].sobject, None)  # the next chunk reads the topic again
-            outcome.merge(self._outcome([i for i, _ in batch], _save_results(batch, response)))
+            self.stats.count_call(200, len(indexes))
+            if response.schema_id and response.schema_id != encoded.topic.codec.id:
+                self._topics.pop(encoded.event, None)  # the next chunk reads the topic again
+            outcome.merge(self._outcome(indexes, _save_results(request, response)))
             if outcome.transient is not None:
                 break
         return outcome
 
-    def _publish_request(self, request: pb2.PublishRequest) -> pb2.PublishResponse:
+    def _publish_request(
+        self, request: pb2.PublishRequest, sent: Future[pb2.PublishResponse] | None = None
+    ) -> pb2.PublishResponse:
+        """One request's response (``sent``: the request is on the stream already, this is its answer)."""
+
         def call(metadata: tuple[tuple[str, str], ...]) -> pb2.PublishResponse:
+            nonlocal sent
             if not self.use_stream:
                 response: pb2.PublishResponse = self.stub.Publish(
                     request, metadata=metadata, timeout=_CALL_TIMEOUT_S
                 )
                 return response
-            try:
-                future = self._open_stream().send(request)
-            except _StreamClosed:
-                future = self._open_stream(renew=True).send(request)
+            future = sent if sent is not None else self._stream_send(request)
+            sent = None  # a retry (after logging in again) sends the request again
             try:
                 return future.result(timeout=_CALL_TIMEOUT_S)
             except _StreamClosed as closed:
@@ -337,6 +453,12 @@ class PubSubPublisher(Publisher):
                 self.use_stream = False  # a server without PublishStream: unary Publish from now on
                 return self._rpc(call, "Publish")
             raise
+
+    def _stream_send(self, request: pb2.PublishRequest) -> Future[pb2.PublishResponse]:
+        try:
+            return self._open_stream().send(request)
+        except _StreamClosed:
+            return self._open_stream(renew=True).send(request)
 
     def _open_stream(self, renew: bool = False) -> _PublishStream:
         """The open stream, or a new one (with the current token) when it closed, is being renewed, or
@@ -374,14 +496,12 @@ def _metadata(token: AccessToken) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _save_results(
-    batch: list[tuple[int, pb2.ProducerEvent]], response: pb2.PublishResponse
-) -> list[dict[str, Any]]:
-    """The PublishResults in the batch's order (matched by correlation key), shaped as REST SaveResults
+def _save_results(request: pb2.PublishRequest, response: pb2.PublishResponse) -> list[dict[str, Any]]:
+    """The PublishResults in the request's order (matched by correlation key), shaped as REST SaveResults
     so that the REST path's classification applies; a missing result is a transient failure."""
     by_key = {result.correlation_key: result for result in response.results}
     results = []
-    for _, event in batch:
+    for event in request.events:
         result = by_key.get(event.id)
         if result is None:
             results.append(_failed("SERVER_UNAVAILABLE", "no PublishResult for this event"))
@@ -393,6 +513,11 @@ def _save_results(
         else:
             results.append({"success": True, "errors": []})
     return results
+
+
+def _went_through(call: Future[Outcome]) -> bool:
+    """The chunk's call is over and nothing of it is left to retry."""
+    return call.done() and call.exception() is None and call.result().transient is None
 
 
 def _failed(code: str, message: str) -> dict[str, Any]:

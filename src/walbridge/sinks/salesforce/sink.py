@@ -20,7 +20,7 @@ most one runner batch (``batch_size`` records); ``Event_Key__c`` lets Salesforce
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,8 @@ class SalesforceSink:
         self._rules: list[TableRule] = []
         self.publisher: Publisher | None = None
         self._accepted: set[RecordKey] = set()
+        self._prepared: dict[RecordKey, EventRecord | WalbridgeError | None] = {}
+        """The next batch's mappings (:meth:`prepare`), taken by the next :meth:`write_batch`."""
         self.skipped_resends = 0
         """Records not sent again on a retry because Salesforce had accepted them already."""
 
@@ -186,25 +188,33 @@ class SalesforceSink:
 
     def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
         assert self.mapper is not None and self.publisher is not None, "open() first"
+        mapper = self.mapper
+        prepared, self._prepared = self._prepared, {}
         failures: list[RecordFailure] = []
-        outgoing: list[EventRecord] = []
         sources: list[SinkRecord] = []
-        for record in records:
-            if record.partition and barrier_of(record.headers) is not None:
-                continue  # a truncate is written to every partition: publish it once, from partition 0
-            if _key(record) in self._accepted:
-                self.skipped_resends += 1
-                continue
-            try:
-                mapped = self.mapper.map(record)
-            except WalbridgeError as exc:
-                failures.append(RecordFailure(record, _with_context(exc, record)))
-                continue
-            if mapped is not None:
-                outgoing.append(mapped)
-                sources.append(record)
+
+        def outgoing() -> Iterator[EventRecord]:
+            """Mapped as the publisher takes them: its first calls go out while the rest is mapped."""
+            for record in records:
+                if record.partition and barrier_of(record.headers) is not None:
+                    continue  # a truncate is written to every partition: publish it once, from partition 0
+                key = _key(record)
+                if key in self._accepted:
+                    self.skipped_resends += 1
+                    continue
+                try:
+                    mapped = prepared[key] if key in prepared else mapper.map(record)
+                    if isinstance(mapped, WalbridgeError):
+                        raise mapped
+                except WalbridgeError as exc:
+                    failures.append(RecordFailure(record, _with_context(exc, record)))
+                    continue
+                if mapped is not None:
+                    sources.append(record)
+                    yield mapped
+
         try:
-            outcome = self.publisher.publish(outgoing)
+            outcome = self.publisher.publish(outgoing())
         except SchemaRefused as refused:
             raise self._schema_drift(refused) from None
         self._accepted.update(_key(sources[i]) for i in outcome.accepted)
@@ -214,6 +224,21 @@ class SalesforceSink:
         if outcome.transient is not None:
             raise outcome.transient
         return failures
+
+    def prepare(self, records: list[SinkRecord]) -> None:
+        """Map the next batch (and let the publisher work on it: the Pub/Sub transport Avro-encodes it)
+        while the current one waits for Salesforce's answers (the runner's prefetch): :meth:`write_batch`
+        takes each mapping from here instead of mapping again. Nothing is sent; a mapping does not
+        depend on what happens to the batch before."""
+        assert self.mapper is not None and self.publisher is not None, "open() first"
+        prepared: dict[RecordKey, EventRecord | WalbridgeError | None] = {}
+        for record in records:
+            try:
+                prepared[_key(record)] = self.mapper.map(record)
+            except WalbridgeError as exc:
+                prepared[_key(record)] = exc
+        self._prepared = prepared
+        self.publisher.prepare([m for m in prepared.values() if isinstance(m, EventRecord)])
 
     def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
         self._accepted = {k for k in self._accepted if k[2] >= next_offsets.get((k[0], k[1]), -1)}
