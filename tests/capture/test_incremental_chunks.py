@@ -43,6 +43,15 @@ def snapshot(pg_dsn: str) -> Iterator[IncrementalSnapshot]:
         inc.close()
 
 
+def _first_chunk_read(inc: IncrementalSnapshot) -> Chunk:
+    """Start the snapshot; its first chunk once read (not taken: no tick since)."""
+    inc.tick()
+    first = inc.chunk
+    assert first is not None
+    _read(first)
+    return first
+
+
 def _read(chunk: Chunk) -> None:
     """Wait until the reader thread has read the chunk and written its close watermark."""
     chunk.read.result(timeout=30)
@@ -113,10 +122,7 @@ def test_the_next_chunks_are_read_ahead_and_keep_windows_of_their_own(
 
 def test_a_truncate_heard_during_the_read_empties_the_chunk(snapshot: IncrementalSnapshot) -> None:
     inc = snapshot
-    inc.tick()
-    first = inc.chunk
-    assert first is not None
-    _read(first)
+    first = _first_chunk_read(inc)
     inc.seen(None, 3)
     _open(inc, first)
     assert _close(inc, first) == []
@@ -124,10 +130,7 @@ def test_a_truncate_heard_during_the_read_empties_the_chunk(snapshot: Incrementa
 
 def test_a_close_watermark_of_a_chunk_not_waited_for_is_ignored(snapshot: IncrementalSnapshot) -> None:
     inc = snapshot
-    inc.tick()
-    first = inc.chunk
-    assert first is not None
-    _read(first)
+    first = _first_chunk_read(inc)
     stale: Any = {"id": "0000-close", "type": signals.WINDOW_CLOSE, "data": "{}"}
     assert inc.on_signal(stale, 0) is None
     assert inc.chunk is first
@@ -139,10 +142,7 @@ def test_a_chunk_read_leaves_no_warning(snapshot: IncrementalSnapshot, pg_dsn: s
         conn.execute("INSERT INTO public.items SELECT g, g FROM generate_series(11, 40) g")
     notices: list[str] = []
     inc = snapshot
-    inc.tick()
-    first = inc.chunk
-    assert first is not None
-    _read(first)
+    first = _first_chunk_read(inc)
     reader = inc._reader_conn
     assert reader is not None
     reader.add_notice_handler(lambda diag: notices.append(f"{diag.severity}: {diag.message_primary}"))
