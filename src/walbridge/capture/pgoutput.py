@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from walbridge import accel
 from walbridge.errors import DecodeError
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Update",
     "decode",
     "decode_row_change",
+    "decode_row_change_py",
     "pg_to_unix_us",
 ]
 
@@ -408,7 +410,7 @@ def _text_row(buf: bytes, pos: int, names: tuple[str, ...]) -> tuple[TextRow, in
     return row, pos
 
 
-def decode_row_change(buf: bytes, columns: Mapping[int, tuple[str, ...]]) -> RowChange | None:
+def decode_row_change_py(buf: bytes, columns: Mapping[int, tuple[str, ...]]) -> RowChange | None:
     """Insert/Update/Delete outside streamed blocks → (type byte, relation oid, old, key, new).
 
     The capture's hot path: no message objects; each tuple becomes ``{column name: text or None}``
@@ -447,3 +449,7 @@ def decode_row_change(buf: bytes, columns: Mapping[int, tuple[str, ...]]) -> Row
     except (ValueError, IndexError, struct.error):
         return None
     return (kind, oid, old, key, new) if end == len(buf) else None
+
+
+decode_row_change: Final = accel.pick(decode_row_change_py)
+"""Capture's row-change decoder: :func:`decode_row_change_py`, compiled where it was built."""

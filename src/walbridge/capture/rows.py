@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-from walbridge import metrics
+from walbridge import accel, metrics
 from walbridge.capture.catalog import RelationInfo
 from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.values import (
@@ -202,14 +202,9 @@ class RowCodec:
 
     def _convert_typed(self, row: dict[str, Any]) -> dict[str, Any]:
         """Convert the text of the typed kept columns of ``row`` in place (the others stay text)."""
-        name = ""
-        try:
-            for name, convert in self._typed:
-                value = row[name]
-                if value is not None:
-                    row[name] = convert(value)
-        except Exception:  # a value no converter expected: never stop capture
-            self._finish_with_fallbacks(row, name)
+        failed = convert_typed(row, self._typed)
+        if failed is not None:  # a value no converter expected: never stop capture
+            self._finish_with_fallbacks(row, failed)
         return row
 
     def _finish_with_fallbacks(self, row: dict[str, Any], failed: str) -> None:
@@ -240,3 +235,21 @@ class RowCodec:
             name = columns[0]
             return {name: row.get(name)}
         return {name: row.get(name) for name in columns}
+
+
+def convert_typed_py(row: dict[str, Any], typed: tuple[tuple[str, Callable[[str], Any]], ...]) -> str | None:
+    """Convert in place each non-null ``row[name]`` of ``typed``'s (name, converter) pairs, in order;
+    stop at the first that raises and return its name (``None`` when all were converted)."""
+    name = ""
+    try:
+        for name, convert in typed:
+            value = row[name]
+            if value is not None:
+                row[name] = convert(value)
+    except Exception:
+        return name
+    return None
+
+
+convert_typed: Final = accel.pick(convert_typed_py)
+"""Capture's row conversion: :func:`convert_typed_py`, compiled where it was built."""
