@@ -29,7 +29,8 @@ LAYERS: list[list[str]] = [
         "walbridge.liveness",
     ],
     # the event model, PostgreSQL error mapping, logging
-    ["walbridge.events", "walbridge.pgerrors", "walbridge.logs"],
+    # (walbridge.accel picks the compiled hot path, walbridge._accel, built from _accel.c)
+    ["walbridge.events", "walbridge.pgerrors", "walbridge.logs", "walbridge.accel"],
     # settings, and what they define over events
     ["walbridge.config", "walbridge.truncates"],
     # clients and servers every stage uses

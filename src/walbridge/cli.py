@@ -17,7 +17,7 @@ import typer.main
 from rich.markup import escape
 from typer.models import CommandInfo, TyperInfo
 
-from walbridge import __version__
+from walbridge import __version__, accel
 from walbridge.cli_common import console
 from walbridge.errors import WalbridgeError
 from walbridge.logs import configure_logging
@@ -105,8 +105,8 @@ def _root(
 
 @app.command()
 def version() -> None:
-    """Print the walbridge version."""
-    typer.echo(__version__)
+    """Print the walbridge version and which hot path runs (compiled or pure Python)."""
+    typer.echo(f"{__version__} (hot path: {accel.describe()})")
 
 
 def _assemble() -> None:

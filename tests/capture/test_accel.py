@@ -1,0 +1,230 @@
+"""The compiled hot path (``walbridge._accel``) against its pure-Python twins, on the same inputs.
+
+The inputs are the pgoutput messages a real server sends for the type matrix (every built-in type with
+its edge values, inserted, updated, deleted, with REPLICA IDENTITY FULL and DEFAULT), every truncation of
+them and seeded random corruptions. Both paths must give identical results, and the events encoded from
+them identical bytes. CI requires the compiled path to have been built."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import type_matrix
+from walbridge import accel, pgcatalog
+from walbridge.capture import catalog, pgoutput, rows
+from walbridge.capture.rows import RowCodec
+from walbridge.capture.values import ValueOptions
+from walbridge.events import LSN_MARK, EncodingOptions, EnvelopeEncoder, Source
+
+compiled_only = pytest.mark.skipif(
+    not accel.ACCELERATED, reason=f"the compiled hot path is not in use: {accel.describe()}"
+)
+
+Columns = dict[int, tuple[str, ...]]
+
+
+def test_ci_builds_the_compiled_path() -> None:
+    """A fresh machine has gcc and the Python headers: CI must run (and so test) the compiled path."""
+    if not os.environ.get("CI") or os.environ.get(accel.PURE_PYTHON_ENV):
+        pytest.skip("checked in CI only")
+    assert accel.ACCELERATED, accel.describe()
+
+
+def outcome(function: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    """What a call gave: its result, or the type of what it raised."""
+    try:
+        return "result", function(*args)
+    except Exception as exc:
+        return "raised", type(exc)
+
+
+@pytest.fixture
+def matrix_messages(pg_dsn: str) -> Iterator[tuple[list[bytes], Columns]]:
+    """Every pgoutput message the type matrix's changes produce, and the relations' column names."""
+    slot = f"accel_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        version, xml = conn.info.server_version, type_matrix.xml_supported(conn)
+        for statement in type_matrix.schema_statements(version, xml=xml):
+            conn.execute(statement)
+        conn.execute(f"CREATE PUBLICATION {slot} FOR TABLE {', '.join(type_matrix.TABLES)}")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        for statement in type_matrix.snapshot_statements(version, xml=xml):
+            conn.execute(statement)
+        for statement in type_matrix.change_statements(version, xml=xml):
+            conn.execute(statement)
+        # The matrix's tables send old rows in full ('O' tuples); with the default identity, an update
+        # sends the old key ('K') when the key changed and no old tuple otherwise, a delete the key.
+        conn.execute(f"ALTER TABLE {type_matrix.SCALAR_TABLE} REPLICA IDENTITY DEFAULT")
+        conn.execute(f"UPDATE {type_matrix.SCALAR_TABLE} SET id = id + 100")
+        conn.execute(f"UPDATE {type_matrix.SCALAR_TABLE} SET txt = 'changed'")
+        conn.execute("SET synchronous_commit = on")  # the SQL interface decodes flushed WAL only
+        for table in type_matrix.TABLES:
+            conn.execute(f"DELETE FROM {table}")
+        payloads = [
+            bytes(data)
+            for (data,) in conn.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+                " 'proto_version', '1', 'publication_names', %s)",
+                (slot, slot),
+            )
+        ]
+        try:
+            columns: Columns = {}
+            for payload in payloads:
+                message = pgoutput.decode(payload)
+                if isinstance(message, pgoutput.Relation):
+                    columns[message.oid] = tuple(column.name for column in message.columns)
+            yield payloads, columns
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+@compiled_only
+def test_row_changes_decode_alike(matrix_messages: tuple[list[bytes], Columns]) -> None:
+    payloads, columns = matrix_messages
+    decoded = 0
+    markers = set()
+    for payload in payloads:
+        pure = pgoutput.decode_row_change_py(payload, columns)
+        assert pgoutput.decode_row_change(payload, columns) == pure, payload[:1]
+        if pure is not None:
+            decoded += 1
+            markers.add((payload[0], payload[5]))
+    # Inserts, updates with and without the old row, deletes by key and by old row all took the fast path.
+    assert {(ord("I"), ord("N")), (ord("U"), ord("N")), (ord("U"), ord("O"))} <= markers
+    assert {(ord("D"), ord("K")), (ord("D"), ord("O"))} <= markers
+    assert decoded >= 40
+
+
+@compiled_only
+def test_damaged_messages_decode_alike(matrix_messages: tuple[list[bytes], Columns]) -> None:
+    """Every truncation and seeded random corruptions (bytes, lengths, markers) of the row changes."""
+    payloads, columns = matrix_messages
+    changes = [p for p in payloads if p[:1] in (b"I", b"U", b"D")]
+    rng = random.Random(20261201)
+    compared = 0
+
+    def same(data: bytes, names: Any = columns) -> None:
+        nonlocal compared
+        want = outcome(pgoutput.decode_row_change_py, data, names)
+        assert outcome(pgoutput.decode_row_change, data, names) == want, data
+        compared += 1
+
+    for payload in changes:
+        for end in range(len(payload)):
+            same(payload[:end])
+        same(payload + b"\x00")
+        for _ in range(40):
+            damaged = bytearray(payload)
+            for _ in range(rng.randint(1, 3)):
+                byte = rng.choice((0, 0xFF, ord("t"), ord("n"), ord("u"), rng.randrange(256)))
+                damaged[rng.randrange(len(damaged))] = byte
+            same(bytes(damaged))
+        same(payload, {})  # relation not known
+        same(payload, {oid: (*names, "extra") for oid, names in columns.items()})  # column count differs
+    same(b"")
+    same(b"\xc3")
+    assert compared > 10_000
+
+
+def _matrix_codecs(dsn: str, options: ValueOptions) -> dict[int, RowCodec]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        registry = catalog.load_type_registry(conn)
+        codecs = {}
+        for name in type_matrix.TABLES:
+            schema, table = name.split(".")
+            relation = pgcatalog.read_table(conn, schema, table)
+            assert relation is not None
+            codecs[relation.oid] = RowCodec(relation, registry, options)
+    return codecs
+
+
+@compiled_only
+@pytest.mark.parametrize("decimal_mode", ["string", "precise", "double"])
+@pytest.mark.parametrize("schemas", [False, True])
+def test_events_encode_to_identical_bytes(
+    matrix_messages: tuple[list[bytes], Columns],
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    decimal_mode: str,
+    schemas: bool,
+) -> None:
+    """Decoded and converted by each path, every event of the type matrix encodes to the same bytes."""
+    payloads, columns = matrix_messages
+    options = ValueOptions(decimal_handling_mode=decimal_mode, **type_matrix.EVENTS_OPTIONS)  # type: ignore[arg-type]
+    codecs = _matrix_codecs(pg_dsn, options)
+    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix="accel", schemas_enable=schemas))
+
+    def events(decode: Callable[..., Any], convert: Callable[..., Any]) -> list[tuple[bytes | None, bytes]]:
+        monkeypatch.setattr(rows, "convert_typed", convert)
+        out = []
+        for lsn, payload in enumerate(payloads):
+            change = decode(payload, columns)
+            if change is None:
+                continue
+            kind, oid, old, key, new = change
+            codec = codecs[oid]
+            relation = codec.relation
+            source = Source("postgresql", "accel", "db", relation.schema, relation.table, 1_700_000_000_000,
+                            "false", 7, LSN_MARK, None, None, 1_700_000_000_000_000)  # fmt: skip
+            prepared = encoder.prepare(source, codec.table_schema)
+            assert prepared is not None
+            after = codec.convert_text_row(new) if new is not None else None
+            before_text = old if old is not None else key
+            before = codec.convert_text_row(before_text) if before_text is not None else None
+            row = after if after is not None else before
+            assert row is not None
+            op = {ord("I"): "c", ord("U"): "u", ord("D"): "d"}[kind]
+            out.append(prepared.encode(op, codec.key(row), before, after, lsn, 1_700_000_000_999))
+        return out
+
+    pure = events(pgoutput.decode_row_change_py, rows.convert_typed_py)
+    compiled = events(pgoutput.decode_row_change, accel.pick(rows.convert_typed_py))
+    assert len(pure) >= 40
+    assert compiled == pure
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(text: str) -> str:
+    if text == "bad":
+        raise _Refused(text)
+    return text.upper()
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    ("row", "typed"),
+    [
+        ({"a": "x", "b": None, "c": "y"}, (("a", _refuse), ("b", _refuse), ("c", _refuse))),
+        ({"a": "x", "b": "bad", "c": "y"}, (("a", _refuse), ("b", _refuse), ("c", _refuse))),  # stops at b
+        ({"a": "x"}, (("a", _refuse), ("missing", _refuse))),  # a KeyError is a failure of that column
+        ({"a": "7"}, (("a", int),)),
+        ({"a": "seven"}, (("a", int),)),
+        ({}, ()),
+    ],
+)
+def test_rows_convert_alike(row: dict[str, Any], typed: tuple[tuple[str, Any], ...]) -> None:
+    pure_row, compiled_row = dict(row), dict(row)
+    failed = rows.convert_typed_py(pure_row, typed)
+    assert rows.convert_typed(compiled_row, typed) == failed
+    assert compiled_row == pure_row
+
+
+@compiled_only
+def test_interrupts_are_not_conversion_failures() -> None:
+    def interrupted(text: str) -> str:
+        raise KeyboardInterrupt
+
+    for convert in (rows.convert_typed_py, rows.convert_typed):
+        with pytest.raises(KeyboardInterrupt):
+            convert({"a": "x"}, (("a", interrupted),))
