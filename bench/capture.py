@@ -581,7 +581,10 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
     title = (
         f"capture: backlog {args.rows:,} inserts + {args.rows:,} updates, live {args.rows:,} inserts{pace}"
     )
-    table = Table(title=f"{title}, snapshot {args.snapshot_rows:,} rows")
+    from walbridge import accel
+
+    hot_path = f"walbridge hot path: {accel.describe()}"
+    table = Table(title=f"{title}, snapshot {args.snapshot_rows:,} rows; {hot_path}")
     columns = (
         "figure",
         "walbridge (incl. Kafka)",

@@ -159,7 +159,11 @@ def _walbridge_version() -> str:
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    return version("walbridge") + (f" (commit {commit})" if commit else "")
+    from walbridge import accel
+
+    details = [f"commit {commit}"] if commit else []
+    details.append(f"hot path: {accel.describe()}")
+    return f"{version('walbridge')} ({', '.join(details)})"
 
 
 def _pg_version() -> str:
