@@ -27,10 +27,10 @@ LAYERS: list[list[str]] = [
         "walbridge.signals",
         "walbridge.pubsub_api",
         "walbridge.liveness",
+        "walbridge.accel",  # picks the compiled hot path (walbridge._accel, built from _accel.c)
     ],
     # the event model, PostgreSQL error mapping, logging
-    # (walbridge.accel picks the compiled hot path, walbridge._accel, built from _accel.c)
-    ["walbridge.events", "walbridge.pgerrors", "walbridge.logs", "walbridge.accel"],
+    ["walbridge.events", "walbridge.pgerrors", "walbridge.logs"],
     # settings, and what they define over events
     ["walbridge.config", "walbridge.truncates"],
     # clients and servers every stage uses

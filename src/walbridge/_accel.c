@@ -4,6 +4,7 @@
  * Each function is the C twin of a pure-Python function named like it with a `_py` suffix:
  *   decode_row_change  walbridge.capture.pgoutput.decode_row_change_py
  *   convert_typed      walbridge.capture.rows.convert_typed_py
+ *   splice_envelope    walbridge.events.splice_envelope_py
  * Same arguments, same result and same side effects for every input; the differential tests
  * (tests/capture/test_accel.py) hold both to it.
  *
@@ -247,11 +248,230 @@ convert_typed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------- splice_envelope */
+
+static PyObject *orjson_dumps; /* orjson.dumps, looked up once at import */
+
+/* A growing byte buffer: the envelope's pieces are appended, then copied once into a bytes object. */
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+} Buffer;
+
+static int
+buffer_add(Buffer *b, const char *data, Py_ssize_t n)
+{
+    if (b->size + n > b->capacity) {
+        Py_ssize_t capacity = (b->size + n) * 2 + 256;
+        char *grown = PyMem_Realloc(b->data, (size_t)capacity);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->data = grown;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->size, data, (size_t)n);
+    b->size += n;
+    return 0;
+}
+
+#define BUFFER_LITERAL(b, text) buffer_add((b), (text), (Py_ssize_t)(sizeof(text) - 1))
+
+static int
+buffer_add_bytes(Buffer *b, PyObject *bytes)
+{
+    /* Like bytes' %b: anything with the buffer protocol. */
+    Py_buffer view;
+    int rc;
+
+    if (PyBytes_CheckExact(bytes))
+        return buffer_add(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+    if (PyObject_GetBuffer(bytes, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "%%b requires a bytes-like object, not '%.100s'", Py_TYPE(bytes)->tp_name);
+        return -1;
+    }
+    rc = buffer_add(b, (const char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return rc;
+}
+
+static int
+buffer_add_json(Buffer *b, PyObject *value)
+{
+    PyObject *json = PyObject_CallOneArg(orjson_dumps, value);
+    int rc;
+
+    if (json == NULL)
+        return -1;
+    rc = buffer_add_bytes(b, json);
+    Py_DECREF(json);
+    return rc;
+}
+
+/* Like bytes' %d of number * factor (an int; anything else goes through Python's own arithmetic). */
+static int
+buffer_add_scaled(Buffer *b, PyObject *number, long long factor)
+{
+    char digits[32];
+    int overflow = 0, n;
+    long long value, scaled;
+    PyObject *product, *text;
+    const char *utf8;
+    Py_ssize_t length;
+
+    if (PyLong_CheckExact(number)) {
+        value = PyLong_AsLongLongAndOverflow(number, &overflow);
+        if (!overflow && !(value == -1 && PyErr_Occurred()) && !__builtin_mul_overflow(value, factor, &scaled)) {
+            n = snprintf(digits, sizeof(digits), "%lld", scaled);
+            return buffer_add(b, digits, n);
+        }
+        PyErr_Clear();
+    }
+    if (!PyLong_Check(number)) {
+        PyErr_Format(PyExc_TypeError, "%%d format: an integer is required, not %.100s", Py_TYPE(number)->tp_name);
+        return -1;
+    }
+    if (factor == 1)
+        product = Py_NewRef(number);
+    else {
+        PyObject *by = PyLong_FromLongLong(factor);
+        if (by == NULL)
+            return -1;
+        product = PyNumber_Multiply(number, by);
+        Py_DECREF(by);
+        if (product == NULL)
+            return -1;
+    }
+    text = PyNumber_ToBase(product, 10);
+    Py_DECREF(product);
+    if (text == NULL)
+        return -1;
+    utf8 = PyUnicode_AsUTF8AndSize(text, &length);
+    n = utf8 == NULL ? -1 : buffer_add(b, utf8, length);
+    Py_DECREF(text);
+    return n < 0 ? -1 : 0;
+}
+
+static PyObject *
+buffer_finish(Buffer *b)
+{
+    PyObject *out = PyBytes_FromStringAndSize(b->data, b->size);
+    PyMem_Free(b->data);
+    b->data = NULL;
+    return out;
+}
+
+static PyObject *
+with_schema(PyObject *schema, PyObject *payload)
+{
+    /* b'{"schema":%b,"payload":%b}' % (schema, payload) */
+    Buffer b = {NULL, 0, 0};
+
+    if (BUFFER_LITERAL(&b, "{\"schema\":") < 0 || buffer_add_bytes(&b, schema) < 0 ||
+        BUFFER_LITERAL(&b, ",\"payload\":") < 0 || buffer_add_bytes(&b, payload) < 0 ||
+        BUFFER_LITERAL(&b, "}") < 0) {
+        PyMem_Free(b.data);
+        return NULL;
+    }
+    return buffer_finish(&b);
+}
+
+static PyObject *
+splice_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *parts, *lsn, *op, *key, *before, *after, *ts_ms, *value_schema, *key_schema;
+    PyObject *value = NULL, *key_bytes = NULL, *wrapped, *result;
+    PyObject *sequence;
+    Buffer b = {NULL, 0, 0}, lsn_digits = {NULL, 0, 0};
+    Py_ssize_t i, count, op_length;
+    const char *op_text;
+
+    (void)module;
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "splice_envelope() takes 9 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    parts = args[0], lsn = args[1], op = args[2], key = args[3], before = args[4], after = args[5];
+    ts_ms = args[6], value_schema = args[7], key_schema = args[8];
+
+    if (BUFFER_LITERAL(&b, "{\"before\":") < 0 || buffer_add_json(&b, before) < 0 ||
+        BUFFER_LITERAL(&b, ",\"after\":") < 0 || buffer_add_json(&b, after) < 0 ||
+        BUFFER_LITERAL(&b, ",\"source\":") < 0)
+        goto fail;
+    /* the source block: parts joined by the LSN's digits */
+    if (buffer_add_scaled(&lsn_digits, lsn, 1) < 0)
+        goto fail;
+    sequence = PySequence_Fast(parts, "splice_envelope(): parts must be a sequence of bytes");
+    if (sequence == NULL)
+        goto fail;
+    count = PySequence_Fast_GET_SIZE(sequence);
+    for (i = 0; i < count; i++) {
+        if ((i > 0 && buffer_add(&b, lsn_digits.data, lsn_digits.size) < 0) ||
+            buffer_add_bytes(&b, PySequence_Fast_GET_ITEM(sequence, i)) < 0) {
+            Py_DECREF(sequence);
+            goto fail;
+        }
+    }
+    Py_DECREF(sequence);
+    PyMem_Free(lsn_digits.data);
+    lsn_digits.data = NULL;
+    if (!PyUnicode_Check(op)) {
+        PyErr_SetString(PyExc_TypeError, "splice_envelope(): op must be a str");
+        goto fail;
+    }
+    op_text = PyUnicode_AsUTF8AndSize(op, &op_length);
+    if (op_text == NULL)
+        goto fail;
+    if (BUFFER_LITERAL(&b, ",\"transaction\":null,\"op\":\"") < 0 || buffer_add(&b, op_text, op_length) < 0 ||
+        BUFFER_LITERAL(&b, "\",\"ts_ms\":") < 0 || buffer_add_scaled(&b, ts_ms, 1) < 0 ||
+        BUFFER_LITERAL(&b, ",\"ts_us\":") < 0 || buffer_add_scaled(&b, ts_ms, 1000) < 0 ||
+        BUFFER_LITERAL(&b, ",\"ts_ns\":") < 0 || buffer_add_scaled(&b, ts_ms, 1000000) < 0 ||
+        BUFFER_LITERAL(&b, "}") < 0)
+        goto fail;
+    value = buffer_finish(&b);
+    if (value == NULL)
+        return NULL;
+    if (key != Py_None) {
+        key_bytes = PyObject_CallOneArg(orjson_dumps, key);
+        if (key_bytes == NULL)
+            goto fail_value;
+    }
+    if (value_schema != Py_None) {
+        wrapped = with_schema(value_schema, value);
+        if (wrapped == NULL)
+            goto fail_value;
+        Py_SETREF(value, wrapped);
+        if (key_bytes != NULL) {
+            wrapped = with_schema(key_schema, key_bytes);
+            if (wrapped == NULL)
+                goto fail_value;
+            Py_SETREF(key_bytes, wrapped);
+        }
+    }
+    result = PyTuple_Pack(2, key_bytes != NULL ? key_bytes : Py_None, value);
+    Py_XDECREF(key_bytes);
+    Py_DECREF(value);
+    return result;
+
+fail:
+    PyMem_Free(b.data);
+    PyMem_Free(lsn_digits.data);
+    return NULL;
+fail_value:
+    Py_XDECREF(key_bytes);
+    Py_DECREF(value);
+    return NULL;
+}
+
 static PyMethodDef accel_methods[] = {
     {"decode_row_change", (PyCFunction)(void (*)(void))decode_row_change, METH_FASTCALL,
      "decode_row_change(buf, columns): see walbridge.capture.pgoutput.decode_row_change_py."},
     {"convert_typed", (PyCFunction)(void (*)(void))convert_typed, METH_FASTCALL,
      "convert_typed(row, typed): see walbridge.capture.rows.convert_typed_py."},
+    {"splice_envelope", (PyCFunction)(void (*)(void))splice_envelope, METH_FASTCALL,
+     "splice_envelope(parts, lsn, op, key, before, after, ts_ms, value_schema, key_schema): see "
+     "walbridge.events.splice_envelope_py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -262,5 +482,13 @@ static struct PyModuleDef accel_module = {
 PyMODINIT_FUNC
 PyInit__accel(void)
 {
+    PyObject *orjson = PyImport_ImportModule("orjson");
+
+    if (orjson == NULL)
+        return NULL;
+    orjson_dumps = PyObject_GetAttrString(orjson, "dumps");
+    Py_DECREF(orjson);
+    if (orjson_dumps == NULL)
+        return NULL;
     return PyModule_Create(&accel_module);
 }

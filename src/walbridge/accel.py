@@ -8,6 +8,7 @@ hold both to the same results. Set ``WALBRIDGE_PURE_PYTHON=1`` to run on the pur
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -28,10 +29,9 @@ def _load() -> ModuleType | None:
     if _refused():
         return None
     try:
-        from walbridge import _accel  # type: ignore[attr-defined,unused-ignore]
+        return importlib.import_module("walbridge._accel")
     except ImportError:
         return None
-    return cast(ModuleType, _accel)
 
 
 _COMPILED: Final = _load()

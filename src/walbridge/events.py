@@ -15,14 +15,14 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
-from walbridge import __version__
+from walbridge import __version__, accel
 from walbridge.edge_values import NUMERIC_SPECIAL_VALUES
 from walbridge.errors import DecodeError
 from walbridge.unavailable import is_unavailable
@@ -368,7 +368,9 @@ class PreparedSource:
         self, op: str, key: Row | None, before: Row | None, after: Row | None, lsn: int, ts_ms: int
     ) -> tuple[bytes | None, bytes]:
         """(key, value) of one event with op c, u, d or r."""
-        return self.encode_with_source((b"%d" % lsn).join(self._parts), op, key, before, after, ts_ms)
+        return splice_envelope(
+            self._parts, lsn, op, key, before, after, ts_ms, self._value_schema, self._key_schema
+        )
 
     def source_for(self, ts_ms: int, ts_us: int, tx_id: int, change_id: int) -> bytes:
         """The source block of one event (a :meth:`EnvelopeEncoder.prepare_per_event` encoder only)."""
@@ -379,15 +381,38 @@ class PreparedSource:
         self, source: bytes, op: str, key: Row | None, before: Row | None, after: Row | None, ts_ms: int
     ) -> tuple[bytes | None, bytes]:
         """(key, value) of one event with op c, u, d or r and this source block."""
-        value = _ENVELOPE_BYTES % (
-            _dumps(before), _dumps(after), source, op.encode(), ts_ms, ts_ms * 1000, ts_ms * 1_000_000
-        )  # fmt: skip
-        key_bytes = None if key is None else _dumps(key)
-        if self._value_schema is not None:
-            value = _WITH_SCHEMA % (self._value_schema, value)
-            if key_bytes is not None:
-                key_bytes = _WITH_SCHEMA % (self._key_schema, key_bytes)
-        return key_bytes, value
+        return splice_envelope(
+            (source,), 0, op, key, before, after, ts_ms, self._value_schema, self._key_schema
+        )
+
+
+def splice_envelope_py(
+    parts: Sequence[bytes],
+    lsn: int,
+    op: str,
+    key: Row | None,
+    before: Row | None,
+    after: Row | None,
+    ts_ms: int,
+    value_schema: bytes | None,
+    key_schema: bytes | None,
+) -> tuple[bytes | None, bytes]:
+    """(key, value) of one envelope: the source block is ``parts`` joined by the LSN's digits, the
+    rows JSON, and with ``value_schema`` both wrapped in ``{"schema": …, "payload": …}``."""
+    value = _ENVELOPE_BYTES % (
+        _dumps(before), _dumps(after), (b"%d" % lsn).join(parts), op.encode(), ts_ms, ts_ms * 1000,
+        ts_ms * 1_000_000,
+    )  # fmt: skip
+    key_bytes = None if key is None else _dumps(key)
+    if value_schema is not None:
+        value = _WITH_SCHEMA % (value_schema, value)
+        if key_bytes is not None:
+            key_bytes = _WITH_SCHEMA % (key_schema, key_bytes)
+    return key_bytes, value
+
+
+splice_envelope: Final = accel.pick(splice_envelope_py)
+"""The envelope splicer of :class:`PreparedSource`: :func:`splice_envelope_py`, compiled where built."""
 
 
 def _added_field(name: str, event: ChangeEvent, src: Source) -> Any:

@@ -18,6 +18,7 @@ import pytest
 
 import type_matrix
 from walbridge import accel, pgcatalog
+from walbridge import events as events_module
 from walbridge.capture import catalog, pgoutput, rows
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.values import ValueOptions
@@ -162,8 +163,11 @@ def test_events_encode_to_identical_bytes(
     codecs = _matrix_codecs(pg_dsn, options)
     encoder = EnvelopeEncoder(EncodingOptions(topic_prefix="accel", schemas_enable=schemas))
 
-    def events(decode: Callable[..., Any], convert: Callable[..., Any]) -> list[tuple[bytes | None, bytes]]:
+    def events(
+        decode: Callable[..., Any], convert: Callable[..., Any], splice: Callable[..., Any]
+    ) -> list[tuple[bytes | None, bytes]]:
         monkeypatch.setattr(rows, "convert_typed", convert)
+        monkeypatch.setattr(events_module, "splice_envelope", splice)
         out = []
         for lsn, payload in enumerate(payloads):
             change = decode(payload, columns)
@@ -185,8 +189,12 @@ def test_events_encode_to_identical_bytes(
             out.append(prepared.encode(op, codec.key(row), before, after, lsn, 1_700_000_000_999))
         return out
 
-    pure = events(pgoutput.decode_row_change_py, rows.convert_typed_py)
-    compiled = events(pgoutput.decode_row_change, accel.pick(rows.convert_typed_py))
+    pure = events(pgoutput.decode_row_change_py, rows.convert_typed_py, events_module.splice_envelope_py)
+    compiled = events(
+        pgoutput.decode_row_change,
+        accel.pick(rows.convert_typed_py),
+        accel.pick(events_module.splice_envelope_py),
+    )
     assert len(pure) >= 40
     assert compiled == pure
 
@@ -228,3 +236,27 @@ def test_interrupts_are_not_conversion_failures() -> None:
     for convert in (rows.convert_typed_py, rows.convert_typed):
         with pytest.raises(KeyboardInterrupt):
             convert({"a": "x"}, (("a", interrupted),))
+
+
+_PARTS = (b'{"version":"1","lsn":', b',"sequence":"[\\"1\\",\\"', b'\\"]"}')
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    "args",
+    [
+        (_PARTS, 123_456_789, "c", {"id": 1}, None, {"id": 1, "t": "é"}, 1_700_000_000_999, None, None),
+        (_PARTS, 0, "d", {"id": 1}, {"id": 1}, None, 0, b'{"type":"struct"}', b'{"type":"key"}'),
+        ((b"source",), 5, "u", None, {"a": [1, 2]}, {"a": None}, -1, b"{}", None),  # keyless, with schemas
+        ([b"a", bytearray(b"b"), memoryview(b"c")], 2**64 - 1, "r", {"k": "v"}, None, {}, 2**53, None, None),
+        (_PARTS, 2**70, "c", None, None, {"x": 1}, 2**62, None, None),  # past 64 bits: Python's own digits
+        ((b"s",), 1, "c", {"id": 1}, None, {"id": 1}, 1, b"{}", None),  # a key but no key schema: TypeError
+        ((b"s",), None, "c", None, None, None, 1, None, None),  # no LSN: TypeError
+        ((b"s", "text"), 1, "c", None, None, None, 1, None, None),  # a str part: TypeError
+        ((b"s",), 1, "\udc80", None, None, None, 1, None, None),  # op not encodable: UnicodeEncodeError
+        ((b"s",), 1, "c", None, {"n": 2**65}, None, 1, None, None),  # orjson refuses: its error
+    ],
+)
+def test_envelopes_splice_alike(args: tuple[Any, ...]) -> None:
+    expected = outcome(events_module.splice_envelope_py, *args)
+    assert outcome(events_module.splice_envelope, *args) == expected
