@@ -481,6 +481,8 @@ class _Stream:
         self._prepared: dict[int, PreparedSource | None] = {}
         """Per relation oid, for the current transaction."""
         self._columns: dict[int, tuple[str, ...]] = {}
+        self._codecs = capture._codecs
+        """The capture's codecs by relation oid (the same dict: relations added later are in it)."""
         self._refresh_columns()
         self.incremental = capture.incremental
         self.commit_lsn = 0
@@ -671,12 +673,13 @@ class _Stream:
     def _row_change(self, change: tuple[int, int, Any, Any, Any], lsn: int) -> None:
         """A row change from :func:`pgoutput.decode_row_change` (values already text)."""
         kind, oid, old, key, new = change
-        codec = self.capture._codec(oid)
-        if codec is None:
+        codec = self._codecs.get(oid)
+        if codec is None and (codec := self.capture._codec(oid)) is None:
             return
         row = codec.convert_text_row
         if kind == _INSERT:
-            self._on_insert(codec, lsn, row(new))
+            after = row(new)
+            self._emit("c", codec, lsn, codec.key(after), None, after)
         elif kind == _UPDATE:
             self._on_update(codec, lsn, row(new), old, key, row)
         else:

@@ -194,7 +194,10 @@ class RowCodec:
         """``{column: text or None}`` for every column (in order) → the event row; converts in place."""
         for name in self._excluded:
             del row[name]
-        return self._convert_typed(row)
+        failed = convert_typed(row, self._typed)
+        if failed is not None:  # a value no converter expected: never stop capture
+            self._finish_with_fallbacks(row, failed)
+        return row
 
     def row_from_fitting_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
         """:meth:`row_from_mapping` of a mapping whose keys are exactly :attr:`column_set`."""
