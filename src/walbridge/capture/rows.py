@@ -188,7 +188,13 @@ class RowCodec:
         """Like :meth:`row` for values that are all ``str`` or ``None`` (snapshot rows)."""
         if len(values) != self._width:
             return self.row(values)
-        return self.convert_text_row(dict(zip(self._all_names, values, strict=True)))
+        row = dict(zip(self._all_names, values, strict=True))
+        for name in self._excluded:
+            del row[name]
+        failed = convert_typed(row, self._typed)
+        if failed is not None:  # a value no converter expected: never stop capture
+            self._finish_with_fallbacks(row, failed)
+        return row
 
     def convert_text_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """``{column: text or None}`` for every column (in order) → the event row; converts in place."""

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from walbridge import metrics
+from walbridge.capture.catalog import RelationInfo
 from walbridge.capture.connection import load_as_text
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.rows import RowCodec
@@ -119,19 +120,23 @@ def snapshot_tables(
             progress(name, 0, estimate, False)
         last_table = table_index == len(codecs) - 1
         publish = _table_publisher(publisher, codec, origin, ts_ms)
+        # The rows between a table's first and last: the spliced encoder of flag "true", no closure call.
+        middle = publisher.prepare(_source(origin, rel, ts_ms, "true"), codec.table_schema)
+        row_text, key, publish_prepared = codec.row_text, codec.key, publisher.publish_prepared
         rows = iter_table_rows(conn, codec)
         current = next(rows, None)
         first_in_table = True
         count = 0
         while current is not None:
             upcoming = next(rows, None)
-            if first_in_table or upcoming is None:
+            if first_in_table or upcoming is None or middle is None:
                 flag = _snapshot_flag(
                     total == 0, first_in_table, upcoming is None, last_table and upcoming is None
                 )
+                publish(flag, current)
             else:
-                flag = "true"
-            publish(flag, current)
+                after = row_text(current)
+                publish_prepared(middle, "r", key(after), None, after, 0, ts_ms)
             first_in_table = False
             total += 1
             count += 1
@@ -147,6 +152,20 @@ def snapshot_tables(
     return total
 
 
+def _source(origin: SnapshotSource, rel: RelationInfo, ts_ms: int, flag: str) -> Source:
+    return Source(
+        connector=origin.connector,
+        name=origin.name,
+        db=origin.db,
+        schema=rel.schema,
+        table=rel.table,
+        ts_ms=ts_ms,
+        snapshot=flag,
+        tx_id=origin.tx_id,
+        lsn=origin.lsn,
+    )
+
+
 def _table_publisher(
     publisher: EventPublisher[Any], codec: RowCodec, origin: SnapshotSource, ts_ms: int
 ) -> Callable[[str, Sequence[str | None]], None]:
@@ -155,17 +174,7 @@ def _table_publisher(
     prepared: dict[str, PreparedSource | None] = {}
 
     def source(flag: str) -> Source:
-        return Source(
-            connector=origin.connector,
-            name=origin.name,
-            db=origin.db,
-            schema=rel.schema,
-            table=rel.table,
-            ts_ms=ts_ms,
-            snapshot=flag,
-            tx_id=origin.tx_id,
-            lsn=origin.lsn,
-        )
+        return _source(origin, rel, ts_ms, flag)
 
     def publish(flag: str, values: Sequence[str | None]) -> None:
         after = codec.row_text(values)
