@@ -5,6 +5,7 @@
  *   decode_row_change  walbridge.capture.pgoutput.decode_row_change_py
  *   convert_typed      walbridge.capture.rows.convert_typed_py
  *   splice_envelope    walbridge.events.splice_envelope_py
+ *   utc_timestamp_fast_path  walbridge.capture.values.utc_timestamp_fast_path_py
  * Same arguments, same result and same side effects for every input; the differential tests
  * (tests/capture/test_accel.py) hold both to it.
  *
@@ -13,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define ROW_INSERT 'I'
@@ -464,6 +466,144 @@ fail_value:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- utc_timestamp_fast_path */
+
+/* A timestamptz converter (io.debezium.time.ZonedTimestamp): the UTC texts the server prints in a UTC
+ * session ('YYYY-MM-DD HH:MM:SS[.f...]+00', ASCII) converted here, every other text by `fallback`, the
+ * pure-Python converter whose first two branches this repeats. */
+typedef struct {
+    PyObject_HEAD
+    int fraction_digits;
+    PyObject *fallback;
+    vectorcallfunc vectorcall;
+} UtcTimestamp;
+
+static PyObject *
+utc_timestamp_convert(UtcTimestamp *self, PyObject *text)
+{
+    const char *in;
+    char out[64];
+    Py_ssize_t length, n, i, fraction_start, fraction_end, fraction_length;
+    int digits = self->fraction_digits;
+
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
+        goto slow;
+    in = (const char *)PyUnicode_DATA(text);
+    length = PyUnicode_GET_LENGTH(text);
+    if (length < 22 || length > 48 || in[length - 3] != '+' || in[length - 2] != '0' || in[length - 1] != '0' ||
+        in[10] != ' ' || in[4] != '-')
+        goto slow;
+    if (digits > 0 && digits <= 9 && length == 23 + digits && in[19] == '.') {
+        /* exactly the wanted fraction digits: f"{text[:10]}T{text[11:-3]}Z" */
+        memcpy(out, in, 10);
+        out[10] = 'T';
+        memcpy(out + 11, in + 11, (size_t)(length - 14));
+        out[length - 3] = 'Z';
+        return PyUnicode_FromStringAndSize(out, length - 2);
+    }
+    /* head = text[:10] + "T" + text[11:19]; fraction = text[20:-3] if text[19] == "." else "" */
+    memcpy(out, in, 10);
+    out[10] = 'T';
+    memcpy(out + 11, in + 11, 8);
+    n = 19;
+    fraction_start = 20;
+    fraction_end = in[19] == '.' ? length - 3 : fraction_start;
+    fraction_length = fraction_end > fraction_start ? fraction_end - fraction_start : 0;
+    if (digits <= 0 || digits > 9) {
+        /* (f".{fraction}".rstrip("0").rstrip(".") if fraction else "") */
+        if (fraction_length > 0) {
+            Py_ssize_t start = n;
+            out[n++] = '.';
+            memcpy(out + n, in + fraction_start, (size_t)fraction_length);
+            n += fraction_length;
+            while (n > start && out[n - 1] == '0')
+                n--;
+            while (n > start && out[n - 1] == '.')
+                n--;
+        }
+    }
+    else {
+        /* f"{head}.{fraction.ljust(digits, '0')[:digits]}Z" */
+        out[n++] = '.';
+        for (i = 0; i < digits; i++)
+            out[n++] = i < fraction_length ? in[fraction_start + i] : '0';
+    }
+    out[n++] = 'Z';
+    return PyUnicode_FromStringAndSize(out, n);
+
+slow:
+    return PyObject_CallOneArg(self->fallback, text);
+}
+
+static PyObject *
+utc_timestamp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "a timestamptz converter takes one argument, the text");
+        return NULL;
+    }
+    return utc_timestamp_convert((UtcTimestamp *)callable, args[0]);
+}
+
+static int
+utc_timestamp_traverse(UtcTimestamp *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+utc_timestamp_clear(UtcTimestamp *self)
+{
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+utc_timestamp_dealloc(UtcTimestamp *self)
+{
+    PyObject_GC_UnTrack(self);
+    utc_timestamp_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyTypeObject UtcTimestampType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "walbridge._accel.UtcTimestamp",
+    .tp_basicsize = sizeof(UtcTimestamp),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A timestamptz converter with its UTC fast path compiled (see utc_timestamp_fast_path).",
+    .tp_traverse = (traverseproc)utc_timestamp_traverse,
+    .tp_clear = (inquiry)utc_timestamp_clear,
+    .tp_dealloc = (destructor)utc_timestamp_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(UtcTimestamp, vectorcall),
+};
+
+static PyObject *
+utc_timestamp_fast_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    UtcTimestamp *converter;
+    long digits;
+
+    (void)module;
+    if (nargs != 2 || !PyLong_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "utc_timestamp_fast_path(fraction_digits: int, fallback: callable)");
+        return NULL;
+    }
+    digits = PyLong_AsLong(args[0]);
+    if (digits == -1 && PyErr_Occurred())
+        return NULL;
+    converter = PyObject_GC_New(UtcTimestamp, &UtcTimestampType);
+    if (converter == NULL)
+        return NULL;
+    converter->fraction_digits = digits < -1 ? -1 : digits > 10 ? 10 : (int)digits;
+    converter->fallback = Py_NewRef(args[1]);
+    converter->vectorcall = utc_timestamp_vectorcall;
+    PyObject_GC_Track(converter);
+    return (PyObject *)converter;
+}
+
 static PyMethodDef accel_methods[] = {
     {"decode_row_change", (PyCFunction)(void (*)(void))decode_row_change, METH_FASTCALL,
      "decode_row_change(buf, columns): see walbridge.capture.pgoutput.decode_row_change_py."},
@@ -472,6 +612,9 @@ static PyMethodDef accel_methods[] = {
     {"splice_envelope", (PyCFunction)(void (*)(void))splice_envelope, METH_FASTCALL,
      "splice_envelope(parts, lsn, op, key, before, after, ts_ms, value_schema, key_schema): see "
      "walbridge.events.splice_envelope_py."},
+    {"utc_timestamp_fast_path", (PyCFunction)(void (*)(void))utc_timestamp_fast_path, METH_FASTCALL,
+     "utc_timestamp_fast_path(fraction_digits, fallback): see "
+     "walbridge.capture.values.utc_timestamp_fast_path_py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -489,6 +632,8 @@ PyInit__accel(void)
     orjson_dumps = PyObject_GetAttrString(orjson, "dumps");
     Py_DECREF(orjson);
     if (orjson_dumps == NULL)
+        return NULL;
+    if (PyType_Ready(&UtcTimestampType) < 0)
         return NULL;
     return PyModule_Create(&accel_module);
 }

@@ -19,7 +19,7 @@ import pytest
 import type_matrix
 from walbridge import accel, pgcatalog
 from walbridge import events as events_module
-from walbridge.capture import catalog, pgoutput, rows
+from walbridge.capture import catalog, pgoutput, rows, values
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.values import ValueOptions
 from walbridge.events import LSN_MARK, EncodingOptions, EnvelopeEncoder, Source
@@ -161,14 +161,20 @@ def test_events_encode_to_identical_bytes(
     """Decoded and converted by each path, every event of the type matrix encodes to the same bytes."""
     payloads, columns = matrix_messages
     options = ValueOptions(decimal_handling_mode=decimal_mode, **type_matrix.EVENTS_OPTIONS)  # type: ignore[arg-type]
-    codecs = _matrix_codecs(pg_dsn, options)
     encoder = EnvelopeEncoder(EncodingOptions(topic_prefix="accel", schemas_enable=schemas))
 
-    def events(
-        decode: Callable[..., Any], convert: Callable[..., Any], splice: Callable[..., Any]
-    ) -> list[tuple[bytes | None, bytes]]:
-        monkeypatch.setattr(rows, "convert_typed", convert)
-        monkeypatch.setattr(events_module, "splice_envelope", splice)
+    def events(pure: bool) -> list[tuple[bytes | None, bytes]]:
+        def twin(module: Any, name: str) -> Any:
+            python = getattr(module, f"{name}_py")
+            chosen = python if pure else accel.pick(python)
+            monkeypatch.setattr(module, name, chosen)
+            return chosen
+
+        decode = twin(pgoutput, "decode_row_change")
+        twin(rows, "convert_typed")
+        twin(events_module, "splice_envelope")
+        twin(values, "utc_timestamp_fast_path")
+        codecs = _matrix_codecs(pg_dsn, options)  # its converters made by the chosen twins
         out = []
         for lsn, payload in enumerate(payloads):
             change = decode(payload, columns)
@@ -190,12 +196,8 @@ def test_events_encode_to_identical_bytes(
             out.append(prepared.encode(op, codec.key(row), before, after, lsn, 1_700_000_000_999))
         return out
 
-    pure = events(pgoutput.decode_row_change_py, rows.convert_typed_py, events_module.splice_envelope_py)
-    compiled = events(
-        pgoutput.decode_row_change,
-        accel.pick(rows.convert_typed_py),
-        accel.pick(events_module.splice_envelope_py),
-    )
+    pure = events(pure=True)
+    compiled = events(pure=False)
     assert len(pure) >= 40
     assert compiled == pure
 
@@ -261,3 +263,33 @@ _PARTS = (b'{"version":"1","lsn":', b',"sequence":"[\\"1\\",\\"', b'\\"]"}')
 def test_envelopes_splice_alike(args: tuple[Any, ...]) -> None:
     expected = outcome(events_module.splice_envelope_py, *args)
     assert outcome(events_module.splice_envelope, *args) == expected
+
+
+def _timestamp_texts(rng: random.Random) -> list[str]:
+    """What the server prints for timestamptz in a UTC session, and what it does not."""
+    texts = ["infinity", "-infinity", "2024-01-02 03:04:05+00", "0001-01-01 00:00:00+00 BC", "é" * 25 + "+00"]
+    for _ in range(3_000):
+        year = rng.choice(("2024", "1970", "0001", "9999", "12345", "0044"))
+        fraction = "".join(rng.choice("0123456789") for _ in range(rng.choice((0, 1, 3, 5, 6, 6, 9, 12))))
+        if rng.random() < 0.3:
+            fraction = fraction.rstrip("0") or fraction[:1]
+        zone = rng.choice(("+00", "+00", "+00", "+05:30", "-08", "+00 BC", "Z"))
+        day = f"{year}-0{rng.randint(1, 9)}-{rng.randint(10, 28)}"
+        text = f"{day} {rng.randint(10, 23)}:{rng.randint(10, 59)}:{rng.randint(10, 59)}"
+        text += (f".{fraction}" if fraction else "") + zone
+        if rng.random() < 0.1:  # damaged: a character replaced or cut
+            where = rng.randrange(len(text))
+            text = text[:where] + rng.choice((".", " ", "-", "0", "")) + text[where + 1 :]
+        texts.append(text)
+    return texts
+
+
+@compiled_only
+@pytest.mark.parametrize("fraction_digits", [-1, 0, 1, 3, 6, 9, 10])
+def test_timestamptz_converts_alike(monkeypatch: pytest.MonkeyPatch, fraction_digits: int) -> None:
+    compiled = values._zoned_timestamp(fraction_digits)
+    monkeypatch.setattr(values, "utc_timestamp_fast_path", values.utc_timestamp_fast_path_py)
+    pure = values._zoned_timestamp(fraction_digits)
+    assert type(compiled) is not type(pure)
+    for text in _timestamp_texts(random.Random(fraction_digits)):
+        assert outcome(compiled, text) == outcome(pure, text), text

@@ -56,10 +56,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
+from walbridge import accel
 from walbridge.edge_values import (
     DATE_NEGATIVE_INFINITY,
     DATE_POSITIVE_INFINITY,
@@ -297,7 +298,18 @@ def _zoned_timestamp(fraction_digits: int) -> Converter:
             return head + _trimmed_fraction(micros) + "Z"
         return f"{head}.{f'{micros:06d}'.ljust(fraction_digits, '0')[:fraction_digits]}Z"
 
+    return utc_timestamp_fast_path(fraction_digits, convert)
+
+
+def utc_timestamp_fast_path_py(fraction_digits: int, convert: Converter) -> Converter:
+    """A :func:`_zoned_timestamp` converter with its UTC branches compiled: the pure twin is ``convert``.
+
+    The compiled one converts the texts of those branches itself and hands every other text to
+    ``convert``."""
     return convert
+
+
+utc_timestamp_fast_path: Final = accel.pick(utc_timestamp_fast_path_py)
 
 
 def _trimmed_fraction(micros: int) -> str:
