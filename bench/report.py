@@ -7,7 +7,9 @@ short run that checks the whole chain (small sizes; its figures are not the proj
 What it runs, each as its own process writing ``--json`` figures that are read back here:
 
 1. ``bench/capture.py``: backlog, live (unpaced) and snapshot, beside real Debezium and raw
-   ``pg_recvlogical`` in the same run; then live inserts at 10,000 rows/s (walbridge alone).
+   ``pg_recvlogical`` in the same run; then live inserts at 10,000 rows/s (walbridge alone); then
+   backlog and snapshot again on the pure-Python hot path (``WALBRIDGE_PURE_PYTHON=1``), beside the
+   compiled one.
 2. ``bench/sink_postgres.py``: the PostgreSQL sink (one process, ``--workers 2``) beside
    PostgreSQL's own COPY + upsert of the same rows (the ceiling) and the seed's consumer.
 3. ``bench/sink_salesforce.py``: the Salesforce sink into the emulator beside the seed's consumer.
@@ -50,10 +52,13 @@ MODES = ("logical", "trigger")
 console = Console(stderr=True)
 
 PACED = ["--workloads", "live", "--live-rate", str(LIVE_RATE), "--skip-debezium"]
+# The same capture on the pure-Python hot path (WALBRIDGE_PURE_PYTHON), beside the compiled one.
+PURE = ["--workloads", "backlog,snapshot", "--skip-debezium"]
 # Sizes of each benchmark: the issues' full sizes, and --quick.
 FULL: dict[str, list[str]] = {
     "capture": ["--rows", "200000", "--snapshot-rows", "500000"],
     "capture_paced": ["--rows", "200000", *PACED],
+    "capture_pure": ["--rows", "200000", "--snapshot-rows", "500000", *PURE],
     "sink_postgres": ["--events", "200000", "--workers", "2"],
     "sink_salesforce": ["--events", "100000"],
     "capture_trigger": ["--rows", "200000"],
@@ -61,11 +66,14 @@ FULL: dict[str, list[str]] = {
 QUICK: dict[str, list[str]] = {
     "capture": ["--rows", "5000", "--snapshot-rows", "10000"],
     "capture_paced": ["--rows", "5000", *PACED],
+    "capture_pure": ["--rows", "5000", "--snapshot-rows", "10000", *PURE],
     "sink_postgres": ["--events", "20000", "--workers", "2"],
     "sink_salesforce": ["--events", "5000", "--seed-seconds", "5"],
     "capture_trigger": ["--rows", "5000", "--seconds", "3"],
 }  # fmt: skip
-SCRIPTS = {name: name.removesuffix("_paced") for name in FULL}
+SCRIPTS = {name: name.removesuffix("_paced").removesuffix("_pure") for name in FULL}
+ENVIRONMENT = {"capture_pure": {"WALBRIDGE_PURE_PYTHON": "1"}}
+"""Variables a benchmark runs with, besides the report's own environment."""
 
 
 # --------------------------------------------------------------------------- running
@@ -86,7 +94,7 @@ def run_bench(name: str, extra: list[str], work: Path) -> Run:
     argv = [sys.executable, str(BENCH / f"{SCRIPTS[name]}.py"), *extra, "--json", str(out)]
     console.rule(f"{name}: {' '.join(argv[1:])}")
     began = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, check=False)
+    proc = subprocess.run(argv, cwd=ROOT, check=False, env={**os.environ, **ENVIRONMENT.get(name, {})})
     seconds = time.monotonic() - began
     if proc.returncode != 0 or not out.exists():
         console.print(f"[red]{name} failed (exit {proc.returncode}); see its output above")
@@ -292,6 +300,21 @@ def capture_figures(run: Run | None, paced: Run | None) -> list[Figure]:
                    target="< 50 ms" if key == "p99" else "", readme=key == "p99")
         )  # fmt: skip
     return figures
+
+
+def hot_path_figures(compiled: Run | None, pure: Run | None) -> list[Figure]:
+    """The capture figures of the compiled hot path beside the pure-Python one's (a run of its own)."""
+    ours = (((compiled.figures if compiled else None) or {}).get("results") or {}).get("walbridge", {})
+    python = (((pure.figures if pure else None) or {}).get("results") or {}).get("walbridge", {})
+    b, reference = "capture", "pure-Python hot path"
+    return [
+        Figure(b, "backlog, compiled hot path", ours.get("backlog"), "events/s", reference,
+               python.get("backlog"), readme=True),
+        Figure(b, "backlog: CPU per event, compiled hot path", ours.get("backlog_cpu"), "µs/event",
+               reference, python.get("backlog_cpu"), higher_is_better=False),
+        Figure(b, "snapshot, compiled hot path", ours.get("snapshot"), "rows/s", reference,
+               python.get("snapshot")),
+    ]  # fmt: skip
 
 
 def sink_postgres_figures(run: Run | None) -> list[Figure]:
@@ -574,6 +597,7 @@ def main() -> None:
                 soaks[mode] = run
         figures = [
             *capture_figures(runs.get("capture"), runs.get("capture_paced")),
+            *hot_path_figures(runs.get("capture"), runs.get("capture_pure")),
             *sink_postgres_figures(runs.get("sink_postgres")),
             *sink_salesforce_figures(runs.get("sink_salesforce")),
             *trigger_figures(runs.get("capture_trigger"), runs.get("capture")),
