@@ -342,7 +342,7 @@ class PreparedSource:
     hot path: stream transactions and snapshot tables).
     """
 
-    __slots__ = ("_key_schema", "_parts", "_template", "_value_schema", "label", "tombstones", "topic")
+    __slots__ = ("_template", "key_schema", "label", "parts", "tombstones", "topic", "value_schema")
 
     def __init__(
         self,
@@ -359,9 +359,11 @@ class PreparedSource:
         """``schema.table``."""
         self.tombstones = tombstones
         """A delete with a key is followed by a tombstone."""
-        self._parts = parts
-        self._value_schema = value_schema
-        self._key_schema = key_schema
+        self.parts = parts
+        """The source block split where its LSN goes (see :func:`splice_envelope`)."""
+        self.value_schema = value_schema
+        self.key_schema = key_schema
+        """The Connect schemas of value and key, when ``schemas_enable``."""
         self._template = template
 
     def encode(
@@ -369,7 +371,7 @@ class PreparedSource:
     ) -> tuple[bytes | None, bytes]:
         """(key, value) of one event with op c, u, d or r."""
         return splice_envelope(
-            self._parts, lsn, op, key, before, after, ts_ms, self._value_schema, self._key_schema
+            self.parts, lsn, op, key, before, after, ts_ms, self.value_schema, self.key_schema
         )
 
     def source_for(self, ts_ms: int, ts_us: int, tx_id: int, change_id: int) -> bytes:
@@ -382,7 +384,7 @@ class PreparedSource:
     ) -> tuple[bytes | None, bytes]:
         """(key, value) of one event with op c, u, d or r and this source block."""
         return splice_envelope(
-            (source,), 0, op, key, before, after, ts_ms, self._value_schema, self._key_schema
+            (source,), 0, op, key, before, after, ts_ms, self.value_schema, self.key_schema
         )
 
 

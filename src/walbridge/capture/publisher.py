@@ -24,7 +24,14 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from walbridge import metrics
 from walbridge.config import Settings
 from walbridge.errors import ConnectionLost, PermanentError, RecordTooLarge, TransientError, WalbridgeError
-from walbridge.events import ChangeEvent, EnvelopeEncoder, PreparedSource, Source, TableSchema
+from walbridge.events import (
+    ChangeEvent,
+    EnvelopeEncoder,
+    PreparedSource,
+    Source,
+    TableSchema,
+    splice_envelope,
+)
 from walbridge.kafka import (
     DeliveryTracker,
     ensure_topics,
@@ -113,41 +120,22 @@ class EventPublisher(Generic[P]):
         after: Row | None,
         lsn: int,
         ts_ms: int,
+        source: bytes | None = None,
+        change_id: int | None = None,
     ) -> None:
-        """Like :meth:`publish` for an event of ``prepared``'s table (op c, u, d or r), no objects built."""
-        key_bytes, value = prepared.encode(op, key, before, after, lsn, ts_ms)
-        self._produce_prepared(prepared, op, key, key_bytes, value, lsn, None)
+        """Like :meth:`publish` for an event of ``prepared``'s table (op c, u, d or r), no objects built.
 
-    def publish_with_source(
-        self,
-        prepared: PreparedSource,
-        op: str,
-        key: Row | None,
-        before: Row | None,
-        after: Row | None,
-        source: bytes,
-        ts_ms: int,
-        change_id: int,
-    ) -> None:
-        """Like :meth:`publish_prepared` with the event's own source block (trigger mode's change-log rows:
-        see :meth:`PreparedSource.source_for`); ``change_id`` names the change in errors."""
-        key_bytes, value = prepared.encode_with_source(source, op, key, before, after, ts_ms)
-        self._produce_prepared(prepared, op, key, key_bytes, value, None, change_id)
-
-    def _produce_prepared(
-        self,
-        prepared: PreparedSource,
-        op: str,
-        key: Row | None,
-        key_bytes: bytes | None,
-        value: bytes,
-        lsn: int | None,
-        change_id: int | None,
-    ) -> None:
-        """Hand one encoded event (and a delete's tombstone) to the producer; lsn/change_id for errors."""
+        With ``source``, the event's own source block (trigger mode's change-log rows: see
+        :meth:`PreparedSource.source_for`) instead of ``prepared``'s with ``lsn``; ``change_id`` names the
+        change in errors. Capture's hot path: the envelope is spliced and produced here, in one frame."""
+        key_bytes, value = splice_envelope(
+            prepared.parts if source is None else (source,), lsn, op, key, before, after, ts_ms,
+            prepared.value_schema, prepared.key_schema,
+        )  # fmt: skip
         topic = prepared.topic
         if len(value) > self.max_bytes:
-            self._check_size(key_bytes, value, _Where(prepared.label, lsn, change_id), key)
+            where = _Where(prepared.label, lsn if source is None else None, change_id)
+            self._check_size(key_bytes, value, where, key)
         callback = self.tracker.open()
         try:
             try:
@@ -160,7 +148,8 @@ class EventPublisher(Generic[P]):
                 self._produce(topic, key_bytes, None)
                 self.published += 1
         except KafkaException as exc:
-            raise self._refused(exc, _Where(prepared.label, lsn, change_id), key, key_bytes, value) from exc
+            where = _Where(prepared.label, lsn if source is None else None, change_id)
+            raise self._refused(exc, where, key, key_bytes, value) from exc
         counts = self._unreported
         slot = (prepared.label, op)
         counts[slot] = counts.get(slot, 0) + 1

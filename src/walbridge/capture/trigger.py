@@ -783,11 +783,11 @@ class _Poller:
         )
         source = prepared.source_for(row.changed_us // 1000, row.changed_us, row.txid, row.id)
         now_ms = time.time_ns() // 1_000_000
-        publish = self.publisher.publish_with_source
+        publish = self.publisher.publish_prepared
         for op, key, old, new in changes:
             if inc is not None:
                 self._seen(inc, row, key)
-            publish(prepared, op, key, old, new, source, now_ms, row.id)
+            publish(prepared, op, key, old, new, 0, now_ms, source, row.id)
         return True
 
     def _prepared_for(self, codec: RowCodec) -> PreparedSource | None:
