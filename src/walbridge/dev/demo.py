@@ -180,7 +180,8 @@ def _watch_state(source: str, dest: str, emulator_url: str, board: _Board, stop:
         stop.wait(0.5)
 
 
-def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
+def _view(board: _Board, settings: Settings, dsn_hint: str, hint: str | None) -> Group:
+    """The demo's board; ``hint`` says how it stops (the final view, after the stop, has none)."""
     flow = Table.grid(padding=(0, 2))
     flow.add_row(
         "[bold]Kafka events[/]", ", ".join(f"{op}={n}" for op, n in sorted(board.kafka.items())) or "-"
@@ -203,7 +204,8 @@ def _view(board: _Board, settings: Settings, dsn_hint: str) -> Group:
     parts: list[Any] = [Panel(flow, title=f"walbridge demo — {board.step}"), recent]
     if board.errors:
         parts.append(Panel("\n".join(board.errors[-5:]), title="errors", style="red"))
-    parts.append(f"[dim]make your own changes: psql '{dsn_hint}'   ·   Ctrl-C stops[/]")
+    if hint is not None:
+        parts.append(f"[dim]make your own changes: psql '{dsn_hint}'   ·   {hint}[/]")
     return Group(*parts)
 
 
@@ -328,16 +330,16 @@ def demo(
         if once:
             watchers.append(_thread("once", lambda s: _stop_when_settled(board, s), stop, board))
         deadline = time.monotonic() + duration if duration else None
-        if out.is_terminal:
-            with Live(_view(board, settings, source), console=out, refresh_per_second=4) as live:
+        hint = "stops once the changes have arrived; Ctrl-C stops sooner" if once else "Ctrl-C stops"
+        if out.is_terminal:  # the live view while it runs; the final one below, after the stop's log lines
+            with Live(
+                _view(board, settings, source, hint), console=out, refresh_per_second=4, transient=True
+            ) as live:
                 while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                    live.update(_view(board, settings, source))
+                    live.update(_view(board, settings, source, hint))
                     stop.wait(0.25)
-                live.update(_view(board, settings, source))
         else:  # a log or a pipe: one line per step, the full view once at the end
             _follow_steps(board, stop, deadline)
-            out.print(_view(board, settings, source), soft_wrap=True)
-            out.print()
         if once and not _settled(board):
             board.errors.append(f"the scripted changes did not reach every destination in {duration:.0f} s")
             out.print(f"[red]{board.errors[-1]}[/]", highlight=False)
@@ -345,6 +347,8 @@ def demo(
         for thread in threads + watchers:
             thread.join(20)
         emulator.stop()
+        out.print(_view(board, settings, source, None), soft_wrap=True)
+        out.print()
         agree = board.source_rows == board.dest_rows
         out.print(
             ("[green]✓ source and replica agree[/]" if agree else "[yellow]source and replica differ[/]")
