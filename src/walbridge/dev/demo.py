@@ -339,6 +339,7 @@ def demo(
                     live.update(_view(board, settings, source, hint))
                     stop.wait(0.25)
         else:  # a log or a pipe: one line per step, the full view once at the end
+            out.print(f"make your own changes: psql '{source}'   ·   {hint}", soft_wrap=True, highlight=False)
             _follow_steps(board, stop, deadline)
         if once and not _settled(board):
             board.errors.append(f"the scripted changes did not reach every destination in {duration:.0f} s")
