@@ -113,6 +113,8 @@ class SalesforceSink:
         :meth:`write_batch`, on the runner's worker thread, reads and sets it)."""
         self.skipped_resends = 0
         """Records not sent again on a retry because Salesforce had accepted them already."""
+        self.batches_ahead = 0
+        """Batches whose publishing started while the batch before waited for its answers."""
 
     @property
     def data_url(self) -> str:
@@ -299,6 +301,7 @@ class SalesforceSink:
         for handed in self._handover.waiting(sending.publishing, lambda: self._ahead is None):
             try:
                 self._ahead = self._send(handed, {}, after=sending)
+                self.batches_ahead += 1
             except WalbridgeError as exc:
                 log.debug("%s: publishing the next batch ahead: %s", self.name, exc)
 
