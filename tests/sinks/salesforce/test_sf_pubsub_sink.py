@@ -236,6 +236,52 @@ def test_transient_record_failures_never_reorder_a_row(
     assert emulator_stats(server)["pubsub_requests"] > 6  # the failed events' requests were sent again
 
 
+def test_failures_while_the_next_batch_is_in_flight_keep_each_row_in_order_and_the_dlq_exact(
+    kafka_bootstrap: str, topic_prefix: str, emulator: Any
+) -> None:
+    """Small batches over a slow stream: each batch is published while the one before waits for its
+    answers. Transient record failures (retried) and two invalid events (the DLQ) land in batches whose
+    successor is already in flight: every row keeps its order, the DLQ holds exactly the two, Salesforce
+    everything else once."""
+    server = emulator(pubsub_port=0, latency_ms=30)
+    httpx.post(
+        f"{server.url}/emulator/record-faults", params={"positions": "0,7,19", "calls": 6}
+    ).raise_for_status()
+    overrides = {"inventory.customers": {"columns": {"Schema_Version__c": "schema_version"}}}
+    pipe = _pipe(
+        kafka_bootstrap,
+        topic_prefix,
+        server,
+        batch_size=100,
+        pubsub_in_flight=2,
+        pubsub_events_per_request=25,
+        tables=overrides,
+    )
+    invalid = {(10, 3), (60, 5)}
+    for version in range(8):
+        rows = [customer(i, version, schema_version="1.0") for i in range(100)]
+        for cid, bad in invalid:
+            if bad == version:
+                rows[cid]["schema_version"] = {"major": 1}
+        pipe.send(*(change("c" if version == 0 else "u", row) for row in rows))
+    sink = pipe.start()
+    try:
+        dlq = consume_all(kafka_bootstrap, [pipe.topic + ".dlq"], min_count=2, idle_s=1.0, timeout_s=90)
+        stored = _wait_stored(server, 800 - len(invalid), 90)
+    finally:
+        pipe.stop_all()
+    assert sorted(
+        (v["after"]["id"], v["after"]["version"]) for v in map(orjson.loads, (m.value() for m in dlq))
+    ) == sorted(invalid)
+    assert len(stored) == 798 and len({e["fields"]["Event_Key__c"] for e in stored}) == 798
+    versions = _versions(stored)
+    for cid in range(100):
+        expected = [v for v in range(8) if (cid, v) not in invalid]
+        assert versions[str(cid)] == expected, (cid, versions[str(cid)])
+    assert sink.batches_ahead > 0
+    assert emulator_stats(server)["pubsub_requests"] > 32  # the failed events' requests were sent again
+
+
 def test_a_deploy_that_adds_a_field_is_followed_and_one_that_deletes_a_mapped_field_stops(
     kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Path
 ) -> None:

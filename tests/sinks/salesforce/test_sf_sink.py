@@ -222,27 +222,45 @@ def _sink_process(config: Any) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.parametrize(
+    ("transport", "stop"),
+    [("rest", signal.SIGKILL), ("pubsub", signal.SIGKILL), ("pubsub", signal.SIGTERM)],
+)
 def test_sigkill_mid_run_then_restart(
-    kafka_bootstrap: str, topic_prefix: str, emulator: Any, tmp_path: Any
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    emulator: Any,
+    tmp_path: Any,
+    transport: str,
+    stop: signal.Signals,
 ) -> None:
-    server = emulator(latency_ms=30)
+    """Stopped mid-stream (SIGKILL: nothing committed of the batches in flight; SIGTERM: what is known
+    is committed), then restarted: every event arrives, duplicates at most the batches published but not
+    committed (one; two over Pub/Sub, which publishes the next batch while the one before waits)."""
+    server = emulator(latency_ms=30, pubsub_port=0)
     batch_size, total = 400, 4000
     pipe = SfPipeline(kafka_bootstrap, topic_prefix, server, batch_size=batch_size)
     pipe.send(*(change("c", customer(i)) for i in range(total)))
     config = tmp_path / "sink.yaml"
+    wire = (
+        f" transport: pubsub, pubsub_url: '{server.pubsub_url}', pubsub_in_flight: 2,"
+        " pubsub_events_per_request: 100"
+        if transport == "pubsub"
+        else " max_in_flight: 2"
+    )
     config.write_text(
         f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', session_timeout_ms: 6000}}\n"
         "dlq: {backoff_initial_s: 0.1, backoff_max_s: 1.0}\n"
         f"sinks:\n  - {{type: salesforce, instance_url: '{server.url}', client_id: walbridge-emulator,"
         f" client_secret: 'env:SF_TEST_SECRET', topics: ['{pipe.topic}'], group_id: '{topic_prefix}-kill',"
-        f" batch_size: {batch_size}, linger_ms: 50, max_in_flight: 2}}\n"
+        f" batch_size: {batch_size}, linger_ms: 50,{wire}}}\n"
     )
     first = _sink_process(config)
     try:
         wait_until(lambda: emulator_stats(server)["events"] >= total // 4, 60, 0.05)
     finally:
-        first.kill()  # SIGKILL: no shutdown, offsets of the batch in flight not committed
-        first.wait(10)
+        first.send_signal(stop)  # SIGKILL: no shutdown, offsets of the batches in flight not committed
+        first.wait(30)
     at_kill = emulator_stats(server)["events"]
     second = _sink_process(config)
     try:
@@ -256,11 +274,13 @@ def test_sigkill_mid_run_then_restart(
     keys = _keys(stored)
     duplicates = len(stored) - len(keys)
     print(
-        f"SIGKILL after {at_kill} events: {len(keys)}/{total} present, {duplicates} duplicates "
-        f"(bound: one batch = {batch_size})"
+        f"{stop.name} after {at_kill} events: {len(keys)}/{total} present, {duplicates} duplicates "
+        f"(bound: {'two batches' if transport == 'pubsub' else 'one batch'} of {batch_size})"
     )
     assert len(keys) == total
-    assert duplicates <= batch_size
+    if stop == signal.SIGTERM:
+        assert first.returncode == 0
+    assert duplicates <= batch_size * (2 if transport == "pubsub" else 1)
 
 
 def test_field_deleted_in_the_org_stops_the_sink_without_dead_letters(

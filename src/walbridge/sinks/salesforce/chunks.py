@@ -70,6 +70,10 @@ class ChunkPlanner:
         self._waiting.append(chunk)
         return self._release()
 
+    def chunk_of(self, row: Hashable) -> int | None:
+        """The chunk holding the row's last event taken so far (None: none of its events)."""
+        return self._row_chunk.get(row)
+
     def finish(self) -> list[Chunk]:
         """Every chunk not returned yet, in chunk order (all of them are ready now)."""
         rest = [chunk for chunk in self.chunks if chunk.number not in self._released]

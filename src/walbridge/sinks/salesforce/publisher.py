@@ -67,6 +67,7 @@ __all__ = [
     "Outcome",
     "Publisher",
     "PublisherStats",
+    "Publishing",
     "SchemaRefused",
 ]
 
@@ -218,8 +219,77 @@ def _rejection(code: str, message: str, fields: list[str]) -> RecordRejected:
     return RecordRejected(f"{code}: {message}{shown}", status_code=code, sf_message=message, fields=fields)
 
 
+class Publishing:
+    """One :meth:`Publisher.start`: the records taken, their chunk plan and each chunk's call."""
+
+    def __init__(self, chunk_size: int, stats: PublisherStats, after: Publishing | None = None) -> None:
+        self.taken: list[EventRecord] = []
+        self.planner = ChunkPlanner(chunk_size)
+        self.futures: dict[int, Future[Outcome]] = {}
+        self.halt: threading.Event = after.halt if after is not None else threading.Event()
+        """Set by the first transient failure: no chunk starts after it (shared with ``after``)."""
+        self._stats = stats
+        self._outcome: Outcome | None = None
+        self._left = 0
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def futures_of(self, rows: set[Any]) -> list[Future[Outcome]]:
+        """The calls of the chunks holding the last event of these rows (``order_key``)."""
+        numbers = {self.planner.chunk_of(row) for row in rows}
+        return [self.futures[n] for n in sorted(n for n in numbers if n is not None)]
+
+    def seal(self) -> None:
+        """Every chunk is started: :meth:`done` from now on says whether every call is over."""
+        with self._lock:
+            self._left = len(self.futures)
+        for future in self.futures.values():
+            future.add_done_callback(self._one_done)
+        if not self.futures:
+            self._finish()
+
+    def _one_done(self, _future: Future[Outcome]) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once every call is over (now, when it is already)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def result(self) -> Outcome:
+        """The outcome of every record taken (waits for the calls)."""
+        if self._outcome is None:
+            outcome = Outcome()
+            for number in sorted(self.futures):
+                outcome.merge(self.futures[number].result())
+            self._stats.count_results(outcome)
+            self._outcome = outcome
+        return self._outcome
+
+
 class Publisher:
     """Sends event records to ``composite/sobjects`` (see the module docstring)."""
+
+    sends_ahead = False
+    """Whether the sink starts the next batch (:meth:`start` with ``after``) while one is under way."""
 
     def __init__(
         self,
@@ -245,8 +315,11 @@ class Publisher:
         self.stats = PublisherStats()
         self._usage_stamp = 0.0
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sf-publish")
+        self._closing = threading.Event()
 
     def close(self) -> None:
+        """Wait for the calls in flight; chunks not started yet are not sent any more."""
+        self._closing.set()
         self._pool.shutdown(wait=True)
 
     def prepare(self, records: Sequence[EventRecord]) -> None:
@@ -258,30 +331,35 @@ class Publisher:
         """Publish ``records`` (indexes in the outcome: positions in ``records``). Records are taken one
         at a time and each chunk is sent as soon as it is ready (:mod:`~walbridge.sinks.salesforce.chunks`),
         so a lazily mapped batch has its first calls in flight while the rest is still being mapped."""
-        halt = threading.Event()
-        taken: list[EventRecord] = []
-        futures: dict[int, Future[Outcome]] = {}
-        planner = ChunkPlanner(self.chunk_size)
+        return self.start(records).result()
+
+    def start(self, records: Iterable[EventRecord], *, after: Publishing | None = None) -> Publishing:
+        """:meth:`publish` without waiting for the answers: every record is taken and every chunk
+        started (or queued) when this returns. With ``after`` (the publish of the batch before, still
+        under way) a chunk also waits for the chunks of ``after`` holding its rows' previous events and
+        is not sent if one of them did not go through, and a transient failure of either stops both."""
+        run = Publishing(self.chunk_size, self.stats, after)
 
         def send(chunks: list[Chunk]) -> None:
             for chunk in chunks:
-                wait_for = [futures[number] for number in sorted(chunk.after)]
-                futures[chunk.number] = self._start(taken, chunk.indexes, wait_for, halt)
+                wait_for = [run.futures[number] for number in sorted(chunk.after)]
+                if after is not None:
+                    wait_for += after.futures_of({run.taken[i].order_key for i in chunk.indexes})
+                run.futures[chunk.number] = self._start(
+                    run.taken, chunk.indexes, wait_for, run.halt, ahead=after is not None
+                )
 
         try:
             for record in records:
-                taken.append(record)
-                send(planner.add(record))
+                run.taken.append(record)
+                send(run.planner.add(record))
         except BaseException:
-            halt.set()  # nothing more starts; what is in flight ends before the error goes up
-            wait(futures.values())
+            run.halt.set()  # nothing more starts; what is in flight ends before the error goes up
+            wait(run.futures.values())
             raise
-        send(planner.finish())
-        outcome = Outcome()
-        for number in sorted(futures):
-            outcome.merge(futures[number].result())
-        self.stats.count_results(outcome)
-        return outcome
+        send(run.planner.finish())
+        run.seal()
+        return run
 
     def _start(
         self,
@@ -289,8 +367,10 @@ class Publisher:
         chunk: list[int],
         wait_for: list[Future[Outcome]],
         halt: threading.Event,
+        ahead: bool = False,
     ) -> Future[Outcome]:
-        """The call of one chunk, run by a pool thread once the chunks in ``wait_for`` went through."""
+        """The call of one chunk, run by a pool thread once the chunks in ``wait_for`` went through
+        (``ahead``: the batch of the chunk follows one still under way)."""
         return self._pool.submit(self._run_chunk, partial(self._send, records, chunk), wait_for, halt)
 
     def _run_chunk(
@@ -306,7 +386,7 @@ class Publisher:
             failed = dep.result().transient
             if failed is not None:
                 return Outcome(transient=failed)
-        if halt.is_set() and not started:
+        if (halt.is_set() or self._closing.is_set()) and not started:
             return Outcome(transient=ServerBusy("not sent: an earlier call of this batch failed"))
         try:
             outcome = send()

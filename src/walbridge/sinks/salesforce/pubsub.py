@@ -67,6 +67,7 @@ from walbridge.sinks.salesforce.publisher import (
     MAX_RECORDS_PER_CALL,
     Outcome,
     Publisher,
+    Publishing,
     SchemaRefused,
     _rejection,
 )
@@ -204,6 +205,8 @@ class _PublishStream:
 class PubSubPublisher(Publisher):
     """Publishes over the Pub/Sub API (see the module docstring)."""
 
+    sends_ahead = True  # one stream: the next batch's requests follow the answers of the batch before
+
     def __init__(
         self,
         client: httpx.Client,
@@ -247,7 +250,7 @@ class PubSubPublisher(Publisher):
         self._payloads: dict[int, _Payload] = {}
         """Payloads encoded ahead (:meth:`prepare`) for the next :meth:`publish`, by record id."""
         self._ready: dict[int, _Payload] = {}
-        """The ones of the records being published."""
+        """The ones of the records being published (a publish started ahead encodes its own)."""
         prefix, numbers = uuid.uuid4().hex[:16], itertools.count()
         self._next_id: Callable[[], str] = lambda: f"{prefix}-{next(numbers)}"
         """Event ids (correlation keys): unique per publisher, cheaper than a uuid each."""
@@ -312,11 +315,18 @@ class PubSubPublisher(Publisher):
             payloads[id(record)] = _Payload(record, topic.codec.id, token.user_id, payload)
         self._payloads = payloads
 
-    def publish(self, records: Iterable[EventRecord]) -> Outcome:
-        self._ready, self._payloads = self._payloads, {}
-        try:
-            return super().publish(records)
-        finally:
+    def start(self, records: Iterable[EventRecord], *, after: Publishing | None = None) -> Publishing:
+        ready, self._payloads = self._payloads, {}
+        if not ready:
+            return super().start(records, after=after)
+        self._ready = ready
+        run = super().start(records, after=after)
+        run.on_done(lambda: self._forget(ready))
+        return run
+
+    def _forget(self, ready: dict[int, _Payload]) -> None:
+        """The publish that took these payloads is over: they serve nothing else."""
+        if self._ready is ready:
             self._ready = {}
 
     # ------------------------------------------------------------------ one chunk
@@ -327,19 +337,27 @@ class PubSubPublisher(Publisher):
         chunk: list[int],
         wait_for: list[Future[Outcome]],
         halt: threading.Event,
+        ahead: bool = False,
     ) -> Future[Outcome]:
         """On a stream, a chunk free to go (the chunks it follows went through, nothing failed) is encoded
         and its first request sent here, by the thread taking the records, so that it is in flight while
-        the next records are mapped; a pool thread then only waits for the answer. Any other chunk, or one
-        this step fails for (the pool thread does it again and reports the error), goes the REST way."""
-        if self.use_stream and not halt.is_set() and all(_went_through(dep) for dep in wait_for):
+        the next records are mapped; a pool thread then only waits for the answer. A chunk of a batch
+        ``ahead`` is encoded here and sent by a pool thread once one is free (the calls in flight stay
+        at ``max_in_flight``: its requests follow the batch before's as they are answered). Any other
+        chunk, or one this step fails for (the pool thread does it again and reports the error), goes the
+        REST way."""
+        if self.use_stream and not halt.is_set():
             try:
-                early = self._send_first(records, chunk)
+                if ahead:
+                    encoded = self._encode(records, chunk, self.topic(records[chunk[0]].sobject))
+                    send = partial(self._send, records, chunk, encoded)
+                    return self._pool.submit(self._run_chunk, send, wait_for, halt)
+                if all(_went_through(dep) for dep in wait_for):
+                    early = self._send_first(records, chunk)
+                    send = partial(self._send, records, chunk, early)
+                    return self._pool.submit(self._run_chunk, send, [], halt, True)
             except (WalbridgeError, _StaleSchema, _StreamClosed):
                 pass
-            else:
-                send = partial(self._send, records, chunk, early)
-                return self._pool.submit(self._run_chunk, send, [], halt, True)
         return super()._start(records, chunk, wait_for, halt)
 
     def _send_first(self, records: Sequence[EventRecord], chunk: list[int]) -> _Encoded:

@@ -14,7 +14,9 @@ batch Salesforce already accepted (``topic, partition, offset``) and does not se
 the runner retries the batch, after a transient error or a permanent refusal; :meth:`rollback`
 keeps that memory (a published event cannot be taken back) and :meth:`commit` forgets what the
 committed offsets cover. Only a crash between publishing and the Kafka commit re-sends events, at
-most one runner batch (``batch_size`` records); ``Event_Key__c`` lets Salesforce drop them.
+most one runner batch (``batch_size`` records; two with the Pub/Sub transport, which publishes the next
+batch while the one before waits for its answers: :mod:`~walbridge.sinks.salesforce.ahead`);
+``Event_Key__c`` lets Salesforce drop them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import httpx
 from walbridge.config import SalesforceSinkSettings
 from walbridge.errors import ConfigError, TransientError, WalbridgeError
 from walbridge.sinks.base import RecordFailure, SinkRecord, TopicPartitionKey
+from walbridge.sinks.salesforce.ahead import Handover, RecordKey, Sending, record_key
 from walbridge.sinks.salesforce.allocation import Allocation
 from walbridge.sinks.salesforce.auth import ClientCredentials, Grant, JwtBearer, SalesforceAuth
 from walbridge.sinks.salesforce.mapping import EventRecord, EventSchema, Mapper, TableRule, parse_rules
@@ -40,7 +43,6 @@ __all__ = ["SalesforceSink", "build_grant"]
 
 log = logging.getLogger(__name__)
 _LOGIN_AUDIENCE = "https://login.salesforce.com"
-RecordKey = tuple[str, int, int]
 
 
 def _private_key(settings: SalesforceSinkSettings) -> str:
@@ -105,8 +107,14 @@ class SalesforceSink:
         self._accepted: set[RecordKey] = set()
         self._prepared: dict[RecordKey, EventRecord | WalbridgeError | None] = {}
         """The next batch's mappings (:meth:`prepare`), taken by the next :meth:`write_batch`."""
+        self._handover = Handover()
+        self._ahead: Sending | None = None
+        """The next batch's publish, started while the batch before waited for its answers (only
+        :meth:`write_batch`, on the runner's worker thread, reads and sets it)."""
         self.skipped_resends = 0
         """Records not sent again on a retry because Salesforce had accepted them already."""
+        self.batches_ahead = 0
+        """Batches whose publishing started while the batch before waited for its answers."""
 
     @property
     def data_url(self) -> str:
@@ -188,8 +196,60 @@ class SalesforceSink:
 
     def write_batch(self, records: list[SinkRecord]) -> list[RecordFailure]:
         assert self.mapper is not None and self.publisher is not None, "open() first"
+        if not records:
+            return []
+        self._handover.clear()  # a batch handed over to a write that ended first: this one maps it
+        keys = frozenset(map(_key, records))
+        sending = self._take_ahead(records, keys)
+        if sending is None:
+            prepared, self._prepared = self._prepared, {}
+            sending = self._send(records, prepared)
+        self._await(sending)
+        try:
+            outcome = sending.publishing.result()
+        except SchemaRefused as refused:
+            raise self._schema_drift(refused) from None
+        sources = sending.sources
+        self._accepted.update(_key(sources[i]) for i in outcome.accepted)
+        failures = [f for f in sending.failures if _key(f.record) in keys]
+        failures += [
+            RecordFailure(sources[i], _with_context(error, sources[i]))
+            for i, error in outcome.rejected
+            if _key(sources[i]) in keys
+        ]
+        if outcome.transient is not None:
+            raise outcome.transient
+        return failures
+
+    def prepare(self, records: list[SinkRecord]) -> None:
+        """Work on the next batch while the current one waits for Salesforce's answers (the runner's
+        prefetch). With a publisher that ``sends_ahead`` (Pub/Sub) and a :meth:`write_batch` waiting,
+        the batch is handed over to it: it maps the batch and starts publishing it after the current
+        one (:mod:`~walbridge.sinks.salesforce.ahead`). Otherwise (REST, or no write waiting) the batch
+        is mapped here (and the Pub/Sub transport Avro-encodes it): :meth:`write_batch` takes each
+        mapping from here instead of mapping again. A mapping does not depend on what happens to the
+        batch before."""
+        assert self.mapper is not None and self.publisher is not None, "open() first"
+        if self.publisher.sends_ahead and self._handover.offer(records):
+            return
+        prepared: dict[RecordKey, EventRecord | WalbridgeError | None] = {}
+        for record in records:
+            try:
+                prepared[_key(record)] = self.mapper.map(record)
+            except WalbridgeError as exc:
+                prepared[_key(record)] = exc
+        self._prepared = prepared
+        self.publisher.prepare([m for m in prepared.values() if isinstance(m, EventRecord)])
+
+    def _send(
+        self,
+        records: list[SinkRecord],
+        prepared: Mapping[RecordKey, EventRecord | WalbridgeError | None],
+        after: Sending | None = None,
+    ) -> Sending:
+        """Start publishing ``records`` (after the batch ``after``, still under way)."""
+        assert self.mapper is not None and self.publisher is not None
         mapper = self.mapper
-        prepared, self._prepared = self._prepared, {}
         failures: list[RecordFailure] = []
         sources: list[SinkRecord] = []
 
@@ -213,32 +273,37 @@ class SalesforceSink:
                     sources.append(record)
                     yield mapped
 
-        try:
-            outcome = self.publisher.publish(outgoing())
-        except SchemaRefused as refused:
-            raise self._schema_drift(refused) from None
-        self._accepted.update(_key(sources[i]) for i in outcome.accepted)
-        failures += [
-            RecordFailure(sources[i], _with_context(error, sources[i])) for i, error in outcome.rejected
-        ]
-        if outcome.transient is not None:
-            raise outcome.transient
-        return failures
+        publishing = self.publisher.start(outgoing(), after=None if after is None else after.publishing)
+        return Sending(*Sending.positions(records), publishing, sources, failures)
 
-    def prepare(self, records: list[SinkRecord]) -> None:
-        """Map the next batch (and let the publisher work on it: the Pub/Sub transport Avro-encodes it)
-        while the current one waits for Salesforce's answers (the runner's prefetch): :meth:`write_batch`
-        takes each mapping from here instead of mapping again. Nothing is sent; a mapping does not
-        depend on what happens to the batch before."""
-        assert self.mapper is not None and self.publisher is not None, "open() first"
-        prepared: dict[RecordKey, EventRecord | WalbridgeError | None] = {}
-        for record in records:
+    def _take_ahead(self, records: list[SinkRecord], keys: frozenset[RecordKey]) -> Sending | None:
+        """The publish started ahead for these records, if any. One started for later records (this is
+        a retry of the batch before it) stays ahead; one for records read again (a partition revoked
+        and assigned again) is waited for, and what it published counts as accepted."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if keys <= ahead.keys:
+            return ahead
+        if ahead.follows(records):
+            self._ahead = ahead
+            return None
+        try:
+            outcome = ahead.publishing.result()
+        except WalbridgeError:
+            return None
+        self._accepted.update(_key(ahead.sources[i]) for i in outcome.accepted)
+        return None
+
+    def _await(self, sending: Sending) -> None:
+        """Wait for the publish of the batch being written; start the next batch's when it is handed
+        over meanwhile (one ahead at most)."""
+        for handed in self._handover.waiting(sending.publishing, lambda: self._ahead is None):
             try:
-                prepared[_key(record)] = self.mapper.map(record)
+                self._ahead = self._send(handed, {}, after=sending)
+                self.batches_ahead += 1
             except WalbridgeError as exc:
-                prepared[_key(record)] = exc
-        self._prepared = prepared
-        self.publisher.prepare([m for m in prepared.values() if isinstance(m, EventRecord)])
+                log.debug("%s: publishing the next batch ahead: %s", self.name, exc)
 
     def commit(self, next_offsets: dict[TopicPartitionKey, int]) -> None:
         self._accepted = {k for k in self._accepted if k[2] >= next_offsets.get((k[0], k[1]), -1)}
@@ -334,8 +399,7 @@ class SalesforceSink:
         )
 
 
-def _key(record: SinkRecord) -> RecordKey:
-    return record.topic, record.partition, record.offset
+_key = record_key
 
 
 def _with_context(error: WalbridgeError, record: SinkRecord) -> WalbridgeError:
