@@ -53,7 +53,7 @@ from walbridge.sinks.pg_types import (
     read_table,
     sql_expr,
 )
-from walbridge.unavailable import is_unavailable, mentions_unavailable
+from walbridge.unavailable import is_unavailable, mentions_unavailable, unavailable_names
 
 __all__ = ["OFFSETS_TABLE", "PostgresSink", "map_pg_error"]  # map_pg_error: see walbridge.pgerrors
 
@@ -941,13 +941,11 @@ def _raw_row(
         raise UnknownColumn(
             f"destination table {info.qualified} has no column {name!r}", table=info.qualified, column=name
         )
-    unavailable = _NONE
-    if mentions_unavailable(record.value):
-        placeholders = [name for name, value in row.items() if is_unavailable(value)]
-        if placeholders:
-            row = {name: value for name, value in row.items() if name not in placeholders}
-            unavailable = frozenset(name for name in placeholders if name in info.columns)
-    return row, unavailable
+    placeholders = unavailable_names(row, record.value)
+    if not placeholders:
+        return row, _NONE
+    row = {name: value for name, value in row.items() if name not in placeholders}
+    return row, frozenset(name for name in placeholders if name in info.columns)
 
 
 def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed:
