@@ -11,7 +11,7 @@ from pg_support import change, employee, rows
 
 from walbridge.config import PostgresSinkSettings
 from walbridge.errors import ConstraintViolation, FatalError, UnknownColumn
-from walbridge.events import EncodingOptions, EnvelopeEncoder, decode_record
+from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, decode_record
 from walbridge.sinks.base import OffsetConflict, SinkRecord
 from walbridge.sinks.postgres import PostgresSink
 
@@ -172,3 +172,64 @@ def _types_event(after):
 
     src = Source(connector="postgresql", name="p", db="src", schema="public", table="types", ts_ms=1)
     return ChangeEvent("c", src, {"id": after["id"]}, None, after, 1)
+
+
+def test_prepared_batch_applies_as_write_batch_would(sink: PostgresSink, employees_db: str) -> None:
+    """The runner's prefetch collapses the next batch ahead (``prepare``); write_batch applies that."""
+    first = records(change("c", None, employee(1)), change("c", None, employee(2)))
+    sink.write_batch(first)  # describes the table: the next batch can be prepared
+    sink.commit({(TOPIC, 0): 2})
+    keyless = change("c", None, {**employee(3), "emp_id": None})
+    second = records(
+        change("u", employee(1), employee(1, salary=60_000)),
+        ChangeEvent("c", keyless.source, {"emp_id": 3}, None, keyless.after, 1),  # refused: no key value
+        change("d", employee(2), None),
+        change("c", None, employee(4, city="Rome")),
+        start=2,
+    )
+    sink.prepare(second)
+    assert sink._prepared is not None
+    failures = sink.write_batch(second)
+    assert sink._prepared is None  # taken
+    assert [f.record.offset for f in failures] == [3]
+    assert "lacks key column" in str(failures[0].error)
+    sink.commit({(TOPIC, 0): 6})
+    assert rows(employees_db, "SELECT emp_id, city, salary FROM employees ORDER BY 1") == [
+        (1, "C", 60_000),
+        (4, "Rome", 50_000),
+    ]
+
+
+def test_prepared_batch_is_not_applied_for_other_records(sink: PostgresSink, employees_db: str) -> None:
+    """A batch retried without a refused record, or a table described again meanwhile: collapsed anew."""
+    sink.write_batch(records(change("c", None, employee(1))))
+    sink.commit({(TOPIC, 0): 1})
+    batch = records(change("c", None, employee(2)), change("c", None, employee(3)), start=1)
+    sink.prepare(batch)
+    assert sink.write_batch(batch[1:]) == []
+    sink.commit({(TOPIC, 0): 3})
+    assert [r[0] for r in rows(employees_db)] == [1, 3]
+
+    later = records(change("u", employee(3), employee(3, salary=1)), start=3)
+    sink.prepare(later)
+    sink._forget_table(("public", "employees"))  # as a batch applied meanwhile may (ALTER TABLE)
+    assert sink._take_prepared(later, []) is None
+    assert sink.write_batch(later) == []
+    sink.commit({(TOPIC, 0): 4})
+    assert rows(employees_db, "SELECT emp_id, salary FROM employees WHERE emp_id = 3") == [(3, 1)]
+
+
+def test_batch_with_a_new_column_or_a_truncate_is_not_prepared(sink: PostgresSink, employees_db: str) -> None:
+    sink.write_batch(records(change("c", None, employee(1))))
+    sink.commit({(TOPIC, 0): 1})
+    sink.prepare(records(change("c", None, employee(2)), change("t", None, None), start=1))
+    assert sink._prepared is None
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE employees ADD COLUMN nickname text")
+    batch = records(change("c", None, {**employee(2), "nickname": "n"}), start=1)
+    sink.prepare(batch)
+    assert sink._prepared is None  # write_batch reads the table again first
+    assert sink.write_batch(batch) == []
+    sink.commit({(TOPIC, 0): 2})
+    assert rows(employees_db, "SELECT emp_id, nickname FROM employees ORDER BY 1") == [(1, None), (2, "n")]
+

@@ -29,7 +29,8 @@ decoded by :func:`~walbridge.sinks.lean.decode_lean` (``decode_event``): only th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -193,6 +194,32 @@ class _TableOps:
         return groups
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A batch collapsed ahead by :meth:`PostgresSink.prepare`."""
+
+    records: tuple[SinkRecord, ...]
+    version: int
+    """The sink's ``_tables_version`` when it began."""
+    tables: dict[tuple[str, str], _TableOps]
+    failures: list[RecordFailure]
+
+
+class _NotCached(Exception):
+    """A table of the batch is not described yet: only :meth:`PostgresSink.write_batch` reads it."""
+
+
+_Planner = Callable[
+    [psycopg.Connection[Any] | None, tuple[str, str], SinkRecord, dict[tuple[str, str], _TableOps]],
+    tuple[_TableOps, bool] | None,
+]
+
+
+def _is_truncate(record: SinkRecord) -> bool:
+    event = record.event
+    return event is not None and event.op == "t"
+
+
 class PostgresSink:
     """Applies change events to a PostgreSQL database (see the module docstring)."""
 
@@ -217,6 +244,9 @@ class PostgresSink:
         self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._skipped: set[str] = set()
         self._barriers = BarrierLog(settings.dsn, self.group_id, f"walbridge-{self.name}")
+        self._tables_version = 0
+        """Bumped whenever a table's cached description is read or forgotten (see :meth:`prepare`)."""
+        self._prepared: _Prepared | None = None
 
     # ------------------------------------------------------------------ Sink
 
@@ -273,12 +303,68 @@ class PostgresSink:
                 self._fence(conn, records)
             records = self._barriers.arrive(conn, records)
             failures: list[RecordFailure] = []
-            tables = self._collapse(conn, records, failures)
+            tables = self._take_prepared(records, failures)
+            if tables is None:
+                tables = self._collapse(conn, records, failures)
             for ops in tables.values():
                 failures.extend(self._apply_table(conn, ops))
             return failures
         except psycopg.Error as exc:
             raise map_pg_error(exc, "applying a batch", sink=self.name) from exc
+
+    def prepare(self, records: list[SinkRecord]) -> None:
+        """Collapse the next batch per table while the current one is applied (the runner's prefetch).
+
+        Runs on the runner's thread, at the same time as :meth:`write_batch` of the batch before: it
+        uses only table descriptions already cached, never the connection. :meth:`write_batch` takes
+        the result when it is given the same records and no cached description changed meanwhile;
+        otherwise (and for a batch with a truncate barrier, a table not described yet, or a column the
+        description lacks) it collapses the batch itself, as without ``prepare``.
+        """
+        self._prepared = None
+        if not records or any(_is_truncate(record) for record in records):
+            return
+        version = self._tables_version
+        failures: list[RecordFailure] = []
+        try:
+            tables = self._collapse_once(None, records, failures, self._cached_plan)
+        except _NotCached:
+            return
+        if any(isinstance(failure.error, UnknownColumn) for failure in failures):
+            return  # write_batch reads the table again first
+        self._prepared = _Prepared(tuple(records), version, tables, failures)
+
+    def _cached_plan(
+        self,
+        conn: psycopg.Connection[Any] | None,
+        ident: tuple[str, str],
+        record: SinkRecord,
+        tables: dict[tuple[str, str], _TableOps],
+    ) -> tuple[_TableOps, bool] | None:
+        """:meth:`_plan` from the cached descriptions only."""
+        dest = self._destination(*ident)
+        info = self._tables.get(dest)
+        if info is None:
+            raise _NotCached
+        ops = tables.get(dest)
+        if ops is None:
+            ops = tables[dest] = _TableOps(info)
+        return ops, self._json_path(info)
+
+    def _take_prepared(
+        self, records: list[SinkRecord], failures: list[RecordFailure]
+    ) -> dict[tuple[str, str], _TableOps] | None:
+        """The tables :meth:`prepare` collapsed ``records`` into, when still valid; taken once."""
+        prepared, self._prepared = self._prepared, None
+        if (
+            prepared is None
+            or prepared.version != self._tables_version
+            or len(prepared.records) != len(records)
+            or not all(map(operator.is_, prepared.records, records))
+        ):
+            return None
+        failures += prepared.failures
+        return prepared.tables
 
     def barriers_waiting(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, str]:
         """Partitions stopped at a truncate not applied yet (see :mod:`walbridge.sinks.pg_barrier`)."""
@@ -405,12 +491,18 @@ class PostgresSink:
             refreshed |= stale
 
     def _forget_table(self, dest: tuple[str, str]) -> None:
+        self._tables_version += 1
         for cache in (self._tables, self._converters, self._exprs):
             cache.pop(dest, None)
 
     def _collapse_once(
-        self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]
+        self,
+        conn: psycopg.Connection[Any] | None,
+        records: Iterable[SinkRecord],
+        failures: list[RecordFailure],
+        plan_of: _Planner | None = None,
     ) -> dict[tuple[str, str], _TableOps]:
+        make_plan = plan_of or self._plan
         tables: dict[tuple[str, str], _TableOps] = {}
         plans: dict[tuple[str, str], tuple[_TableOps, bool] | None] = {}
         for record in records:
@@ -423,7 +515,7 @@ class PostgresSink:
                 if ident in plans:
                     plan = plans[ident]
                 else:
-                    plan = plans[ident] = self._plan(conn, ident, record, tables)
+                    plan = plans[ident] = make_plan(conn, ident, record, tables)
                 if plan is None:
                     continue
                 ops, raw = plan
@@ -437,12 +529,13 @@ class PostgresSink:
 
     def _plan(
         self,
-        conn: psycopg.Connection[Any],
+        conn: psycopg.Connection[Any] | None,
         ident: tuple[str, str],
         record: SinkRecord,
         tables: dict[tuple[str, str], _TableOps],
     ) -> tuple[_TableOps, bool] | None:
         """Where a source table's events of this batch go, and whether by the JSON path."""
+        assert conn is not None
         dest = self._destination(*ident)
         info = self._table(conn, dest, record)
         if info is None:
@@ -465,6 +558,7 @@ class PostgresSink:
         info = self._tables.get(dest)
         if info is not None:
             return info
+        self._tables_version += 1
         info = read_table(conn, *dest)
         if info is None:
             info = self._missing_table(dest, record)
@@ -653,6 +747,7 @@ class PostgresSink:
 
     def _forget_table_if_changed(self, info: TableInfo, exc: psycopg.Error) -> None:
         if getattr(exc, "sqlstate", None) in ("42703", "42P01"):
+            self._tables_version += 1
             self._tables.pop((info.schema, info.name), None)
 
     def _apply_json(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
