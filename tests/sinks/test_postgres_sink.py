@@ -11,7 +11,7 @@ from pg_support import change, employee, rows
 
 from walbridge.config import PostgresSinkSettings
 from walbridge.errors import ConstraintViolation, FatalError, UnknownColumn
-from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, decode_record
+from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
 from walbridge.sinks.base import OffsetConflict, SinkRecord
 from walbridge.sinks.postgres import PostgresSink
 
@@ -233,3 +233,30 @@ def test_batch_with_a_new_column_or_a_truncate_is_not_prepared(sink: PostgresSin
     sink.commit({(TOPIC, 0): 2})
     assert rows(employees_db, "SELECT emp_id, nickname FROM employees ORDER BY 1") == [(1, None), (2, "n")]
 
+
+def test_rows_staged_for_a_table_are_never_applied_to_another(employees_db: str) -> None:
+    """Tables of a batch share the COPY stages: a table refused in between (its savepoint rolled back,
+    with the emptying of the stage) must not leave the first table's rows to the third."""
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.t1 (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE public.t2 (id int PRIMARY KEY CHECK (id < 100))")
+        conn.execute("CREATE TABLE public.t3 (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO t1 VALUES (1); INSERT INTO t3 VALUES (1), (7)")
+
+    def event(op: str, table: str, key: int) -> ChangeEvent:
+        source = Source(connector="postgresql", name="test", db="src", schema="public", table=table, ts_ms=1)
+        row = {"id": key}
+        return ChangeEvent(op, source, row, row if op == "d" else None, None if op == "d" else row, 1)
+
+    sink = PostgresSink(PostgresSinkSettings(dsn=employees_db, apply_method="copy", group_id="g"))
+    try:
+        for start in (0, 5):  # the second batch: every stage exists and was used before
+            batch = records(event("d", "t1", 1), event("c", "t2", 500), event("d", "t3", 7), start=start)
+            failures = [f.record.offset for f in sink.write_batch(batch)]
+            assert failures == [start + 2]  # t2's record (the delete's tombstone follows it)
+            sink.commit({(f"p.public.t{n}", 0): start + end for n, end in ((1, 2), (2, 3), (3, 5))})
+            assert rows(employees_db, "SELECT id FROM t3") == [(1,)]
+            with psycopg.connect(employees_db, autocommit=True) as conn:
+                conn.execute("INSERT INTO t1 VALUES (1); INSERT INTO t3 VALUES (7)")
+    finally:
+        sink.close()

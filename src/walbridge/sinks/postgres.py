@@ -241,6 +241,9 @@ class PostgresSink:
         self._exprs: dict[tuple[str, str], dict[str, sql.Composable] | None] = {}
         """Per table: SQL conversions of every column (the JSON path), or None (Python path)."""
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._filled: set[str] = set()
+        """Stages written in the current transaction: emptied before their next use (ON COMMIT DELETE
+        ROWS empties the others). A savepoint rolled back leaves them here: rows of a released one stay."""
         self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._skipped: set[str] = set()
         self._barriers = BarrierLog(settings.dsn, self.group_id, f"walbridge-{self.name}")
@@ -391,9 +394,12 @@ class PostgresSink:
         except psycopg.Error as exc:
             self._stages.clear()
             raise map_pg_error(exc, "committing a batch", sink=self.name) from exc
+        finally:
+            self._filled.clear()
 
     def rollback(self) -> None:
         self._stages.clear()
+        self._filled.clear()
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             return
@@ -423,6 +429,7 @@ class PostgresSink:
             conn.close()
         self._conn = None
         self._stages.clear()
+        self._filled.clear()
         self._stage_names.clear()
         conn = self._connect()
         try:
@@ -778,8 +785,9 @@ class PostgresSink:
     def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
         """The ``slot``-th one-column ``json`` stage, empty (one per statement).
 
-        Stages are shared by every table of a batch and only emptied at commit, so each use
-        empties it first: rows left by an earlier table would otherwise be applied again here.
+        Stages are shared by every table of a batch and only emptied at commit, so a stage written
+        before in this transaction is emptied first: rows left by an earlier table would otherwise be
+        applied again here.
         """
         ident = ("", "json", (str(slot),))
         name = self._stage_names.setdefault(ident, f"_wb_json_{slot}")
@@ -787,9 +795,14 @@ class PostgresSink:
             create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (j json) ON COMMIT DELETE ROWS")
             cur.execute(create.format(sql.Identifier(name)))
             self._stages[ident] = name
-        else:
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+        self._empty(cur, name)
         return name
+
+    def _empty(self, cur: psycopg.Cursor[Any], stage: str) -> None:
+        """Empty a stage when this transaction wrote it before; it is about to be written."""
+        if stage in self._filled:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
+        self._filled.add(stage)
 
     def _apply_copy(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
         info = ops.info
@@ -885,9 +898,7 @@ class PostgresSink:
             )
             cur.execute(create.format(s=sql.Identifier(name), c=_idents(columns), t=info.ident))
             self._stages[ident] = name
-        else:
-            # used before in this transaction (e.g. a retry of the table): start empty
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+        self._empty(cur, name)  # used before in this transaction (e.g. a retry of the table): start empty
         return name
 
 
