@@ -758,18 +758,24 @@ class PostgresSink:
             self._tables.pop((info.schema, info.name), None)
 
     def _apply_json(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
+        """COPY each statement's rows into its stage, then run the statements in one round trip (they
+        take no parameters: one simple query); partial rows last, each group alone (their row count
+        tells a missing row). Keys are in one statement only, but a delete may precede a partial update
+        of its key (which must then miss): deletes run first."""
         info = ops.info
         exprs = self._exprs[(info.schema, info.name)]
         assert exprs is not None
+        statements: list[sql.Composable] = []
+        partials: list[tuple[tuple[str, ...], sql.Composed, int]] = []
         with conn.cursor() as cur:
             if ops.truncate:
-                cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
+                statements.append(sql.SQL("TRUNCATE {}").format(info.ident))
             slot = 0
             if ops.deletes:
                 stage = self._json_stage(cur, slot)
                 _copy_json(cur, stage, [dict(zip(info.key, key, strict=True)) for key in ops.deletes])
                 source = _json_select(info.key, exprs, stage)
-                cur.execute(
+                statements.append(
                     sql.SQL("DELETE FROM {t} AS d USING ({src}) AS s WHERE {cond}").format(
                         t=info.ident, src=source, cond=_key_match(info.key, "d", "s")
                     )
@@ -779,8 +785,16 @@ class PostgresSink:
                 columns = tuple(n for n in names if n in exprs)
                 stage = self._json_stage(cur, slot)
                 _copy_json(cur, stage, rows)
-                _write(cur, info, columns, _json_select(columns, exprs, stage), partial, len(rows))
+                source = _json_select(columns, exprs, stage)
+                if partial:
+                    partials.append((columns, source, len(rows)))
+                else:
+                    statements.append(_upsert_sql(info, columns, source))
                 slot += 1
+            if statements:
+                cur.execute(sql.SQL("; ").join(statements))
+            for columns, select, count in partials:
+                _write(cur, info, columns, select, True, count)
 
     def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
         """The ``slot``-th one-column ``json`` stage, empty (one per statement).
