@@ -97,6 +97,7 @@ Key = tuple[Any, ...]
 Group = tuple[tuple[str, ...], bool]
 """Rows applied by one statement: their column names, and whether they are partial."""
 _NONE: frozenset[str] = frozenset()
+_JSON_STAGE = "_wb_json"
 
 
 class MissingRow(PermanentError):
@@ -758,59 +759,62 @@ class PostgresSink:
             self._tables.pop((info.schema, info.name), None)
 
     def _apply_json(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
-        """COPY each statement's rows into its stage, then run the statements in one round trip (they
-        take no parameters: one simple query); partial rows last, each group alone (their row count
-        tells a missing row). Keys are in one statement only, but a delete may precede a partial update
-        of its key (which must then miss): deletes run first."""
+        """One COPY of every row of the table's statements into the stage (each row tagged with its
+        statement), then the statements in one round trip (they take no parameters: one simple query);
+        partial rows last, each group alone (their row count tells a missing row). Keys are in one
+        statement only, but a delete may precede a partial update of its key (which must then miss):
+        deletes run first."""
         info = ops.info
         exprs = self._exprs[(info.schema, info.name)]
         assert exprs is not None
         statements: list[sql.Composable] = []
         partials: list[tuple[tuple[str, ...], sql.Composed, int]] = []
-        with conn.cursor() as cur:
-            if ops.truncate:
-                statements.append(sql.SQL("TRUNCATE {}").format(info.ident))
-            slot = 0
-            if ops.deletes:
-                stage = self._json_stage(cur, slot)
-                _copy_json(cur, stage, [dict(zip(info.key, key, strict=True)) for key in ops.deletes])
-                source = _json_select(info.key, exprs, stage)
-                statements.append(
-                    sql.SQL("DELETE FROM {t} AS d USING ({src}) AS s WHERE {cond}").format(
-                        t=info.ident, src=source, cond=_key_match(info.key, "d", "s")
-                    )
+        chunks: list[bytes] = []
+        stage = _JSON_STAGE
+        if ops.truncate:
+            statements.append(sql.SQL("TRUNCATE {}").format(info.ident))
+        if ops.deletes:
+            chunks.append(_json_lines(0, [dict(zip(info.key, key, strict=True)) for key in ops.deletes]))
+            source = _json_select(info.key, exprs, stage, 0)
+            statements.append(
+                sql.SQL("DELETE FROM {t} AS d USING ({src}) AS s WHERE {cond}").format(
+                    t=info.ident, src=source, cond=_key_match(info.key, "d", "s")
                 )
-                slot += 1
-            for (names, partial), rows in ops.json_groups().items():
-                columns = tuple(n for n in names if n in exprs)
-                stage = self._json_stage(cur, slot)
-                _copy_json(cur, stage, rows)
-                source = _json_select(columns, exprs, stage)
-                if partial:
-                    partials.append((columns, source, len(rows)))
-                else:
-                    statements.append(_upsert_sql(info, columns, source))
-                slot += 1
+            )
+        for (names, partial), rows in ops.json_groups().items():
+            columns = tuple(n for n in names if n in exprs)
+            group = len(chunks)
+            chunks.append(_json_lines(group, rows))
+            source = _json_select(columns, exprs, stage, group)
+            if partial:
+                partials.append((columns, source, len(rows)))
+            else:
+                statements.append(_upsert_sql(info, columns, source))
+        with conn.cursor() as cur:
+            if chunks:
+                self._json_stage(cur)
+                # COPY's text format reads backslash escapes; orjson never writes tabs, newlines or CRs raw.
+                data = b"".join(chunks).replace(b"\\", b"\\\\")
+                with cur.copy(sql.SQL("COPY {} (g, j) FROM STDIN").format(sql.Identifier(stage))) as copy:
+                    copy.write(data)
             if statements:
                 cur.execute(sql.SQL("; ").join(statements))
             for columns, select, count in partials:
                 _write(cur, info, columns, select, True, count)
 
-    def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
-        """The ``slot``-th one-column ``json`` stage, empty (one per statement).
+    def _json_stage(self, cur: psycopg.Cursor[Any]) -> None:
+        """The JSON path's stage (``g``: the statement a row is for, ``j``: the row), empty.
 
-        Stages are shared by every table of a batch and only emptied at commit, so a stage written
-        before in this transaction is emptied first: rows left by an earlier table would otherwise be
-        applied again here.
+        It is shared by every table of a batch and only emptied at commit, so when this transaction
+        wrote it before it is emptied first: rows left by an earlier table would otherwise be applied
+        again here.
         """
-        ident = ("", "json", (str(slot),))
-        name = self._stage_names.setdefault(ident, f"_wb_json_{slot}")
+        ident = ("", "json", ())
         if ident not in self._stages:
-            create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (j json) ON COMMIT DELETE ROWS")
-            cur.execute(create.format(sql.Identifier(name)))
-            self._stages[ident] = name
-        self._empty(cur, name)
-        return name
+            create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (g int4, j json) ON COMMIT DELETE ROWS")
+            cur.execute(create.format(sql.Identifier(_JSON_STAGE)))
+            self._stages[ident] = _JSON_STAGE
+        self._empty(cur, _JSON_STAGE)
 
     def _empty(self, cur: psycopg.Cursor[Any], stage: str) -> None:
         """Empty a stage when this transaction wrote it before; it is about to be written."""
@@ -1026,20 +1030,22 @@ def _copy(
             copy.write_row(row)
 
 
-def _copy_json(cur: psycopg.Cursor[Any], stage: str, rows: list[dict[str, Any]]) -> None:
-    # COPY's text format reads backslash escapes; orjson never writes tabs, newlines or CRs raw.
+def _json_lines(group: int, rows: list[dict[str, Any]]) -> bytes:
+    """COPY text lines ``group<TAB>row as JSON`` (backslashes not escaped yet)."""
+    prefix = b"%d\t" % group
     lines = [orjson.dumps(row, default=_json_default) for row in rows]
-    data = b"\n".join(lines).replace(b"\\", b"\\\\") + b"\n"
-    with cur.copy(sql.SQL("COPY {} (j) FROM STDIN").format(sql.Identifier(stage))) as copy:
-        copy.write(data)
+    return prefix + (b"\n" + prefix).join(lines) + b"\n"
 
 
-def _json_select(columns: tuple[str, ...], exprs: dict[str, sql.Composable], stage: str) -> sql.Composed:
-    """SELECT the columns converted from the stage's JSON lines (each value read as text)."""
-    return sql.SQL("SELECT {exprs} FROM {s} AS s, json_to_record(s.j) AS x({defs})").format(
+def _json_select(
+    columns: tuple[str, ...], exprs: dict[str, sql.Composable], stage: str, group: int
+) -> sql.Composed:
+    """SELECT the columns converted from the stage's JSON rows of ``group`` (each value read as text)."""
+    return sql.SQL("SELECT {exprs} FROM {s} AS s, json_to_record(s.j) AS x({defs}) WHERE s.g = {g}").format(
         exprs=sql.SQL(", ").join(sql.SQL("{} AS {}").format(exprs[c], sql.Identifier(c)) for c in columns),
         s=sql.Identifier(stage),
         defs=sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns),
+        g=sql.Literal(group),
     )
 
 
