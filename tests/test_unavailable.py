@@ -8,7 +8,13 @@ import orjson
 import pytest
 
 from walbridge.events import ChangeEvent, ColumnSchema, EncodingOptions, EnvelopeEncoder, Source, TableSchema
-from walbridge.unavailable import PLACEHOLDER, is_unavailable, mentions_unavailable, placeholder_for
+from walbridge.unavailable import (
+    PLACEHOLDER,
+    is_unavailable,
+    mentions_unavailable,
+    placeholder_for,
+    unavailable_names,
+)
 
 TYPES = [
     ("text", False),
@@ -30,6 +36,17 @@ def test_every_form_is_recognised_in_values_and_in_raw_records(name: str, is_arr
     value = placeholder_for(name, is_array)
     assert is_unavailable(value)
     assert mentions_unavailable(orjson.dumps({"after": {"c": value}}))
+
+
+@pytest.mark.parametrize(("name", "is_array"), TYPES)
+def test_unavailable_names_finds_every_form_among_other_values(name: str, is_array: bool) -> None:
+    value = placeholder_for(name, is_array)
+    for others in ({"a": 1, "b": "x"}, {"a": [1, 2], "b": {"k": "v"}}, {"a": [PLACEHOLDER, "x"]}):
+        row = {**others, "c": value}
+        assert unavailable_names(row, orjson.dumps({"after": row})) == ["c"]
+        assert unavailable_names(others, orjson.dumps({"after": others})) == []
+    hstore = {"a": 1, "h": {PLACEHOLDER: PLACEHOLDER}}
+    assert unavailable_names(hstore, orjson.dumps({"after": hstore})) == ["h"]
 
 
 def test_debezium_forms() -> None:

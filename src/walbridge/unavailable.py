@@ -41,6 +41,7 @@ __all__ = [
     "is_unavailable",
     "mentions_unavailable",
     "placeholder_for",
+    "unavailable_names",
 ]
 
 PLACEHOLDER = "__debezium_unavailable_value"
@@ -93,3 +94,19 @@ def is_unavailable(value: Any) -> bool:
 def mentions_unavailable(raw: bytes | None) -> bool:
     """Whether a record's bytes may hold a placeholder (no false negatives; cheap)."""
     return raw is not None and any(marker in raw for marker in _MARKERS)
+
+
+def unavailable_names(row: dict[str, Any], raw: bytes | None) -> list[str]:
+    """The names of ``row``'s values that are the placeholder (``row`` decoded from ``raw``).
+
+    The common row, with only scalar values, is settled in one set test: a placeholder among them is
+    one of a few strings. A row with a list or object value (unhashable) takes the byte test of
+    :func:`mentions_unavailable` first, then :func:`is_unavailable` per value.
+    """
+    try:
+        if _STRINGS.isdisjoint(row.values()):
+            return []
+    except TypeError:  # a list or dict value
+        if not mentions_unavailable(raw):
+            return []
+    return [name for name, value in row.items() if is_unavailable(value)]

@@ -11,7 +11,7 @@ from pg_support import change, employee, rows
 
 from walbridge.config import PostgresSinkSettings
 from walbridge.errors import ConstraintViolation, FatalError, UnknownColumn
-from walbridge.events import EncodingOptions, EnvelopeEncoder, decode_record
+from walbridge.events import ChangeEvent, EncodingOptions, EnvelopeEncoder, Source, decode_record
 from walbridge.sinks.base import OffsetConflict, SinkRecord
 from walbridge.sinks.postgres import PostgresSink
 
@@ -172,3 +172,91 @@ def _types_event(after):
 
     src = Source(connector="postgresql", name="p", db="src", schema="public", table="types", ts_ms=1)
     return ChangeEvent("c", src, {"id": after["id"]}, None, after, 1)
+
+
+def test_prepared_batch_applies_as_write_batch_would(sink: PostgresSink, employees_db: str) -> None:
+    """The runner's prefetch collapses the next batch ahead (``prepare``); write_batch applies that."""
+    first = records(change("c", None, employee(1)), change("c", None, employee(2)))
+    sink.write_batch(first)  # describes the table: the next batch can be prepared
+    sink.commit({(TOPIC, 0): 2})
+    keyless = change("c", None, {**employee(3), "emp_id": None})
+    second = records(
+        change("u", employee(1), employee(1, salary=60_000)),
+        ChangeEvent("c", keyless.source, {"emp_id": 3}, None, keyless.after, 1),  # refused: no key value
+        change("d", employee(2), None),
+        change("c", None, employee(4, city="Rome")),
+        start=2,
+    )
+    sink.prepare(second)
+    assert sink._prepared is not None
+    failures = sink.write_batch(second)
+    assert sink._prepared is None  # taken
+    assert [f.record.offset for f in failures] == [3]
+    assert "lacks key column" in str(failures[0].error)
+    sink.commit({(TOPIC, 0): 6})
+    assert rows(employees_db, "SELECT emp_id, city, salary FROM employees ORDER BY 1") == [
+        (1, "C", 60_000),
+        (4, "Rome", 50_000),
+    ]
+
+
+def test_prepared_batch_is_not_applied_for_other_records(sink: PostgresSink, employees_db: str) -> None:
+    """A batch retried without a refused record, or a table described again meanwhile: collapsed anew."""
+    sink.write_batch(records(change("c", None, employee(1))))
+    sink.commit({(TOPIC, 0): 1})
+    batch = records(change("c", None, employee(2)), change("c", None, employee(3)), start=1)
+    sink.prepare(batch)
+    assert sink.write_batch(batch[1:]) == []
+    sink.commit({(TOPIC, 0): 3})
+    assert [r[0] for r in rows(employees_db)] == [1, 3]
+
+    later = records(change("u", employee(3), employee(3, salary=1)), start=3)
+    sink.prepare(later)
+    sink._forget_table(("public", "employees"))  # as a batch applied meanwhile may (ALTER TABLE)
+    assert sink._take_prepared(later, []) is None
+    assert sink.write_batch(later) == []
+    sink.commit({(TOPIC, 0): 4})
+    assert rows(employees_db, "SELECT emp_id, salary FROM employees WHERE emp_id = 3") == [(3, 1)]
+
+
+def test_batch_with_a_new_column_or_a_truncate_is_not_prepared(sink: PostgresSink, employees_db: str) -> None:
+    sink.write_batch(records(change("c", None, employee(1))))
+    sink.commit({(TOPIC, 0): 1})
+    sink.prepare(records(change("c", None, employee(2)), change("t", None, None), start=1))
+    assert sink._prepared is None
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE employees ADD COLUMN nickname text")
+    batch = records(change("c", None, {**employee(2), "nickname": "n"}), start=1)
+    sink.prepare(batch)
+    assert sink._prepared is None  # write_batch reads the table again first
+    assert sink.write_batch(batch) == []
+    sink.commit({(TOPIC, 0): 2})
+    assert rows(employees_db, "SELECT emp_id, nickname FROM employees ORDER BY 1") == [(1, None), (2, "n")]
+
+
+def test_rows_staged_for_a_table_are_never_applied_to_another(employees_db: str) -> None:
+    """Tables of a batch share the COPY stages: a table refused in between (its savepoint rolled back,
+    with the emptying of the stage) must not leave the first table's rows to the third."""
+    with psycopg.connect(employees_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.t1 (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE public.t2 (id int PRIMARY KEY CHECK (id < 100))")
+        conn.execute("CREATE TABLE public.t3 (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO t1 VALUES (1); INSERT INTO t3 VALUES (1), (7)")
+
+    def event(op: str, table: str, key: int) -> ChangeEvent:
+        source = Source(connector="postgresql", name="test", db="src", schema="public", table=table, ts_ms=1)
+        row = {"id": key}
+        return ChangeEvent(op, source, row, row if op == "d" else None, None if op == "d" else row, 1)
+
+    sink = PostgresSink(PostgresSinkSettings(dsn=employees_db, apply_method="copy", group_id="g"))
+    try:
+        for start in (0, 5):  # the second batch: every stage exists and was used before
+            batch = records(event("d", "t1", 1), event("c", "t2", 500), event("d", "t3", 7), start=start)
+            failures = [f.record.offset for f in sink.write_batch(batch)]
+            assert failures == [start + 2]  # t2's record (the delete's tombstone follows it)
+            sink.commit({(f"p.public.t{n}", 0): start + end for n, end in ((1, 2), (2, 3), (3, 5))})
+            assert rows(employees_db, "SELECT id FROM t3") == [(1,)]
+            with psycopg.connect(employees_db, autocommit=True) as conn:
+                conn.execute("INSERT INTO t1 VALUES (1); INSERT INTO t3 VALUES (7)")
+    finally:
+        sink.close()

@@ -14,13 +14,14 @@ from typing import Any
 
 import orjson
 
-from walbridge.events import ChangeEvent, Source, decode_record
+from walbridge.events import ChangeEvent, Source, change_event, decode_record
 
 __all__ = ["decode_lean"]
 
 _ROW_OPS = frozenset({"c", "r", "u"})
 _MAX_SOURCES = 10_000
 _sources: dict[tuple[str, Any, Any], Source] = {}
+_loads = orjson.loads
 
 
 def _source(topic: str, schema: Any, table: Any) -> Source | None:
@@ -41,20 +42,21 @@ def decode_lean(topic: str, key: bytes | None, value: bytes | None) -> ChangeEve
     if value is None:
         return None
     try:
-        doc = orjson.loads(value)
-        key_doc = None if key is None else orjson.loads(key)
+        doc = _loads(value)
+        key_doc = None if key is None else _loads(key)
     except orjson.JSONDecodeError:
         return decode_record(topic, key, value)
     if type(doc) is not dict or "schema" in doc or not (key_doc is None or _plain_key(key_doc)):
         return decode_record(topic, key, value)
-    op: Any = doc.get("op")
-    src = doc.get("source")
-    before, after = doc.get("before"), doc.get("after")
+    get = doc.get
+    op: Any = get("op")
+    src = get("source")
+    before, after = get("before"), get("after")
     if op in _ROW_OPS:
         shaped = type(after) is dict and (before is None or type(before) is dict)
     else:
         shaped = op == "d" and type(before) is dict and (after is None or type(after) is dict)
-    ts_ms = doc.get("ts_ms")
+    ts_ms = get("ts_ms")
     if not shaped or type(src) is not dict or not (ts_ms is None or type(ts_ms) is int):
         return decode_record(topic, key, value)
     source = _sources.get((topic, src.get("schema"), src.get("table")))
@@ -62,7 +64,7 @@ def decode_lean(topic: str, key: bytes | None, value: bytes | None) -> ChangeEve
         source = _source(topic, src.get("schema"), src.get("table"))
         if source is None:
             return decode_record(topic, key, value)
-    return ChangeEvent(op, source, key_doc, before, after, ts_ms or 0)
+    return change_event(op, source, key_doc, before, after, ts_ms or 0)
 
 
 def _plain_key(doc: Any) -> bool:

@@ -29,7 +29,8 @@ decoded by :func:`~walbridge.sinks.lean.decode_lean` (``decode_event``): only th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -53,7 +54,7 @@ from walbridge.sinks.pg_types import (
     read_table,
     sql_expr,
 )
-from walbridge.unavailable import is_unavailable, mentions_unavailable
+from walbridge.unavailable import is_unavailable, mentions_unavailable, unavailable_names
 
 __all__ = ["OFFSETS_TABLE", "PostgresSink", "map_pg_error"]  # map_pg_error: see walbridge.pgerrors
 
@@ -96,6 +97,7 @@ Key = tuple[Any, ...]
 Group = tuple[tuple[str, ...], bool]
 """Rows applied by one statement: their column names, and whether they are partial."""
 _NONE: frozenset[str] = frozenset()
+_JSON_STAGE = "_wb_json"
 
 
 class MissingRow(PermanentError):
@@ -193,6 +195,32 @@ class _TableOps:
         return groups
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A batch collapsed ahead by :meth:`PostgresSink.prepare`."""
+
+    records: tuple[SinkRecord, ...]
+    version: int
+    """The sink's ``_tables_version`` when it began."""
+    tables: dict[tuple[str, str], _TableOps]
+    failures: list[RecordFailure]
+
+
+class _NotCached(Exception):
+    """A table of the batch is not described yet: only :meth:`PostgresSink.write_batch` reads it."""
+
+
+_Planner = Callable[
+    [psycopg.Connection[Any] | None, tuple[str, str], SinkRecord, dict[tuple[str, str], _TableOps]],
+    tuple[_TableOps, bool] | None,
+]
+
+
+def _is_truncate(record: SinkRecord) -> bool:
+    event = record.event
+    return event is not None and event.op == "t"
+
+
 class PostgresSink:
     """Applies change events to a PostgreSQL database (see the module docstring)."""
 
@@ -214,9 +242,15 @@ class PostgresSink:
         self._exprs: dict[tuple[str, str], dict[str, sql.Composable] | None] = {}
         """Per table: SQL conversions of every column (the JSON path), or None (Python path)."""
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._filled: set[str] = set()
+        """Stages written in the current transaction: emptied before their next use (ON COMMIT DELETE
+        ROWS empties the others). A savepoint rolled back leaves them here: rows of a released one stay."""
         self._stage_names: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._skipped: set[str] = set()
         self._barriers = BarrierLog(settings.dsn, self.group_id, f"walbridge-{self.name}")
+        self._tables_version = 0
+        """Bumped whenever a table's cached description is read or forgotten (see :meth:`prepare`)."""
+        self._prepared: _Prepared | None = None
 
     # ------------------------------------------------------------------ Sink
 
@@ -273,12 +307,68 @@ class PostgresSink:
                 self._fence(conn, records)
             records = self._barriers.arrive(conn, records)
             failures: list[RecordFailure] = []
-            tables = self._collapse(conn, records, failures)
+            tables = self._take_prepared(records, failures)
+            if tables is None:
+                tables = self._collapse(conn, records, failures)
             for ops in tables.values():
                 failures.extend(self._apply_table(conn, ops))
             return failures
         except psycopg.Error as exc:
             raise map_pg_error(exc, "applying a batch", sink=self.name) from exc
+
+    def prepare(self, records: list[SinkRecord]) -> None:
+        """Collapse the next batch per table while the current one is applied (the runner's prefetch).
+
+        Runs on the runner's thread, at the same time as :meth:`write_batch` of the batch before: it
+        uses only table descriptions already cached, never the connection. :meth:`write_batch` takes
+        the result when it is given the same records and no cached description changed meanwhile;
+        otherwise (and for a batch with a truncate barrier, a table not described yet, or a column the
+        description lacks) it collapses the batch itself, as without ``prepare``.
+        """
+        self._prepared = None
+        if not records or any(_is_truncate(record) for record in records):
+            return
+        version = self._tables_version
+        failures: list[RecordFailure] = []
+        try:
+            tables = self._collapse_once(None, records, failures, self._cached_plan)
+        except _NotCached:
+            return
+        if any(isinstance(failure.error, UnknownColumn) for failure in failures):
+            return  # write_batch reads the table again first
+        self._prepared = _Prepared(tuple(records), version, tables, failures)
+
+    def _cached_plan(
+        self,
+        conn: psycopg.Connection[Any] | None,
+        ident: tuple[str, str],
+        record: SinkRecord,
+        tables: dict[tuple[str, str], _TableOps],
+    ) -> tuple[_TableOps, bool] | None:
+        """:meth:`_plan` from the cached descriptions only."""
+        dest = self._destination(*ident)
+        info = self._tables.get(dest)
+        if info is None:
+            raise _NotCached
+        ops = tables.get(dest)
+        if ops is None:
+            ops = tables[dest] = _TableOps(info)
+        return ops, self._json_path(info)
+
+    def _take_prepared(
+        self, records: list[SinkRecord], failures: list[RecordFailure]
+    ) -> dict[tuple[str, str], _TableOps] | None:
+        """The tables :meth:`prepare` collapsed ``records`` into, when still valid; taken once."""
+        prepared, self._prepared = self._prepared, None
+        if (
+            prepared is None
+            or prepared.version != self._tables_version
+            or len(prepared.records) != len(records)
+            or not all(map(operator.is_, prepared.records, records))
+        ):
+            return None
+        failures += prepared.failures
+        return prepared.tables
 
     def barriers_waiting(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, str]:
         """Partitions stopped at a truncate not applied yet (see :mod:`walbridge.sinks.pg_barrier`)."""
@@ -305,9 +395,12 @@ class PostgresSink:
         except psycopg.Error as exc:
             self._stages.clear()
             raise map_pg_error(exc, "committing a batch", sink=self.name) from exc
+        finally:
+            self._filled.clear()
 
     def rollback(self) -> None:
         self._stages.clear()
+        self._filled.clear()
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             return
@@ -337,6 +430,7 @@ class PostgresSink:
             conn.close()
         self._conn = None
         self._stages.clear()
+        self._filled.clear()
         self._stage_names.clear()
         conn = self._connect()
         try:
@@ -405,12 +499,18 @@ class PostgresSink:
             refreshed |= stale
 
     def _forget_table(self, dest: tuple[str, str]) -> None:
+        self._tables_version += 1
         for cache in (self._tables, self._converters, self._exprs):
             cache.pop(dest, None)
 
     def _collapse_once(
-        self, conn: psycopg.Connection[Any], records: Iterable[SinkRecord], failures: list[RecordFailure]
+        self,
+        conn: psycopg.Connection[Any] | None,
+        records: Iterable[SinkRecord],
+        failures: list[RecordFailure],
+        plan_of: _Planner | None = None,
     ) -> dict[tuple[str, str], _TableOps]:
+        make_plan = plan_of or self._plan
         tables: dict[tuple[str, str], _TableOps] = {}
         plans: dict[tuple[str, str], tuple[_TableOps, bool] | None] = {}
         for record in records:
@@ -423,7 +523,7 @@ class PostgresSink:
                 if ident in plans:
                     plan = plans[ident]
                 else:
-                    plan = plans[ident] = self._plan(conn, ident, record, tables)
+                    plan = plans[ident] = make_plan(conn, ident, record, tables)
                 if plan is None:
                     continue
                 ops, raw = plan
@@ -437,12 +537,13 @@ class PostgresSink:
 
     def _plan(
         self,
-        conn: psycopg.Connection[Any],
+        conn: psycopg.Connection[Any] | None,
         ident: tuple[str, str],
         record: SinkRecord,
         tables: dict[tuple[str, str], _TableOps],
     ) -> tuple[_TableOps, bool] | None:
         """Where a source table's events of this batch go, and whether by the JSON path."""
+        assert conn is not None
         dest = self._destination(*ident)
         info = self._table(conn, dest, record)
         if info is None:
@@ -465,6 +566,7 @@ class PostgresSink:
         info = self._tables.get(dest)
         if info is not None:
             return info
+        self._tables_version += 1
         info = read_table(conn, *dest)
         if info is None:
             info = self._missing_table(dest, record)
@@ -653,48 +755,72 @@ class PostgresSink:
 
     def _forget_table_if_changed(self, info: TableInfo, exc: psycopg.Error) -> None:
         if getattr(exc, "sqlstate", None) in ("42703", "42P01"):
+            self._tables_version += 1
             self._tables.pop((info.schema, info.name), None)
 
     def _apply_json(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
+        """One COPY of every row of the table's statements into the stage (each row tagged with its
+        statement), then the statements in one round trip (they take no parameters: one simple query);
+        partial rows last, each group alone (their row count tells a missing row). Keys are in one
+        statement only, but a delete may precede a partial update of its key (which must then miss):
+        deletes run first."""
         info = ops.info
         exprs = self._exprs[(info.schema, info.name)]
         assert exprs is not None
-        with conn.cursor() as cur:
-            if ops.truncate:
-                cur.execute(sql.SQL("TRUNCATE {}").format(info.ident))
-            slot = 0
-            if ops.deletes:
-                stage = self._json_stage(cur, slot)
-                _copy_json(cur, stage, [dict(zip(info.key, key, strict=True)) for key in ops.deletes])
-                source = _json_select(info.key, exprs, stage)
-                cur.execute(
-                    sql.SQL("DELETE FROM {t} AS d USING ({src}) AS s WHERE {cond}").format(
-                        t=info.ident, src=source, cond=_key_match(info.key, "d", "s")
-                    )
+        statements: list[sql.Composable] = []
+        partials: list[tuple[tuple[str, ...], sql.Composed, int]] = []
+        chunks: list[bytes] = []
+        stage = _JSON_STAGE
+        if ops.truncate:
+            statements.append(sql.SQL("TRUNCATE {}").format(info.ident))
+        if ops.deletes:
+            chunks.append(_json_lines(0, [dict(zip(info.key, key, strict=True)) for key in ops.deletes]))
+            source = _json_select(info.key, exprs, stage, 0)
+            statements.append(
+                sql.SQL("DELETE FROM {t} AS d USING ({src}) AS s WHERE {cond}").format(
+                    t=info.ident, src=source, cond=_key_match(info.key, "d", "s")
                 )
-                slot += 1
-            for (names, partial), rows in ops.json_groups().items():
-                columns = tuple(n for n in names if n in exprs)
-                stage = self._json_stage(cur, slot)
-                _copy_json(cur, stage, rows)
-                _write(cur, info, columns, _json_select(columns, exprs, stage), partial, len(rows))
-                slot += 1
+            )
+        for (names, partial), rows in ops.json_groups().items():
+            columns = tuple(n for n in names if n in exprs)
+            group = len(chunks)
+            chunks.append(_json_lines(group, rows))
+            source = _json_select(columns, exprs, stage, group)
+            if partial:
+                partials.append((columns, source, len(rows)))
+            else:
+                statements.append(_upsert_sql(info, columns, source))
+        with conn.cursor() as cur:
+            if chunks:
+                self._json_stage(cur)
+                # COPY's text format reads backslash escapes; orjson never writes tabs, newlines or CRs raw.
+                data = b"".join(chunks).replace(b"\\", b"\\\\")
+                with cur.copy(sql.SQL("COPY {} (g, j) FROM STDIN").format(sql.Identifier(stage))) as copy:
+                    copy.write(data)
+            if statements:
+                cur.execute(sql.SQL("; ").join(statements))
+            for columns, select, count in partials:
+                _write(cur, info, columns, select, True, count)
 
-    def _json_stage(self, cur: psycopg.Cursor[Any], slot: int) -> str:
-        """The ``slot``-th one-column ``json`` stage, empty (one per statement).
+    def _json_stage(self, cur: psycopg.Cursor[Any]) -> None:
+        """The JSON path's stage (``g``: the statement a row is for, ``j``: the row), empty.
 
-        Stages are shared by every table of a batch and only emptied at commit, so each use
-        empties it first: rows left by an earlier table would otherwise be applied again here.
+        It is shared by every table of a batch and only emptied at commit, so when this transaction
+        wrote it before it is emptied first: rows left by an earlier table would otherwise be applied
+        again here.
         """
-        ident = ("", "json", (str(slot),))
-        name = self._stage_names.setdefault(ident, f"_wb_json_{slot}")
+        ident = ("", "json", ())
         if ident not in self._stages:
-            create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (j json) ON COMMIT DELETE ROWS")
-            cur.execute(create.format(sql.Identifier(name)))
-            self._stages[ident] = name
-        else:
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
-        return name
+            create = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (g int4, j json) ON COMMIT DELETE ROWS")
+            cur.execute(create.format(sql.Identifier(_JSON_STAGE)))
+            self._stages[ident] = _JSON_STAGE
+        self._empty(cur, _JSON_STAGE)
+
+    def _empty(self, cur: psycopg.Cursor[Any], stage: str) -> None:
+        """Empty a stage when this transaction wrote it before; it is about to be written."""
+        if stage in self._filled:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
+        self._filled.add(stage)
 
     def _apply_copy(self, conn: psycopg.Connection[Any], ops: _TableOps) -> None:
         info = ops.info
@@ -790,9 +916,7 @@ class PostgresSink:
             )
             cur.execute(create.format(s=sql.Identifier(name), c=_idents(columns), t=info.ident))
             self._stages[ident] = name
-        else:
-            # used before in this transaction (e.g. a retry of the table): start empty
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+        self._empty(cur, name)  # used before in this transaction (e.g. a retry of the table): start empty
         return name
 
 
@@ -906,20 +1030,22 @@ def _copy(
             copy.write_row(row)
 
 
-def _copy_json(cur: psycopg.Cursor[Any], stage: str, rows: list[dict[str, Any]]) -> None:
-    # COPY's text format reads backslash escapes; orjson never writes tabs, newlines or CRs raw.
+def _json_lines(group: int, rows: list[dict[str, Any]]) -> bytes:
+    """COPY text lines ``group<TAB>row as JSON`` (backslashes not escaped yet)."""
+    prefix = b"%d\t" % group
     lines = [orjson.dumps(row, default=_json_default) for row in rows]
-    data = b"\n".join(lines).replace(b"\\", b"\\\\") + b"\n"
-    with cur.copy(sql.SQL("COPY {} (j) FROM STDIN").format(sql.Identifier(stage))) as copy:
-        copy.write(data)
+    return prefix + (b"\n" + prefix).join(lines) + b"\n"
 
 
-def _json_select(columns: tuple[str, ...], exprs: dict[str, sql.Composable], stage: str) -> sql.Composed:
-    """SELECT the columns converted from the stage's JSON lines (each value read as text)."""
-    return sql.SQL("SELECT {exprs} FROM {s} AS s, json_to_record(s.j) AS x({defs})").format(
+def _json_select(
+    columns: tuple[str, ...], exprs: dict[str, sql.Composable], stage: str, group: int
+) -> sql.Composed:
+    """SELECT the columns converted from the stage's JSON rows of ``group`` (each value read as text)."""
+    return sql.SQL("SELECT {exprs} FROM {s} AS s, json_to_record(s.j) AS x({defs}) WHERE s.g = {g}").format(
         exprs=sql.SQL(", ").join(sql.SQL("{} AS {}").format(exprs[c], sql.Identifier(c)) for c in columns),
         s=sql.Identifier(stage),
         defs=sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns),
+        g=sql.Literal(group),
     )
 
 
@@ -941,13 +1067,11 @@ def _raw_row(
         raise UnknownColumn(
             f"destination table {info.qualified} has no column {name!r}", table=info.qualified, column=name
         )
-    unavailable = _NONE
-    if mentions_unavailable(record.value):
-        placeholders = [name for name, value in row.items() if is_unavailable(value)]
-        if placeholders:
-            row = {name: value for name, value in row.items() if name not in placeholders}
-            unavailable = frozenset(name for name in placeholders if name in info.columns)
-    return row, unavailable
+    placeholders = unavailable_names(row, record.value)
+    if not placeholders:
+        return row, _NONE
+    row = {name: value for name, value in row.items() if name not in placeholders}
+    return row, frozenset(name for name in placeholders if name in info.columns)
 
 
 def _create_table_sql(dest: tuple[str, str], record: SinkRecord) -> sql.Composed:

@@ -84,6 +84,7 @@ from walbridge.sinks.base import (
     Sink,
     SinkRecord,
     TopicPartitionKey,
+    sink_record,
 )
 from walbridge.sinks.dlq import DlqWriter
 from walbridge.sinks.lag import LagMonitor
@@ -360,27 +361,29 @@ class SinkRunner:
         return batch
 
     def decode(self, message: Any) -> SinkRecord | RecordFailure:
-        topic, key, value = message.topic(), message.key(), message.value()
-        error: DecodeError | None = None
-        event: ChangeEvent | None = None
+        return self._decode(message, message.topic(), message.partition(), message.offset())
+
+    def _decode(self, message: Any, topic: str, partition: int, offset: int) -> SinkRecord | RecordFailure:
+        key, value = message.key(), message.value()
         try:
             event = self._decode_event(topic, key, value)
         except DecodeError as exc:
-            error = exc
+            return self._refused(message, topic, partition, offset, exc)
         except (ValueError, TypeError, KeyError) as exc:
             error = DecodeError(f"record in {topic} could not be decoded: {exc!r}", topic=topic)
             error.__cause__ = exc
-        record = SinkRecord(
-            topic,
-            message.partition(),
-            message.offset(),
-            key,
-            value,
-            message.headers(),
-            message.timestamp()[1],
-            event,
+            return self._refused(message, topic, partition, offset, error)
+        return sink_record(
+            topic, partition, offset, key, value, message.headers(), message.timestamp()[1], event
         )
-        return record if error is None else RecordFailure(record, error)
+
+    @staticmethod
+    def _refused(message: Any, topic: str, partition: int, offset: int, error: DecodeError) -> RecordFailure:
+        record = sink_record(
+            topic, partition, offset, message.key(), message.value(), message.headers(),
+            message.timestamp()[1], None,
+        )  # fmt: skip
+        return RecordFailure(record, error)
 
     def apply(
         self, batch: _Batch, *, prefetch: bool = False, stop_event: threading.Event | None = None
@@ -634,25 +637,29 @@ class SinkRunner:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s: %s", self.sink.name, mapped)
             return
-        key = (message.topic(), message.partition())
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        key = (topic, partition)
         held = self._held.get(key)
         if held is not None:
             # Read past a truncate before the pause took effect: read again once it is applied.
             if held[0] is None:
-                self._held[key] = (message.offset(), held[1])
-            if held[0] is None or message.offset() >= held[0]:
+                self._held[key] = (offset, held[1])
+            if held[0] is None or offset >= held[0]:
                 return
-        batch.generations.setdefault(key, self._generation.get(key, 0))
-        batch.next_offsets[key] = message.offset() + 1
-        decoded = self.decode(message)
+        if key not in batch.generations:
+            batch.generations[key] = self._generation.get(key, 0)
+        batch.next_offsets[key] = offset + 1
+        decoded = self._decode(message, topic, partition, offset)
         if isinstance(decoded, RecordFailure):
             batch.dead.append((decoded, 1))
             return
         batch.records.append(decoded)
-        if self._barrier_of is not None:
+        # Only a truncate can be a barrier (a copy of a truncate written to every partition).
+        event = decoded.event
+        if self._barrier_of is not None and event is not None and event.op == "t":
             barrier = self._barrier_of(decoded)
             if barrier is not None:
-                self._hold(key, message.offset() + 1, barrier)
+                self._hold(key, offset + 1, barrier)
 
     # ------------------------------------------------------------------ truncate barriers
 
