@@ -188,22 +188,13 @@ class RowCodec:
         """Like :meth:`row` for values that are all ``str`` or ``None`` (snapshot rows)."""
         if len(values) != self._width:
             return self.row(values)
-        row = dict(zip(self._all_names, values, strict=True))
-        for name in self._excluded:
-            del row[name]
-        failed = convert_typed(row, self._typed)
-        if failed is not None:  # a value no converter expected: never stop capture
-            self._finish_with_fallbacks(row, failed)
-        return row
+        return self.convert_text_row(dict(zip(self._all_names, values, strict=True)))
 
     def convert_text_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """``{column: text or None}`` for every column (in order) → the event row; converts in place."""
         for name in self._excluded:
             del row[name]
-        failed = convert_typed(row, self._typed)
-        if failed is not None:  # a value no converter expected: never stop capture
-            self._finish_with_fallbacks(row, failed)
-        return row
+        return self._convert_typed(row)
 
     def row_from_fitting_mapping(self, mapping: Mapping[str, str | None]) -> dict[str, Any]:
         """:meth:`row_from_mapping` of a mapping whose keys are exactly :attr:`column_set`."""
