@@ -9,7 +9,7 @@ from helpers import run_cli
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    code, out, err = run_cli("demo", "--duration", "25", "--state-dir", str(tmp_path / "demo"), timeout=180)
+    code, out, err = run_cli("demo", "--duration", "14", "--state-dir", str(tmp_path / "demo"), timeout=180)
     text = out + err
     assert code == 0, text[-3000:]  # the demo exits non-zero when any stage reported an error
     assert "source and replica agree" in text

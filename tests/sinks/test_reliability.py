@@ -106,7 +106,7 @@ def logged_db(employees_db: str) -> str:
 
 
 def test_sigkill_mid_batch_repeated(pipeline: Pipeline, logged_db: str, tmp_path: Path) -> None:
-    load(pipeline, logged_db, versions=40)  # 12,000 events pre-loaded
+    load(pipeline, logged_db, versions=20)  # 6,000 events pre-loaded
     rng = random.Random(7)
     for _ in range(3):
         before = applied_count(logged_db)

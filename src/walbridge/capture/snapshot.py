@@ -9,6 +9,8 @@ table's :class:`RowCodec`.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,24 +64,59 @@ FETCH_ROWS = 2_000
 FETCH_BYTES = 8 << 20
 """About this much text per round trip: wide rows (large text, bytea, JSON) are fetched fewer at a time."""
 
+_BATCHES_AHEAD = 1
+"""Fetched batches waiting for the consumer; one more is being fetched meanwhile (memory: three batches)."""
+
 
 def iter_table_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[Sequence[str | None]]:
     """The table's rows as their columns' text, in the codec's column order (in ``conn``'s transaction).
 
     A server-side cursor whose rows libpq receives and psycopg's C loaders turn into text, a batch at
-    a time: half the cost of a COPY, whose every row is a message of its own to parse in Python."""
+    a time: half the cost of a COPY, whose every row is a message of its own to parse in Python.
+    A thread fetches up to :data:`_BATCHES_AHEAD` batches ahead, so that the server produces the
+    next batch while this one is converted and published instead of in between."""
     rel = codec.relation
     query = sql.SQL("SELECT {cols} FROM {table}").format(
         cols=sql.SQL(", ").join(sql.Identifier(col.name) for col in rel.columns),
         table=sql.Identifier(rel.schema, rel.table),
     )
-    with conn.cursor(name=f"walbridge_snapshot_{rel.oid}") as cur:
-        load_as_text(cur.adapters)
-        cur.execute(query)
-        size = 64
-        while batch := cur.fetchmany(size):
-            size = _next_fetch(batch)
-            yield from batch
+    handover: queue.Queue[list[Sequence[str | None]] | BaseException | None] = queue.Queue(_BATCHES_AHEAD)
+    stopped = threading.Event()
+
+    def hand_over(item: list[Sequence[str | None]] | BaseException | None) -> bool:
+        while not stopped.is_set():
+            try:
+                handover.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            with conn.cursor(name=f"walbridge_snapshot_{rel.oid}") as cur:
+                load_as_text(cur.adapters)
+                cur.execute(query)
+                size = 64
+                while batch := cur.fetchmany(size):
+                    size = _next_fetch(batch)
+                    if not hand_over(batch):
+                        return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            hand_over(exc)
+            return
+        hand_over(None)
+
+    fetcher = threading.Thread(target=fetch, name=f"snapshot-fetch-{rel.oid}", daemon=True)
+    fetcher.start()
+    try:
+        while (item := handover.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stopped.set()
+        fetcher.join()
 
 
 def _next_fetch(batch: list[Sequence[str | None]]) -> int:

@@ -350,10 +350,7 @@ class PostgresSink:
         info = self._tables.get(dest)
         if info is None:
             raise _NotCached
-        ops = tables.get(dest)
-        if ops is None:
-            ops = tables[dest] = _TableOps(info)
-        return ops, self._json_path(info)
+        return self._table_ops(tables, dest, info)
 
     def _take_prepared(
         self, records: list[SinkRecord], failures: list[RecordFailure]
@@ -548,6 +545,12 @@ class PostgresSink:
         info = self._table(conn, dest, record)
         if info is None:
             return None
+        return self._table_ops(tables, dest, info)
+
+    def _table_ops(
+        self, tables: dict[tuple[str, str], _TableOps], dest: tuple[str, str], info: TableInfo
+    ) -> tuple[_TableOps, bool]:
+        """The batch's operations on ``dest`` (created on first use), and whether by the JSON path."""
         ops = tables.get(dest)
         if ops is None:
             ops = tables[dest] = _TableOps(info)
