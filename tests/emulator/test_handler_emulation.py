@@ -152,6 +152,31 @@ def test_a_stale_upsert_does_not_resurrect_a_deleted_record(client: httpx.Client
     ]
 
 
+def test_the_latest_of_several_deleted_copies_guards(client: httpx.Client) -> None:
+    """Deleted, inserted again, deleted again: an upsert older than the second delete stays out, one
+    newer than it comes back; the Recycle Bin keeps both copies."""
+    publish(client, change("customers", "INSERT", "6", customer("6", "First"), position=100))
+    publish(client, change("customers", "DELETE", "6", position=200))
+    publish(client, change("customers", "INSERT", "6", customer("6", "Second"), position=300))
+    publish(client, change("customers", "DELETE", "6", position=400))
+    stale = change("customers", "UPDATE", "6", customer("6", "Between"), position=350)
+    publish(client, stale)
+    settled(client)
+    assert "6" not in records(client, "Account")
+    log = records(client, "Integration_Log__c")[stale["Event_Key__c"]]
+    assert log["Status__c"] == "Skipped" and log["Message__c"].startswith("stale")
+
+    publish(client, change("customers", "UPDATE", "6", customer("6", "Back"), position=450))
+    settled(client)
+    assert records(client, "Account")["6"]["Name"] == "Back Doe"
+    deleted = client.get("/emulator/records", params={"sobject": "Account", "deleted": "1"}).json()
+    copies = [r for r in deleted["records"] if r["External_Id__c"] == "6" and r.get("IsDeleted")]
+    assert sorted(r["Source_Position__c"] for r in copies) == [
+        "200".zfill(20),
+        "400".zfill(20),
+    ]
+
+
 def test_deleting_a_missing_row_is_skipped(client: httpx.Client) -> None:
     missing = change("contacts", "DELETE", "404")
     publish(client, missing)

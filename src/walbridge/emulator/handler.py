@@ -118,10 +118,14 @@ class HandlerEmulation:
         self.batch_size = batch_size
         self.log_successes = log_successes
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
+        """Held while a slice is applied and while the records are read; never by a publisher."""
+        self._published = threading.Event()
         self._ids = itertools.count(1)
         self._records: dict[str, dict[str, dict[str, Any]]] = {"Account": {}, "Contact": {}}
         self._recycle_bin: dict[str, list[dict[str, Any]]] = {"Account": [], "Contact": []}
+        self._deleted_positions: dict[str, dict[str, str]] = {"Account": {}, "Contact": {}}
+        """Per sobject, External_Id__c → the latest position among its copies in the Recycle Bin (the
+        guard's lookup; scanning the bin made every event slower as deletes accumulated)."""
         self._logs: list[dict[str, Any]] = []
         self.counts = {"applied": 0, "skipped": 0, "failed": 0, "runs": 0, "pending_links": 0}
         self.checkpoint = store.latest_replay_id()
@@ -132,9 +136,9 @@ class HandlerEmulation:
     # ------------------------------------------------------------------ public
 
     def notify(self) -> None:
-        """New events were published (the store's append hook)."""
-        with self._wake:
-            self._wake.notify_all()
+        """New events were published (the store's append hook). Never waits for a run under way: a
+        publish call answers as fast while the handler works through a backlog."""
+        self._published.set()
 
     def records(self, sobject: str, deleted: bool = False) -> list[dict[str, Any]]:
         with self._lock:
@@ -156,34 +160,38 @@ class HandlerEmulation:
             for sobject in self._records:
                 self._records[sobject].clear()
                 self._recycle_bin[sobject].clear()
+                self._deleted_positions[sobject].clear()
             self._logs.clear()
             self.counts = dict.fromkeys(self.counts, 0)
             self.checkpoint = self._store.latest_replay_id()
 
     def stop(self) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify_all()
+        self._stopped = True
+        self._published.set()
         self._thread.join(timeout=5)
 
     # ------------------------------------------------------------------ delivery
 
     def _loop(self) -> None:
-        with self._wake:
-            while not self._stopped:
-                batch = self._store.after(self.checkpoint, self.batch_size, EVENT)
-                if not batch:
-                    self._wake.wait(1.0)
-                    continue
+        while not self._stopped:
+            self._published.clear()  # before reading: an append from here on wakes the wait below
+            batch = self._store.after(self.checkpoint, self.batch_size, EVENT)
+            if batch:
                 self._run(batch)
+            else:
+                self._published.wait(1.0)
 
     def _run(self, batch: list[dict[str, Any]]) -> None:
-        """One trigger run: slices, the checkpoint after each."""
-        self.counts["runs"] += 1
+        """One trigger run: slices, the checkpoint after each (readers see the records between slices)."""
+        with self._lock:
+            self.counts["runs"] += 1
         for start in range(0, len(batch), SLICE_SIZE):
             chunk = batch[start : start + SLICE_SIZE]
-            self._apply_slice(chunk)
-            self.checkpoint = int(chunk[-1]["ReplayId"])
+            with self._lock:
+                if self._stopped or int(chunk[0]["ReplayId"]) <= self.checkpoint:
+                    return  # stopping, or reset() moved the checkpoint past this batch meanwhile
+                self._apply_slice(chunk)
+                self.checkpoint = int(chunk[-1]["ReplayId"])
 
     def _apply_slice(self, chunk: list[dict[str, Any]]) -> None:
         changes = [_Change(event) for event in chunk]
@@ -259,11 +267,21 @@ class HandlerEmulation:
         return last
 
     def _stored_position(self, sobject: str, external_id: str) -> str | None:
-        candidates = [self._records[sobject].get(external_id)] + [
-            r for r in self._recycle_bin[sobject] if r["External_Id__c"] == external_id
+        live = self._records[sobject].get(external_id)
+        positions = [
+            normalize_position(live.get("Source_Position__c")) if live else None,
+            self._deleted_positions[sobject].get(external_id),
         ]
-        positions = [normalize_position(r.get("Source_Position__c")) for r in candidates if r]
         return max((p for p in positions if p is not None), default=None)
+
+    def _to_recycle_bin(self, sobject: str, record: dict[str, Any]) -> None:
+        self._recycle_bin[sobject].append(record)
+        position = normalize_position(record.get("Source_Position__c"))
+        if position is not None:
+            latest = self._deleted_positions[sobject]
+            key = record["External_Id__c"]
+            if key not in latest or latest[key] < position:
+                latest[key] = position
 
     def _link_pending_contacts(self, account_key: str) -> None:
         account_id = self._records["Account"][account_key]["Id"]
@@ -289,11 +307,11 @@ class HandlerEmulation:
             return
         if change.position is not None:
             record["Source_Position__c"] = change.position
-        self._recycle_bin[change.target or ""].append(record)
+        self._to_recycle_bin(change.target or "", record)
         if change.target == "Account":  # Salesforce deletes an Account's Contacts with it
             contacts = self._records["Contact"]
             for key in [k for k, c in contacts.items() if c.get("AccountId") == record["Id"]]:
-                self._recycle_bin["Contact"].append(contacts.pop(key))
+                self._to_recycle_bin("Contact", contacts.pop(key))
 
     def _account_fields(self, change: _Change) -> dict[str, Any]:
         row = change.row
