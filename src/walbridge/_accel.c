@@ -6,6 +6,7 @@
  *   convert_typed      walbridge.capture.rows.convert_typed_py
  *   splice_envelope    walbridge.events.splice_envelope_py
  *   utc_timestamp_fast_path  walbridge.capture.values.utc_timestamp_fast_path_py
+ *   encode_text_rows   walbridge.capture.rows.encode_text_rows_py
  * Same arguments, same result and same side effects for every input; the differential tests
  * (tests/capture/test_accel.py) hold both to it.
  *
@@ -254,18 +255,40 @@ convert_typed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *orjson_dumps; /* orjson.dumps, looked up once at import */
 
-/* A growing byte buffer: the envelope's pieces are appended, then copied once into a bytes object. */
+/* A growing byte buffer: the envelope's pieces are appended, then copied once into a bytes object. It starts
+ * in its own inline storage (an envelope of a usual row fits: no allocation), and moves to the heap beyond.
+ * Never copy one by value: BUFFER_INIT it where it lives and buffer_release it (buffer_finish does). */
+#define BUFFER_INLINE 1024
 typedef struct {
     char *data;
     Py_ssize_t size, capacity;
+    char inline_data[BUFFER_INLINE];
 } Buffer;
+
+#define BUFFER_INIT(b) ((b)->data = (b)->inline_data, (b)->size = 0, (b)->capacity = BUFFER_INLINE)
+
+static void
+buffer_release(Buffer *b)
+{
+    if (b->data != b->inline_data)
+        PyMem_Free(b->data);
+    BUFFER_INIT(b);
+}
 
 static int
 buffer_add(Buffer *b, const char *data, Py_ssize_t n)
 {
     if (b->size + n > b->capacity) {
         Py_ssize_t capacity = (b->size + n) * 2 + 256;
-        char *grown = PyMem_Realloc(b->data, (size_t)capacity);
+        char *grown;
+
+        if (b->data == b->inline_data) {
+            grown = PyMem_Malloc((size_t)capacity);
+            if (grown != NULL)
+                memcpy(grown, b->data, (size_t)b->size);
+        }
+        else
+            grown = PyMem_Realloc(b->data, (size_t)capacity);
         if (grown == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -276,6 +299,23 @@ buffer_add(Buffer *b, const char *data, Py_ssize_t n)
     memcpy(b->data + b->size, data, (size_t)n);
     b->size += n;
     return 0;
+}
+
+/* The decimal digits of value (snprintf's "%lld", without its cost). */
+static int
+buffer_add_long(Buffer *b, long long value)
+{
+    char digits[24];
+    char *end = digits + sizeof(digits), *p = end;
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+
+    do {
+        *--p = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    if (value < 0)
+        *--p = '-';
+    return buffer_add(b, p, end - p);
 }
 
 #define BUFFER_LITERAL(b, text) buffer_add((b), (text), (Py_ssize_t)(sizeof(text) - 1))
@@ -315,7 +355,6 @@ buffer_add_json(Buffer *b, PyObject *value)
 static int
 buffer_add_scaled(Buffer *b, PyObject *number, long long factor)
 {
-    char digits[32];
     int overflow = 0, n;
     long long value, scaled;
     PyObject *product, *text;
@@ -324,10 +363,8 @@ buffer_add_scaled(Buffer *b, PyObject *number, long long factor)
 
     if (PyLong_CheckExact(number)) {
         value = PyLong_AsLongLongAndOverflow(number, &overflow);
-        if (!overflow && !(value == -1 && PyErr_Occurred()) && !__builtin_mul_overflow(value, factor, &scaled)) {
-            n = snprintf(digits, sizeof(digits), "%lld", scaled);
-            return buffer_add(b, digits, n);
-        }
+        if (!overflow && !(value == -1 && PyErr_Occurred()) && !__builtin_mul_overflow(value, factor, &scaled))
+            return buffer_add_long(b, scaled);
         PyErr_Clear();
     }
     if (!PyLong_Check(number)) {
@@ -359,8 +396,7 @@ static PyObject *
 buffer_finish(Buffer *b)
 {
     PyObject *out = PyBytes_FromStringAndSize(b->data, b->size);
-    PyMem_Free(b->data);
-    b->data = NULL;
+    buffer_release(b);
     return out;
 }
 
@@ -368,12 +404,13 @@ static PyObject *
 with_schema(PyObject *schema, PyObject *payload)
 {
     /* b'{"schema":%b,"payload":%b}' % (schema, payload) */
-    Buffer b = {NULL, 0, 0};
+    Buffer b;
 
+    BUFFER_INIT(&b);
     if (BUFFER_LITERAL(&b, "{\"schema\":") < 0 || buffer_add_bytes(&b, schema) < 0 ||
         BUFFER_LITERAL(&b, ",\"payload\":") < 0 || buffer_add_bytes(&b, payload) < 0 ||
         BUFFER_LITERAL(&b, "}") < 0) {
-        PyMem_Free(b.data);
+        buffer_release(&b);
         return NULL;
     }
     return buffer_finish(&b);
@@ -385,11 +422,13 @@ splice_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *parts, *lsn, *op, *key, *before, *after, *ts_ms, *value_schema, *key_schema;
     PyObject *value = NULL, *key_bytes = NULL, *wrapped, *result;
     PyObject *sequence;
-    Buffer b = {NULL, 0, 0}, lsn_digits = {NULL, 0, 0};
+    Buffer b, lsn_digits;
     Py_ssize_t i, count, op_length;
     const char *op_text;
 
     (void)module;
+    BUFFER_INIT(&b);
+    BUFFER_INIT(&lsn_digits);
     if (nargs != 9) {
         PyErr_Format(PyExc_TypeError, "splice_envelope() takes 9 arguments (%zd given)", nargs);
         return NULL;
@@ -416,8 +455,7 @@ splice_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     Py_DECREF(sequence);
-    PyMem_Free(lsn_digits.data);
-    lsn_digits.data = NULL;
+    buffer_release(&lsn_digits);
     if (!PyUnicode_Check(op)) {
         PyErr_SetString(PyExc_TypeError, "splice_envelope(): op must be a str");
         goto fail;
@@ -457,13 +495,128 @@ splice_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 
 fail:
-    PyMem_Free(b.data);
-    PyMem_Free(lsn_digits.data);
+    buffer_release(&b);
+    buffer_release(&lsn_digits);
     return NULL;
 fail_value:
     Py_XDECREF(key_bytes);
     Py_DECREF(value);
     return NULL;
+}
+
+/* ---------------------------------------------------------------- encode_text_rows */
+
+static PyObject *zero;   /* 0: the LSN of a snapshot row's source block */
+static PyObject *op_read; /* "r" */
+
+/* The (key, value) record of one row of text values; None when the general path must take it (its width is
+ * not the table's, a value did not convert, or the envelope could not be spliced); NULL on anything that is
+ * not an Exception (KeyboardInterrupt...), as the pure twin lets those through. */
+static PyObject *
+encode_text_row(PyObject *module, PyObject *values, PyObject *const *args)
+{
+    PyObject *names = args[1], *typed = args[2], *key_names = args[3];
+    PyObject *sequence, *row, *key = NULL, *failed, *record = NULL;
+    Py_ssize_t i, width = PyTuple_GET_SIZE(names);
+
+    sequence = PySequence_Fast(values, "encode_text_rows(): each row must be a sequence");
+    if (sequence == NULL)
+        goto failure;
+    if (PySequence_Fast_GET_SIZE(sequence) != width) {
+        Py_DECREF(sequence);
+        Py_RETURN_NONE;
+    }
+    row = PyDict_New();
+    if (row == NULL) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    for (i = 0; i < width; i++) {
+        if (PyDict_SetItem(row, PyTuple_GET_ITEM(names, i), PySequence_Fast_GET_ITEM(sequence, i)) < 0) {
+            Py_DECREF(sequence);
+            goto done;
+        }
+    }
+    Py_DECREF(sequence);
+    {
+        PyObject *convert_args[2] = {row, typed};
+        failed = convert_typed(module, convert_args, 2);
+    }
+    if (failed == NULL)
+        goto done;
+    if (failed != Py_None) {
+        Py_DECREF(failed);
+        record = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_DECREF(failed);
+    if (PyTuple_GET_SIZE(key_names) == 0)
+        key = Py_NewRef(Py_None);
+    else {
+        key = PyDict_New();
+        if (key == NULL)
+            goto done;
+        for (i = 0; i < PyTuple_GET_SIZE(key_names); i++) {
+            PyObject *name = PyTuple_GET_ITEM(key_names, i);
+            PyObject *value = PyDict_GetItemWithError(row, name);
+
+            if (value == NULL && PyErr_Occurred())
+                goto done;
+            if (PyDict_SetItem(key, name, value != NULL ? value : Py_None) < 0)
+                goto done;
+        }
+    }
+    {
+        PyObject *splice_args[9] = {args[4], zero, op_read, key, Py_None, row, args[5], args[6], args[7]};
+        record = splice_envelope(module, splice_args, 9);
+    }
+done:
+    Py_XDECREF(key);
+    Py_DECREF(row);
+    if (record != NULL)
+        return record;
+failure:
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+encode_text_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *rows, *out;
+    Py_ssize_t i, count;
+
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "encode_text_rows() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyTuple_Check(args[1]) || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "encode_text_rows(): names, typed and key names must be tuples");
+        return NULL;
+    }
+    rows = PySequence_Fast(args[0], "encode_text_rows(): rows must be a sequence");
+    if (rows == NULL)
+        return NULL;
+    count = PySequence_Fast_GET_SIZE(rows);
+    out = PyList_New(count);
+    if (out == NULL) {
+        Py_DECREF(rows);
+        return NULL;
+    }
+    for (i = 0; i < count; i++) {
+        PyObject *record = encode_text_row(module, PySequence_Fast_GET_ITEM(rows, i), args);
+
+        if (record == NULL) {
+            Py_DECREF(rows);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, record);
+    }
+    Py_DECREF(rows);
+    return out;
 }
 
 /* ---------------------------------------------------------------- utc_timestamp_fast_path */
@@ -615,6 +768,9 @@ static PyMethodDef accel_methods[] = {
     {"utc_timestamp_fast_path", (PyCFunction)(void (*)(void))utc_timestamp_fast_path, METH_FASTCALL,
      "utc_timestamp_fast_path(fraction_digits, fallback): see "
      "walbridge.capture.values.utc_timestamp_fast_path_py."},
+    {"encode_text_rows", (PyCFunction)(void (*)(void))encode_text_rows, METH_FASTCALL,
+     "encode_text_rows(rows, names, typed, key_names, parts, ts_ms, value_schema, key_schema): see "
+     "walbridge.capture.rows.encode_text_rows_py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -634,6 +790,10 @@ PyInit__accel(void)
     if (orjson_dumps == NULL)
         return NULL;
     if (PyType_Ready(&UtcTimestampType) < 0)
+        return NULL;
+    zero = PyLong_FromLong(0);
+    op_read = PyUnicode_InternFromString("r");
+    if (zero == NULL || op_read == NULL)
         return NULL;
     return PyModule_Create(&accel_module);
 }

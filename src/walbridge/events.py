@@ -32,6 +32,7 @@ __all__ = [
     "OPS",
     "ChangeEvent",
     "ColumnSchema",
+    "EncodedRecord",
     "EncodingOptions",
     "EnvelopeEncoder",
     "KafkaRecord",
@@ -412,6 +413,10 @@ class PreparedSource:
         )
 
 
+EncodedRecord = tuple[bytes | None, bytes]
+"""A Kafka record's (key, value) bytes: the key is None for a table without a primary key."""
+
+
 def splice_envelope_py(
     parts: Sequence[bytes],
     lsn: int,
@@ -422,7 +427,7 @@ def splice_envelope_py(
     ts_ms: int,
     value_schema: bytes | None,
     key_schema: bytes | None,
-) -> tuple[bytes | None, bytes]:
+) -> EncodedRecord:
     """(key, value) of one envelope: the source block is ``parts`` joined by the LSN's digits, the
     rows JSON, and with ``value_schema`` both wrapped in ``{"schema": …, "payload": …}``."""
     value = _ENVELOPE_BYTES % (

@@ -300,13 +300,13 @@ class DeliveryTracker(Generic[P]):
             self.failure = err
             self.failed_message = msg
 
-    def open(self) -> Any:
-        """The delivery callback for the records of the position being built."""
+    def open(self, records: int = 1) -> Any:
+        """The delivery callback for ``records`` more records of the position being built."""
         cp = self._current
         if cp is None:
             cp = self._current = _Checkpoint(self)
             self._queue.append(cp)
-        cp.remaining += 1
+        cp.remaining += records
         return cp.callback
 
     def seal(self, position: P) -> None:

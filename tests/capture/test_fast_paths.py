@@ -4,12 +4,14 @@ spliced envelopes, COPY lines, the UTC timestamptz shortcut."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import orjson
 import pytest
 
 from walbridge.capture import pgoutput as pg
+from walbridge.capture import rows as rows_module
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.rows import RowCodec
 from walbridge.capture.values import TypeRegistry, ValueOptions
@@ -94,7 +96,7 @@ def test_row_change_leaves_the_rest_to_the_general_decoder(buf: bytes) -> None:
     assert pg.decode_row_change(buf, COLUMNS) is None
 
 
-def codec(exclude: tuple[str, ...] = ()) -> RowCodec:
+def codec(exclude: tuple[str, ...] = (), key: tuple[str, ...] = ("id",)) -> RowCodec:
     rel = RelationInfo(
         16384,
         "public",
@@ -104,7 +106,7 @@ def codec(exclude: tuple[str, ...] = ()) -> RowCodec:
             ColumnInfo("note", 25, -1, False, 2),
             ColumnInfo("at", 1184, -1, False, 3),
         ),
-        ("id",),
+        key,
         "f",
     )
     return RowCodec(rel, TypeRegistry(), ValueOptions(), exclude)
@@ -119,6 +121,42 @@ def test_text_rows_convert_like_row(exclude: tuple[str, ...]) -> None:
     assert list(rows.convert_text_row(dict(TEXT_ROW))) == list(expected)
     assert rows.convert_text_row(dict(TEXT_ROW)) == expected
     assert rows.row_text([None, None, None]) == rows.row([None, None, None])
+
+
+@pytest.mark.parametrize("encode", [rows_module.encode_text_rows_py, rows_module.encode_text_rows])
+@pytest.mark.parametrize("schemas", [False, True])
+@pytest.mark.parametrize("key", [("id",), ()])
+def test_text_row_batches_encode_like_the_row_path(
+    encode: Callable[..., list[tuple[bytes | None, bytes] | None]], schemas: bool, key: tuple[str, ...]
+) -> None:
+    """A snapshot batch encoded in one call gives each row's bytes from row_text, key and the prepared
+    encoder; a row it cannot take (width, a value that does not convert) is left to that path."""
+    rows = codec(key=key)
+    encoder = EnvelopeEncoder(EncodingOptions(topic_prefix="shop", schemas_enable=schemas))
+    source = replace(STREAM_SOURCE, snapshot="true", lsn=0, ts_us=None)
+    prepared = encoder.prepare(source, rows.table_schema)
+    assert prepared is not None
+    batch: list[Sequence[str | None]] = [
+        ("1", "é note", "2024-01-02 03:04:05.123456+00"),
+        ("2", None, None),
+        ("3", "short"),  # not the table's width
+        ("four", "x", None),  # id does not convert
+        ("5", 'quote " \\ \n', "infinity"),
+    ]
+    plan = rows.text_rows_plan()
+    assert plan is not None
+    records = encode(
+        batch, *plan, prepared.parts, 1_700_000_000_999, prepared.value_schema, prepared.key_schema
+    )
+    expected = []
+    for values in batch:
+        if len(values) != 3 or values[0] == "four":
+            expected.append(None)
+            continue
+        after = rows.row_text(values)
+        expected.append(prepared.encode("r", rows.key(after), None, after, 0, 1_700_000_000_999))
+    assert records == expected
+    assert codec(exclude=("note",)).text_rows_plan() is None  # excluded columns: the row path
 
 
 def test_timestamptz_shortcut() -> None:

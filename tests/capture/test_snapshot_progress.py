@@ -64,4 +64,4 @@ def test_snapshot_progress_feeds_the_metric_and_status(
     LogicalCapture(settings, progress=spy).run(threading.Event())
     assert rows._value.get() - before == ROWS
     assert progress.tables["public.counted"] == {"rows": ROWS, "estimate": ROWS, "done": True}
-    assert seen[0] == (0, ROWS, False) and (10_000, ROWS, False) in seen
+    assert seen[0] == (0, ROWS, False) and any(0 < n < ROWS and not done for n, _, done in seen[1:-1])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -26,6 +26,7 @@ from walbridge.config import Settings
 from walbridge.errors import ConnectionLost, PermanentError, RecordTooLarge, TransientError, WalbridgeError
 from walbridge.events import (
     ChangeEvent,
+    EncodedRecord,
     EnvelopeEncoder,
     PreparedSource,
     Source,
@@ -153,6 +154,42 @@ class EventPublisher(Generic[P]):
         counts = self._unreported
         slot = (prepared.label, op)
         counts[slot] = counts.get(slot, 0) + 1
+
+    def publish_spliced(
+        self,
+        prepared: PreparedSource,
+        op: str,
+        records: Sequence[EncodedRecord | None],
+        general: Callable[[int], None],
+    ) -> None:
+        """Produce, in order, records spliced in advance for events ``op`` of ``prepared``'s table (the
+        snapshot's batches: see :func:`~walbridge.capture.rows.encode_text_rows`). ``general(i)``
+        publishes the ``i``-th event the general way instead: its record is ``None``, too large for the
+        broker, or refused by the producer (that way names the error)."""
+        callback = self.tracker.open(0)
+        produce, topic, limit = self._produce_fn, prepared.topic, self.max_bytes
+        produced = 0
+        try:
+            for index, record in enumerate(records):
+                if record is None or len(record[1]) > limit:
+                    general(index)
+                    continue
+                key, value = record
+                try:
+                    try:
+                        produce(topic, value, key, -1 if key is not None else 0, callback)
+                    except BufferError:
+                        self._produce(topic, key, value, callback)
+                except KafkaException:
+                    general(index)
+                    continue
+                produced += 1
+        finally:
+            # Counted once the loop is over: only a poll serves deliveries, and this position is not sealed.
+            self.tracker.open(produced)
+            self.published += produced
+            counts, slot = self._unreported, (prepared.label, op)
+            counts[slot] = counts.get(slot, 0) + produced
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, callback: Any = None) -> None:
         """Produce one record, waiting (serving deliveries) while the producer's queue is full."""

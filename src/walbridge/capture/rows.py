@@ -22,7 +22,7 @@ from walbridge.capture.values import (
     is_passthrough,
 )
 from walbridge.errors import DecodeError
-from walbridge.events import TableSchema
+from walbridge.events import EncodedRecord, TableSchema, splice_envelope_py
 from walbridge.unavailable import placeholder_for
 
 __all__ = ["RowCodec"]
@@ -226,6 +226,13 @@ class RowCodec:
             )
         return self.row([mapping.get(col.name) for col in self.relation.columns])
 
+    def text_rows_plan(self) -> tuple[tuple[str, ...], TypedColumns, tuple[str, ...]] | None:
+        """(column names, typed columns, key columns) for :func:`encode_text_rows`, which then builds
+        exactly :meth:`row_text` and :meth:`key`; None when rows need :meth:`row_text` (excluded columns)."""
+        if self._excluded:
+            return None
+        return self._all_names, self._typed, self._key_columns
+
     def key(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """The primary-key object of a row; ``None`` for a table without a primary key."""
         columns = self._key_columns
@@ -237,7 +244,11 @@ class RowCodec:
         return {name: row.get(name) for name in columns}
 
 
-def convert_typed_py(row: dict[str, Any], typed: tuple[tuple[str, Callable[[str], Any]], ...]) -> str | None:
+TypedColumns = tuple[tuple[str, Callable[[str], Any]], ...]
+"""(name, converter) of each column whose text is converted, in column order."""
+
+
+def convert_typed_py(row: dict[str, Any], typed: TypedColumns) -> str | None:
     """Convert in place each non-null ``row[name]`` of ``typed``'s (name, converter) pairs, in order;
     stop at the first that raises and return its name (``None`` when all were converted)."""
     name = ""
@@ -253,3 +264,40 @@ def convert_typed_py(row: dict[str, Any], typed: tuple[tuple[str, Callable[[str]
 
 convert_typed: Final = accel.pick(convert_typed_py)
 """Capture's row conversion: :func:`convert_typed_py`, compiled where it was built."""
+
+
+def encode_text_rows_py(
+    rows: Sequence[Sequence[str | None]],
+    names: tuple[str, ...],
+    typed: TypedColumns,
+    key_names: tuple[str, ...],
+    parts: Sequence[bytes],
+    ts_ms: int,
+    value_schema: bytes | None,
+    key_schema: bytes | None,
+) -> list[EncodedRecord | None]:
+    """The (key, value) record of an ``op: r`` event per row of column texts, in one pass (the snapshot's
+    hot path): the row as :meth:`RowCodec.row_text` builds it from ``names`` and ``typed``, its key from
+    ``key_names``, spliced into ``parts`` as :func:`~walbridge.events.splice_envelope` does with LSN 0.
+
+    ``None`` for a row the general path must take: its width is not the table's, a value did not
+    convert, or the envelope could not be spliced (that path then names the error)."""
+    records: list[EncodedRecord | None] = []
+    for values in rows:
+        try:
+            if len(values) != len(names):
+                records.append(None)
+                continue
+            row: dict[str, Any] = dict(zip(names, values, strict=True))
+            if convert_typed_py(row, typed) is not None:
+                records.append(None)
+                continue
+            key = {name: row.get(name) for name in key_names} if key_names else None
+            records.append(splice_envelope_py(parts, 0, "r", key, None, row, ts_ms, value_schema, key_schema))
+        except Exception:
+            records.append(None)
+    return records
+
+
+encode_text_rows: Final = accel.pick(encode_text_rows_py)
+"""The snapshot's row encoder: :func:`encode_text_rows_py`, compiled where it was built."""

@@ -24,10 +24,10 @@ from walbridge import metrics
 from walbridge.capture.catalog import RelationInfo
 from walbridge.capture.connection import load_as_text
 from walbridge.capture.publisher import EventPublisher
-from walbridge.capture.rows import RowCodec
+from walbridge.capture.rows import RowCodec, encode_text_rows
 from walbridge.events import ChangeEvent, PreparedSource, Source
 
-__all__ = ["SnapshotSource", "iter_table_rows", "snapshot_tables"]
+__all__ = ["SnapshotSource", "iter_table_batches", "snapshot_tables"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +64,18 @@ FETCH_ROWS = 2_000
 FETCH_BYTES = 8 << 20
 """About this much text per round trip: wide rows (large text, bytea, JSON) are fetched fewer at a time."""
 
+PROGRESS_ROWS = 5_000
+"""A table's progress is reported each time its row count passes a multiple of this."""
+
 _BATCHES_AHEAD = 1
 """Fetched batches waiting for the consumer; one more is being fetched meanwhile (memory: three batches)."""
 
 
-def iter_table_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[Sequence[str | None]]:
-    """The table's rows as their columns' text, in the codec's column order (in ``conn``'s transaction).
+def iter_table_batches(
+    conn: psycopg.Connection[Any], codec: RowCodec
+) -> Iterator[list[Sequence[str | None]]]:
+    """The table's rows as their columns' text, in the codec's column order, a fetched batch at a time
+    (in ``conn``'s transaction; no batch is empty).
 
     A server-side cursor whose rows libpq receives and psycopg's C loaders turn into text, a batch at
     a time: half the cost of a COPY, whose every row is a message of its own to parse in Python.
@@ -113,7 +119,7 @@ def iter_table_rows(conn: psycopg.Connection[Any], codec: RowCodec) -> Iterator[
         while (item := handover.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            yield from item
+            yield item
     finally:
         stopped.set()
         fetcher.join()
@@ -157,33 +163,32 @@ def snapshot_tables(
             progress(name, 0, estimate, False)
         last_table = table_index == len(codecs) - 1
         publish = _table_publisher(publisher, codec, origin, ts_ms)
-        # The rows between a table's first and last: the spliced encoder of flag "true", no closure call.
-        middle = publisher.prepare(_source(origin, rel, ts_ms, "true"), codec.table_schema)
-        row_text, key, publish_prepared = codec.row_text, codec.key, publisher.publish_prepared
-        rows = iter_table_rows(conn, codec)
-        current = next(rows, None)
-        first_in_table = True
+        publish_middle = _middle_publisher(publisher, codec, origin, ts_ms, publish)
+        # A table's first and last rows carry flags of their own: the last row of each batch waits for the
+        # next batch (or the table's end) to say whether it is the table's last.
+        held: Sequence[str | None] | None = None
         count = 0
-        while current is not None:
-            upcoming = next(rows, None)
-            if first_in_table or upcoming is None or middle is None:
-                flag = _snapshot_flag(
-                    total == 0, first_in_table, upcoming is None, last_table and upcoming is None
-                )
-                publish(flag, current)
-            else:
-                after = row_text(current)
-                publish_prepared(middle, "r", key(after), None, after, 0, ts_ms)
-            first_in_table = False
-            total += 1
+        for batch in iter_table_batches(conn, codec):
+            if held is not None:
+                publish(_snapshot_flag(total + count == 0, count == 0, False, False), held)
+                count += 1
+            held = batch[-1]
+            middle = batch[:-1]
+            if count == 0 and middle:
+                publish(_snapshot_flag(total == 0, True, False, False), middle[0])
+                count += 1
+                middle = middle[1:]
+            reported = count // PROGRESS_ROWS
+            publish_middle(middle)
+            count += len(middle)
+            publisher.poll(0)
+            rows_metric.inc(len(batch))
+            if progress is not None and count // PROGRESS_ROWS != reported:
+                progress(name, count, estimate, False)
+        if held is not None:
+            publish(_snapshot_flag(total + count == 0, count == 0, True, last_table), held)
             count += 1
-            if count % 5_000 == 0:
-                publisher.poll(0)
-                rows_metric.inc(5_000)
-                if progress is not None:
-                    progress(name, count, estimate, False)
-            current = upcoming
-        rows_metric.inc(count % 5_000)
+        total += count
         if progress is not None:
             progress(name, count, count, True)
     return total
@@ -201,6 +206,34 @@ def _source(origin: SnapshotSource, rel: RelationInfo, ts_ms: int, flag: str) ->
         tx_id=origin.tx_id,
         lsn=origin.lsn,
     )
+
+
+def _middle_publisher(
+    publisher: EventPublisher[Any],
+    codec: RowCodec,
+    origin: SnapshotSource,
+    ts_ms: int,
+    publish: Callable[[str, Sequence[str | None]], None],
+) -> Callable[[Sequence[Sequence[str | None]]], None]:
+    """``publish_middle(rows)`` for rows between a table's first and last (flag ``true``): encoded a batch
+    at a time in one call where the encoding and the table allow, else ``publish("true", row)`` each."""
+    prepared = publisher.prepare(_source(origin, codec.relation, ts_ms, "true"), codec.table_schema)
+    plan = codec.text_rows_plan()
+    if prepared is None or plan is None:
+
+        def each(rows: Sequence[Sequence[str | None]]) -> None:
+            for values in rows:
+                publish("true", values)
+
+        return each
+    names, typed, key_names = plan
+    parts, value_schema, key_schema = prepared.parts, prepared.value_schema, prepared.key_schema
+
+    def batched(rows: Sequence[Sequence[str | None]]) -> None:
+        records = encode_text_rows(rows, names, typed, key_names, parts, ts_ms, value_schema, key_schema)
+        publisher.publish_spliced(prepared, "r", records, lambda index: publish("true", rows[index]))
+
+    return batched
 
 
 def _table_publisher(
