@@ -7,6 +7,7 @@
  *   splice_envelope    walbridge.events.splice_envelope_py
  *   utc_timestamp_fast_path  walbridge.capture.values.utc_timestamp_fast_path_py
  *   encode_text_rows   walbridge.capture.rows.encode_text_rows_py
+ *   encode_change_rows walbridge.capture.log_rows.encode_change_rows_py
  * Same arguments, same result and same side effects for every input; the differential tests
  * (tests/capture/test_accel.py) hold both to it.
  *
@@ -509,7 +510,7 @@ fail_value:
 static PyObject *zero;   /* 0: the LSN of a snapshot row's source block */
 static PyObject *op_read; /* "r" */
 
-/* The (key, value) record of one row of text values; None when the general path must take it (its width is
+/* The events of one row of text values, ((op, key, value),); None when the general path must take it (its width is
  * not the table's, a value did not convert, or the envelope could not be spliced); NULL on anything that is
  * not an Exception (KeyboardInterrupt...), as the pure twin lets those through. */
 static PyObject *
@@ -568,7 +569,16 @@ encode_text_row(PyObject *module, PyObject *values, PyObject *const *args)
     }
     {
         PyObject *splice_args[9] = {args[4], zero, op_read, key, Py_None, row, args[5], args[6], args[7]};
-        record = splice_envelope(module, splice_args, 9);
+        PyObject *spliced = splice_envelope(module, splice_args, 9), *event;
+
+        if (spliced == NULL)
+            goto done;
+        event = PyTuple_Pack(3, op_read, PyTuple_GET_ITEM(spliced, 0), PyTuple_GET_ITEM(spliced, 1));
+        Py_DECREF(spliced);
+        if (event == NULL)
+            goto done;
+        record = PyTuple_Pack(1, event);
+        Py_DECREF(event);
     }
 done:
     Py_XDECREF(key);
@@ -614,6 +624,271 @@ encode_text_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         PyList_SET_ITEM(out, i, record);
+    }
+    Py_DECREF(rows);
+    return out;
+}
+
+/* ---------------------------------------------------------------- encode_change_rows */
+
+static PyObject *op_create, *op_update, *op_delete; /* "c", "u", "d" */
+
+/* The image converted into a new dict in column order: 1 with *out set (NULL for a missing image), 0 when it
+ * does not fit (not a dict, other columns, a value that does not convert), -1 with an exception set. */
+static int
+log_image(PyObject *module, PyObject *image, PyObject *const *args, PyObject **out)
+{
+    PyObject *names = args[1], *row, *failed;
+    Py_ssize_t i, width = PyTuple_GET_SIZE(names);
+
+    *out = NULL;
+    if (image == Py_None)
+        return 1;
+    if (!PyDict_Check(image) || PyDict_GET_SIZE(image) != width)
+        return 0;
+    row = PyDict_New();
+    if (row == NULL)
+        return -1;
+    for (i = 0; i < width; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        PyObject *value = PyDict_GetItemWithError(image, name);
+
+        if (value == NULL) {
+            Py_DECREF(row);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        if (PyDict_SetItem(row, name, value) < 0) {
+            Py_DECREF(row);
+            return -1;
+        }
+    }
+    {
+        PyObject *convert_args[2] = {row, args[2]};
+        failed = convert_typed(module, convert_args, 2);
+    }
+    if (failed == NULL) {
+        Py_DECREF(row);
+        return -1;
+    }
+    if (failed != Py_None) {
+        Py_DECREF(failed);
+        Py_DECREF(row);
+        return 0;
+    }
+    Py_DECREF(failed);
+    *out = row;
+    return 1;
+}
+
+/* The key dict of a converted image (None for a table without a key); NULL with an exception set. */
+static PyObject *
+log_key(PyObject *row, PyObject *key_names)
+{
+    PyObject *key;
+    Py_ssize_t i;
+
+    if (PyTuple_GET_SIZE(key_names) == 0)
+        return Py_NewRef(Py_None);
+    key = PyDict_New();
+    if (key == NULL)
+        return NULL;
+    for (i = 0; i < PyTuple_GET_SIZE(key_names); i++) {
+        PyObject *name = PyTuple_GET_ITEM(key_names, i);
+        PyObject *value = PyDict_GetItemWithError(row, name);
+
+        if ((value == NULL && PyErr_Occurred()) || PyDict_SetItem(key, name, value != NULL ? value : Py_None) < 0) {
+            Py_DECREF(key);
+            return NULL;
+        }
+    }
+    return key;
+}
+
+/* ts_ms = changed_us // 1000 (floored, as Python's //) as digits. */
+static int
+buffer_add_floor_ms(Buffer *b, PyObject *changed_us)
+{
+    int overflow = 0;
+    long long us, ms;
+    PyObject *thousand, *quotient;
+    int rc;
+
+    if (PyLong_CheckExact(changed_us)) {
+        us = PyLong_AsLongLongAndOverflow(changed_us, &overflow);
+        if (!overflow && !(us == -1 && PyErr_Occurred())) {
+            ms = us / 1000;
+            if (us % 1000 < 0)
+                ms -= 1;
+            return buffer_add_long(b, ms);
+        }
+        PyErr_Clear();
+    }
+    thousand = PyLong_FromLong(1000);
+    if (thousand == NULL)
+        return -1;
+    quotient = PyNumber_FloorDivide(changed_us, thousand);
+    Py_DECREF(thousand);
+    if (quotient == NULL)
+        return -1;
+    rc = buffer_add_scaled(b, quotient, 1);
+    Py_DECREF(quotient);
+    return rc;
+}
+
+/* The source block of one change-log row: pieces joined by ts_ms, ts_us, ts_ns, txId and change_id. */
+static PyObject *
+log_source(PyObject *pieces, PyObject *row)
+{
+    PyObject *changed_us = PyTuple_GET_ITEM(row, 7);
+    Buffer b;
+
+    BUFFER_INIT(&b);
+    if (buffer_add_bytes(&b, PyTuple_GET_ITEM(pieces, 0)) < 0 || buffer_add_floor_ms(&b, changed_us) < 0 ||
+        buffer_add_bytes(&b, PyTuple_GET_ITEM(pieces, 1)) < 0 || buffer_add_scaled(&b, changed_us, 1) < 0 ||
+        buffer_add_bytes(&b, PyTuple_GET_ITEM(pieces, 2)) < 0 || buffer_add_scaled(&b, changed_us, 1000) < 0 ||
+        buffer_add_bytes(&b, PyTuple_GET_ITEM(pieces, 3)) < 0 ||
+        buffer_add_scaled(&b, PyTuple_GET_ITEM(row, 1), 1) < 0 ||
+        buffer_add_bytes(&b, PyTuple_GET_ITEM(pieces, 4)) < 0 ||
+        buffer_add_scaled(&b, PyTuple_GET_ITEM(row, 0), 1) < 0 ||
+        buffer_add_bytes(&b, PyTuple_GET_ITEM(pieces, 5)) < 0) {
+        buffer_release(&b);
+        return NULL;
+    }
+    return buffer_finish(&b);
+}
+
+/* One event's (op, key bytes, value). */
+static PyObject *
+log_event(PyObject *module, PyObject *const *args, PyObject *source_parts, PyObject *op, PyObject *key,
+          PyObject *before, PyObject *after)
+{
+    PyObject *splice_args[9] = {source_parts, zero, op, key, before, after, args[5], args[6], args[7]};
+    PyObject *record = splice_envelope(module, splice_args, 9), *event;
+
+    if (record == NULL)
+        return NULL;
+    event = PyTuple_Pack(3, op, PyTuple_GET_ITEM(record, 0), PyTuple_GET_ITEM(record, 1));
+    Py_DECREF(record);
+    return event;
+}
+
+/* A row's events as a tuple of (op, key, value), None when the general path must take it; NULL for what
+ * is not an Exception. */
+static PyObject *
+encode_change_row(PyObject *module, PyObject *row, PyObject *const *args)
+{
+    PyObject *before = NULL, *after = NULL, *old_key = NULL, *new_key = NULL, *source = NULL;
+    PyObject *parts = NULL, *first = NULL, *second = NULL, *result = NULL;
+    PyObject *op;
+    Py_UCS4 kind;
+    int fits;
+
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 8)
+        Py_RETURN_NONE;
+    op = PyTuple_GET_ITEM(row, 4);
+    if (!PyUnicode_Check(op) || PyUnicode_GET_LENGTH(op) != 1)
+        Py_RETURN_NONE;
+    kind = PyUnicode_READ_CHAR(op, 0);
+    fits = log_image(module, PyTuple_GET_ITEM(row, 5), args, &before);
+    if (fits == 1)
+        fits = log_image(module, PyTuple_GET_ITEM(row, 6), args, &after);
+    if (fits < 0)
+        goto done;
+    if (fits == 0 || !((kind == 'c' && after != NULL) || (kind == 'd' && before != NULL) ||
+                       (kind == 'u' && before != NULL && after != NULL))) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    source = log_source(args[4], row);
+    if (source == NULL)
+        goto done;
+    parts = PyTuple_Pack(1, source);
+    if (parts == NULL)
+        goto done;
+    if (kind == 'c') {
+        if ((new_key = log_key(after, args[3])) == NULL ||
+            (first = log_event(module, args, parts, op_create, new_key, Py_None, after)) == NULL)
+            goto done;
+        result = PyTuple_Pack(1, first);
+    }
+    else if (kind == 'd') {
+        if ((old_key = log_key(before, args[3])) == NULL ||
+            (first = log_event(module, args, parts, op_delete, old_key, before, Py_None)) == NULL)
+            goto done;
+        result = PyTuple_Pack(1, first);
+    }
+    else {
+        int same;
+
+        if ((old_key = log_key(before, args[3])) == NULL || (new_key = log_key(after, args[3])) == NULL)
+            goto done;
+        same = PyObject_RichCompareBool(old_key, new_key, Py_EQ);
+        if (same < 0)
+            goto done;
+        if (same) {
+            if ((first = log_event(module, args, parts, op_update, new_key, before, after)) == NULL)
+                goto done;
+            result = PyTuple_Pack(1, first);
+        }
+        else {
+            /* The primary key changed: as Debezium, a delete under the old key, then a create. */
+            if ((first = log_event(module, args, parts, op_delete, old_key, before, Py_None)) == NULL ||
+                (second = log_event(module, args, parts, op_create, new_key, Py_None, after)) == NULL)
+                goto done;
+            result = PyTuple_Pack(2, first, second);
+        }
+    }
+done:
+    Py_XDECREF(before);
+    Py_XDECREF(after);
+    Py_XDECREF(old_key);
+    Py_XDECREF(new_key);
+    Py_XDECREF(source);
+    Py_XDECREF(parts);
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    if (result != NULL)
+        return result;
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+encode_change_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *rows, *out;
+    Py_ssize_t i, count;
+
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "encode_change_rows() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyTuple_Check(args[1]) || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4]) ||
+        PyTuple_GET_SIZE(args[4]) != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_change_rows(): names, typed and key names must be tuples, and six source pieces");
+        return NULL;
+    }
+    rows = PySequence_Fast(args[0], "encode_change_rows(): rows must be a sequence");
+    if (rows == NULL)
+        return NULL;
+    count = PySequence_Fast_GET_SIZE(rows);
+    out = PyList_New(count);
+    if (out == NULL) {
+        Py_DECREF(rows);
+        return NULL;
+    }
+    for (i = 0; i < count; i++) {
+        PyObject *events = encode_change_row(module, PySequence_Fast_GET_ITEM(rows, i), args);
+
+        if (events == NULL) {
+            Py_DECREF(rows);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, events);
     }
     Py_DECREF(rows);
     return out;
@@ -771,6 +1046,9 @@ static PyMethodDef accel_methods[] = {
     {"encode_text_rows", (PyCFunction)(void (*)(void))encode_text_rows, METH_FASTCALL,
      "encode_text_rows(rows, names, typed, key_names, parts, ts_ms, value_schema, key_schema): see "
      "walbridge.capture.rows.encode_text_rows_py."},
+    {"encode_change_rows", (PyCFunction)(void (*)(void))encode_change_rows, METH_FASTCALL,
+     "encode_change_rows(rows, names, typed, key_names, source_pieces, ts_ms, value_schema, key_schema): see "
+     "walbridge.capture.log_rows.encode_change_rows_py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -793,7 +1071,10 @@ PyInit__accel(void)
         return NULL;
     zero = PyLong_FromLong(0);
     op_read = PyUnicode_InternFromString("r");
-    if (zero == NULL || op_read == NULL)
+    op_create = PyUnicode_InternFromString("c");
+    op_update = PyUnicode_InternFromString("u");
+    op_delete = PyUnicode_InternFromString("d");
+    if (zero == NULL || op_read == NULL || op_create == NULL || op_update == NULL || op_delete == NULL)
         return NULL;
     return PyModule_Create(&accel_module);
 }

@@ -39,6 +39,7 @@ __all__ = [
     "Op",
     "PreparedSource",
     "Source",
+    "SplicedEvent",
     "TableSchema",
     "change_event",
     "decode_record",
@@ -203,13 +204,17 @@ class EnvelopeEncoder:
         (trigger mode): encode with :meth:`PreparedSource.source_for`. ``None`` as :meth:`prepare`."""
         if self.options.unwrap:
             return None
-        template = _source_template(source, self.options.topic_prefix)
-        if template is None:
+        pieces = _source_pieces(source, self.options.topic_prefix)
+        if pieces is None:
             return None
-        return self._prepared(source, relation, [], template)
+        return self._prepared(source, relation, [], pieces)
 
     def _prepared(
-        self, source: Source, relation: TableSchema | None, parts: list[bytes], template: bytes | None
+        self,
+        source: Source,
+        relation: TableSchema | None,
+        parts: list[bytes],
+        source_pieces: tuple[bytes, ...] | None,
     ) -> PreparedSource | None:
         opts = self.options
         value_schema = key_schema = None
@@ -226,7 +231,7 @@ class EnvelopeEncoder:
             opts.tombstones_on_delete,
             value_schema,
             key_schema,
-            template,
+            source_pieces,
         )
 
     def encode(self, event: ChangeEvent) -> list[KafkaRecord]:
@@ -326,11 +331,11 @@ _TEMPLATE_MARKS = (
 )  # fmt: skip
 
 
-def _source_template(source: Source, name: str) -> bytes | None:
-    """The source block's JSON as a ``%``-template of ts_ms, ts_us, ts_ns, txId and change_id (in that
-    order); None if ambiguous."""
+def _source_pieces(source: Source, name: str) -> tuple[bytes, ...] | None:
+    """The source block's JSON split where ts_ms, ts_us, ts_ns, txId and change_id go (in that order: six
+    pieces); None if ambiguous."""
 
-    def build(marks: dict[str, int]) -> bytes | None:
+    def build(marks: dict[str, int]) -> tuple[bytes, ...] | None:
         marked = replace(
             source,
             ts_ms=marks["ts_ms"],
@@ -338,7 +343,7 @@ def _source_template(source: Source, name: str) -> bytes | None:
             tx_id=marks["tx_id"],
             change_id=marks["change_id"],
         )
-        text = orjson.dumps(source_block(marked, name)).replace(b"%", b"%%")
+        text = orjson.dumps(source_block(marked, name))
         pieces, pos = [], 0
         for value in (
             marks["ts_ms"],
@@ -354,7 +359,7 @@ def _source_template(source: Source, name: str) -> bytes | None:
             pieces.append(text[pos:at])
             pos = at + len(digits)
         pieces.append(text[pos:])
-        return b"%d".join(pieces)
+        return tuple(pieces)
 
     first, second = (build(marks) for marks in _TEMPLATE_MARKS)
     return first if first is not None and first == second else None
@@ -367,7 +372,16 @@ class PreparedSource:
     hot path: stream transactions and snapshot tables).
     """
 
-    __slots__ = ("_template", "key_schema", "label", "parts", "tombstones", "topic", "value_schema")
+    __slots__ = (
+        "_template",
+        "key_schema",
+        "label",
+        "parts",
+        "source_pieces",
+        "tombstones",
+        "topic",
+        "value_schema",
+    )
 
     def __init__(
         self,
@@ -377,7 +391,7 @@ class PreparedSource:
         tombstones: bool,
         value_schema: bytes | None,
         key_schema: bytes | None,
-        template: bytes | None = None,
+        source_pieces: tuple[bytes, ...] | None = None,
     ) -> None:
         self.topic = topic
         self.label = label
@@ -389,7 +403,12 @@ class PreparedSource:
         self.value_schema = value_schema
         self.key_schema = key_schema
         """The Connect schemas of value and key, when ``schemas_enable``."""
-        self._template = template
+        self.source_pieces = source_pieces
+        """Per-event encoders (:meth:`EnvelopeEncoder.prepare_per_event`): the source block split where
+        ts_ms, ts_us, ts_ns, txId and change_id go (see :func:`walbridge.capture.trigger_rows`)."""
+        self._template = (
+            None if source_pieces is None else b"%d".join(p.replace(b"%", b"%%") for p in source_pieces)
+        )
 
     def encode(
         self, op: str, key: Row | None, before: Row | None, after: Row | None, lsn: int, ts_ms: int
@@ -415,6 +434,9 @@ class PreparedSource:
 
 EncodedRecord = tuple[bytes | None, bytes]
 """A Kafka record's (key, value) bytes: the key is None for a table without a primary key."""
+
+SplicedEvent = tuple[str, bytes | None, bytes]
+"""One event encoded in advance: (op, key, value) (see :meth:`EventPublisher.publish_spliced`)."""
 
 
 def splice_envelope_py(

@@ -19,9 +19,10 @@ import pytest
 import type_matrix
 from walbridge import accel, pgcatalog
 from walbridge import events as events_module
-from walbridge.capture import catalog, pgoutput, rows, values
+from walbridge.capture import catalog, log_rows, pgoutput, rows, values
 from walbridge.capture.connection import load_as_text
 from walbridge.capture.rows import RowCodec
+from walbridge.capture.trigger import ChangeRow
 from walbridge.capture.values import ValueOptions
 from walbridge.events import LSN_MARK, EncodingOptions, EnvelopeEncoder, Source
 
@@ -229,7 +230,8 @@ def test_snapshot_batches_encode_to_identical_bytes(
     matrix_text_rows: dict[str, list[tuple[str | None, ...]]], pg_dsn: str, decimal_mode: str, schemas: bool
 ) -> None:
     """The type matrix's rows, encoded a batch at a time by each path, give the same records, and the same
-    bytes as the row-at-a-time path (row_text, key, the prepared encoder)."""
+    bytes as the row-at-a-time path (row_text, key, the prepared encoder); as change-log rows of trigger
+    mode, the same events by each path."""
     options = ValueOptions(decimal_handling_mode=decimal_mode, **type_matrix.EVENTS_OPTIONS)  # type: ignore[arg-type]
     encoder = EnvelopeEncoder(EncodingOptions(topic_prefix="accel", schemas_enable=schemas))
     encoded = 0
@@ -247,9 +249,42 @@ def test_snapshot_batches_encode_to_identical_bytes(
         assert compiled == rows.encode_text_rows_py(batch, *args)
         for texts, record in zip(batch, compiled, strict=True):
             after = codec.row_text(texts)
-            assert record == prepared.encode("r", codec.key(after), None, after, 0, 1_700_000_000_999)
+            key_bytes, value = prepared.encode("r", codec.key(after), None, after, 0, 1_700_000_000_999)
+            assert record == (("r", key_bytes, value),)
             encoded += 1
-    assert encoded >= 10
+        # The same rows as trigger mode's change log holds them: created, updated, key changed, deleted.
+        per_event = encoder.prepare_per_event(
+            Source(
+                "postgresql-trigger", "accel", "db", relation.schema, relation.table, 0, tx_id=0, change_id=0
+            ),
+            codec.table_schema,
+        )
+        assert per_event is not None and per_event.source_pieces is not None
+        log = []
+        for number, texts in enumerate(batch):
+            image = dict(zip(plan[0], texts, strict=True))
+            moved = {**image, "id": str(10_000 + number)}
+            for op, before, after_image in (
+                ("c", None, image),
+                ("u", image, image),
+                ("u", image, moved),
+                ("d", image, None),
+            ):
+                where = (relation.schema, relation.table)
+                changed_us = 1_700_000_000_123_456 + number
+                log.append(ChangeRow(len(log) + 1, 900 + number, *where, op, before, after_image, changed_us))
+        args = (
+            *plan,
+            per_event.source_pieces,
+            1_700_000_000_999,
+            per_event.value_schema,
+            per_event.key_schema,
+        )
+        compiled_log = log_rows.encode_change_rows(log, *args)
+        assert compiled_log == log_rows.encode_change_rows_py(log, *args)
+        assert None not in compiled_log
+        encoded += len(compiled_log)
+    assert encoded >= 50
 
 
 class _Refused(Exception):

@@ -10,10 +10,13 @@ from dataclasses import replace
 import orjson
 import pytest
 
+from walbridge.capture import log_rows
 from walbridge.capture import pgoutput as pg
 from walbridge.capture import rows as rows_module
 from walbridge.capture.catalog import ColumnInfo, RelationInfo
 from walbridge.capture.rows import RowCodec
+from walbridge.capture.trigger import ChangeRow
+from walbridge.capture.trigger import _changes as trigger_changes
 from walbridge.capture.values import TypeRegistry, ValueOptions
 from walbridge.events import (
     LSN_MARK,
@@ -22,6 +25,7 @@ from walbridge.events import (
     EncodingOptions,
     EnvelopeEncoder,
     Source,
+    SplicedEvent,
     TableSchema,
 )
 
@@ -127,7 +131,7 @@ def test_text_rows_convert_like_row(exclude: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("schemas", [False, True])
 @pytest.mark.parametrize("key", [("id",), ()])
 def test_text_row_batches_encode_like_the_row_path(
-    encode: Callable[..., list[tuple[bytes | None, bytes] | None]], schemas: bool, key: tuple[str, ...]
+    encode: Callable[..., list[tuple[SplicedEvent] | None]], schemas: bool, key: tuple[str, ...]
 ) -> None:
     """A snapshot batch encoded in one call gives each row's bytes from row_text, key and the prepared
     encoder; a row it cannot take (width, a value that does not convert) is left to that path."""
@@ -154,7 +158,8 @@ def test_text_row_batches_encode_like_the_row_path(
             expected.append(None)
             continue
         after = rows.row_text(values)
-        expected.append(prepared.encode("r", rows.key(after), None, after, 0, 1_700_000_000_999))
+        key_bytes, value = prepared.encode("r", rows.key(after), None, after, 0, 1_700_000_000_999)
+        expected.append((("r", key_bytes, value),))
     assert records == expected
     assert codec(exclude=("note",)).text_rows_plan() is None  # excluded columns: the row path
 
@@ -257,3 +262,58 @@ def test_per_event_source_declines_text_holding_a_mark() -> None:
     )
     assert EnvelopeEncoder(EncodingOptions()).prepare_per_event(odd, REL) is None
     assert EnvelopeEncoder(EncodingOptions(unwrap=True)).prepare_per_event(replace(odd, db="db"), REL) is None
+
+
+LOG_ROWS = [
+    ChangeRow(1, 755, "public", "orders", "c", None, dict(TEXT_ROW), 1_700_000_000_123_456),
+    ChangeRow(2, 755, "public", "orders", "u", dict(TEXT_ROW), {**TEXT_ROW, "note": "100% é"}, 7),
+    ChangeRow(3, 2**63 + 5, "public", "orders", "u", dict(TEXT_ROW), {**TEXT_ROW, "id": "2"}, -1_001),
+    ChangeRow(4, 9, "public", "orders", "d", {**TEXT_ROW, "at": None}, None, -1_000),
+    ChangeRow(5, 9, "public", "orders", "c", None, {"id": "6", "note": None}, 0),  # a column missing
+    ChangeRow(6, 9, "public", "orders", "c", None, {**TEXT_ROW, "extra": "x"}, 0),  # a column more
+    ChangeRow(7, 9, "public", "orders", "c", None, {**TEXT_ROW, "id": "seven"}, 0),  # id does not convert
+    ChangeRow(8, 9, "public", "orders", "t", None, None, 0),  # a truncate
+    ChangeRow(9, 9, "public", "orders", "d", None, None, 0),  # no image
+    ChangeRow(10, 9, "public", "orders", "c", None, dict(TEXT_ROW), 2**70),  # past 64 bits
+]
+"""Change-log rows: those of ENCODED have events, the others are left to the row path."""
+ENCODED = {0, 1, 2, 3, 9}
+
+
+@pytest.mark.parametrize("encode", [log_rows.encode_change_rows_py, log_rows.encode_change_rows])
+@pytest.mark.parametrize(
+    "options", [EncodingOptions(topic_prefix="shop%d"), EncodingOptions(schemas_enable=True)]
+)
+@pytest.mark.parametrize("key", [("id",), ()])
+def test_change_log_runs_encode_like_the_row_path(
+    encode: Callable[..., list[tuple[SplicedEvent, ...] | None]],
+    options: EncodingOptions,
+    key: tuple[str, ...],
+) -> None:
+    """Trigger mode's page encoder gives each row the events of the row-at-a-time path (converted images,
+    the key, a delete and a create when the key changed, the per-event source block), or leaves it."""
+    rows = codec(key=key)
+    template = Source("postgresql-trigger", "shop", "db", "public", "orders", 0, tx_id=0, change_id=0)
+    prepared = EnvelopeEncoder(options).prepare_per_event(template, rows.table_schema)
+    assert prepared is not None and prepared.source_pieces is not None
+    plan = rows.text_rows_plan()
+    assert plan is not None
+    encoded = encode(LOG_ROWS, *plan, prepared.source_pieces, 1_700_000_000_999, prepared.value_schema,
+                     prepared.key_schema)  # fmt: skip
+    expected: list[tuple[SplicedEvent, ...] | None] = []
+    for index, row in enumerate(LOG_ROWS):
+        if index not in ENCODED:
+            expected.append(None)
+            continue
+        before = rows.row_from_fitting_mapping(row.before) if row.before is not None else None
+        after = rows.row_from_fitting_mapping(row.after) if row.after is not None else None
+        source = prepared.source_for(row.changed_us // 1000, row.changed_us, row.txid, row.id)
+        events = []
+        for op, event_key, old, new in trigger_changes(row, rows, before, after):
+            events.append(
+                (op, *prepared.encode_with_source(source, op, event_key, old, new, 1_700_000_000_999))
+            )
+        expected.append(tuple(events))
+    if key:
+        assert [op for op, _, _ in encoded[2] or ()] == ["d", "c"]  # the key changed
+    assert encoded == expected

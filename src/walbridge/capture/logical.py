@@ -42,6 +42,7 @@ from walbridge.capture.pgoutput import UNCHANGED_TOAST
 from walbridge.capture.publisher import EventPublisher
 from walbridge.capture.reconnect import run_with_reconnect
 from walbridge.capture.rows import RowCodec
+from walbridge.capture.runtime import collect_garbage_seldom
 from walbridge.capture.signal_topic import SignalTopic
 from walbridge.capture.slot import (
     check_slot_usable,
@@ -167,6 +168,7 @@ class LogicalCapture:
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
+        collect_garbage_seldom()
         relations = self._preflight_retrying(stop)
         if relations is None:
             return

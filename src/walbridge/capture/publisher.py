@@ -26,10 +26,10 @@ from walbridge.config import Settings
 from walbridge.errors import ConnectionLost, PermanentError, RecordTooLarge, TransientError, WalbridgeError
 from walbridge.events import (
     ChangeEvent,
-    EncodedRecord,
     EnvelopeEncoder,
     PreparedSource,
     Source,
+    SplicedEvent,
     TableSchema,
     splice_envelope,
 )
@@ -158,38 +158,53 @@ class EventPublisher(Generic[P]):
     def publish_spliced(
         self,
         prepared: PreparedSource,
-        op: str,
-        records: Sequence[EncodedRecord | None],
+        rows: Sequence[tuple[SplicedEvent, ...] | None],
         general: Callable[[int], None],
     ) -> None:
-        """Produce, in order, records spliced in advance for events ``op`` of ``prepared``'s table (the
-        snapshot's batches: see :func:`~walbridge.capture.rows.encode_text_rows`). ``general(i)``
-        publishes the ``i``-th event the general way instead: its record is ``None``, too large for the
-        broker, or refused by the producer (that way names the error)."""
+        """Produce, in order, the events of each source row, encoded in advance for ``prepared``'s table
+        (a snapshot batch, a page of trigger mode's change log: see
+        :func:`~walbridge.capture.rows.encode_text_rows`). ``general(i)`` publishes the ``i``-th row's
+        events the general way instead: when they are ``None``, one is too large for the broker, or the
+        producer refuses one (that way names the error)."""
         callback = self.tracker.open(0)
-        produce, topic, limit = self._produce_fn, prepared.topic, self.max_bytes
+        produce, topic, limit, tombstones = (
+            self._produce_fn,
+            prepared.topic,
+            self.max_bytes,
+            prepared.tombstones,
+        )
         produced = 0
+        per_op: dict[str, int] = {}
         try:
-            for index, record in enumerate(records):
-                if record is None or len(record[1]) > limit:
+            for index, events in enumerate(rows):
+                if events is None or (
+                    len(events[0][2]) > limit
+                    if len(events) == 1  # most rows: no generator
+                    else any(len(value) > limit for _, _, value in events)
+                ):
                     general(index)
                     continue
-                key, value = record
                 try:
-                    try:
-                        produce(topic, value, key, -1 if key is not None else 0, callback)
-                    except BufferError:
-                        self._produce(topic, key, value, callback)
+                    for op, key, value in events:
+                        try:
+                            produce(topic, value, key, -1 if key is not None else 0, callback)
+                        except BufferError:
+                            self._produce(topic, key, value, callback)
+                        produced += 1
+                        per_op[op] = per_op.get(op, 0) + 1
+                        if op == "d" and key is not None and tombstones:
+                            self._produce(topic, key, None)
+                            self.published += 1
                 except KafkaException:
                     general(index)
-                    continue
-                produced += 1
         finally:
             # Counted once the loop is over: only a poll serves deliveries, and this position is not sealed.
             self.tracker.open(produced)
             self.published += produced
-            counts, slot = self._unreported, (prepared.label, op)
-            counts[slot] = counts.get(slot, 0) + produced
+            counts = self._unreported
+            for op, amount in per_op.items():
+                slot = (prepared.label, op)
+                counts[slot] = counts.get(slot, 0) + amount
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, callback: Any = None) -> None:
         """Produce one record, waiting (serving deliveries) while the producer's queue is full."""

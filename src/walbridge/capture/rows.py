@@ -22,7 +22,7 @@ from walbridge.capture.values import (
     is_passthrough,
 )
 from walbridge.errors import DecodeError
-from walbridge.events import EncodedRecord, TableSchema, splice_envelope_py
+from walbridge.events import SplicedEvent, TableSchema, splice_envelope_py
 from walbridge.unavailable import placeholder_for
 
 __all__ = ["RowCodec"]
@@ -275,14 +275,14 @@ def encode_text_rows_py(
     ts_ms: int,
     value_schema: bytes | None,
     key_schema: bytes | None,
-) -> list[EncodedRecord | None]:
-    """The (key, value) record of an ``op: r`` event per row of column texts, in one pass (the snapshot's
-    hot path): the row as :meth:`RowCodec.row_text` builds it from ``names`` and ``typed``, its key from
-    ``key_names``, spliced into ``parts`` as :func:`~walbridge.events.splice_envelope` does with LSN 0.
+) -> list[tuple[SplicedEvent] | None]:
+    """The ``op: r`` event of each row of column texts, in one pass (the snapshot's hot path): the row as
+    :meth:`RowCodec.row_text` builds it from ``names`` and ``typed``, its key from ``key_names``, spliced
+    into ``parts`` as :func:`~walbridge.events.splice_envelope` does with LSN 0.
 
     ``None`` for a row the general path must take: its width is not the table's, a value did not
     convert, or the envelope could not be spliced (that path then names the error)."""
-    records: list[EncodedRecord | None] = []
+    records: list[tuple[SplicedEvent] | None] = []
     for values in rows:
         try:
             if len(values) != len(names):
@@ -293,7 +293,10 @@ def encode_text_rows_py(
                 records.append(None)
                 continue
             key = {name: row.get(name) for name in key_names} if key_names else None
-            records.append(splice_envelope_py(parts, 0, "r", key, None, row, ts_ms, value_schema, key_schema))
+            key_bytes, value = splice_envelope_py(
+                parts, 0, "r", key, None, row, ts_ms, value_schema, key_schema
+            )
+            records.append((("r", key_bytes, value),))
         except Exception:
             records.append(None)
     return records

@@ -231,7 +231,7 @@ def _middle_publisher(
 
     def batched(rows: Sequence[Sequence[str | None]]) -> None:
         records = encode_text_rows(rows, names, typed, key_names, parts, ts_ms, value_schema, key_schema)
-        publisher.publish_spliced(prepared, "r", records, lambda index: publish("true", rows[index]))
+        publisher.publish_spliced(prepared, records, lambda index: publish("true", rows[index]))
 
     return batched
 
